@@ -1,0 +1,70 @@
+"""NATS subject and JetStream stream naming. The only module that builds subjects.
+
+Layout, with the default prefix ``infergate``::
+
+    infergate.<namespace>.<pool>.ep.<pod>.<port>        endpoint snapshots / tombstones
+    infergate.<namespace>.<pool>.ev.<replica>            picker assignment/completion batches
+
+Tokens are escaped so that any Kubernetes name is a single, reversible NATS token
+(pod names may contain dots, which NATS uses as its separator).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "infergate"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def token(name: str) -> str:
+    """Escape ``name`` into one NATS subject token (``.`` -> ``~2e``, and so on)."""
+    if not name:
+        raise ValueError("a subject token cannot be empty")
+    return _UNSAFE.sub(lambda m: "~%02x" % ord(m.group()), name)
+
+
+def untoken(tok: str) -> str:
+    """Reverse :func:`token`."""
+    return re.sub(r"~([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), tok)
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """Subject names for one prefix (one InferGate installation on one NATS account)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def endpoint(self, namespace: str, pool: str, pod: str, port: int) -> str:
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.ep.{token(pod)}.{int(port)}"
+
+    def endpoints_of_pool(self, namespace: str, pool: str) -> str:
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.ep.>"
+
+    def all_endpoints(self) -> str:
+        return f"{self.prefix}.*.*.ep.>"
+
+    def events(self, namespace: str, pool: str, replica: str) -> str:
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.ev.{token(replica)}"
+
+    def events_of_pool(self, namespace: str, pool: str) -> str:
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.ev.*"
+
+    def all_events(self) -> str:
+        return f"{self.prefix}.*.*.ev.*"
+
+    @property
+    def endpoint_stream(self) -> str:
+        """Keeps the last snapshot per endpoint subject, so new subscribers bootstrap."""
+        return f"{_stream_token(self.prefix)}_ENDPOINTS"
+
+    @property
+    def event_stream(self) -> str:
+        """Keeps recent picker events briefly, so a restarted replica rebuilds in-flight state."""
+        return f"{_stream_token(self.prefix)}_EVENTS"
+
+
+def _stream_token(prefix: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", prefix).upper()
