@@ -32,4 +32,3 @@ def prefix_block_hashes(
         prev = _h(prev, data[i * block_chars : (i + 1) * block_chars])
         out.append(int.from_bytes(prev, "little") >> 1)  # 63 bits: fits msgpack int64
     return out
-

@@ -82,5 +82,7 @@ class OpsServer:
 
 
 def add_ops_flags(parser, default_port: int) -> None:
-    parser.add_argument("--ops-host", default="0.0.0.0", help="address of the /metrics, /healthz, /readyz server")
+    parser.add_argument(
+        "--ops-host", default="0.0.0.0", help="address of the /metrics, /healthz, /readyz server"
+    )
     parser.add_argument("--ops-port", type=int, default=default_port, help="port of the ops server (0 = any)")

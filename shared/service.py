@@ -91,7 +91,9 @@ class Supervisor:
                     log.exception("background task failed", extra={"task": name})
                     return
                 self.restarts[name] = self.restarts.get(name, 0) + 1
-                log.exception("background task crashed; restarting", extra={"task": name, "backoff_s": backoff})
+                log.exception(
+                    "background task crashed; restarting", extra={"task": name, "backoff_s": backoff}
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(max_backoff, backoff * 2)
 
@@ -106,7 +108,7 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 log.warning("task did not stop in time", extra={"task": task.get_name()})
         self._tasks.clear()

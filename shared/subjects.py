@@ -23,7 +23,7 @@ def token(name: str) -> str:
     """Escape ``name`` into one NATS subject token (``.`` -> ``~2e``, and so on)."""
     if not name:
         raise ValueError("a subject token cannot be empty")
-    return _UNSAFE.sub(lambda m: "~%02x" % ord(m.group()), name)
+    return _UNSAFE.sub(lambda m: f"~{ord(m.group()):02x}", name)
 
 
 def untoken(tok: str) -> str:
