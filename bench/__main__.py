@@ -10,7 +10,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": ("bench.demo", "the real-stack run: NATS, Envoy, simulated pods, collectors, pickers, autoscaler"),
+    "demo": ("bench.demo", "the real-stack run: NATS, Envoy, sim pods, collectors, pickers, autoscaler"),
     "sweep": ("bench.sweep", "the discrete-event reproduction of the published benchmark"),
     "faults": ("bench.faults", "the fault report through a real Envoy"),
     "loadgen": ("bench.loadgen", "send a workload or a recorded trace to an OpenAI-compatible endpoint"),
