@@ -1,0 +1,311 @@
+"""The scheduling framework: gather -> admit (shed) -> select (filters, scorers, picker).
+
+One :class:`ProfileScheduler` is one named profile. Every profile shares the same outer
+flow, so readiness, the candidate restriction, shedding, "stale ranks last" and the
+never-raise guarantee are implemented once:
+
+1. **gather** (one pass over the endpoints): drop endpoints that are not ready or not
+   healthy, or outside ``request.candidates``; split the rest into *fresh* and *stale*
+   (metrics older than the staleness threshold, or the scrape is failing). Nothing left
+   -> 503.
+2. **admit**: if the request's criticality is sheddable and every candidate is
+   saturated (queue, KV or staleness) -> 429.
+3. **select**: the profile's selector orders the fresh group; if it yields fewer than
+   ``1 + fallbacks`` endpoints, the stale group fills the rest. Stale endpoints are
+   scored among themselves so they never distort the fresh group's normalization.
+
+Per-endpoint values are computed in ``on_snapshot`` (see :mod:`.state`); if a decision
+sees a snapshot object it has not digested yet (a caller that skips ``on_snapshot``, like
+a unit test), it digests it on the spot. Snapshots are treated as immutable: pass a new
+object (or call ``on_snapshot``) when the numbers change.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from typing import Protocol
+
+from shared.schemas import EndpointSnapshot
+
+from .api import Decision, EndpointView, RequestInfo
+from .context import Context
+from .filters import Filter
+from .inflight import InflightTracker
+from .pickers import Picker
+from .prefix import PrefixIndex
+from .scorers import Scorer
+from .state import EndpointState, Thresholds
+
+__all__ = ["ProfileScheduler", "ScoringSelector", "Selector"]
+
+log = logging.getLogger("picker.scheduling")
+
+
+class _ErrorLog:
+    """Log a plugin failure the first time and then every 1,000th, so a bug cannot flood the logs."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, where: str, profile: str) -> None:
+        n = self.counts.get(where, 0) + 1
+        self.counts[where] = n
+        if n == 1 or n % 1000 == 0:
+            log.exception("scheduler plugin failed", extra={"plugin": where, "profile": profile, "count": n})
+
+
+class Selector(Protocol):
+    """Orders a group of endpoints: up to ``m`` distinct ones, best first."""
+
+    def select(self, ctx: Context, group: list[EndpointState], m: int) -> list[EndpointState]: ...
+
+
+class ScoringSelector:
+    """Soft filters, then the weighted sum of scorers, then a picker."""
+
+    def __init__(
+        self,
+        filters: Sequence[Filter] = (),
+        scorers: Sequence[tuple[Scorer, float]] = (),
+        picker: Picker | None = None,
+        on_error: _ErrorLog | None = None,
+        profile: str = "",
+    ) -> None:
+        from .pickers import MaxScorePicker
+
+        self.filters = list(filters)
+        self.scorers = [(s, float(w)) for s, w in scorers if w > 0]
+        self.picker = picker or MaxScorePicker()
+        self.on_error = on_error or _ErrorLog()
+        self.profile = profile
+
+    def select(self, ctx: Context, group: list[EndpointState], m: int) -> list[EndpointState]:
+        narrowed: Sequence[EndpointState] = group
+        for f in self.filters:
+            try:
+                out = f.filter(ctx, narrowed)
+            except Exception:
+                self.on_error(f"filter:{f.name}", self.profile)
+                continue
+            if out:
+                narrowed = out
+        chosen = self._rank(ctx, narrowed, m)
+        if len(chosen) < m and len(narrowed) < len(group):
+            # The filters left too few for the fallbacks: rank the rest behind them.
+            taken = {id(s) for s in chosen}
+            rest = [s for s in group if id(s) not in taken]
+            chosen += self._rank(ctx, rest, m - len(chosen))
+        return chosen
+
+    def _rank(self, ctx: Context, group: Sequence[EndpointState], m: int) -> list[EndpointState]:
+        n = len(group)
+        totals: list[float] | None = None
+        for scorer, w in self.scorers:
+            try:
+                s = scorer.score(ctx, group)
+            except Exception:
+                self.on_error(f"scorer:{scorer.name}", self.profile)
+                continue
+            if s is None:
+                continue
+            if len(s) != n:
+                self.on_error(f"scorer:{scorer.name}:length", self.profile)
+                continue
+            if totals is None:
+                totals = [w * x for x in s]
+            else:
+                totals = [t + w * x for t, x in zip(totals, s, strict=True)]
+        try:
+            idx = self.picker.pick(ctx, n, totals, m)
+        except Exception:
+            self.on_error(f"picker:{self.picker.name}", self.profile)
+            idx = ctx.rng.sample(range(n), min(m, n))
+        return [group[i] for i in idx]
+
+
+class ProfileScheduler:
+    """A named profile: the :class:`~.api.Scheduler` the ext_proc server and the simulation drive."""
+
+    def __init__(
+        self,
+        name: str,
+        selector: Selector,
+        *,
+        thresholds: Thresholds | None = None,
+        shed: frozenset[str] = frozenset({"Sheddable"}),
+        sheddable_unsaturated_only: bool = False,
+        fallbacks: int = 2,
+        inflight: InflightTracker | None = None,
+        prefix: PrefixIndex | None = None,
+        default_output_tokens: int = 200,
+        rng: random.Random | None = None,
+        on_error: _ErrorLog | None = None,
+    ) -> None:
+        self.name = name
+        self.selector = selector
+        self.thresholds = thresholds or Thresholds()
+        self.shed = frozenset(shed)
+        self.sheddable_unsaturated_only = sheddable_unsaturated_only
+        self.fallbacks = max(0, int(fallbacks))
+        self.inflight = inflight or InflightTracker()
+        self.prefix = prefix or PrefixIndex()
+        self.default_output_tokens = default_output_tokens
+        self.rng = rng or random.Random()
+        self.on_error = on_error or _ErrorLog()
+        self._states: dict[str, EndpointState] = {}
+        self._base_models: dict[str, int] = {}  # model -> endpoints reporting it ("" = unknown)
+
+    # -- the decision ------------------------------------------------------------------
+
+    def schedule(self, request: RequestInfo, endpoints: Sequence[EndpointView], now: float) -> Decision:
+        try:
+            return self._schedule(request, endpoints, now)
+        except Exception:
+            self.on_error("schedule", self.name)
+            return self._safe_choice(request, endpoints)
+
+    def _schedule(self, request: RequestInfo, endpoints: Sequence[EndpointView], now: float) -> Decision:
+        self.inflight.expire(now)
+        fresh, stale = self._gather(request, endpoints, now)
+        if not fresh and not stale:
+            why = "no candidate endpoints" if endpoints else "no endpoints in the pool"
+            if endpoints and request.candidates is not None:
+                why = "no ready endpoint matches the candidate restriction"
+            return Decision([], 503, why, self.name)
+        th = self.thresholds
+        if request.criticality in self.shed:
+            if all(s.saturated(th, now) for s in fresh):
+                return Decision([], 429, f"pool saturated: {request.criticality} request shed", self.name)
+            if self.sheddable_unsaturated_only:
+                fresh = [s for s in fresh if not s.saturated(th, now)]
+                stale = []
+        ctx = Context(request, now, self.rng, self.inflight, self.prefix, th, self._base_models)
+        m = 1 + self.fallbacks
+        chosen = self.selector.select(ctx, fresh, m) if fresh else []
+        if len(chosen) < m and stale:
+            chosen += self.selector.select(ctx, stale, m - len(chosen))
+        if not chosen:  # a selector returned nothing for a non-empty pool: never leave empty-handed
+            chosen = (fresh or stale)[:1]
+        return Decision(_dedup(s.address for s in chosen), 200, "", self.name)
+
+    def _gather(
+        self, request: RequestInfo, endpoints: Sequence[EndpointView], now: float
+    ) -> tuple[list[EndpointState], list[EndpointState]]:
+        get = self._states.get
+        cset = request.candidates
+        fresh: list[EndpointState] = []
+        stale: list[EndpointState] = []
+        for v in endpoints:
+            snap = v.snapshot
+            st = get(v.address)
+            if st is None or st.snap is not snap or st.snap_ts != snap.ts:
+                st = self._digest(v.address, snap, v.received_at)
+            if not st.ok:
+                continue
+            if cset is not None and st.address not in cset and st.ip not in cset:
+                continue
+            if now > st.fresh_until:
+                stale.append(st)
+            else:
+                fresh.append(st)
+        return fresh, stale
+
+    def _safe_choice(self, request: RequestInfo, endpoints: Sequence[EndpointView]) -> Decision:
+        """After an internal error: any ready candidate, at random; the caller still gets an answer."""
+        try:
+            cset = request.candidates
+            ok = [
+                v.address
+                for v in endpoints
+                if v.snapshot.ready
+                and v.snapshot.healthy
+                and (cset is None or v.address in cset or v.address.rsplit(":", 1)[0] in cset)
+            ]
+            if not ok:
+                return Decision([], 503, "no candidate endpoints", self.name)
+            picked = self.rng.sample(ok, min(len(ok), 1 + self.fallbacks))
+            return Decision(_dedup(picked), 200, "fallback after internal error", self.name)
+        except Exception:
+            self.on_error("safe-choice", self.name)
+            return Decision([], 500, "internal scheduler error", self.name)
+
+    # -- accounting hooks --------------------------------------------------------------
+
+    def on_assigned(self, request: RequestInfo, address: str, now: float, *, replica: str = "") -> None:
+        """A request went to ``address`` (from this replica or a peer): count it, index its prefix."""
+        try:
+            hashes = request.prefix_hashes
+            st = self._states.get(address)
+            bs = st.block_size if st is not None else 16
+            cached = self.prefix.matched(address, hashes) * bs if hashes else 0
+            prompt = max(0, request.prompt_tokens)
+            out = request.expected_output_tokens
+            tokens = max(0, prompt - cached) + (out if out > 0 else self.default_output_tokens)
+            self.inflight.assign(request.request_id, address, tokens, now)
+            if hashes:
+                self.prefix.add(address, hashes)
+        except Exception:
+            self.on_error("on_assigned", self.name)
+
+    def on_completed(self, request_id: str, now: float) -> None:
+        try:
+            self.inflight.complete(request_id, now)
+        except Exception:
+            self.on_error("on_completed", self.name)
+
+    def on_snapshot(self, snapshot: EndpointSnapshot, now: float) -> None:
+        try:
+            self._digest(snapshot.address, snapshot, now)
+            self.inflight.expire(now)
+        except Exception:
+            self.on_error("on_snapshot", self.name)
+
+    def on_endpoint_removed(self, address: str, now: float) -> None:
+        try:
+            st = self._states.pop(address, None)
+            if st is not None:
+                self._count_model(st.model, -1)
+            self.inflight.remove_endpoint(address)
+            self.prefix.remove(address)
+        except Exception:
+            self.on_error("on_endpoint_removed", self.name)
+
+    def _digest(self, address: str, snap: EndpointSnapshot, received_at: float) -> EndpointState:
+        old = self._states.get(address)
+        st = EndpointState(
+            address, snap, received_at, self.inflight.load(address), self.thresholds, self.inflight.avg_tokens
+        )
+        self._states[address] = st
+        if old is None or old.model != st.model:
+            if old is not None:
+                self._count_model(old.model, -1)
+            self._count_model(st.model, +1)
+        ts = snap.ts if isinstance(snap.ts, int | float) and snap.ts > 0 else received_at
+        self.inflight.snapshot(address, ts)
+        self.prefix.set_capacity(address, st.cap // st.block_size)
+        return st
+
+    def _count_model(self, model: str, delta: int) -> None:
+        n = self._base_models.get(model, 0) + delta
+        if n > 0:
+            self._base_models[model] = n
+        else:
+            self._base_models.pop(model, None)
+
+    # -- introspection (tests, debugging) ------------------------------------------------
+
+    def endpoint_state(self, address: str) -> EndpointState | None:
+        return self._states.get(address)
+
+
+def _dedup(addresses) -> list[str]:
+    seen: set[str] = set()
+    out: list[str] = []
+    for a in addresses:
+        if a not in seen:
+            seen.add(a)
+            out.append(a)
+    return out
+

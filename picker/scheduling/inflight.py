@@ -1,0 +1,165 @@
+"""In-flight accounting: load sent to an endpoint that its metrics do not show yet.
+
+Metrics arrive every few tens of milliseconds; at hundreds of requests per second a
+burst between two scrapes would all land on whichever pod looked best at the last
+scrape. The tracker counts, per endpoint, the requests assigned to it (by this replica
+or, through the shared view, by its peers) that the endpoint's latest snapshot cannot
+include yet, so scorers can add them to the pod's own ``waiting`` and KV figures.
+
+The accounting rules, chosen so that nothing is counted twice:
+
+* an assignment made at ``at`` is *extra* load until a snapshot of that endpoint with
+  ``ts - propagation >= at`` arrives: from then on the pod's own counts include it;
+* an assignment that arrives (late, from a peer) when a newer snapshot already covers
+  it is recorded as reflected straight away;
+* a completion releases the entry: if it was still extra, the extra load drops;
+* every entry expires after ``ttl`` seconds, so a lost completion (a replica that
+  died) cannot leak load forever.
+
+Every update is O(1) or amortized O(1): entries sit in two time-ordered deques (per
+endpoint for reconciliation, global for expiry) and leave each deque once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["InflightTracker", "Load"]
+
+
+class Load:
+    """Extra load on one endpoint, shared by reference with the scheduler's endpoint state."""
+
+    __slots__ = ("n", "tokens")
+
+    def __init__(self) -> None:
+        self.n = 0  # requests not yet reflected in the endpoint's snapshot
+        self.tokens = 0  # their uncached prompt tokens + expected output tokens
+
+    def __repr__(self) -> str:
+        return f"Load(n={self.n}, tokens={self.tokens})"
+
+
+class _Entry:
+    __slots__ = ("address", "at", "extra", "live", "request_id", "tokens")
+
+    def __init__(self, request_id: str, address: str, at: float, tokens: int) -> None:
+        self.request_id = request_id
+        self.address = address
+        self.at = at
+        self.tokens = tokens
+        self.extra = False
+        self.live = True
+
+
+class InflightTracker:
+    """Per-endpoint extra load, reconciled with snapshots, released by completions, expired by TTL."""
+
+    def __init__(self, ttl: float = 60.0, propagation: float = 0.02, avg_tokens: float = 500.0) -> None:
+        self.ttl = ttl
+        self.propagation = propagation
+        # A running mean of tokens per request, used to price a pod's *reported* waiting
+        # requests, whose sizes the metrics do not give.
+        self.avg_tokens = avg_tokens
+        self._entries: dict[str, _Entry] = {}
+        self._loads: dict[str, Load] = {}
+        self._pending: dict[str, deque[_Entry]] = {}  # extra entries per endpoint, by time
+        self._snap_ts: dict[str, float] = {}  # newest snapshot time seen per endpoint
+        self._expiry: deque[_Entry] = deque()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def load(self, address: str) -> Load:
+        """The live :class:`Load` object of ``address`` (created on first use)."""
+        load = self._loads.get(address)
+        if load is None:
+            load = self._loads[address] = Load()
+        return load
+
+    def assign(self, request_id: str, address: str, tokens: int, now: float) -> None:
+        """Record that ``request_id`` was sent to ``address`` at ``now``."""
+        self.expire(now)
+        if request_id in self._entries:  # a retry re-assigned it: the old entry is over
+            self.complete(request_id, now)
+        tokens = max(0, int(tokens))
+        self.avg_tokens += (tokens - self.avg_tokens) * 0.01
+        entry = _Entry(request_id, address, now, tokens)
+        self._entries[request_id] = entry
+        self._expiry.append(entry)
+        if now <= self._snap_ts.get(address, float("-inf")) - self.propagation:
+            return  # a newer snapshot already counts it
+        entry.extra = True
+        load = self.load(address)
+        load.n += 1
+        load.tokens += tokens
+        dq = self._pending.get(address)
+        if dq is None:
+            dq = self._pending[address] = deque()
+        if dq and dq[-1].at > now:  # a peer's late event: keep the deque time-ordered (rare)
+            i = len(dq)
+            while i > 0 and dq[i - 1].at > now:
+                i -= 1
+            dq.insert(i, entry)
+        else:
+            dq.append(entry)
+
+    def complete(self, request_id: str, now: float) -> None:
+        """Release ``request_id``; unknown ids (another pool's, already expired) are ignored."""
+        entry = self._entries.pop(request_id, None)
+        if entry is not None:
+            self._release(entry)
+        self.expire(now)
+
+    def snapshot(self, address: str, ts: float) -> None:
+        """A snapshot scraped at ``ts`` arrived: assignments older than it are now in its counts."""
+        if ts <= self._snap_ts.get(address, float("-inf")):
+            return
+        self._snap_ts[address] = ts
+        dq = self._pending.get(address)
+        if not dq:
+            return
+        cutoff = ts - self.propagation
+        while dq and dq[0].at <= cutoff:
+            entry = dq.popleft()
+            if entry.extra:
+                entry.extra = False
+                load = self._loads[address]
+                load.n -= 1
+                load.tokens -= entry.tokens
+
+    def expire(self, now: float) -> None:
+        """Drop entries older than the TTL (their completion was lost)."""
+        q = self._expiry
+        limit = now - self.ttl
+        while q and q[0].at <= limit:
+            entry = q.popleft()
+            if entry.live:
+                if self._entries.get(entry.request_id) is entry:
+                    del self._entries[entry.request_id]
+                self._release(entry)
+
+    def remove_endpoint(self, address: str) -> None:
+        """The endpoint left the pool: its extra load goes with it."""
+        for entry in self._pending.pop(address, ()):
+            entry.extra = False
+        load = self._loads.pop(address, None)
+        if load is not None:
+            load.n = 0
+            load.tokens = 0
+        self._snap_ts.pop(address, None)
+
+    def extra(self, address: str) -> tuple[int, int]:
+        """(requests, tokens) sent to ``address`` and not yet in its metrics."""
+        load = self._loads.get(address)
+        return (load.n, load.tokens) if load is not None else (0, 0)
+
+    def _release(self, entry: _Entry) -> None:
+        entry.live = False
+        if entry.extra:
+            entry.extra = False
+            load = self._loads.get(entry.address)
+            if load is not None:
+                load.n -= 1
+                load.tokens -= entry.tokens
+            # The entry stays in its pending deque, marked dead; the next snapshot pops it.

@@ -1,0 +1,131 @@
+"""An approximate prefix-cache index: which endpoint probably holds which prompt blocks.
+
+vLLM caches prompt KV in blocks whose identity is a chained hash of the block and
+everything before it, so "pod P holds block *i*" implies it held blocks *0..i-1* when it
+computed it. We do not see the pods' caches; we remember what we sent where. Each
+endpoint gets an LRU of block hashes sized like its KV cache (``kv_capacity_tokens //
+block_size`` blocks), and a global inverted index (hash -> endpoints) lets a lookup
+touch only the endpoints that hold the request's first block, not every endpoint.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+__all__ = ["DEFAULT_CAPACITY_BLOCKS", "PrefixIndex"]
+
+DEFAULT_CAPACITY_BLOCKS = 8192  # ~ a 7B model on one 80 GB GPU (7,463 blocks of 16 tokens)
+
+
+class PrefixIndex:
+    """Per-endpoint LRUs of block hashes with a shared inverted index."""
+
+    def __init__(self, default_capacity_blocks: int = DEFAULT_CAPACITY_BLOCKS) -> None:
+        self.default_capacity_blocks = max(1, int(default_capacity_blocks))
+        self._lru: dict[str, OrderedDict[int, None]] = {}
+        self._cap: dict[str, int] = {}
+        self._holders: dict[int, set[str]] = {}
+
+    def capacity(self, address: str) -> int:
+        return self._cap.get(address, self.default_capacity_blocks)
+
+    def set_capacity(self, address: str, blocks: int) -> None:
+        """Size ``address``'s LRU (``blocks`` <= 0 means unknown: use the default)."""
+        blocks = int(blocks) if blocks > 0 else self.default_capacity_blocks
+        if self._cap.get(address) == blocks:
+            return
+        self._cap[address] = blocks
+        lru = self._lru.get(address)
+        if lru is not None:
+            self._evict(address, lru, blocks)
+
+    def add(self, address: str, hashes: Sequence[int]) -> None:
+        """``address`` will cache these blocks: make them its most recent entries.
+
+        Blocks are touched last-to-first so the first block, shared by the most prompts,
+        is the most recent and the last one evicted.
+        """
+        if not hashes:
+            return
+        lru = self._lru.get(address)
+        if lru is None:
+            lru = self._lru[address] = OrderedDict()
+        holders = self._holders
+        for h in reversed(hashes):
+            if h in lru:
+                lru.move_to_end(h)
+            else:
+                lru[h] = None
+                s = holders.get(h)
+                if s is None:
+                    holders[h] = {address}
+                else:
+                    s.add(address)
+        self._evict(address, lru, self._cap.get(address, self.default_capacity_blocks))
+
+    def match(self, hashes: Sequence[int]) -> dict[str, int]:
+        """Endpoint -> number of leading blocks of ``hashes`` it holds (only endpoints with >= 1).
+
+        The candidate set only shrinks along the chain, so each endpoint is written once
+        and the set operations run in C.
+        """
+        if not hashes:
+            return {}
+        holders = self._holders
+        first = holders.get(hashes[0])
+        if not first:
+            return {}
+        alive = set(first)
+        out: dict[str, int] = {}
+        n = len(hashes)
+        for i in range(1, n):
+            s = holders.get(hashes[i])
+            nxt = alive & s if s else set()
+            if len(nxt) != len(alive):
+                for a in alive - nxt:
+                    out[a] = i
+                if not nxt:
+                    return out
+                alive = nxt
+        for a in alive:
+            out[a] = n
+        return out
+
+    def matched(self, address: str, hashes: Sequence[int]) -> int:
+        """Leading blocks of ``hashes`` held by one endpoint."""
+        lru = self._lru.get(address)
+        if not lru:
+            return 0
+        n = 0
+        for h in hashes:
+            if h not in lru:
+                break
+            n += 1
+        return n
+
+    def remove(self, address: str) -> None:
+        lru = self._lru.pop(address, None)
+        self._cap.pop(address, None)
+        if lru:
+            holders = self._holders
+            for h in lru:
+                s = holders.get(h)
+                if s is not None:
+                    s.discard(address)
+                    if not s:
+                        del holders[h]
+
+    def size(self, address: str) -> int:
+        lru = self._lru.get(address)
+        return len(lru) if lru else 0
+
+    def _evict(self, address: str, lru: OrderedDict[int, None], cap: int) -> None:
+        holders = self._holders
+        while len(lru) > cap:
+            h, _ = lru.popitem(last=False)
+            s = holders.get(h)
+            if s is not None:
+                s.discard(address)
+                if not s:
+                    del holders[h]

@@ -1,0 +1,122 @@
+"""Per-endpoint values precomputed once per snapshot, read by every decision.
+
+A decision over 1,000 endpoints has about a microsecond per endpoint, so everything
+that depends only on the snapshot (sanitized numbers, LoRA sets, the static part of the
+saturation test, when the metrics turn stale) is computed here, in ``on_snapshot``, and
+the hot loops read plain attributes. The in-flight :class:`~.inflight.Load` is shared by
+reference, so assignments show up without touching this object.
+"""
+
+from __future__ import annotations
+
+import math
+
+from shared.schemas import EndpointSnapshot
+
+from .inflight import Load
+
+__all__ = ["EndpointState", "Thresholds"]
+
+DEFAULT_CAPACITY_TOKENS = 8192 * 16
+
+
+class Thresholds:
+    """Saturation and staleness limits of one profile."""
+
+    __slots__ = ("include_inflight", "kv", "queue", "staleness")
+
+    def __init__(
+        self, queue: int = 5, kv: float = 0.8, staleness: float = 0.2, include_inflight: bool = False
+    ) -> None:
+        self.queue = queue
+        self.kv = kv
+        self.staleness = staleness
+        self.include_inflight = include_inflight
+
+
+def _num(x: object, lo: float, hi: float, bad: float) -> float:
+    """Clamp a reported number into [lo, hi]; NaN or garbage becomes ``bad``."""
+    try:
+        v = float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return bad
+    if math.isnan(v):
+        return bad
+    return min(hi, max(lo, v))
+
+
+class EndpointState:
+    """One endpoint's snapshot, sanitized and digested for the scorers."""
+
+    __slots__ = (
+        "address",
+        "base_demand",
+        "block_size",
+        "cap",
+        "fresh_until",
+        "inv_cap",
+        "ip",
+        "kv",
+        "load",
+        "lora_running",
+        "lora_slots_free",
+        "lora_waiting",
+        "max_lora",
+        "model",
+        "ok",
+        "running",
+        "sat_static",
+        "snap",
+        "snap_ts",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        address: str,
+        snap: EndpointSnapshot,
+        received_at: float,
+        load: Load,
+        th: Thresholds,
+        avg_tokens: float,
+    ) -> None:
+        self.address = address
+        self.ip = address.rsplit(":", 1)[0] if ":" in address else address
+        self.snap = snap
+        self.snap_ts = snap.ts
+        self.load = load
+        self.ok = bool(snap.ready) and bool(snap.healthy)
+        self.model = snap.model if isinstance(snap.model, str) else ""
+        self.waiting = int(_num(snap.waiting, 0, 1e9, 0))
+        self.running = int(_num(snap.running, 0, 1e9, 0))
+        self.kv = _num(snap.kv_usage, 0.0, 1.0, 1.0)
+        bs = int(_num(snap.block_size, 0, 1 << 20, 16)) or 16
+        cap = int(_num(snap.kv_capacity_tokens, 0, 1e12, 0))
+        self.block_size = bs
+        self.cap = cap if cap >= bs else DEFAULT_CAPACITY_TOKENS
+        self.inv_cap = 1.0 / self.cap
+        lora = snap.lora
+        self.lora_running = frozenset(lora.running)
+        self.lora_waiting = frozenset(lora.waiting)
+        self.max_lora = int(_num(lora.max_lora, 0, 1e6, 0))
+        self.lora_slots_free = len(self.lora_running) < self.max_lora
+        # Metrics are as old as the scrape; if the scrape time is unknown, as the receipt.
+        ts = _num(snap.ts, -1e18, 1e18, 0.0) or _num(received_at, -1e18, 1e18, 0.0)
+        failing = _num(snap.consecutive_failures, 0, 1e9, 0) > 0 or bool(snap.scrape_error)
+        self.fresh_until = float("-inf") if failing else ts + th.staleness
+        self.sat_static = self.waiting > th.queue or self.kv > th.kv
+        # Demand already on the pod, as a fraction of its KV capacity: what it holds plus
+        # its queue priced at the average request size (see scorers.ExpectedWorkScorer).
+        self.base_demand = self.kv + self.waiting * avg_tokens * self.inv_cap
+
+    def saturated(self, th: Thresholds, now: float) -> bool:
+        """The saturation test: queue or KV over threshold, or metrics stale/missing."""
+        if self.sat_static or now > self.fresh_until:
+            return True
+        if th.include_inflight:
+            load = self.load
+            if load.n and (
+                self.waiting + load.n > th.queue or self.kv + load.tokens * self.inv_cap > th.kv
+            ):
+                return True
+        return False
