@@ -197,19 +197,18 @@ class ProfileScheduler:
         cset = request.candidates
         fresh: list[EndpointState] = []
         stale: list[EndpointState] = []
+        add_fresh = fresh.append
+        add_stale = stale.append
         for v in endpoints:
-            snap = v.snapshot
             st = get(v.address)
+            snap = v.snapshot
             if st is None or st.snap is not snap or st.snap_ts != snap.ts:
                 st = self._digest(v.address, snap, v.received_at)
-            if not st.ok:
-                continue
-            if cset is not None and st.address not in cset and st.ip not in cset:
-                continue
-            if now > st.fresh_until:
-                stale.append(st)
-            else:
-                fresh.append(st)
+            if st.ok and (cset is None or st.address in cset or st.ip in cset):
+                if now <= st.fresh_until:
+                    add_fresh(st)
+                else:
+                    add_stale(st)
         return fresh, stale
 
     def _safe_choice(self, request: RequestInfo, endpoints: Sequence[EndpointView]) -> Decision:

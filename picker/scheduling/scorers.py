@@ -127,7 +127,13 @@ class LoraAffinityScorer(Scorer):
         bm = ctx.base_models
         if len(bm) == 1 and target in bm:  # one base model in the pool and this is it
             return None
-        return [lora_affinity(s, target) for s in group]
+        # lora_affinity() inlined for endpoints that report their model (the hot path).
+        return [
+            (1.0 if target in s.lora_running or s.model == target else lora_affinity(s, target))
+            if s.model
+            else lora_affinity(s, target)
+            for s in group
+        ]
 
 
 class PrefixCacheScorer(Scorer):
@@ -139,12 +145,14 @@ class PrefixCacheScorer(Scorer):
         hashes = ctx.request.prefix_hashes
         if not hashes:
             return None
-        matches = ctx.prefix_matches()
-        if not matches:
+        hits = ctx.group_matches(group)
+        if not hits:
             return None
         total = float(len(hashes))
-        get = matches.get
-        return [get(s.address, 0) / total for s in group]
+        out = [0.0] * len(group)
+        for i, m in hits:
+            out[i] = m / total
+        return out
 
 
 class InflightScorer(Scorer):
@@ -184,18 +192,14 @@ class ExpectedWorkScorer(Scorer):
         req = ctx.request
         prompt = req.prompt_tokens if req.prompt_tokens > 0 else 0
         out = req.expected_output_tokens if req.expected_output_tokens > 0 else self.default_output_tokens
-        matches = ctx.prefix_matches() if req.prefix_hashes else None
-        if matches:
-            get = matches.get
-            ds = []
-            for s in group:
-                left = prompt - get(s.address, 0) * s.block_size
-                if left < 0:
-                    left = 0
-                ds.append(s.base_demand + (s.load.tokens + left + out) * s.inv_cap)
-        else:
-            own = prompt + out
-            ds = [s.base_demand + (s.load.tokens + own) * s.inv_cap for s in group]
+        own = prompt + out
+        ds = [s.base_demand + (s.load.tokens + own) * s.inv_cap for s in group]
+        if req.prefix_hashes:
+            # A cached prefix is prefill the pod will not redo: subtract it where it applies.
+            for i, m in ctx.group_matches(group):
+                s = group[i]
+                saved = m * s.block_size
+                ds[i] -= (saved if saved < prompt else prompt) * s.inv_cap
         return _minmax_low_is_best(ds, self.floor)
 
     @classmethod
