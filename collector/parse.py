@@ -1,0 +1,266 @@
+"""A narrow, fast parser for the few vLLM ``/metrics`` families a scheduler needs.
+
+A vLLM page is tens of kilobytes, mostly histogram buckets nobody here reads;
+``prometheus_client.parser`` takes ~18 ms for one, too slow for 16 pods at 20 Hz. This
+module finds only the sample lines of the wanted families with one regular expression
+over the raw bytes (its literal prefix ``\\nvllm:`` lets the regex engine skip ahead in
+C), and parses labels and values only on those few lines.
+
+Two layers:
+
+* :func:`scan` returns the raw samples ``(name, labels, value)`` of the wanted families
+  in page order, with the same semantics as ``prometheus_client``'s text parser
+  (escapes ``\\\\``, ``\\"``, ``\\n`` in label values; ``NaN``/``+Inf``/``-Inf``; optional
+  timestamps ignored; comments, blank lines, unknown families, ``*_created`` series
+  skipped). It raises :class:`ParseError` on a malformed line *of a wanted family*;
+  lines of other families are not validated (that is where the speed comes from).
+  The property tests compare it with ``prometheus_client`` as the oracle.
+* :func:`parse` aggregates those samples into a :class:`PageMetrics` and never raises:
+  a page it cannot use gives a result whose ``error`` is set.
+
+Aggregation across data-parallel engines (one series per ``engine`` label):
+
+* ``running``, ``waiting``, the prefix-cache counters and preemptions are **summed**;
+* KV-cache capacity (``num_gpu_blocks x block_size`` of each ``vllm:cache_config_info``
+  series) is **summed**;
+* KV-cache usage is the **capacity-weighted mean** of the engines' usage when every
+  usage series has a matching ``cache_config_info`` series (same ``engine`` label) with
+  a known capacity, else the plain mean; that is the fraction of the pod's whole KV
+  cache in use. ``vllm:kv_cache_usage_perc`` is preferred to the older
+  ``vllm:gpu_cache_usage_perc`` when a page has both;
+* LoRA state comes from the ``vllm:lora_requests_info`` series with the largest value
+  (the value is the time it was last updated, so the largest is the newest).
+
+Non-finite values (``NaN``, ``+Inf``) never reach a snapshot: counts and counters treat
+them as 0, KV usage ignores them; usage is clamped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+KV_USAGE_LEGACY = "vllm:gpu_cache_usage_perc"
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
+PREEMPTIONS = "vllm:num_preemptions_total"
+CACHE_CONFIG = "vllm:cache_config_info"
+LORA_INFO = "vllm:lora_requests_info"
+
+WANTED: tuple[str, ...] = (
+    RUNNING,
+    WAITING,
+    KV_USAGE,
+    KV_USAGE_LEGACY,
+    PREFIX_QUERIES,
+    PREFIX_HITS,
+    PREEMPTIONS,
+    CACHE_CONFIG,
+    LORA_INFO,
+)
+
+_PREFIX = "vllm:"
+_ALT = b"|".join(re.escape(n[len(_PREFIX) :].encode()) for n in WANTED)
+# A wanted sample line: after a newline and optional blanks, the exact family name, then
+# "{" or a blank (so "vllm:num_requests_running_created" and "..._foo" never match).
+_LINE = re.compile(rb"\n[ \t]*vllm:(" + _ALT + rb")([ \t]*\{[^\n]*|[ \t][^\n]*)")
+_FIRST_LINE = re.compile(rb"[ \t]*vllm:(" + _ALT + rb")([ \t]*\{[^\n]*|[ \t][^\n]*)")
+_NAMES = {n[len(_PREFIX) :].encode(): n for n in WANTED}
+
+_LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"[ \t]*')
+_ESCAPE = re.compile(r'\\[\\n"]')
+_ESCAPES = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
+
+
+class ParseError(ValueError):
+    """A line of a wanted family is malformed."""
+
+
+@dataclass(slots=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def _unescape(s: str) -> str:
+    return _ESCAPE.sub(lambda m: _ESCAPES[m.group(0)], s) if "\\" in s else s
+
+
+def _parse_value(tok: str, line: str) -> float:
+    if "_" in tok:
+        raise ParseError(f"invalid value {tok!r} in line {line[:200]!r}")
+    try:
+        return float(tok)
+    except ValueError:
+        raise ParseError(f"invalid value {tok!r} in line {line[:200]!r}") from None
+
+
+def _parse_rest(name: str, rest: str) -> Sample:
+    """``rest`` is the line after the metric name: optional ``{labels}``, value, timestamp."""
+    labels: dict[str, str] = {}
+    s = rest.lstrip(" \t")
+    if s.startswith("{"):
+        pos, n = 1, len(s)
+        while True:
+            while pos < n and s[pos] in " \t":
+                pos += 1
+            if pos < n and s[pos] == "}":
+                pos += 1
+                break
+            m = _LABEL.match(s, pos)
+            if m is None:
+                raise ParseError(f"invalid labels in line {name}{rest[:200]!r}")
+            key = m.group(1)
+            if key in labels:
+                raise ParseError(f"duplicate label {key!r} in line {name}{rest[:200]!r}")
+            labels[key] = _unescape(m.group(2))
+            pos = m.end()
+            if pos < n and s[pos] == ",":
+                pos += 1
+            elif pos < n and s[pos] == "}":
+                pos += 1
+                break
+            else:
+                raise ParseError(f"invalid labels in line {name}{rest[:200]!r}")
+        s = s[pos:]
+    parts = s.split()
+    if not parts:
+        raise ParseError(f"missing value in line {name}{rest[:200]!r}")
+    return Sample(name, labels, _parse_value(parts[0], name + rest))
+
+
+def scan(page: bytes | str) -> list[Sample]:
+    """The samples of the wanted families, in page order. Raises :class:`ParseError`."""
+    data = page.encode() if isinstance(page, str) else page
+    out: list[Sample] = []
+    first = _FIRST_LINE.match(data)
+    matches = ([first] if first is not None else []) + list(_LINE.finditer(data))
+    for m in matches:
+        name = _NAMES[m.group(1)]
+        rest = m.group(2).decode("utf-8", "replace")
+        out.append(_parse_rest(name, rest.rstrip("\r")))
+    return out
+
+
+@dataclass(slots=True)
+class PageMetrics:
+    """What one scrape tells the scheduler; ``error`` is set when the page was unusable."""
+
+    model: str = ""
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+    kv_capacity_tokens: int = 0
+    block_size: int = 16
+    prefix_queries: float = 0.0
+    prefix_hits: float = 0.0
+    preemptions: float = 0.0
+    lora_running: list[str] = field(default_factory=list)
+    lora_waiting: list[str] = field(default_factory=list)
+    max_lora: int = 0
+    engines: int = 0
+    error: str = ""
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else 0.0
+
+
+def _int_label(labels: dict[str, str], key: str) -> int | None:
+    raw = labels.get(key)
+    if raw is None:
+        return None
+    try:
+        v = int(raw.strip())
+    except ValueError:
+        return None  # vLLM reports "None" before the KV cache is profiled
+    return v if v >= 0 else None
+
+
+def _adapters(raw: str) -> list[str]:
+    return [a.strip() for a in raw.split(",") if a.strip()]
+
+
+def summarize(samples: list[Sample]) -> PageMetrics:
+    """Aggregate raw samples (from :func:`scan`, or from the oracle in tests)."""
+    pm = PageMetrics()
+    running = waiting = 0.0
+    kv_new: list[tuple[str | None, float]] = []
+    kv_old: list[tuple[str | None, float]] = []
+    capacity_by_engine: dict[str | None, int] = {}
+    block_size: int | None = None
+    lora: Sample | None = None
+    engines: set[str | None] = set()
+    found_core = False
+    for s in samples:
+        name, labels, v = s.name, s.labels, s.value
+        if not pm.model and labels.get("model_name"):
+            pm.model = labels["model_name"]
+        if name == RUNNING:
+            running += _finite(v)
+            found_core = True
+            engines.add(labels.get("engine"))
+        elif name == WAITING:
+            waiting += _finite(v)
+            found_core = True
+            engines.add(labels.get("engine"))
+        elif name == KV_USAGE:
+            kv_new.append((labels.get("engine"), v))
+            found_core = True
+        elif name == KV_USAGE_LEGACY:
+            kv_old.append((labels.get("engine"), v))
+            found_core = True
+        elif name == PREFIX_QUERIES:
+            pm.prefix_queries += _finite(v)
+        elif name == PREFIX_HITS:
+            pm.prefix_hits += _finite(v)
+        elif name == PREEMPTIONS:
+            pm.preemptions += _finite(v)
+        elif name == CACHE_CONFIG:
+            bs, blocks = _int_label(labels, "block_size"), _int_label(labels, "num_gpu_blocks")
+            if bs and block_size is None:
+                block_size = bs
+            if bs and blocks is not None:
+                eng = labels.get("engine")
+                capacity_by_engine[eng] = capacity_by_engine.get(eng, 0) + bs * blocks
+        elif name == LORA_INFO and (
+            lora is None or (not math.isnan(v) and (math.isnan(lora.value) or v >= lora.value))
+        ):
+            lora = s
+    if not found_core:
+        pm.error = "no vLLM load metrics (num_requests_running/waiting, kv_cache_usage_perc) in page"
+        return pm
+    pm.running = int(max(0.0, running))
+    pm.waiting = int(max(0.0, waiting))
+    pm.engines = max(1, len(engines))
+    kv = [(e, u) for e, u in (kv_new or kv_old) if math.isfinite(u)]
+    if kv:
+        caps = [capacity_by_engine.get(e, 0) for e, _ in kv]
+        if all(c > 0 for c in caps):
+            usage = sum(u * c for (_, u), c in zip(kv, caps, strict=True)) / sum(caps)
+        else:
+            usage = sum(u for _, u in kv) / len(kv)
+        pm.kv_usage = min(1.0, max(0.0, usage))
+    pm.kv_capacity_tokens = sum(capacity_by_engine.values())
+    if block_size:
+        pm.block_size = block_size
+    if lora is not None:
+        pm.lora_running = _adapters(lora.labels.get("running_lora_adapters", ""))
+        pm.lora_waiting = _adapters(lora.labels.get("waiting_lora_adapters", ""))
+        pm.max_lora = _int_label(lora.labels, "max_lora") or 0
+    return pm
+
+
+def parse(page: bytes | str) -> PageMetrics:
+    """Parse one ``/metrics`` page; never raises (``error`` says what was wrong)."""
+    try:
+        return summarize(scan(page))
+    except ParseError as exc:
+        return PageMetrics(error=str(exc))
+    except Exception as exc:  # defensive: a parser bug must not kill a scrape loop
+        return PageMetrics(error=f"parser failure: {exc!r}")
