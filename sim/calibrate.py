@@ -58,11 +58,21 @@ class RunResult:
         return items[-1][0]
 
     def tpots(self) -> list[float]:
-        return [(r.t_finished - r.t_first_token) / (r.max_tokens - 1) for r in self.requests if r.max_tokens > 1]
+        return [
+            (r.t_finished - r.t_first_token) / (r.max_tokens - 1) for r in self.requests if r.max_tokens > 1
+        ]
 
 
-def run_poisson(config: EngineConfig, sampler, rate: float, *, duration: float | None = None,
-                n_requests: int | None = None, seed: int = 1, record_itl: bool = True) -> RunResult:
+def run_poisson(
+    config: EngineConfig,
+    sampler,
+    rate: float,
+    *,
+    duration: float | None = None,
+    n_requests: int | None = None,
+    seed: int = 1,
+    record_itl: bool = True,
+) -> RunResult:
     """Drive one engine in virtual time with Poisson arrivals until all requests finish."""
     eng = Engine(config)
     rng = random.Random(seed)
@@ -123,8 +133,9 @@ def measured_points(config: EngineConfig, n_requests: int = 3000, seed: int = 1)
     config = replace(config, enable_lora=False)
     out = {}
     for qps in MEASURED:
-        r = run_poisson(config, FixedLength(580, 250, random.Random(seed)), qps, n_requests=n_requests,
-                        seed=seed)
+        r = run_poisson(
+            config, FixedLength(580, 250, random.Random(seed)), qps, n_requests=n_requests, seed=seed
+        )
         tt = r.ttfts()
         out[qps] = {
             "ttft_mean": sum(tt) / len(tt),
@@ -139,8 +150,9 @@ def measured_points(config: EngineConfig, n_requests: int = 3000, seed: int = 1)
     return out
 
 
-def saturation(config: EngineConfig, rate: float = 60.0, duration: float = 240.0, warmup: float = 60.0,
-               seed: int = 2) -> dict:
+def saturation(
+    config: EngineConfig, rate: float = 60.0, duration: float = 240.0, warmup: float = 60.0, seed: int = 2
+) -> dict:
     """Completion rate under a 2x overload between ``warmup`` and ``duration`` (virtual seconds)."""
     eng_res = _overload(config, rate, duration, seed)
     done = [r for r in eng_res.requests if warmup <= r.t_finished <= duration]
@@ -202,29 +214,46 @@ def check(points: dict[int, dict], sat: dict) -> list[str]:
 def report(config: EngineConfig, n_requests: int = 3000, out=sys.stdout) -> bool:
     points = measured_points(config, n_requests)
     sat = saturation(config)
-    print(f"slowdown={config.slowdown}  lora_enabled_factor={config.lora_enabled_factor}  api_overhead={config.api_overhead_s * 1e3:.0f} ms  "
-          f"kv={config.kv_capacity_tokens} tokens  max_num_seqs={config.max_num_seqs}  "
-          f"budget={config.max_num_batched_tokens}", file=out)
-    print("| QPS | TTFT sim (mean / p50) | TTFT measured | ITL p75 sim | ITL p75 measured | TPOT mean sim |",
-          file=out)
+    print(
+        f"slowdown={config.slowdown}  lora_enabled_factor={config.lora_enabled_factor}  api_overhead={config.api_overhead_s * 1e3:.0f} ms  "
+        f"kv={config.kv_capacity_tokens} tokens  max_num_seqs={config.max_num_seqs}  "
+        f"budget={config.max_num_batched_tokens}",
+        file=out,
+    )
+    print(
+        "| QPS | TTFT sim (mean / p50) | TTFT measured | ITL p75 sim | ITL p75 measured | TPOT mean sim |",
+        file=out,
+    )
     print("|---|---|---|---|---|---|", file=out)
     for qps, (ttft, itl) in MEASURED.items():
         p = points[qps]
-        print(f"| {qps} | {p['ttft_mean'] * 1e3:.1f} / {p['ttft_p50'] * 1e3:.1f} ms | {ttft * 1e3:.1f} ms | "
-              f"{p['itl_p75'] * 1e3:.2f} ms | {itl * 1e3:.1f} ms | {p['tpot_mean'] * 1e3:.2f} ms |", file=out)
-    print("(measured points: LoRA disabled, factor = slowdown; saturation: the upstream benchmark "
-          "deployment, LoRA enabled, factor = slowdown x lora_enabled_factor)", file=out)
-    print(f"ShareGPT-like saturation (plateau under 60 req/s offered): {sat['req_per_s']:.1f} req/s, "
-          f"{sat['out_tok_per_s']:.0f} output tok/s, {sat['preemptions']} preemptions "
-          f"(measured: {MEASURED_SATURATION:.0f} req/s, ~5.9k tok/s)", file=out)
+        print(
+            f"| {qps} | {p['ttft_mean'] * 1e3:.1f} / {p['ttft_p50'] * 1e3:.1f} ms | {ttft * 1e3:.1f} ms | "
+            f"{p['itl_p75'] * 1e3:.2f} ms | {itl * 1e3:.1f} ms | {p['tpot_mean'] * 1e3:.2f} ms |",
+            file=out,
+        )
+    print(
+        "(measured points: LoRA disabled, factor = slowdown; saturation: the upstream benchmark "
+        "deployment, LoRA enabled, factor = slowdown x lora_enabled_factor)",
+        file=out,
+    )
+    print(
+        f"ShareGPT-like saturation (plateau under 60 req/s offered): {sat['req_per_s']:.1f} req/s, "
+        f"{sat['out_tok_per_s']:.0f} output tok/s, {sat['preemptions']} preemptions "
+        f"(measured: {MEASURED_SATURATION:.0f} req/s, ~5.9k tok/s)",
+        file=out,
+    )
     bad = check(points, sat)
     print("calibration OK" if not bad else "OUT OF TOLERANCE: " + "; ".join(bad), file=out)
     return not bad
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="infergate-sim calibrate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="infergate-sim calibrate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--slowdown", type=float, default=None, help="override the global slowdown factor")
     ap.add_argument("--lora-enabled-factor", type=float, default=None, help="override lora_enabled_factor")
     ap.add_argument("--requests", type=int, default=3000, help="requests per measured point")

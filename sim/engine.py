@@ -149,7 +149,7 @@ class SimRequest:
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - mirrors the API field
+        id: str,
         prompt_tokens: int,
         max_tokens: int,
         block_hashes: list[int] | None = None,
@@ -200,8 +200,17 @@ _EMPTY: tuple = ()
 class StepResult:
     """What one step did. Events in the lists happen at ``end`` (= start + duration)."""
 
-    __slots__ = ("ctx_tokens", "duration", "end", "finished", "first_token", "num_decode", "preempted",
-                 "start", "tokens")
+    __slots__ = (
+        "ctx_tokens",
+        "duration",
+        "end",
+        "finished",
+        "first_token",
+        "num_decode",
+        "preempted",
+        "start",
+        "tokens",
+    )
 
     def __init__(self, start, duration, tokens, ctx_tokens, num_decode, first_token, finished, preempted):
         self.start = start
@@ -215,9 +224,11 @@ class StepResult:
         self.preempted = preempted  # requests preempted (back to waiting)
 
     def __repr__(self) -> str:
-        return (f"StepResult(start={self.start:.6f}, dur={self.duration * 1e3:.3f}ms, N={self.tokens}, "
-                f"C={self.ctx_tokens}, first={len(self.first_token)}, fin={len(self.finished)}, "
-                f"pre={len(self.preempted)})")
+        return (
+            f"StepResult(start={self.start:.6f}, dur={self.duration * 1e3:.3f}ms, N={self.tokens}, "
+            f"C={self.ctx_tokens}, first={len(self.first_token)}, fin={len(self.finished)}, "
+            f"pre={len(self.preempted)})"
+        )
 
 
 @dataclass

@@ -85,8 +85,9 @@ class ShareGPTLike:
 class FixedLength:
     """Every request has the same prompt and output lengths (unique prompts)."""
 
-    def __init__(self, prompt_tokens: int, output_tokens: int, rng: random.Random | None = None,
-                 hashes: bool = True) -> None:
+    def __init__(
+        self, prompt_tokens: int, output_tokens: int, rng: random.Random | None = None, hashes: bool = True
+    ) -> None:
         self.prompt_tokens, self.output_tokens = prompt_tokens, output_tokens
         self.rng = rng or random.Random(0)
         self.hashes = hashes
@@ -103,12 +104,22 @@ class SharedPrefix:
     ``sample()`` draws a random (group, prompt) pair; ``ordered()`` yields all of them.
     """
 
-    def __init__(self, rng: random.Random | None = None, groups: int = 256, prompts_per_group: int = 16,
-                 system_tokens: int = 2048, question_tokens: int = 256, output_tokens: int = 256) -> None:
+    def __init__(
+        self,
+        rng: random.Random | None = None,
+        groups: int = 256,
+        prompts_per_group: int = 16,
+        system_tokens: int = 2048,
+        question_tokens: int = 256,
+        output_tokens: int = 256,
+    ) -> None:
         self.rng = rng or random.Random(0)
         self.groups, self.per_group = groups, prompts_per_group
         self.system_tokens, self.question_tokens, self.output_tokens = (
-            system_tokens, question_tokens, output_tokens)
+            system_tokens,
+            question_tokens,
+            output_tokens,
+        )
         sys_blocks = system_tokens // BLOCK_TOKENS
         self._sys = [chain_hashes(1_000_003 * (g + 1), sys_blocks) for g in range(groups)]
 
