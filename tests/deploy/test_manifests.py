@@ -1,0 +1,290 @@
+"""deploy/ validates offline: Kubernetes schemas, our CRD schemas, cross-references, RBAC and flags."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from shared import crds
+from tests.support.kustomize import containers, render
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+TREES = ["base", "overlays/dev", "overlays/production"]
+K8S_VERSION = kubernetes_validate.latest_version()
+OWN_CRD_GROUPS = {"inference.networking.k8s.io", "inference.networking.x-k8s.io"}
+GATEWAY_GROUPS = {"gateway.networking.k8s.io", "gateway.envoyproxy.io"}
+SERVICES = {
+    "infergate-collector": "collector",
+    "infergate-picker": "picker",
+    "infergate-autoscaler": "autoscaler",
+    "infergate-sim": "sim",
+}
+
+
+def group_of(obj: dict[str, Any]) -> str:
+    api_version = obj["apiVersion"]
+    return api_version.split("/")[0] if "/" in api_version else ""
+
+
+@pytest.fixture(scope="module", params=TREES)
+def tree(request) -> list[dict[str, Any]]:
+    return render(DEPLOY / request.param)
+
+
+def crd_schemas() -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(group, version, kind) -> JSON schema, from our own CRD files."""
+    out = {}
+    for path in sorted((DEPLOY / "crds").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc["kind"] != "CustomResourceDefinition":
+                continue
+            spec = doc["spec"]
+            for version in spec["versions"]:
+                schema = _strip_k8s_extensions(version["schema"]["openAPIV3Schema"])
+                out[(spec["group"], version["name"], spec["names"]["kind"])] = schema
+    return out
+
+
+def _strip_k8s_extensions(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip_k8s_extensions(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    if isinstance(node, list):
+        return [_strip_k8s_extensions(v) for v in node]
+    return node
+
+
+def test_builtin_kinds_validate_against_kubernetes_schemas(tree):
+    checked = 0
+    for obj in tree:
+        if group_of(obj) in OWN_CRD_GROUPS | GATEWAY_GROUPS:
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        checked += 1
+    assert checked >= 8
+
+
+def test_crds_are_structural_and_have_status_and_printer_columns():
+    schemas = crd_schemas()
+    assert set(schemas) == {
+        ("inference.networking.k8s.io", "v1", "InferencePool"),
+        ("inference.networking.x-k8s.io", "v1alpha2", "InferencePool"),
+        ("inference.networking.x-k8s.io", "v1alpha2", "InferenceModel"),
+    }
+    for path in (DEPLOY / "crds").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == "CustomResourceDefinition":
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+                for version in doc["spec"]["versions"]:
+                    assert version["subresources"] == {"status": {}}
+                    assert version["additionalPrinterColumns"]
+                    _assert_structural(version["schema"]["openAPIV3Schema"], path.name)
+
+
+def _assert_structural(node: dict[str, Any], where: str) -> None:
+    """Every schema node has a type (or preserves unknown fields), as apiextensions requires."""
+    assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), where
+    for child in (node.get("properties") or {}).values():
+        _assert_structural(child, where)
+    if isinstance(node.get("items"), dict):
+        _assert_structural(node["items"], where)
+    if isinstance(node.get("additionalProperties"), dict):
+        _assert_structural(node["additionalProperties"], where)
+
+
+def test_own_kinds_validate_against_our_crds_and_our_parser(tree):
+    schemas = crd_schemas()
+    seen = 0
+    for obj in tree:
+        group, version = group_of(obj), obj["apiVersion"].split("/")[-1]
+        if group not in OWN_CRD_GROUPS or obj["kind"] == "CustomResourceDefinition":
+            continue
+        jsonschema.validate(obj, schemas[(group, version, obj["kind"])])
+        assert crds.from_object(obj) is not None
+        seen += 1
+    assert seen >= 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "doc", "bad_path"),
+    [
+        ("InferenceModel", "examples/inferencemodels.yaml", ("spec", "targetModels", 0, "weight")),
+        ("InferencePool", "examples/inferencepool.yaml", ("spec", "targetPorts", 0, "number")),
+    ],
+)
+def test_crd_schema_rejects_what_upstream_rejects(kind, doc, bad_path):
+    obj = next(d for d in yaml.safe_load_all((DEPLOY / doc).read_text()) if d["kind"] == kind)
+    target = obj
+    for key in bad_path[:-1]:
+        target = target[key]
+    target[bad_path[-1]] = 0
+    group, version = group_of(obj), obj["apiVersion"].split("/")[-1]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(obj, crd_schemas()[(group, version, kind)])
+    with pytest.raises(crds.CRDValidationError):
+        crds.from_object(obj)
+
+
+def test_gateway_resources_reference_each_other(tree):
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for obj in tree:
+        by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
+    gateway = by_kind["Gateway"]["inference-gateway"]
+    assert gateway["spec"]["gatewayClassName"] in by_kind["GatewayClass"]
+    for route in by_kind["HTTPRoute"].values():
+        for parent in route["spec"]["parentRefs"]:
+            assert parent["name"] in by_kind["Gateway"]
+        for rule in route["spec"]["rules"]:
+            for ref in rule["backendRefs"]:
+                assert ref["kind"] == "InferencePool" and ref["name"] in by_kind["InferencePool"]
+    policy = by_kind["EnvoyExtensionPolicy"]["infergate-picker"]
+    for target in policy["spec"]["targetRefs"]:
+        assert target["name"] in by_kind[target["kind"]]
+    ext = policy["spec"]["extProc"][0]
+    assert ext["processingMode"]["request"]["body"] == "FullDuplexStreamed"
+    service = by_kind["Service"][ext["backendRefs"][0]["name"]]
+    assert ext["backendRefs"][0]["port"] in {p["port"] for p in service["spec"]["ports"]}
+    pool = by_kind["InferencePool"]["vllm-llama2-7b"]
+    picker_service = by_kind["Service"][pool["spec"]["endpointPickerRef"]["name"]]
+    assert pool["spec"]["endpointPickerRef"]["port"]["number"] in {p["port"] for p in picker_service["spec"]["ports"]}
+
+
+def test_workloads_are_non_root_with_read_only_root_fs(tree):
+    for obj in tree:
+        if obj["kind"] not in ("Deployment", "DaemonSet", "StatefulSet"):
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, obj["metadata"]["name"]
+        for c in containers(obj):
+            if c["name"] == "vllm":  # vLLM writes compiled kernels and caches to its root FS
+                continue
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
+
+
+def test_collector_daemonset_targets_gpu_nodes_with_node_name():
+    tree = render(DEPLOY / "base")
+    ds = next(o for o in tree if o["kind"] == "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["tolerations"] and pod["affinity"]["nodeAffinity"]
+    env = {e["name"]: e for e in containers(ds)[0]["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert containers(ds)[0]["resources"]["requests"]
+
+
+def test_picker_is_highly_available():
+    tree = render(DEPLOY / "base")
+    dep = next(o for o in tree if o["kind"] == "Deployment" and o["metadata"]["name"] == "infergate-picker")
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert containers(dep)[0]["readinessProbe"]["grpc"]["port"] == 9003
+    pdb = next(o for o in tree if o["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["selector"] == dep["spec"]["selector"]
+
+
+# -- RBAC: derived from the code's API calls --------------------------------------------
+
+_KUBE_CALL = re.compile(r"kube\.(pods|custom)\(([^)]*)\)")
+_CONSTANTS = {
+    "INFERENCE_POOL_V1": ("inference.networking.k8s.io", "inferencepools"),
+    "INFERENCE_POOL_V1ALPHA2": ("inference.networking.x-k8s.io", "inferencepools"),
+    "INFERENCE_MODEL_V1ALPHA2": ("inference.networking.x-k8s.io", "inferencemodels"),
+}
+
+
+def kube_access_of(package: str) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) the package's code uses through shared.kube's ListWatcher."""
+    needed: set[tuple[str, str, str]] = set()
+    for path in (ROOT / package).rglob("*.py"):
+        text = path.read_text()
+        for fn, args in _KUBE_CALL.findall(text):
+            targets = [("", "pods")] if fn == "pods" else [v for k, v in _CONSTANTS.items() if k in args]
+            if fn == "custom" and not targets:  # a variable holding one of the constants
+                targets = [v for k, v in _CONSTANTS.items() if re.search(rf"\b{k}\b", text)]
+            for group, resource in targets:
+                needed |= {(group, resource, "list"), (group, resource, "watch")}
+    return needed
+
+
+def granted(tree: list[dict[str, Any]], account: str) -> set[tuple[str, str, str]]:
+    roles = {(o["kind"], o["metadata"]["name"]): o for o in tree if o["kind"] in ("Role", "ClusterRole")}
+    out: set[tuple[str, str, str]] = set()
+    for binding in tree:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == account for s in binding["subjects"]):
+            continue
+        role = roles.get((binding["roleRef"]["kind"], binding["roleRef"]["name"]))
+        if role is None:
+            continue  # a built-in role (auth-delegator, extension-apiserver-authentication-reader)
+        for rule in role["rules"]:
+            for g in rule.get("apiGroups", []):
+                for r in rule.get("resources", []):
+                    out |= {(g, r, v) for v in rule["verbs"]}
+    return out
+
+
+@pytest.mark.parametrize(("account", "package"), [("infergate-collector", "collector"), ("infergate-picker", "picker")])
+def test_rbac_grants_exactly_what_the_code_uses(account, package):
+    needed = kube_access_of(package)
+    assert needed, f"no Kubernetes access found in {package}/; the scan is broken"
+    assert granted(render(DEPLOY / "base"), account) == needed
+
+
+# -- flags and env names match the services' real --help ---------------------------------
+
+
+def service_help(command: str) -> str:
+    module = SERVICES[command]
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_manifest_flags_and_env_exist_in_help():
+    objects = [o for t in TREES for o in render(DEPLOY / t)]
+    objects += [d for d in yaml.safe_load_all((DEPLOY / "examples/sim-model-servers.yaml").read_text()) if d]
+    helps: dict[str, str] = {}
+    checked = 0
+    for obj in objects:
+        for c in containers(obj):
+            command = (c.get("command") or [None])[0]
+            if command not in SERVICES:
+                continue
+            text = helps.setdefault(command, service_help(command))
+            if command == "infergate-sim":
+                text += service_help_sub("sim", "serve")
+            for arg in c.get("args") or []:
+                if arg.startswith("--"):
+                    flag = arg.split("=", 1)[0]
+                    assert re.search(rf"(^|\s|\[){re.escape(flag)}\b", text), f"{command}: unknown flag {flag}"
+                    checked += 1
+            for env in c.get("env") or []:
+                if env["name"].startswith("INFERGATE_"):
+                    assert env["name"] in text.replace("\n", "").replace(" ", ""), f"{command}: unknown {env['name']}"
+                    checked += 1
+    assert checked >= 10
+
+
+def service_help_sub(module: str, sub: str) -> str:
+    out = subprocess.run([sys.executable, "-m", module, sub, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_dockerfile_copies_every_package_and_runs_non_root():
+    text = (ROOT / "Dockerfile").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = re.search(r'include = \[([^\]]*)\]', pyproject).group(1)
+    for pkg in re.findall(r'"(\w+)\*"', packages):
+        assert f"COPY {pkg} {pkg}" in text, pkg
+    assert re.search(r"^USER 65532", text, re.M)
+    assert text.count("FROM ") == 2  # multi-stage: build tools stay out of the runtime image
