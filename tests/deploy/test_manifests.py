@@ -154,7 +154,9 @@ def test_gateway_resources_reference_each_other(tree):
     assert ext["backendRefs"][0]["port"] in {p["port"] for p in service["spec"]["ports"]}
     pool = by_kind["InferencePool"]["vllm-llama2-7b"]
     picker_service = by_kind["Service"][pool["spec"]["endpointPickerRef"]["name"]]
-    assert pool["spec"]["endpointPickerRef"]["port"]["number"] in {p["port"] for p in picker_service["spec"]["ports"]}
+    assert pool["spec"]["endpointPickerRef"]["port"]["number"] in {
+        p["port"] for p in picker_service["spec"]["ports"]
+    }
 
 
 def test_workloads_are_non_root_with_read_only_root_fs(tree):
@@ -232,7 +234,9 @@ def granted(tree: list[dict[str, Any]], account: str) -> set[tuple[str, str, str
     return out
 
 
-@pytest.mark.parametrize(("account", "package"), [("infergate-collector", "collector"), ("infergate-picker", "picker")])
+@pytest.mark.parametrize(
+    ("account", "package"), [("infergate-collector", "collector"), ("infergate-picker", "picker")]
+)
 def test_rbac_grants_exactly_what_the_code_uses(account, package):
     needed = kube_access_of(package)
     assert needed, f"no Kubernetes access found in {package}/; the scan is broken"
@@ -265,17 +269,23 @@ def test_manifest_flags_and_env_exist_in_help():
             for arg in c.get("args") or []:
                 if arg.startswith("--"):
                     flag = arg.split("=", 1)[0]
-                    assert re.search(rf"(^|\s|\[){re.escape(flag)}\b", text), f"{command}: unknown flag {flag}"
+                    assert re.search(rf"(^|\s|\[){re.escape(flag)}\b", text), (
+                        f"{command}: unknown flag {flag}"
+                    )
                     checked += 1
             for env in c.get("env") or []:
                 if env["name"].startswith("INFERGATE_"):
-                    assert env["name"] in text.replace("\n", "").replace(" ", ""), f"{command}: unknown {env['name']}"
+                    assert env["name"] in text.replace("\n", "").replace(" ", ""), (
+                        f"{command}: unknown {env['name']}"
+                    )
                     checked += 1
     assert checked >= 10
 
 
 def service_help_sub(module: str, sub: str) -> str:
-    out = subprocess.run([sys.executable, "-m", module, sub, "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", module, sub, "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -283,7 +293,7 @@ def service_help_sub(module: str, sub: str) -> str:
 def test_dockerfile_copies_every_package_and_runs_non_root():
     text = (ROOT / "Dockerfile").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r'include = \[([^\]]*)\]', pyproject).group(1)
+    packages = re.search(r"include = \[([^\]]*)\]", pyproject).group(1)
     for pkg in re.findall(r'"(\w+)\*"', packages):
         assert f"COPY {pkg} {pkg}" in text, pkg
     assert re.search(r"^USER 65532", text, re.M)

@@ -19,8 +19,14 @@ import yaml
 
 SUPPORTED = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
 CLUSTER_SCOPED = {
-    "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "GatewayClass", "APIService",
-    "PriorityClass", "StorageClass",
+    "Namespace",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "GatewayClass",
+    "APIService",
+    "PriorityClass",
+    "StorageClass",
 }
 
 
@@ -42,7 +48,9 @@ def render(directory: Path) -> list[dict[str, Any]]:
     objects = [copy.deepcopy(o) for o in objects]
     for patch in spec.get("patches") or []:
         target = patch["target"]
-        matched = [o for o in objects if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]]
+        matched = [
+            o for o in objects if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]
+        ]
         if not matched:
             raise ValueError(f"{kfile}: patch target {target} matches nothing")
         ops = jsonpatch.JsonPatch(yaml.safe_load(patch["patch"]))
