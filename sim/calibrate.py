@@ -215,7 +215,8 @@ def report(config: EngineConfig, n_requests: int = 3000, out=sys.stdout) -> bool
     points = measured_points(config, n_requests)
     sat = saturation(config)
     print(
-        f"slowdown={config.slowdown}  lora_enabled_factor={config.lora_enabled_factor}  api_overhead={config.api_overhead_s * 1e3:.0f} ms  "
+        f"slowdown={config.slowdown}  lora_enabled_factor={config.lora_enabled_factor}  "
+        f"api_overhead={config.api_overhead_s * 1e3:.0f} ms  "
         f"kv={config.kv_capacity_tokens} tokens  max_num_seqs={config.max_num_seqs}  "
         f"budget={config.max_num_batched_tokens}",
         file=out,

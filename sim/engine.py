@@ -580,21 +580,24 @@ class Engine:
 
     def _free_blocks(self, req: SimRequest) -> None:
         held = req.held_blocks
-        hashes = req.held_hashes
-        self.num_free += held
         req.held_blocks = 0
         if not self.cfg.enable_prefix_caching:
+            self.num_free += held
             return
+        hashes = req.held_hashes
         fq = self._fq
         anon = held - len(hashes)
+        freed = anon
         if anon > 0:
             fq[-next(self._anon)] = anon
         cached = self._cached
         for h in reversed(hashes):
             r = cached[h] - 1
             cached[h] = r
-            if r == 0:
+            if r == 0:  # shared blocks stay in use until their last holder leaves
                 fq[h] = 1
+                freed += 1
+        self.num_free += freed
         req.held_hashes = []
 
     def _register_blocks(self, req: SimRequest) -> None:
@@ -833,3 +836,35 @@ class Engine:
             while len(gpu) > cfg.max_loras:
                 gpu.popitem(last=False)
         return extra
+
+    # ------------------------------------------------------------------ testing aid
+
+    def check_invariants(self) -> None:
+        """Assert the block and counter bookkeeping is consistent (O(everything); tests only)."""
+        held = 0
+        refs: dict[int, int] = {}
+        n_dec = 0
+        for req in self.running.values():
+            if req.state == DECODE:
+                n_dec += 1
+                blocks = -(-(req.c0 + self.k - req.k0) // self.bs)
+            else:
+                assert req.state == PREFILL, req
+                blocks = req.held_blocks
+            assert len(req.held_hashes) <= blocks, req
+            held += blocks - len(req.held_hashes)  # shared cached blocks are counted once below
+            for h in req.held_hashes:
+                refs[h] = refs.get(h, 0) + 1
+        held += len(refs)
+        assert n_dec == self.n_dec
+        assert held + self.num_free == self.total_blocks, (held, self.num_free, self.total_blocks)
+        if self.cfg.enable_prefix_caching:
+            assert sum(self._fq.values()) == self.num_free
+            for h, r in self._cached.items():
+                assert refs.get(h, 0) == r, (h, r, refs.get(h))
+                assert (r == 0) == (h in self._fq)
+        waiting = sum(1 for r in self._waiting if r.state == WAITING) + sum(
+            1 for e in self._waiting_heap if e[3].state == WAITING
+        )
+        assert waiting == self.n_waiting, (waiting, self.n_waiting)
+        assert len(self.running) <= self.cfg.max_num_seqs
