@@ -1,0 +1,349 @@
+"""Per-model load, aggregated from the collectors' snapshots and the pickers' events.
+
+This module is pure state (no I/O, an injectable clock) so every rule below is unit
+tested without NATS. A *model* is what a model server serves under its own name: the
+base model a pod reports, or one LoRA adapter (``lora.running`` in the snapshot, the
+assignment's ``target_model``). Series are keyed by ``(namespace, pool, target_model)``.
+
+Rules, each chosen so that the HPA never acts on a number it should not trust:
+
+* **Snapshots** are kept per endpoint (pod x port). A reordered one (same collector
+  epoch, lower ``seq``) is dropped; one older than ``staleness`` (by its collector
+  ``ts``) stops counting; a tombstone removes the endpoint, and a snapshot older than
+  the tombstone cannot resurrect it.
+* **In-flight** = assignments minus completions, idempotent by ``request_id`` (a replayed
+  or duplicated event counts once; a completion that overtakes its assignment cancels
+  it). Entries expire ``inflight_ttl`` after they were seen, so the requests of a picker
+  that died without publishing completions do not pin replicas up forever.
+* **Waiting** is the ``waiting`` of the ready, healthy pods serving the model. A pod that
+  serves several models has one queue; it is split between them in proportion to the
+  requests the pickers have in flight on that pod per model (the best available proxy
+  for the queue's mix). With no in-flight information, the queue goes to the adapters
+  the pod reports in ``lora.waiting`` (evenly), or else to its base model.
+* **Arrival rate** and **output tokens/s** are counts over a sliding ``window`` divided
+  by the window. Events are placed at their picker timestamp, clamped into
+  ``[now - window, now]`` and made non-decreasing per model, so a replay of the last
+  window after a restart rebuilds the rate instead of spiking it.
+* **KV-cache use** is the mean over the ready, healthy endpoints serving the model;
+  **ready replicas** counts those pods.
+* **Freshness:** a model gets values only while it has a fresh snapshot (any readiness)
+  or an event within the window. Otherwise it has *no* value: an old number presented
+  as current would make the HPA scale on a past that no longer exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from shared.schemas import Assignment, Completion, EndpointSnapshot, EventBatch, Tombstone
+
+INFLIGHT = "infergate-inflight-requests"
+WAITING = "infergate-waiting-requests"
+ARRIVAL_RATE = "infergate-arrival-rate"
+OUTPUT_TOKENS = "infergate-output-tokens-per-second"
+KV_CACHE = "infergate-kv-cache-usage"
+READY_REPLICAS = "infergate-ready-replicas"
+
+METRICS: dict[str, str] = {
+    INFLIGHT: "requests assigned by the pickers and not completed yet",
+    WAITING: "requests queued in the model servers (vllm:num_requests_waiting), attributed per model",
+    ARRIVAL_RATE: "requests assigned per second over the sliding window",
+    OUTPUT_TOKENS: "output tokens completed per second over the sliding window",
+    KV_CACHE: "mean KV-cache use (0..1) of the ready, healthy pods serving the model",
+    READY_REPLICAS: "ready, healthy pods serving the model",
+}
+
+
+class ModelKey(NamedTuple):
+    namespace: str
+    pool: str
+    target_model: str
+
+
+class Series(NamedTuple):
+    metric: str
+    namespace: str
+    labels: dict[str, str]
+    value: float
+    ts: float
+
+
+EndpointKey = tuple[str, str, str, str]  # namespace, pool, pod, address
+
+
+@dataclass(slots=True)
+class _Flight:
+    key: ModelKey
+    address: str
+    seen: float
+
+
+@dataclass(slots=True)
+class _Window:
+    """Timestamps (and weights) of one model's events inside the sliding window."""
+
+    arrivals: deque[float] = field(default_factory=deque)
+    tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    token_sum: int = 0
+    last_t: float = 0.0
+    last_event: float = 0.0  # receive time, for freshness
+
+    def place(self, ts: float, now: float, window: float) -> float:
+        t = min(now, max(ts or now, now - window, self.last_t))
+        self.last_t = t
+        self.last_event = now
+        return t
+
+    def trim(self, cutoff: float) -> None:
+        while self.arrivals and self.arrivals[0] < cutoff:
+            self.arrivals.popleft()
+        while self.tokens and self.tokens[0][0] < cutoff:
+            self.token_sum -= self.tokens.popleft()[1]
+
+
+class Aggregator:
+    """All the state behind the served metrics; feed it messages, ask it for :meth:`series`."""
+
+    def __init__(
+        self,
+        *,
+        window: float = 30.0,
+        staleness: float = 10.0,
+        inflight_ttl: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if window <= 0 or staleness <= 0 or inflight_ttl <= 0:
+            raise ValueError("window, staleness and inflight_ttl must be positive")
+        self.window, self.staleness, self.inflight_ttl = window, staleness, inflight_ttl
+        self.clock = clock
+        self._endpoints: dict[EndpointKey, EndpointSnapshot] = {}
+        self._tombstones: dict[EndpointKey, float] = {}
+        self._flights: dict[str, _Flight] = {}
+        self._done: dict[str, float] = {}  # request_id -> when its completion was seen
+        self._expiry: deque[tuple[float, str, bool]] = deque()  # (seen, request_id, is_done)
+        self._inflight: dict[ModelKey, int] = {}
+        self._inflight_at: dict[str, dict[ModelKey, int]] = {}  # address -> per-model in flight
+        self._windows: dict[ModelKey, _Window] = {}
+        self._names: dict[ModelKey, str] = {}  # target -> client-facing model name (latest seen)
+        self.counters: dict[str, int] = {
+            "snapshots": 0,
+            "tombstones": 0,
+            "reordered": 0,
+            "assignments": 0,
+            "completions": 0,
+            "duplicates": 0,
+            "expired": 0,
+        }
+
+    # ---- endpoint snapshots -------------------------------------------------------------
+
+    def on_endpoint(self, msg: EndpointSnapshot | Tombstone, now: float | None = None) -> None:
+        key = (msg.namespace, msg.pool, msg.pod, msg.address)
+        if isinstance(msg, Tombstone):
+            self.counters["tombstones"] += 1
+            self._endpoints.pop(key, None)
+            self._tombstones[key] = max(msg.ts, self._tombstones.get(key, 0.0))
+            return
+        gone = self._tombstones.get(key)
+        if gone is not None:
+            if msg.ts <= gone:
+                self.counters["reordered"] += 1
+                return
+            del self._tombstones[key]
+        old = self._endpoints.get(key)
+        if old is not None and (
+            (old.epoch == msg.epoch and msg.seq <= old.seq) or (old.epoch != msg.epoch and msg.ts < old.ts)
+        ):
+            self.counters["reordered"] += 1
+            return
+        self.counters["snapshots"] += 1
+        self._endpoints[key] = msg
+
+    # ---- picker events ------------------------------------------------------------------
+
+    def on_event(
+        self,
+        msg: Assignment | Completion | EventBatch,
+        now: float | None = None,
+        *,
+        namespace: str = "",
+        pool: str = "",
+    ) -> None:
+        """Apply one event or a batch; ``namespace``/``pool`` (from the subject) fill events without them."""
+        now = self.clock() if now is None else now
+        events: Iterable[Assignment | Completion] = msg.events if isinstance(msg, EventBatch) else (msg,)
+        for ev in events:
+            if isinstance(ev, Assignment):
+                self._assign(ev, now, namespace, pool)
+            else:
+                self._complete(ev, now, namespace, pool)
+        self._expire(now)
+
+    def _assign(self, ev: Assignment, now: float, namespace: str, pool: str) -> None:
+        if ev.request_id in self._flights or ev.request_id in self._done:
+            self.counters["duplicates"] += 1
+            return
+        self.counters["assignments"] += 1
+        key = ModelKey(ev.namespace or namespace, ev.pool or pool, ev.target_model or ev.model)
+        if ev.model:
+            self._names[key] = ev.model
+        self._flights[ev.request_id] = _Flight(key, ev.address, now)
+        self._expiry.append((now, ev.request_id, False))
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        at = self._inflight_at.setdefault(ev.address, {})
+        at[key] = at.get(key, 0) + 1
+        w = self._window(key)
+        w.arrivals.append(w.place(ev.ts, now, self.window))
+
+    def _complete(self, ev: Completion, now: float, namespace: str, pool: str) -> None:
+        if ev.request_id in self._done:
+            self.counters["duplicates"] += 1
+            return
+        self.counters["completions"] += 1
+        self._done[ev.request_id] = now
+        self._expiry.append((now, ev.request_id, True))
+        flight = self._flights.pop(ev.request_id, None)
+        if flight is not None:
+            key = flight.key
+            self._release(flight)
+        else:
+            target = ev.target_model or ev.model
+            if not target:
+                return
+            key = ModelKey(ev.namespace or namespace, ev.pool or pool, target)
+        w = self._window(key)
+        t = w.place(ev.ts, now, self.window)
+        if ev.output_tokens > 0:
+            w.tokens.append((t, ev.output_tokens))
+            w.token_sum += ev.output_tokens
+
+    def _release(self, flight: _Flight) -> None:
+        left = self._inflight[flight.key] - 1
+        if left:
+            self._inflight[flight.key] = left
+        else:
+            del self._inflight[flight.key]
+        at = self._inflight_at[flight.address]
+        at[flight.key] -= 1
+        if not at[flight.key]:
+            del at[flight.key]
+            if not at:
+                del self._inflight_at[flight.address]
+
+    def _expire(self, now: float) -> None:
+        cutoff = now - self.inflight_ttl
+        while self._expiry and self._expiry[0][0] < cutoff:
+            _, rid, is_done = self._expiry.popleft()
+            if is_done:
+                self._done.pop(rid, None)
+                continue
+            flight = self._flights.pop(rid, None)
+            if flight is not None:
+                self.counters["expired"] += 1
+                self._release(flight)
+
+    def _window(self, key: ModelKey) -> _Window:
+        w = self._windows.get(key)
+        if w is None:
+            w = self._windows[key] = _Window()
+        return w
+
+    # ---- the served view ----------------------------------------------------------------
+
+    def inflight(self, key: ModelKey) -> int:
+        return self._inflight.get(key, 0)
+
+    def housekeep(self, now: float | None = None) -> None:
+        """Drop expired entries and empty windows; :meth:`series` does it too, this bounds idle memory."""
+        now = self.clock() if now is None else now
+        self._expire(now)
+        cutoff = now - self.window
+        for key, w in list(self._windows.items()):
+            w.trim(cutoff)
+            if w.last_event < cutoff and not w.arrivals and not w.tokens:
+                del self._windows[key]
+        limit = now - self.staleness
+        for key in [k for k, snap in self._endpoints.items() if snap.ts < limit - 5 * self.staleness]:
+            del self._endpoints[key]  # long silent (a collector that died without tombstones)
+        for key, ts in list(self._tombstones.items()):
+            if ts < limit:  # an older snapshot would be stale anyway: forget the tombstone
+                del self._tombstones[key]
+
+    def series(self, now: float | None = None) -> list[Series]:
+        """Every metric of every model with fresh input, computed now (cheap: O(endpoints + models))."""
+        now = self.clock() if now is None else now
+        self.housekeep(now)
+        fresh_ts: dict[ModelKey, float] = {}
+        serving: dict[ModelKey, list[EndpointSnapshot]] = {}
+        pods: dict[ModelKey, set[str]] = {}
+        waiting: dict[ModelKey, float] = {}
+        for snap in self._fresh_endpoints(now):
+            models = _served(snap)
+            if not models:
+                continue
+            ok = snap.ready and snap.healthy
+            for target in models:
+                key = ModelKey(snap.namespace, snap.pool, target)
+                fresh_ts[key] = max(fresh_ts.get(key, 0.0), min(snap.ts, now))
+                if ok:
+                    serving.setdefault(key, []).append(snap)
+                    pods.setdefault(key, set()).add(snap.pod)
+            if ok and snap.waiting > 0:
+                for key, share in self._attribute(snap).items():
+                    waiting[key] = waiting.get(key, 0.0) + share * snap.waiting
+                    fresh_ts.setdefault(key, min(snap.ts, now))
+
+        cutoff = now - self.window
+        for key, w in self._windows.items():
+            if w.last_event >= cutoff:
+                fresh_ts[key] = max(fresh_ts.get(key, 0.0), w.last_event)
+
+        out: list[Series] = []
+        for key, ts in fresh_ts.items():
+            labels = {
+                "pool": key.pool,
+                "target_model": key.target_model,
+                "model_name": self._names.get(key, key.target_model),
+            }
+            w = self._windows.get(key)
+            values = {
+                INFLIGHT: float(self._inflight.get(key, 0)),
+                WAITING: waiting.get(key, 0.0),
+                ARRIVAL_RATE: len(w.arrivals) / self.window if w else 0.0,
+                OUTPUT_TOKENS: w.token_sum / self.window if w else 0.0,
+                READY_REPLICAS: float(len(pods.get(key, ()))),
+            }
+            snaps = serving.get(key)
+            if snaps:
+                values[KV_CACHE] = sum(s.kv_usage for s in snaps) / len(snaps)
+            out.extend(Series(m, key.namespace, labels, v, ts) for m, v in values.items())
+        return out
+
+    def _fresh_endpoints(self, now: float) -> Iterable[EndpointSnapshot]:
+        limit = now - self.staleness
+        for snap in self._endpoints.values():
+            if snap.ts >= limit:
+                yield snap
+
+    def _attribute(self, snap: EndpointSnapshot) -> dict[ModelKey, float]:
+        """How one pod's queue splits between the models it serves (see the module docstring)."""
+        at = self._inflight_at.get(snap.address)
+        if at:
+            mine = {k: n for k, n in at.items() if k.namespace == snap.namespace and k.pool == snap.pool}
+            total = sum(mine.values())
+            if total:
+                return {k: n / total for k, n in mine.items()}
+        names = snap.lora.waiting or ([snap.model] if snap.model else snap.lora.running[:1])
+        if not names:
+            return {}
+        return {ModelKey(snap.namespace, snap.pool, n): 1 / len(names) for n in names}
+
+
+def _served(snap: EndpointSnapshot) -> list[str]:
+    models = [snap.model] if snap.model else []
+    models += [a for a in snap.lora.running if a and a != snap.model]
+    return models
