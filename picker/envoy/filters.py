@@ -1,0 +1,139 @@
+"""The HTTP filter chain: strip spoofed headers, cap the body, ask the picker, split its list, route.
+
+Order matters and each step has one job:
+
+1. ``header_mutation`` removes client-sent ``x-gateway-destination-endpoint`` and the
+   per-attempt headers. The picker strips them too, but in FailOpen a dead picker never
+   sees the request, and an unstripped header would let any client aim the ORIGINAL_DST
+   clusters at an arbitrary host.
+2. ``buffer`` (when ``max_request_bytes`` > 0) answers 413 for an oversized body before
+   the picker spends work on it, and keeps the body so a fallback retry can replay it.
+3. ``ext_proc`` talks to the picker.
+4. ``lua`` splits the picker's ``ip:port,ip:port`` list into one header per attempt
+   (see clusters.py for why ORIGINAL_DST needs that).
+5. ``router``.
+"""
+
+from __future__ import annotations
+
+from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutation
+from envoy_data_plane.envoy.config.core.v3 import DataSource, GrpcService, GrpcServiceEnvoyGrpc
+from envoy_data_plane.envoy.extensions.filters.http.buffer.v3 import Buffer
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
+    ExternalProcessor,
+    ProcessingMode,
+    ProcessingModeBodySendMode,
+    ProcessingModeHeaderSendMode,
+)
+from envoy_data_plane.envoy.extensions.filters.http.header_mutation.v3 import (
+    HeaderMutation as HeaderMutationFilter,
+)
+from envoy_data_plane.envoy.extensions.filters.http.header_mutation.v3 import Mutations
+from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpFilter
+from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
+from envoy_data_plane.google.protobuf import Any
+
+from picker.envoy.clusters import PICKER_CLUSTER, attempt_header, seconds
+from picker.envoy.options import DESTINATION_HEADER, BootstrapOptions, FailureMode, Mode
+
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+
+_SEND = ProcessingModeHeaderSendMode.SEND
+_SKIP = ProcessingModeHeaderSendMode.SKIP
+
+_SPLIT_LUA = """\
+-- Split the picker's "ip:port,ip:port,..." into one header per attempt, because an
+-- ORIGINAL_DST cluster parses exactly one address. Attempt i reads {prefix}i.
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local list = headers:get("{destination}")
+  if list == nil then
+    return
+  end
+  local i = 0
+  for address in string.gmatch(list, "[^,%s]+") do
+    if i >= {attempts} then
+      break
+    end
+    headers:replace("{prefix}" .. i, address)
+    i = i + 1
+  end
+end
+"""
+
+
+def _filter(name: str, config: object) -> HttpFilter:
+    return HttpFilter(name=name, typed_config=Any.pack(config))
+
+
+def strip_filter(opts: BootstrapOptions) -> HttpFilter:
+    names = [DESTINATION_HEADER] + [attempt_header(i) for i in range(opts.max_endpoint_attempts)]
+    return _filter(
+        "envoy.filters.http.header_mutation",
+        HeaderMutationFilter(
+            mutations=Mutations(request_mutations=[HeaderMutation(remove=n) for n in names])
+        ),
+    )
+
+
+def processing_mode(opts: BootstrapOptions) -> ProcessingMode:
+    """Headers both ways; bodies as configured. Envoy requires trailers SEND with FULL_DUPLEX_STREAMED."""
+    request_body = ProcessingModeBodySendMode[opts.request_body_mode.value]
+    response_body = ProcessingModeBodySendMode[opts.response_body_mode.value]
+    full_duplex = ProcessingModeBodySendMode.FULL_DUPLEX_STREAMED
+    return ProcessingMode(
+        request_header_mode=_SEND,
+        response_header_mode=_SEND,
+        request_body_mode=request_body,
+        response_body_mode=response_body,
+        request_trailer_mode=_SEND if request_body == full_duplex else _SKIP,
+        response_trailer_mode=_SEND if response_body == full_duplex else _SKIP,
+    )
+
+
+def ext_proc_filter(opts: BootstrapOptions) -> HttpFilter:
+    """The Endpoint Picker. FailOpen lets requests through without a destination header
+    (the route table then sends them to the round-robin pool); FailClose answers 503."""
+    config = ExternalProcessor(
+        grpc_service=GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=PICKER_CLUSTER)),
+        processing_mode=processing_mode(opts),
+        failure_mode_allow=opts.failure_mode is FailureMode.FAIL_OPEN,
+        # The picker may skip response processing for requests it does not care about.
+        allow_mode_override=True,
+        message_timeout=seconds(opts.message_timeout_s),
+        max_message_timeout=seconds(max(opts.message_timeout_s, 60.0)),
+        status_on_error=HttpStatus(code=StatusCode.ServiceUnavailable),
+    )
+    return _filter(EXT_PROC_FILTER, config)
+
+
+def split_filter(opts: BootstrapOptions) -> HttpFilter:
+    source = (
+        _SPLIT_LUA.replace("{destination}", DESTINATION_HEADER)
+        .replace("{prefix}", attempt_header(0)[:-1])
+        .replace("{attempts}", str(opts.max_endpoint_attempts))
+    )
+    return _filter("envoy.filters.http.lua", Lua(default_source_code=DataSource(inline_string=source)))
+
+
+def buffer_filter(opts: BootstrapOptions) -> HttpFilter:
+    return _filter("envoy.filters.http.buffer", Buffer(max_request_bytes=opts.max_request_bytes))
+
+
+def router_filter() -> HttpFilter:
+    # Keep x-envoy-* headers off the model servers: vLLM does not need them.
+    return _filter("envoy.filters.http.router", Router(suppress_envoy_headers=True))
+
+
+def http_filters(opts: BootstrapOptions) -> list[HttpFilter]:
+    chain: list[HttpFilter] = []
+    if opts.mode is Mode.PICKER:
+        chain.append(strip_filter(opts))
+    if opts.max_request_bytes:
+        chain.append(buffer_filter(opts))
+    if opts.mode is Mode.PICKER:
+        chain += [ext_proc_filter(opts), split_filter(opts)]
+    chain.append(router_filter())
+    return chain

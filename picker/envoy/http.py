@@ -1,0 +1,222 @@
+"""Routes, local replies and the HTTP connection manager.
+
+Routing on the destination header is what makes FailOpen work: before the picker
+answers, and whenever it never answers, the request has no ``x-gateway-destination-endpoint``
+header and matches the catch-all route; once the picker sets the header with
+``clear_route_cache: true`` Envoy re-matches and picks the ``picked`` route, whose
+cluster walks the picker's list. In FailClose the catch-all is a 503.
+"""
+
+from __future__ import annotations
+
+from envoy_data_plane.envoy.config.accesslog.v3 import (
+    AccessLogFilter,
+    ComparisonFilter,
+    ComparisonFilterOp,
+    ExtensionFilter,
+    StatusCodeFilter,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    HeaderValueOptionHeaderAppendAction,
+    RuntimeUInt32,
+    SubstitutionFormatString,
+)
+from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
+    HeaderMatcher,
+    RetryPolicy,
+    RetryPolicyRetryHostPredicate,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    LocalReplyConfig,
+    ResponseMapper,
+)
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
+from envoy_data_plane.google.protobuf import Any, Struct
+
+from picker.envoy.clusters import MODEL_SERVERS_CLUSTER, POOL_CLUSTER, seconds
+from picker.envoy.filters import http_filters
+from picker.envoy.options import DESTINATION_HEADER, SERVED_HEADER, BootstrapOptions, FailureMode, Mode
+from shared.errors import error_dict, error_type
+
+# Failures worth a retry on another endpoint: the request never reached a model server
+# that answered. A 5xx from vLLM is an answer and goes back to the client as is.
+RETRY_ON = "connect-failure,refused-stream,reset"
+
+PICKER_DOWN_MESSAGE = "the endpoint picker is unavailable, so no model server was chosen for this request"
+NO_DESTINATION_MESSAGE = "the endpoint picker did not choose a model server for this request"
+
+# Statuses Envoy itself may answer with; each gets an OpenAI-style error of the right type.
+_LOCAL_STATUSES = (400, 404, 408, 413, 429, 431, 500, 502, 503, 504)
+
+
+def _retry_policy(opts: BootstrapOptions, retries: int, *, other_hosts: bool) -> RetryPolicy:
+    predicates = []
+    if other_hosts:
+        predicates = [
+            RetryPolicyRetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=Any.pack(PreviousHostsPredicate()),
+            )
+        ]
+    return RetryPolicy(
+        retry_on=RETRY_ON,
+        num_retries=retries,
+        retry_host_predicate=predicates,
+        host_selection_retry_max_attempts=5 if other_hosts else 0,
+    )
+
+
+def _forward(opts: BootstrapOptions, cluster: str, retry: RetryPolicy | None) -> RouteAction:
+    return RouteAction(
+        cluster=cluster,
+        # 0 disables the overall deadline: a long generation is not an error. Inactivity
+        # is still bounded by idle_timeout (per route) and the HCM's stream_idle_timeout.
+        timeout=seconds(opts.route_timeout_s),
+        idle_timeout=seconds(opts.stream_idle_timeout_s),
+        retry_policy=retry,
+    )
+
+
+def _served_header() -> list[HeaderValueOption]:
+    """Tell the client which model server answered (upstream reports the same as ``...-served``)."""
+    return [
+        HeaderValueOption(
+            header=HeaderValue(key=SERVED_HEADER, value="%UPSTREAM_HOST%"),
+            append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+    ]
+
+
+def _body_limit(opts: BootstrapOptions) -> int | None:
+    # A retry replays the request body, which Envoy only can if it kept the whole body.
+    return opts.max_request_bytes or None
+
+
+def routes(opts: BootstrapOptions) -> list[Route]:
+    catch_all = RouteMatch(prefix="/")
+    if opts.mode is Mode.ROUND_ROBIN:
+        retries = max(0, min(opts.max_endpoint_attempts, len(opts.pool_endpoints)) - 1)
+        return [
+            Route(
+                name="round_robin",
+                match=catch_all,
+                route=_forward(opts, POOL_CLUSTER, _retry_policy(opts, retries, other_hosts=True)),
+                response_headers_to_add=_served_header(),
+                request_body_buffer_limit=_body_limit(opts),
+            )
+        ]
+    picked = Route(
+        name="picked",
+        match=RouteMatch(prefix="/", headers=[HeaderMatcher(name=DESTINATION_HEADER, present_match=True)]),
+        route=_forward(
+            opts,
+            MODEL_SERVERS_CLUSTER,
+            _retry_policy(opts, opts.max_endpoint_attempts - 1, other_hosts=False),
+        ),
+        response_headers_to_add=_served_header(),
+        request_body_buffer_limit=_body_limit(opts),
+    )
+    if opts.failure_mode is FailureMode.FAIL_OPEN:
+        retries = max(0, min(opts.max_endpoint_attempts, len(opts.pool_endpoints)) - 1)
+        unpicked = Route(
+            name="unpicked_round_robin",
+            match=catch_all,
+            route=_forward(opts, POOL_CLUSTER, _retry_policy(opts, retries, other_hosts=True)),
+            response_headers_to_add=_served_header(),
+            request_body_buffer_limit=_body_limit(opts),
+        )
+    else:
+        unpicked = Route(
+            name="unpicked_unavailable",
+            match=catch_all,
+            direct_response=DirectResponseAction(
+                status=503, body=DataSource(inline_string=NO_DESTINATION_MESSAGE)
+            ),
+        )
+    return [picked, unpicked]
+
+
+def _error_format(status: int, message: str = "%LOCAL_REPLY_BODY%") -> SubstitutionFormatString:
+    body = error_dict(status, message)
+    body["error"]["code"] = "%RESPONSE_CODE%"
+    return SubstitutionFormatString(json_format=Struct.from_dict(body), content_type="application/json")
+
+
+def _status_is(status: int) -> AccessLogFilter:
+    return AccessLogFilter(
+        status_code_filter=StatusCodeFilter(
+            comparison=ComparisonFilter(
+                op=ComparisonFilterOp.EQ,
+                value=RuntimeUInt32(default_value=status, runtime_key="infergate.unused"),
+            )
+        )
+    )
+
+
+def _details_start_with(prefix: str) -> AccessLogFilter:
+    cel = ExpressionFilter(expression=f"response.code_details.startsWith('{prefix}')")
+    return AccessLogFilter(
+        extension_filter=ExtensionFilter(
+            name="envoy.access_loggers.extension_filters.cel", typed_config=Any.pack(cel)
+        )
+    )
+
+
+def local_reply_config() -> LocalReplyConfig:
+    """Turn Envoy's own plain-text error replies into OpenAI-style JSON errors.
+
+    A reply the picker itself sends (an ext_proc ImmediateResponse, already JSON) keeps
+    its body: its details start with ``ext_proc`` too, so only the picker-failure case
+    (details ``ext_proc_error...``) is rewritten among those.
+    """
+    mappers = [
+        ResponseMapper(
+            filter=_details_start_with("ext_proc_error"),
+            status_code=503,
+            body_format_override=_error_format(503, PICKER_DOWN_MESSAGE),
+        ),
+        ResponseMapper(
+            filter=_details_start_with("ext_proc"),
+            body_format_override=SubstitutionFormatString(
+                text_format_source=DataSource(inline_string="%LOCAL_REPLY_BODY%"),
+                content_type="application/json",
+            ),
+        ),
+    ]
+    mappers += [
+        ResponseMapper(filter=_status_is(status), body_format_override=_error_format(status))
+        for status in _LOCAL_STATUSES
+    ]
+    return LocalReplyConfig(mappers=mappers, body_format=_error_format(500))
+
+
+def connection_manager(opts: BootstrapOptions) -> HttpConnectionManager:
+    return HttpConnectionManager(
+        stat_prefix="infergate",
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        route_config=RouteConfiguration(
+            name="infergate",
+            virtual_hosts=[VirtualHost(name="inference_pool", domains=["*"], routes=routes(opts))],
+        ),
+        http_filters=http_filters(opts),
+        local_reply_config=local_reply_config(),
+        stream_idle_timeout=seconds(opts.stream_idle_timeout_s),
+        request_timeout=seconds(0),
+        common_http_protocol_options=None,
+        use_remote_address=True,
+    )
+
+
+__all__ = ["connection_manager", "error_type", "local_reply_config", "routes"]
