@@ -1,0 +1,313 @@
+"""The routing core: one request's headers and body in, a destination (or an error) out.
+
+Independent of gRPC, so the protocol layer (:mod:`picker.extproc`) only translates
+Envoy messages. The core owns the request-side policy (readiness, model resolution,
+candidate restriction, the scheduler call, accounting) and the in-flight registry:
+every assignment it makes is released exactly once through :meth:`Core.complete`,
+which the protocol layer calls on response end, error status, cancel or shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from shared.errors import error_body
+from shared.hashing import prefix_block_hashes
+from shared.tokens import estimate_tokens
+
+from .body import BodyError, ParsedRequest, parse_request
+from .hooks import EventSink
+from .metrics import PickerMetrics
+from .models import ModelTable, UnknownModel
+from .scheduling.api import RequestInfo, Scheduler
+from .view import PoolView
+
+__all__ = ["Core", "Inflight", "Rejected", "RequestHeaders", "Routed"]
+
+log = logging.getLogger(__name__)
+reqlog = logging.getLogger("picker.requests")
+
+DESTINATION = "x-gateway-destination-endpoint"
+SELECTION = "test-epp-endpoint-selection"
+
+
+@dataclass(slots=True)
+class RequestHeaders:
+    """The request headers the picker reads; everything else passes through untouched."""
+
+    method: str = ""
+    path: str = ""
+    request_id: str = ""
+    request_id_generated: bool = False
+    rewrite: str | None = None
+    objective: str | None = None
+    fairness_id: str | None = None
+    selection: str | None = None
+    content_length: int | None = None
+    strip: list[str] = field(default_factory=list)  # client-sent x-gateway-destination-endpoint* keys
+
+
+@dataclass(slots=True)
+class Rejected:
+    status: int
+    body: bytes
+    reason: str
+
+
+@dataclass(slots=True)
+class Inflight:
+    """One routed request until its response ends."""
+
+    info: RequestInfo
+    address: str
+    destination: str
+    started: float  # perf_counter
+    decision_s: float = 0.0
+    first_byte: float = 0.0
+    done: bool = False
+
+
+@dataclass(slots=True)
+class Routed:
+    destination: str  # "ip:port[,ip:port…]"
+    body: bytes
+    inflight: Inflight
+    client_model: str
+    target_model: str
+
+
+class Core:
+    def __init__(
+        self,
+        *,
+        view: PoolView,
+        scheduler: Scheduler,
+        models: ModelTable,
+        metrics: PickerMetrics,
+        sink: EventSink | None = None,
+        replica: str = "",
+        max_body_bytes: int = 8 * 1024 * 1024,
+        is_ready=lambda: True,
+    ) -> None:
+        self.view = view
+        self.scheduler = scheduler
+        self.models = models
+        self.metrics = metrics
+        self.sink = sink
+        self.replica = replica
+        self.max_body_bytes = max_body_bytes
+        self.is_ready = is_ready
+        self.inflight: dict[str, Inflight] = {}
+
+    # -- errors -----------------------------------------------------------------------------
+    def reject(self, status: int, message: str, model: str = "", target: str = "", param: str | None = None,
+               request_id: str = "") -> Rejected:
+        self.metrics.error(model, target, status)
+        reqlog.info(
+            "request rejected",
+            extra={"request_id": request_id, "model": model, "target_model": target, "status": status,
+                   "reason": message},
+        )
+        return Rejected(status, error_body(status, message, param=param), message)
+
+    # -- candidates -------------------------------------------------------------------------
+    def _restrict(self, entries: list[str], into: set[str] | None) -> set[str]:
+        eps = self.view.endpoints
+        out: set[str] = set()
+        for e in entries:
+            e = e.strip()
+            if not e:
+                continue
+            if e in eps:
+                out.add(e)
+            else:  # a bare IP means every port of it; an unknown ip:port matches nothing
+                out.update(a for a in eps if a.rsplit(":", 1)[0] == e)
+        return out if into is None else out & into
+
+    def candidates(self, hdr: RequestHeaders, subset: list[str] | None) -> frozenset[str] | None:
+        allowed: set[str] | None = None
+        if subset is not None:
+            allowed = self._restrict(subset, None)
+        if hdr.selection is not None:
+            allowed = self._restrict(hdr.selection.split(","), allowed)
+        return None if allowed is None else frozenset(allowed)
+
+    # -- routing ----------------------------------------------------------------------------
+    def route(self, hdr: RequestHeaders, body: bytes, subset: list[str] | None) -> Routed | Rejected:
+        """Decide for a request with a body. Never raises: a bug becomes a 500."""
+        try:
+            return self._route(hdr, body, subset)
+        except Exception:
+            log.exception("routing failed", extra={"request_id": hdr.request_id})
+            return self.reject(500, "internal error in the endpoint picker", request_id=hdr.request_id)
+
+    def _route(self, hdr: RequestHeaders, body: bytes, subset: list[str] | None) -> Routed | Rejected:
+        t0 = time.perf_counter()
+        if len(body) > self.max_body_bytes:
+            return self.reject(
+                413, f"request body exceeds {self.max_body_bytes} bytes", request_id=hdr.request_id
+            )
+        try:
+            req = parse_request(body, hdr.path)
+        except BodyError as exc:
+            return self.reject(exc.status, exc.message, param=exc.param, request_id=hdr.request_id)
+        if not self.is_ready():
+            return self.reject(503, "the endpoint picker is not ready", req.model, request_id=hdr.request_id)
+        try:
+            res = self.models.resolve(req.model, hdr.rewrite, hdr.objective)
+        except UnknownModel:
+            return self.reject(404, f"model {req.model!r} is not served by this pool", req.model,
+                               param="model", request_id=hdr.request_id)
+        cands = self.candidates(hdr, subset)
+        if cands is not None and not cands:
+            return self.reject(503, "no candidate endpoints for this request", req.model, res.target,
+                               request_id=hdr.request_id)
+        info = self._info(hdr, req, res.target, res.criticality, cands)
+        now = time.time()
+        s0 = time.perf_counter()
+        decision = self.scheduler.schedule(info, self.view.list(), now)
+        decision_s = time.perf_counter() - s0
+        self.metrics.scheduler_e2e.observe(decision_s)
+        if not decision.ok:
+            status = decision.status if decision.status in (429, 503) else 503
+            reason = decision.reason or ("pool saturated" if status == 429 else "no candidate endpoints")
+            return self.reject(status, reason, req.model, res.target, request_id=hdr.request_id)
+        out = req.with_model(res.target)
+        destination = ",".join(decision.endpoints)
+        inflight = self._assign(info, decision.endpoints[0], destination, now)
+        inflight.decision_s = decision_s
+        self.metrics.picker_cpu.observe(time.perf_counter() - t0)
+        return Routed(destination, out, inflight, req.model, res.target)
+
+    def _info(self, hdr: RequestHeaders, req: ParsedRequest, target: str, criticality: str,
+              cands: frozenset[str] | None) -> RequestInfo:
+        text = req.prompt_text
+        rid = hdr.request_id
+        if rid in self.inflight:  # a client reused an id: keep local accounting unambiguous
+            rid = f"{rid}/{uuid.uuid4().hex[:8]}"
+        return RequestInfo(
+            request_id=rid,
+            model=req.model,
+            target_model=target,
+            criticality=criticality,  # type: ignore[arg-type]
+            prompt_tokens=req.prompt_tokens or estimate_tokens(text),
+            prefix_hashes=prefix_block_hashes(target, text) if text else [],
+            expected_output_tokens=req.max_tokens,
+            candidates=cands,
+        )
+
+    def _assign(self, info: RequestInfo, address: str, destination: str, now: float) -> Inflight:
+        inflight = Inflight(info, address, destination, time.perf_counter())
+        self.inflight[info.request_id] = inflight
+        try:
+            self.scheduler.on_assigned(info, address, now, replica=self.replica)
+        except Exception:
+            log.exception("scheduler on_assigned failed", extra={"request_id": info.request_id})
+        if self.sink is not None:
+            try:
+                self.sink.on_local_assignment(info, address, now)
+            except Exception:
+                log.exception("event sink failed on assignment", extra={"request_id": info.request_id})
+        self.metrics.model(info.model, info.target_model).requests.inc()
+        self.metrics.running_of(info.model).inc()
+        return inflight
+
+    def route_headers_only(self, hdr: RequestHeaders, subset: list[str] | None) -> tuple[str, str] | Rejected:
+        """A request without a body (``GET /v1/models``, ``/health``): any ready endpoint.
+
+        No model work is involved, so the scheduler and the accounting are bypassed: the
+        least busy ready candidate (fresh metrics first) answers. Returns the
+        (destination, address) pair.
+        """
+        try:
+            if not self.is_ready():
+                return self.reject(503, "the endpoint picker is not ready", request_id=hdr.request_id)
+            cands = self.candidates(hdr, subset)
+            now = time.time()
+            best = None
+            best_key: tuple = ()
+            for ev in self.view.list():
+                if cands is not None and ev.address not in cands:
+                    continue
+                s = ev.snapshot
+                key = (not (s.ready and s.healthy), ev.metrics_age(now) > self.view.staleness,
+                       s.waiting + s.running)
+                if best is None or key < best_key:
+                    best, best_key = ev, key
+            if best is None:
+                return self.reject(503, "no candidate endpoints for this request", request_id=hdr.request_id)
+            return best.address, best.address
+        except Exception:
+            log.exception("headers-only routing failed", extra={"request_id": hdr.request_id})
+            return self.reject(500, "internal error in the endpoint picker", request_id=hdr.request_id)
+
+    # -- completion -------------------------------------------------------------------------
+    def first_byte(self, inflight: Inflight) -> None:
+        if not inflight.first_byte:
+            inflight.first_byte = time.perf_counter()
+
+    def complete(
+        self, inflight: Inflight, status: int, prompt_tokens: int = 0, output_tokens: int = 0
+    ) -> None:
+        """Release an assignment exactly once and record its outcome."""
+        if inflight.done:
+            return
+        inflight.done = True
+        info = inflight.info
+        end = time.perf_counter()
+        latency = end - inflight.started
+        ttft = inflight.first_byte - inflight.started if inflight.first_byte else 0.0
+        now = time.time()
+        self.inflight.pop(info.request_id, None)
+        try:
+            self.scheduler.on_completed(info.request_id, now)
+        except Exception:
+            log.exception("scheduler on_completed failed", extra={"request_id": info.request_id})
+        if self.sink is not None:
+            try:
+                self.sink.on_local_completion(info.request_id, inflight.address, status,
+                                              prompt_tokens or info.prompt_tokens, output_tokens,
+                                              latency, ttft, now)
+            except Exception:
+                log.exception("event sink failed on completion", extra={"request_id": info.request_id})
+        m = self.metrics
+        m.running_of(info.model).dec()
+        children = m.model(info.model, info.target_model)
+        if status >= 400 or status == 0:
+            m.error(info.model, info.target_model, status)
+        else:
+            children.duration.observe(latency)
+            children.input_tokens.observe(prompt_tokens or info.prompt_tokens)
+            if output_tokens > 0:
+                children.output_tokens.observe(output_tokens)
+                children.ntpot.observe(latency / output_tokens)
+            if ttft:
+                children.ttft.observe(ttft)
+        reqlog.info(
+            "request done",
+            extra={
+                "request_id": info.request_id,
+                "model": info.model,
+                "target_model": info.target_model,
+                "criticality": info.criticality,
+                "endpoint": inflight.address,
+                "status": status,
+                "decision_us": round(inflight.decision_s * 1e6, 1),
+                "latency_s": round(latency, 6),
+                "ttft_s": round(ttft, 6),
+                "prompt_tokens": prompt_tokens or info.prompt_tokens,
+                "output_tokens": output_tokens,
+            },
+        )
+
+    def close_all(self, status: int = 499) -> None:
+        """Shutdown: release whatever is still in flight."""
+        for inflight in list(self.inflight.values()):
+            self.complete(inflight, status)
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())

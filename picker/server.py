@@ -1,0 +1,240 @@
+"""The picker as an object: ``Picker(config)``, ``await start()``, ``await stop()``.
+
+Tests, the demo and the CLI all run the same object; ports given as 0 are bound to free
+ports, readable afterwards (``grpc_port``, ``health_port``, ``metrics_port``). It wires:
+
+* the ext_proc gRPC server (plaintext, or TLS with ``secure_serving``);
+* a separate gRPC health server (``grpc.health.v1``), SERVING only while ready;
+* the ops HTTP server (``/metrics``, ``/healthz``, ``/readyz``);
+* the pool view fed by NATS (or fed in-process when ``config.nats`` is None);
+* the InferenceModel source (none, YAML files, or Kubernetes).
+
+Ready means: the view has bootstrapped (every endpoint's last value consumed) and the
+configuration has loaded once. ``stop()`` is graceful: health goes NOT_SERVING, no new
+streams are accepted, in-flight streams get ``grace_period`` to finish, and whatever is
+still in flight after that is released from the accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from prometheus_client import CollectorRegistry
+
+from shared.ops import Health, OpsServer
+from shared.service import Supervisor
+
+from .config import FileSource, KubeSource, PickerConfig, StaticSource
+from .core import Core
+from .extproc import ExtProcServicer
+from .hooks import EventSink
+from .metrics import PickerMetrics
+from .models import ModelTable
+from .scheduling.api import Scheduler
+from .view import NatsFeed, PoolView
+
+__all__ = ["Picker", "make_scheduler"]
+
+log = logging.getLogger(__name__)
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+def make_scheduler(profile: str, config_path: str | None = None) -> Scheduler:
+    """The scheduling package's profile; the built-in least-load one if it is unavailable."""
+    try:
+        from .scheduling import build_scheduler
+    except ImportError:  # pragma: no cover - only before picker.scheduling landed
+        from .fallback import LeastLoadScheduler
+
+        log.warning("picker.scheduling.build_scheduler unavailable; using the least-load fallback")
+        return LeastLoadScheduler()
+    return build_scheduler(profile, config_path)
+
+
+class Picker:
+    def __init__(
+        self,
+        config: PickerConfig | None = None,
+        *,
+        scheduler: Scheduler | None = None,
+        sink: EventSink | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.config = cfg = config or PickerConfig()
+        self.scheduler: Scheduler = scheduler or make_scheduler(cfg.profile, cfg.scheduler_config)
+        self.metrics = PickerMetrics(registry)
+        self.registry = self.metrics.registry
+        self.view = PoolView(
+            cfg.pool_namespace, cfg.pool_name, self.scheduler, staleness=cfg.metrics_staleness_threshold
+        )
+        self.models = ModelTable([], cfg.pool_name, cfg.unknown_model_policy)
+        self.core = Core(
+            view=self.view,
+            scheduler=self.scheduler,
+            models=self.models,
+            metrics=self.metrics,
+            sink=sink,
+            replica=cfg.replica_name,
+            max_body_bytes=cfg.max_body_bytes,
+            is_ready=self.is_ready,
+        )
+        self.metrics.add_pool_collector(cfg.pool_name, self.view.stats, self._view_counters)
+        if cfg.kube or cfg.kubeconfig or cfg.kube_host:
+            self.source: Any = KubeSource(cfg, self._set_models)
+        elif cfg.config_files:
+            self.source = FileSource(cfg, self._set_models)
+        else:
+            self.source = StaticSource(cfg, self._set_models)
+        self.feed: NatsFeed | None = None
+        if cfg.nats is None:
+            self.view.bootstrapped = True  # fed in-process (tests, benchmarks)
+        self.health = Health()
+        self.health.add_check("view", lambda: self.view.bootstrapped)
+        self.health.add_check("config", lambda: bool(self.source.loaded))
+        self.servicer = ExtProcServicer(self.core, cfg.default_body_mode)
+        self.supervisor = Supervisor("picker")
+        self._stop = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self._health_servicer: Any = None
+        self._ops: OpsServer | None = None
+        self._serving: bool | None = None
+        self.grpc_port = cfg.grpc_port
+        self.health_port = cfg.grpc_health_port
+        self.metrics_port = cfg.metrics_port
+        self.certificate: bytes | None = None
+        self.stopped = asyncio.Event()
+
+    # -- wiring -----------------------------------------------------------------------------
+    @property
+    def sink(self) -> EventSink | None:
+        return self.core.sink
+
+    @sink.setter
+    def sink(self, value: EventSink | None) -> None:
+        """Peer sharing attaches its EventSink here (before or after ``start``)."""
+        self.core.sink = value
+
+    def _set_models(self, table: ModelTable) -> None:
+        self.models = table
+        if hasattr(self, "core"):
+            self.core.models = table
+
+    def _view_counters(self) -> dict:
+        return {
+            "dropped": dict(self.view.dropped),
+            "decode_failures": self.view.decoder.failures,
+            "accepted": self.view.accepted,
+        }
+
+    def is_ready(self) -> bool:
+        return self.view.bootstrapped and bool(self.source.loaded) and not self._stop.is_set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        if isinstance(self.source, FileSource):
+            self.source._apply(await asyncio.to_thread(self.source._read))
+        # ext_proc server: a small message size limit is not wanted (bodies of many MB).
+        options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        ep_grpc.add_ExternalProcessorServicer_to_server(self.servicer, server)
+        bind = f"{cfg.grpc_host}:{cfg.grpc_port}"
+        if cfg.secure_serving:
+            from .tls import server_credentials
+
+            creds, self.certificate = server_credentials(cfg.cert_file, cfg.key_file)
+            self.grpc_port = server.add_secure_port(bind, creds)
+        else:
+            self.grpc_port = server.add_insecure_port(bind)
+        await server.start()
+        self._server = server
+
+        hs = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._health_servicer = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, hs)
+        self.health_port = hs.add_insecure_port(f"{cfg.grpc_host}:{cfg.grpc_health_port}")
+        await hs.start()
+        self._health_server = hs
+        await self._set_serving(False)
+
+        self._ops = OpsServer(cfg.metrics_host, cfg.metrics_port, self.registry, self.health)
+        await self._ops.start()
+        self.metrics_port = self._ops.port
+
+        if cfg.nats is not None:
+            self.feed = NatsFeed(self.view, cfg.nats, self._stop)
+            self.supervisor.spawn("nats-feed", self.feed.run)
+        if not isinstance(self.source, StaticSource):
+            self.supervisor.spawn("config", self.source.run)
+        self.supervisor.spawn("health", self._health_loop)
+        log.info(
+            "picker started",
+            extra={
+                "pool": f"{cfg.pool_namespace}/{cfg.pool_name}",
+                "grpc_port": self.grpc_port,
+                "health_port": self.health_port,
+                "metrics_port": self.metrics_port,
+                "tls": cfg.secure_serving,
+                "scheduler": getattr(self.scheduler, "name", type(self.scheduler).__name__),
+            },
+        )
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not self.is_ready():
+                await asyncio.sleep(0.02)
+
+    async def _set_serving(self, serving: bool) -> None:
+        if self._serving is serving or self._health_servicer is None:
+            return
+        self._serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", EXT_PROC_SERVICE):
+            await self._health_servicer.set(name, status)
+        log.info("health status", extra={"serving": serving})
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self._set_serving(self.is_ready())
+            await asyncio.sleep(0.05)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: NOT_SERVING, refuse new streams, let in-flight ones finish (bounded)."""
+        if self.stopped.is_set():
+            return
+        self._stop.set()
+        grace = self.config.grace_period if grace is None else grace
+        await self._set_serving(False)
+        if self._server is not None:
+            await self._server.stop(grace)
+        self.core.close_all(499)
+        await self.supervisor.close()
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        if self._ops is not None:
+            await self._ops.stop()
+        self.stopped.set()
+        log.info("picker stopped")
+
+    async def __aenter__(self) -> Picker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(grace=1.0)
