@@ -1,23 +1,30 @@
-"""The HTTP filter chain: strip spoofed headers, cap the body, ask the picker, split its list, route.
+"""The HTTP filter chain: cap the body, ask the picker, split its list, route.
+
+Before the chain, ``strip_headers`` (an HCM early header mutation, which runs before
+route selection) removes client-sent ``x-gateway-destination-endpoint`` and the
+per-attempt headers. The picker strips them too, but in FailOpen a dead picker never
+sees the request: an unstripped header would let any client aim the ORIGINAL_DST
+clusters at an arbitrary host, or, removed later by a filter, leave a stale route cached.
 
 Order matters and each step has one job:
 
-1. ``header_mutation`` removes client-sent ``x-gateway-destination-endpoint`` and the
-   per-attempt headers. The picker strips them too, but in FailOpen a dead picker never
-   sees the request, and an unstripped header would let any client aim the ORIGINAL_DST
-   clusters at an arbitrary host.
-2. ``buffer`` (when ``max_request_bytes`` > 0) answers 413 for an oversized body before
+1. ``buffer`` (when ``max_request_bytes`` > 0) answers 413 for an oversized body before
    the picker spends work on it, and keeps the body so a fallback retry can replay it.
-3. ``ext_proc`` talks to the picker.
-4. ``lua`` splits the picker's ``ip:port,ip:port`` list into one header per attempt
+2. ``ext_proc`` talks to the picker.
+3. ``lua`` splits the picker's ``ip:port,ip:port`` list into one header per attempt
    (see clusters.py for why ORIGINAL_DST needs that).
-5. ``router``.
+4. ``router``.
 """
 
 from __future__ import annotations
 
 from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutation
-from envoy_data_plane.envoy.config.core.v3 import DataSource, GrpcService, GrpcServiceEnvoyGrpc
+from envoy_data_plane.envoy.config.core.v3 import (
+    DataSource,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    TypedExtensionConfig,
+)
 from envoy_data_plane.envoy.extensions.filters.http.buffer.v3 import Buffer
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     ExternalProcessor,
@@ -25,13 +32,12 @@ from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     ProcessingModeBodySendMode,
     ProcessingModeHeaderSendMode,
 )
-from envoy_data_plane.envoy.extensions.filters.http.header_mutation.v3 import (
-    HeaderMutation as HeaderMutationFilter,
-)
-from envoy_data_plane.envoy.extensions.filters.http.header_mutation.v3 import Mutations
 from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpFilter
+from envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    HeaderMutation as EarlyHeaderMutation,
+)
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any
 
@@ -68,14 +74,15 @@ def _filter(name: str, config: object) -> HttpFilter:
     return HttpFilter(name=name, typed_config=Any.pack(config))
 
 
-def strip_filter(opts: BootstrapOptions) -> HttpFilter:
+def strip_headers(opts: BootstrapOptions) -> list[TypedExtensionConfig]:
+    """HCM ``early_header_mutation_extensions``: applied before routing, so no stale route."""
     names = [DESTINATION_HEADER] + [attempt_header(i) for i in range(opts.max_endpoint_attempts)]
-    return _filter(
-        "envoy.filters.http.header_mutation",
-        HeaderMutationFilter(
-            mutations=Mutations(request_mutations=[HeaderMutation(remove=n) for n in names])
-        ),
-    )
+    mutation = EarlyHeaderMutation(mutations=[HeaderMutation(remove=n) for n in names])
+    return [
+        TypedExtensionConfig(
+            name="envoy.http.early_header_mutation.header_mutation", typed_config=Any.pack(mutation)
+        )
+    ]
 
 
 def processing_mode(opts: BootstrapOptions) -> ProcessingMode:
@@ -129,8 +136,6 @@ def router_filter() -> HttpFilter:
 
 def http_filters(opts: BootstrapOptions) -> list[HttpFilter]:
     chain: list[HttpFilter] = []
-    if opts.mode is Mode.PICKER:
-        chain.append(strip_filter(opts))
     if opts.max_request_bytes:
         chain.append(buffer_filter(opts))
     if opts.mode is Mode.PICKER:

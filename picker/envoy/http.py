@@ -46,7 +46,7 @@ from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import Previ
 from envoy_data_plane.google.protobuf import Any, Struct
 
 from picker.envoy.clusters import MODEL_SERVERS_CLUSTER, POOL_CLUSTER, seconds
-from picker.envoy.filters import http_filters
+from picker.envoy.filters import http_filters, strip_headers
 from picker.envoy.options import DESTINATION_HEADER, SERVED_HEADER, BootstrapOptions, FailureMode, Mode
 from shared.errors import error_dict, error_type
 
@@ -210,6 +210,7 @@ def connection_manager(opts: BootstrapOptions) -> HttpConnectionManager:
             name="infergate",
             virtual_hosts=[VirtualHost(name="inference_pool", domains=["*"], routes=routes(opts))],
         ),
+        early_header_mutation_extensions=strip_headers(opts) if opts.mode is Mode.PICKER else [],
         http_filters=http_filters(opts),
         local_reply_config=local_reply_config(),
         stream_idle_timeout=seconds(opts.stream_idle_timeout_s),

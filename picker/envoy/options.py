@@ -89,7 +89,8 @@ class BootstrapOptions:
     # The pool's model servers, for FailOpen and round-robin (static: ip:port or dns:port).
     pool_endpoints: tuple[HostPort, ...] = ()
     failure_mode: FailureMode = FailureMode.FAIL_CLOSE
-    request_body_mode: RequestBodyMode = RequestBodyMode.FULL_DUPLEX_STREAMED
+    # None: FULL_DUPLEX_STREAMED for FailClose, BUFFERED for FailOpen (see validate()).
+    request_body_mode: RequestBodyMode | None = None
     response_body_mode: ResponseBodyMode = ResponseBodyMode.FULL_DUPLEX_STREAMED
     # How many endpoints of the picker's list Envoy tries (the choice + fallbacks).
     max_endpoint_attempts: int = 3
@@ -107,6 +108,13 @@ class BootstrapOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
         object.__setattr__(self, "failure_mode", FailureMode(self.failure_mode))
+        if self.request_body_mode is None:
+            auto = (
+                RequestBodyMode.BUFFERED
+                if self.failure_mode == "FailOpen"
+                else RequestBodyMode.FULL_DUPLEX_STREAMED
+            )
+            object.__setattr__(self, "request_body_mode", auto)
         object.__setattr__(self, "request_body_mode", RequestBodyMode(self.request_body_mode))
         object.__setattr__(self, "response_body_mode", ResponseBodyMode(self.response_body_mode))
         object.__setattr__(self, "pickers", _hostports(self.pickers))
@@ -122,6 +130,17 @@ class BootstrapOptions:
                 raise ValueError("picker mode needs at least one picker address")
             if self.failure_mode is FailureMode.FAIL_OPEN and not self.pool_endpoints:
                 raise ValueError("FailOpen needs pool endpoints to fall back to")
+            if (
+                self.failure_mode is FailureMode.FAIL_OPEN
+                and self.request_body_mode is RequestBodyMode.FULL_DUPLEX_STREAMED
+            ):
+                # Envoy fails open in FULL_DUPLEX_STREAMED only until the first body chunk has
+                # been handed to the picker; an unreachable picker is noticed after that, so
+                # a POST would fail closed anyway (measured with Envoy 1.40: 503).
+                raise ValueError(
+                    "FailOpen needs request body mode BUFFERED: Envoy cannot fail open once it has "
+                    "streamed body chunks to the picker (FULL_DUPLEX_STREAMED)"
+                )
         if self.max_endpoint_attempts < 1:
             raise ValueError("max_endpoint_attempts must be at least 1")
         if self.max_request_bytes < 0:
