@@ -38,6 +38,7 @@ VERSION = "v1beta1"
 GROUP_VERSION = f"{GROUP}/{VERSION}"
 PREFIX = f"/apis/{GROUP_VERSION}"
 _OPEN = frozenset({"/healthz", "/livez", "/readyz"})
+USER = web.RequestKey("user", str)  # the front-proxied user name, for handlers and logs
 
 
 @dataclass(slots=True)
@@ -114,7 +115,7 @@ class MetricsAPI:
                 user, why = self.auth.user(request)
                 if user is None:
                     return self._count(status(401, "Unauthorized", why))
-                request["user"] = user
+                request[USER] = user
             response = await handler(request)
         except web.HTTPNotFound:
             response = status(
