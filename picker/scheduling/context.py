@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from .api import RequestInfo
 from .inflight import InflightTracker
 from .prefix import PrefixIndex
-from .state import Thresholds
+from .state import EndpointState, Thresholds
 
 __all__ = ["Context"]
 
@@ -16,9 +17,9 @@ class Context:
     """The request, the clock, the rng and the shared indexes; lazily computed per-request facts."""
 
     __slots__ = (
+        "_dense",
+        "_dense_of",
         "_matches",
-        "_pos",
-        "_pos_of",
         "base_models",
         "inflight",
         "now",
@@ -46,8 +47,8 @@ class Context:
         self.thresholds = thresholds
         self.base_models = base_models if base_models is not None else {}
         self._matches: dict[str, int] | None = None
-        self._pos: dict[str, int] | None = None
-        self._pos_of: object = None
+        self._dense: list[int] | None = None
+        self._dense_of: object = None
 
     def prefix_matches(self) -> dict[str, int]:
         """Endpoint -> leading request blocks it holds; computed once, shared by scorers."""
@@ -56,29 +57,20 @@ class Context:
             self._matches = self.prefix.match(hashes) if hashes else {}
         return self._matches
 
-    def positions(self, group: object) -> dict[str, int]:
-        """Address -> index in ``group`` (cached for the last group asked about).
+    def matched_blocks(self, group: Sequence[EndpointState]) -> list[int] | None:
+        """Leading request blocks each endpoint of ``group`` holds, in group order; None if no hits.
 
-        Lets sparse facts (the few endpoints holding a prefix) be written into a dense
-        per-group list without a dictionary lookup per endpoint.
+        Cached for the last group asked about, so the prefix and expected-work scorers
+        share one pass.
         """
-        if self._pos_of is not group or self._pos is None:
-            self._pos = {s.address: i for i, s in enumerate(group)}  # type: ignore[attr-defined]
-            self._pos_of = group
-        return self._pos
-
-    def group_matches(self, group: object) -> list[tuple[int, int]]:
-        """(index in ``group``, matched blocks) for the group's endpoints that hold a prefix."""
+        if self._dense_of is group:
+            return self._dense
         matches = self.prefix_matches()
-        if not matches:
-            return []
-        if len(matches) * 8 < len(group):  # type: ignore[arg-type]
-            pos = self.positions(group)
-            out = []
-            for addr, m in matches.items():
-                i = pos.get(addr)
-                if i is not None:
-                    out.append((i, m))
-            return out
-        get = matches.get
-        return [(i, m) for i, s in enumerate(group) if (m := get(s.address, 0))]  # type: ignore[attr-defined]
+        if matches:
+            get = matches.get
+            dense: list[int] | None = [get(s.address, 0) for s in group]
+        else:
+            dense = None
+        self._dense = dense
+        self._dense_of = group
+        return dense

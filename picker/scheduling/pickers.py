@@ -48,8 +48,9 @@ class MaxScorePicker(Picker):
             ties = [i for i, t in enumerate(totals) if t == best]
             return [ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]]
         edge = heapq.nlargest(m, totals)[-1]
-        above = [i for i, t in enumerate(totals) if t > edge]
-        ties = [i for i, t in enumerate(totals) if t == edge]
+        top = [i for i, t in enumerate(totals) if t >= edge]
+        above = [i for i in top if totals[i] > edge]
+        ties = [i for i in top if totals[i] == edge] if above else top
         if len(above) > 1:
             keys = {i: (totals[i], rng.random()) for i in above}
             above.sort(key=keys.__getitem__, reverse=True)

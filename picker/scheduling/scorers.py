@@ -145,14 +145,11 @@ class PrefixCacheScorer(Scorer):
         hashes = ctx.request.prefix_hashes
         if not hashes:
             return None
-        hits = ctx.group_matches(group)
-        if not hits:
+        held = ctx.matched_blocks(group)
+        if held is None:
             return None
-        total = float(len(hashes))
-        out = [0.0] * len(group)
-        for i, m in hits:
-            out[i] = m / total
-        return out
+        inv_total = 1.0 / len(hashes)
+        return [m * inv_total for m in held]
 
 
 class InflightScorer(Scorer):
@@ -193,13 +190,16 @@ class ExpectedWorkScorer(Scorer):
         prompt = req.prompt_tokens if req.prompt_tokens > 0 else 0
         out = req.expected_output_tokens if req.expected_output_tokens > 0 else self.default_output_tokens
         own = prompt + out
-        ds = [s.base_demand + (s.load.tokens + own) * s.inv_cap for s in group]
-        if req.prefix_hashes:
-            # A cached prefix is prefill the pod will not redo: subtract it where it applies.
-            for i, m in ctx.group_matches(group):
-                s = group[i]
-                saved = m * s.block_size
-                ds[i] -= (saved if saved < prompt else prompt) * s.inv_cap
+        held = ctx.matched_blocks(group) if req.prefix_hashes else None
+        if held is None:
+            ds = [s.base_demand + (s.load.tokens + own) * s.inv_cap for s in group]
+        else:
+            # A cached prefix is prefill the pod will not redo: only the rest of the prompt counts.
+            ds = [
+                s.base_demand
+                + (s.load.tokens + own - (c if (c := m * s.block_size) < prompt else prompt)) * s.inv_cap
+                for s, m in zip(group, held, strict=True)
+            ]
         return _minmax_low_is_best(ds, self.floor)
 
     @classmethod
