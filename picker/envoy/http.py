@@ -21,6 +21,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HeaderValue,
     HeaderValueOption,
     HeaderValueOptionHeaderAppendAction,
+    HttpProtocolOptions,
     RuntimeUInt32,
     SubstitutionFormatString,
 )
@@ -165,8 +166,8 @@ def _status_is(status: int) -> AccessLogFilter:
     )
 
 
-def _details_start_with(prefix: str) -> AccessLogFilter:
-    cel = ExpressionFilter(expression=f"response.code_details.startsWith('{prefix}')")
+def _cel(expression: str) -> AccessLogFilter:
+    cel = ExpressionFilter(expression=expression)
     return AccessLogFilter(
         extension_filter=ExtensionFilter(
             name="envoy.access_loggers.extension_filters.cel", typed_config=Any.pack(cel)
@@ -174,21 +175,31 @@ def _details_start_with(prefix: str) -> AccessLogFilter:
     )
 
 
+# Envoy names an ext_proc failure (stream refused, reset, timed out) "ext_proc_error_...".
+PICKER_FAILED = "response.code_details.startsWith('ext_proc_error')"
+# A reply that already says it is JSON came from the picker (an ext_proc ImmediateResponse,
+# e.g. 429 shed) and is already an OpenAI-style error: keep it as is.
+ALREADY_JSON = (
+    "'content-type' in response.headers && response.headers['content-type'].startsWith('application/json')"
+)
+
+
 def local_reply_config() -> LocalReplyConfig:
     """Turn Envoy's own plain-text error replies into OpenAI-style JSON errors.
 
-    A reply the picker itself sends (an ext_proc ImmediateResponse, already JSON) keeps
-    its body: its details start with ``ext_proc`` too, so only the picker-failure case
-    (details ``ext_proc_error...``) is rewritten among those.
+    Mappers are tried in order: a picker failure becomes a 503 that says so (FailClose);
+    a reply that is already JSON (the picker's own ImmediateResponse) passes untouched;
+    every other local reply (no healthy upstream, 413, timeouts, ...) is wrapped with the
+    error type of its status.
     """
     mappers = [
         ResponseMapper(
-            filter=_details_start_with("ext_proc_error"),
+            filter=_cel(PICKER_FAILED),
             status_code=503,
             body_format_override=_error_format(503, PICKER_DOWN_MESSAGE),
         ),
         ResponseMapper(
-            filter=_details_start_with("ext_proc"),
+            filter=_cel(ALREADY_JSON),
             body_format_override=SubstitutionFormatString(
                 text_format_source=DataSource(inline_string="%LOCAL_REPLY_BODY%"),
                 content_type="application/json",
@@ -215,7 +226,9 @@ def connection_manager(opts: BootstrapOptions) -> HttpConnectionManager:
         local_reply_config=local_reply_config(),
         stream_idle_timeout=seconds(opts.stream_idle_timeout_s),
         request_timeout=seconds(0),
-        common_http_protocol_options=None,
+        common_http_protocol_options=HttpProtocolOptions(
+            idle_timeout=seconds(opts.connection_idle_timeout_s)
+        ),
         use_remote_address=True,
     )
 

@@ -15,6 +15,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -39,11 +40,26 @@ def _metadata(destination: str) -> struct_pb2.Struct:
     return md
 
 
+def _immediate(status: int, body: bytes) -> pb.ImmediateResponse:
+    content_type = base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json")
+    )
+    return pb.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=status),
+        headers=pb.HeaderMutation(set_headers=[content_type]),
+        body=body,
+        details="stub_picker_rejected",
+    )
+
+
 class StubPicker(pb_grpc.ExternalProcessorServicer):
     def __init__(self, destination: str = "", *, full_duplex: bool = True, response_full_duplex: bool = True):
         self.destination = destination
         self.full_duplex = full_duplex
         self.response_full_duplex = response_full_duplex
+        # When set, every request is refused with this (status, JSON body), as the real
+        # picker does for 429 shedding; used to check Envoy keeps the picker's body.
+        self.reject: tuple[int, bytes] | None = None
         self.streams = 0
         self.bodies: list[bytes] = []
         self.server: grpc.aio.Server | None = None
@@ -65,6 +81,10 @@ class StubPicker(pb_grpc.ExternalProcessorServicer):
         async for req in request_iterator:
             kind = req.WhichOneof("request")
             if kind == "request_headers":
+                if self.reject is not None:
+                    status, reject_body = self.reject
+                    yield pb.ProcessingResponse(immediate_response=_immediate(status, reject_body))
+                    return
                 if req.request_headers.end_of_stream:
                     yield pb.ProcessingResponse(
                         request_headers=pb.HeadersResponse(response=self._pick(b"", None)),

@@ -1,0 +1,189 @@
+"""``python -m picker.envoy``: print an Envoy bootstrap for InferGate as JSON or YAML.
+
+Every flag also reads ``INFERGATE_<FLAG>`` (lists comma-separated), so the same image
+can render its configuration from a Deployment's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from picker.envoy.bootstrap import build_bootstrap
+from picker.envoy.options import (
+    BootstrapOptions,
+    FailureMode,
+    Mode,
+    RequestBodyMode,
+    ResponseBodyMode,
+)
+from shared.config import EnvArgumentParser
+
+_DEFAULTS = BootstrapOptions()
+
+
+def build_parser() -> EnvArgumentParser:
+    p = EnvArgumentParser(prog="python -m picker.envoy", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--mode",
+        choices=[m.value for m in Mode],
+        default=Mode.PICKER.value,
+        help="picker: route through the Endpoint Picker; round-robin: plain Envoy baseline",
+    )
+    p.add_argument("--listen-address", default=_DEFAULTS.listen_address)
+    p.add_argument("--listen-port", type=int, default=_DEFAULTS.listen_port, help="client-facing HTTP port")
+    p.add_argument("--admin-address", default=_DEFAULTS.admin_address)
+    p.add_argument("--admin-port", type=int, default=_DEFAULTS.admin_port)
+    p.add_argument(
+        "--pickers",
+        nargs="+",
+        default=[str(h) for h in _DEFAULTS.pickers],
+        help="Endpoint Picker replicas (ext_proc gRPC), host:port; a DNS name resolves to all replicas",
+    )
+    p.add_argument(
+        "--picker-health-port",
+        type=int,
+        default=_DEFAULTS.picker_health_port,
+        help="port of the pickers' grpc.health.v1 service (0: the ext_proc port)",
+    )
+    p.add_argument(
+        "--pool-endpoints", nargs="*", default=[], help="model servers ip:port, for FailOpen and round-robin"
+    )
+    p.add_argument(
+        "--failure-mode",
+        choices=[f.value for f in FailureMode],
+        default=_DEFAULTS.failure_mode.value,
+        help="what happens when the picker is unreachable (upstream endpointPickerRef.failureMode)",
+    )
+    p.add_argument(
+        "--request-body-mode",
+        choices=["auto", *[m.value for m in RequestBodyMode]],
+        default="auto",
+        help="auto: FULL_DUPLEX_STREAMED for FailClose, BUFFERED for FailOpen",
+    )
+    p.add_argument(
+        "--response-body-mode",
+        choices=[m.value for m in ResponseBodyMode],
+        default=_DEFAULTS.response_body_mode.value,
+    )
+    p.add_argument(
+        "--max-endpoint-attempts",
+        type=int,
+        default=_DEFAULTS.max_endpoint_attempts,
+        help="endpoints of the picker's list Envoy tries: the choice plus fallbacks",
+    )
+    p.add_argument(
+        "--message-timeout",
+        type=float,
+        default=_DEFAULTS.message_timeout_s,
+        help="seconds Envoy waits for each picker answer",
+    )
+    p.add_argument("--picker-connect-timeout", type=float, default=_DEFAULTS.picker_connect_timeout_s)
+    p.add_argument("--upstream-connect-timeout", type=float, default=_DEFAULTS.upstream_connect_timeout_s)
+    p.add_argument(
+        "--route-timeout",
+        type=float,
+        default=_DEFAULTS.route_timeout_s,
+        help="overall request deadline in seconds; 0 disables it (long LLM streams)",
+    )
+    p.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=_DEFAULTS.stream_idle_timeout_s,
+        help="seconds without a byte before a stream is ended",
+    )
+    p.add_argument("--connection-idle-timeout", type=float, default=_DEFAULTS.connection_idle_timeout_s)
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=_DEFAULTS.max_request_bytes,
+        help="larger request bodies get 413; 0: no limit (and no retry replay buffer)",
+    )
+    p.add_argument("--health-check-interval", type=float, default=_DEFAULTS.health_check_interval_s)
+    p.add_argument("--format", choices=["json", "yaml"], default="yaml")
+    p.add_argument("--output", default="-", help="file to write, - for stdout")
+    p.add_argument(
+        "--validate",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also run `envoy --mode validate` on the result (needs the envoy binary)",
+    )
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> BootstrapOptions:
+    return BootstrapOptions(
+        mode=Mode(args.mode),
+        listen_address=args.listen_address,
+        listen_port=args.listen_port,
+        admin_address=args.admin_address,
+        admin_port=args.admin_port,
+        pickers=tuple(args.pickers),
+        picker_health_port=args.picker_health_port,
+        pool_endpoints=tuple(args.pool_endpoints),
+        failure_mode=FailureMode(args.failure_mode),
+        request_body_mode=None
+        if args.request_body_mode == "auto"
+        else RequestBodyMode(args.request_body_mode),
+        response_body_mode=ResponseBodyMode(args.response_body_mode),
+        max_endpoint_attempts=args.max_endpoint_attempts,
+        message_timeout_s=args.message_timeout,
+        picker_connect_timeout_s=args.picker_connect_timeout,
+        upstream_connect_timeout_s=args.upstream_connect_timeout,
+        route_timeout_s=args.route_timeout,
+        stream_idle_timeout_s=args.stream_idle_timeout,
+        connection_idle_timeout_s=args.connection_idle_timeout,
+        max_request_bytes=args.max_request_bytes,
+        health_check_interval_s=args.health_check_interval,
+    )
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Multi-line strings (the Lua source) as readable ``|`` blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_LiteralDumper.add_representer(str, _str_representer)
+
+
+def render(bootstrap: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(bootstrap, indent=2) + "\n"
+    return yaml.dump(bootstrap, Dumper=_LiteralDumper, sort_keys=False, width=100)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        opts = options_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    bootstrap = build_bootstrap(opts)
+    text = render(bootstrap, args.format)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+    if args.validate:
+        from picker.envoy.process import validate
+
+        ok, out = asyncio.run(validate(bootstrap))
+        print(out.strip(), file=sys.stderr)
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
