@@ -68,7 +68,9 @@ ModelsChanged = Callable[[ModelTable], None]
 class StaticSource:
     """No InferenceModels: loaded at once."""
 
-    def __init__(self, cfg: PickerConfig, on_change: ModelsChanged, models: list[crds.InferenceModel] | None = None):
+    def __init__(
+        self, cfg: PickerConfig, on_change: ModelsChanged, models: list[crds.InferenceModel] | None = None
+    ):
         self.loaded = True
         on_change(ModelTable(models or [], cfg.pool_name, cfg.unknown_model_policy))
 
@@ -202,7 +204,9 @@ class KubeSource:
         self.watchers = [
             self.models_watcher,
             kube.ListWatcher(api, kube.custom(api, *kube.INFERENCE_POOL_V1, namespace=ns), self._pool_event),
-            kube.ListWatcher(api, kube.custom(api, *kube.INFERENCE_POOL_V1ALPHA2, namespace=ns), self._pool_event),
+            kube.ListWatcher(
+                api, kube.custom(api, *kube.INFERENCE_POOL_V1ALPHA2, namespace=ns), self._pool_event
+            ),
         ]
         tasks = [asyncio.create_task(w.run(), name=f"watch-{i}") for i, w in enumerate(self.watchers)]
         try:

@@ -103,13 +103,25 @@ class Core:
         self.inflight: dict[str, Inflight] = {}
 
     # -- errors -----------------------------------------------------------------------------
-    def reject(self, status: int, message: str, model: str = "", target: str = "", param: str | None = None,
-               request_id: str = "") -> Rejected:
+    def reject(
+        self,
+        status: int,
+        message: str,
+        model: str = "",
+        target: str = "",
+        param: str | None = None,
+        request_id: str = "",
+    ) -> Rejected:
         self.metrics.error(model, target, status)
         reqlog.info(
             "request rejected",
-            extra={"request_id": request_id, "model": model, "target_model": target, "status": status,
-                   "reason": message},
+            extra={
+                "request_id": request_id,
+                "model": model,
+                "target_model": target,
+                "status": status,
+                "reason": message,
+            },
         )
         return Rejected(status, error_body(status, message, param=param), message)
 
@@ -159,12 +171,22 @@ class Core:
         try:
             res = self.models.resolve(req.model, hdr.rewrite, hdr.objective)
         except UnknownModel:
-            return self.reject(404, f"model {req.model!r} is not served by this pool", req.model,
-                               param="model", request_id=hdr.request_id)
+            return self.reject(
+                404,
+                f"model {req.model!r} is not served by this pool",
+                req.model,
+                param="model",
+                request_id=hdr.request_id,
+            )
         cands = self.candidates(hdr, subset)
         if cands is not None and not cands:
-            return self.reject(503, "no candidate endpoints for this request", req.model, res.target,
-                               request_id=hdr.request_id)
+            return self.reject(
+                503,
+                "no candidate endpoints for this request",
+                req.model,
+                res.target,
+                request_id=hdr.request_id,
+            )
         info = self._info(hdr, req, res.target, res.criticality, cands)
         now = time.time()
         s0 = time.perf_counter()
@@ -182,8 +204,14 @@ class Core:
         self.metrics.picker_cpu.observe(time.perf_counter() - t0)
         return Routed(destination, out, inflight, req.model, res.target)
 
-    def _info(self, hdr: RequestHeaders, req: ParsedRequest, target: str, criticality: str,
-              cands: frozenset[str] | None) -> RequestInfo:
+    def _info(
+        self,
+        hdr: RequestHeaders,
+        req: ParsedRequest,
+        target: str,
+        criticality: str,
+        cands: frozenset[str] | None,
+    ) -> RequestInfo:
         text = req.prompt_text
         rid = hdr.request_id
         if rid in self.inflight:  # a client reused an id: keep local accounting unambiguous
@@ -233,8 +261,11 @@ class Core:
                 if cands is not None and ev.address not in cands:
                     continue
                 s = ev.snapshot
-                key = (not (s.ready and s.healthy), ev.metrics_age(now) > self.view.staleness,
-                       s.waiting + s.running)
+                key = (
+                    not (s.ready and s.healthy),
+                    ev.metrics_age(now) > self.view.staleness,
+                    s.waiting + s.running,
+                )
                 if best is None or key < best_key:
                     best, best_key = ev, key
             if best is None:
@@ -268,9 +299,16 @@ class Core:
             log.exception("scheduler on_completed failed", extra={"request_id": info.request_id})
         if self.sink is not None:
             try:
-                self.sink.on_local_completion(info.request_id, inflight.address, status,
-                                              prompt_tokens or info.prompt_tokens, output_tokens,
-                                              latency, ttft, now)
+                self.sink.on_local_completion(
+                    info.request_id,
+                    inflight.address,
+                    status,
+                    prompt_tokens or info.prompt_tokens,
+                    output_tokens,
+                    latency,
+                    ttft,
+                    now,
+                )
             except Exception:
                 log.exception("event sink failed on completion", extra={"request_id": info.request_id})
         m = self.metrics

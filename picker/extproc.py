@@ -51,7 +51,11 @@ SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 
 _Mode = processing_mode_pb2.ProcessingMode
 NONE, STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX = (
-    _Mode.NONE, _Mode.STREAMED, _Mode.BUFFERED, _Mode.BUFFERED_PARTIAL, _Mode.FULL_DUPLEX_STREAMED,
+    _Mode.NONE,
+    _Mode.STREAMED,
+    _Mode.BUFFERED,
+    _Mode.BUFFERED_PARTIAL,
+    _Mode.FULL_DUPLEX_STREAMED,
 )
 MODE_NAMES = {"FULL_DUPLEX_STREAMED": FULL_DUPLEX, "STREAMED": STREAMED, "BUFFERED": BUFFERED}
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -140,8 +144,20 @@ class Exchange:
     """The state of one Process stream (one HTTP request and its response)."""
 
     __slots__ = (
-        "body_chunks", "body_msgs", "body_size", "core", "deferred", "done_request", "hdr",
-        "inflight", "req_mode", "resp_mode", "resp_status", "rewriter", "routed", "subset",
+        "body_chunks",
+        "body_msgs",
+        "body_size",
+        "core",
+        "deferred",
+        "done_request",
+        "hdr",
+        "inflight",
+        "req_mode",
+        "resp_mode",
+        "resp_status",
+        "rewriter",
+        "routed",
+        "subset",
         "without_waiting",
     )
 
@@ -202,12 +218,14 @@ class Exchange:
                 return [immediate(picked, hdr.request_id)]
             destination, _ = picked
             mutation = self._routing_mutation(destination, None)
-            return [ep.ProcessingResponse(
-                request_headers=ep.HeadersResponse(
-                    response=ep.CommonResponse(header_mutation=mutation, clear_route_cache=True)
-                ),
-                dynamic_metadata=_lb_metadata(destination),
-            )]
+            return [
+                ep.ProcessingResponse(
+                    request_headers=ep.HeadersResponse(
+                        response=ep.CommonResponse(header_mutation=mutation, clear_route_cache=True)
+                    ),
+                    dynamic_metadata=_lb_metadata(destination),
+                )
+            ]
         if self.deferred:
             return []
         # Immediate-headers modes: Envoy needs this answer before it sends the body.
@@ -215,9 +233,11 @@ class Exchange:
             mutation = ep.HeaderMutation(remove_headers=hdr.strip)
             if hdr.request_id_generated:
                 mutation.set_headers.append(_hv("x-request-id", hdr.request_id))
-            return [ep.ProcessingResponse(
-                request_headers=ep.HeadersResponse(response=ep.CommonResponse(header_mutation=mutation))
-            )]
+            return [
+                ep.ProcessingResponse(
+                    request_headers=ep.HeadersResponse(response=ep.CommonResponse(header_mutation=mutation))
+                )
+            ]
         return [_CONTINUE_HEADERS]
 
     def _routing_mutation(self, destination: str, content_length: int | None) -> ep.HeaderMutation:
@@ -244,14 +264,22 @@ class Exchange:
             if self.body_size > self.core.max_body_bytes:
                 self.done_request = True
                 self.body_chunks = []
-                rej = self.core.reject(413, f"request body exceeds {self.core.max_body_bytes} bytes",
-                                       request_id=self.hdr.request_id)
+                rej = self.core.reject(
+                    413,
+                    f"request body exceeds {self.core.max_body_bytes} bytes",
+                    request_id=self.hdr.request_id,
+                )
                 return [immediate(rej, self.hdr.request_id)]
         if not msg.end_of_stream:
             if one_to_one and not self.deferred and self.req_mode == STREAMED:
                 # Hold the chunk back: the whole (rewritten) body goes with the last one.
-                return [ep.ProcessingResponse(request_body=ep.BodyResponse(
-                    response=ep.CommonResponse(body_mutation=ep.BodyMutation(clear_body=True))))]
+                return [
+                    ep.ProcessingResponse(
+                        request_body=ep.BodyResponse(
+                            response=ep.CommonResponse(body_mutation=ep.BodyMutation(clear_body=True))
+                        )
+                    )
+                ]
             return []
         self.done_request = True
         body = self.body_chunks[0] if len(self.body_chunks) == 1 else b"".join(self.body_chunks)
@@ -274,25 +302,44 @@ class Exchange:
             if changed or mode == STREAMED:
                 common.body_mutation.body = body
             return [ep.ProcessingResponse(request_body=ep.BodyResponse(response=common), dynamic_metadata=md)]
-        out = [ep.ProcessingResponse(
-            request_headers=ep.HeadersResponse(
-                response=ep.CommonResponse(header_mutation=mutation, clear_route_cache=True)
-            ),
-            dynamic_metadata=md,
-        )]
+        out = [
+            ep.ProcessingResponse(
+                request_headers=ep.HeadersResponse(
+                    response=ep.CommonResponse(header_mutation=mutation, clear_route_cache=True)
+                ),
+                dynamic_metadata=md,
+            )
+        ]
         if mode == STREAMED:  # one answer per received chunk, in order
-            clear = ep.ProcessingResponse(request_body=ep.BodyResponse(
-                response=ep.CommonResponse(body_mutation=ep.BodyMutation(clear_body=True))))
+            clear = ep.ProcessingResponse(
+                request_body=ep.BodyResponse(
+                    response=ep.CommonResponse(body_mutation=ep.BodyMutation(clear_body=True))
+                )
+            )
             out.extend([clear] * (self.body_msgs - 1))
-            out.append(ep.ProcessingResponse(request_body=ep.BodyResponse(
-                response=ep.CommonResponse(body_mutation=ep.BodyMutation(body=body)))))
+            out.append(
+                ep.ProcessingResponse(
+                    request_body=ep.BodyResponse(
+                        response=ep.CommonResponse(body_mutation=ep.BodyMutation(body=body))
+                    )
+                )
+            )
             return out
         n = len(body)
         for start in range(0, max(n, 1), MAX_CHUNK):
-            chunk = body[start:start + MAX_CHUNK]
-            out.append(ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
-                body_mutation=ep.BodyMutation(streamed_response=ep.StreamedBodyResponse(
-                    body=chunk, end_of_stream=start + MAX_CHUNK >= n)))))
+            chunk = body[start : start + MAX_CHUNK]
+            out.append(
+                ep.ProcessingResponse(
+                    request_body=ep.BodyResponse(
+                        response=ep.CommonResponse(
+                            body_mutation=ep.BodyMutation(
+                                streamed_response=ep.StreamedBodyResponse(
+                                    body=chunk, end_of_stream=start + MAX_CHUNK >= n
+                                )
+                            )
+                        )
+                    )
+                )
             )
         return out
 
@@ -321,8 +368,13 @@ class Exchange:
             if status >= 400 or msg.end_of_stream or self.resp_mode == NONE:
                 self.core.complete(inflight, status)
         if remove:
-            return [ep.ProcessingResponse(response_headers=ep.HeadersResponse(
-                response=ep.CommonResponse(header_mutation=ep.HeaderMutation(remove_headers=remove))))]
+            return [
+                ep.ProcessingResponse(
+                    response_headers=ep.HeadersResponse(
+                        response=ep.CommonResponse(header_mutation=ep.HeaderMutation(remove_headers=remove))
+                    )
+                )
+            ]
         return [ep.ProcessingResponse(response_headers=ep.HeadersResponse())]
 
     def _response_body(self, msg: ep.HttpBody) -> list[ep.ProcessingResponse]:
@@ -345,14 +397,25 @@ class Exchange:
         if mode == FULL_DUPLEX:
             if not out and not end:
                 return []
-            return [ep.ProcessingResponse(response_body=ep.BodyResponse(response=ep.CommonResponse(
-                body_mutation=ep.BodyMutation(streamed_response=ep.StreamedBodyResponse(
-                    body=out, end_of_stream=end)))))]
+            return [
+                ep.ProcessingResponse(
+                    response_body=ep.BodyResponse(
+                        response=ep.CommonResponse(
+                            body_mutation=ep.BodyMutation(
+                                streamed_response=ep.StreamedBodyResponse(body=out, end_of_stream=end)
+                            )
+                        )
+                    )
+                )
+            ]
         if out is chunk or out == chunk:
             return [_CONTINUE_RESP_BODY]
         mutation = ep.BodyMutation(body=out) if out else ep.BodyMutation(clear_body=True)
-        return [ep.ProcessingResponse(response_body=ep.BodyResponse(
-            response=ep.CommonResponse(body_mutation=mutation)))]
+        return [
+            ep.ProcessingResponse(
+                response_body=ep.BodyResponse(response=ep.CommonResponse(body_mutation=mutation))
+            )
+        ]
 
     # -- end of stream ----------------------------------------------------------------------
     def close(self) -> None:
@@ -385,8 +448,10 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
                 try:
                     out = ex.handle(req)
                 except Exception:
-                    log.exception("ext_proc message handling failed",
-                                  extra={"request_id": ex.hdr.request_id if ex.hdr else ""})
+                    log.exception(
+                        "ext_proc message handling failed",
+                        extra={"request_id": ex.hdr.request_id if ex.hdr else ""},
+                    )
                     if ex.done_request:
                         continue
                     ex.done_request = True
@@ -397,4 +462,3 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
         finally:
             self.active -= 1
             ex.close()
-

@@ -111,6 +111,7 @@ class Picker:
         self.metrics_port = cfg.metrics_port
         self.certificate: bytes | None = None
         self.stopped = asyncio.Event()
+        self.ready_event = asyncio.Event()
 
     # -- wiring -----------------------------------------------------------------------------
     @property
@@ -196,22 +197,28 @@ class Picker:
         )
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.is_ready():
-                await asyncio.sleep(0.02)
+        """Wait until the health loop saw the picker ready (raises TimeoutError)."""
+        await asyncio.wait_for(self.ready_event.wait(), timeout)
 
     async def _set_serving(self, serving: bool) -> None:
         if self._serving is serving or self._health_servicer is None:
             return
         self._serving = serving
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", EXT_PROC_SERVICE):
             await self._health_servicer.set(name, status)
         log.info("health status", extra={"serving": serving})
 
     async def _health_loop(self) -> None:
         while True:
-            await self._set_serving(self.is_ready())
+            ready = self.is_ready()
+            if ready:
+                self.ready_event.set()
+            else:
+                self.ready_event.clear()
+            await self._set_serving(ready)
             await asyncio.sleep(0.05)
 
     async def stop(self, grace: float | None = None) -> None:

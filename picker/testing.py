@@ -94,7 +94,12 @@ class EnvoyStream:
         subset: list[str] | None = None,
         method: str = "POST",
     ) -> None:
-        items = [(":method", method), (":path", path), (":authority", "gw"), ("content-type", "application/json")]
+        items = [
+            (":method", method),
+            (":path", path),
+            (":authority", "gw"),
+            ("content-type", "application/json"),
+        ]
         items += list((headers or {}).items())
         req = ep.ProcessingRequest(
             request_headers=ep.HttpHeaders(headers=_headers(items), end_of_stream=end_of_stream)
@@ -109,11 +114,19 @@ class EnvoyStream:
     def request_body(self, chunk: bytes, end_of_stream: bool) -> None:
         self._send(ep.ProcessingRequest(request_body=ep.HttpBody(body=chunk, end_of_stream=end_of_stream)))
 
-    def response_headers(self, status: int = 200, content_type: str = "application/json",
-                         end_of_stream: bool = False, extra: dict[str, str] | None = None) -> None:
+    def response_headers(
+        self,
+        status: int = 200,
+        content_type: str = "application/json",
+        end_of_stream: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         items = [(":status", str(status)), ("content-type", content_type), *(extra or {}).items()]
-        self._send(ep.ProcessingRequest(
-            response_headers=ep.HttpHeaders(headers=_headers(items), end_of_stream=end_of_stream)))
+        self._send(
+            ep.ProcessingRequest(
+                response_headers=ep.HttpHeaders(headers=_headers(items), end_of_stream=end_of_stream)
+            )
+        )
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> None:
         self._send(ep.ProcessingRequest(response_body=ep.HttpBody(body=chunk, end_of_stream=end_of_stream)))

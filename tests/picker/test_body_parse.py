@@ -18,12 +18,25 @@ from picker.view import PoolView
 
 
 def test_reads_only_what_it_needs_and_keeps_the_bytes():
-    body = json.dumps({
-        "model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
-        "stream_options": {"include_usage": True}, "max_tokens": 12, "tools": [{"x": 1}], "seed": 3,
-    }).encode()
+    body = json.dumps(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": 12,
+            "tools": [{"x": 1}],
+            "seed": 3,
+        }
+    ).encode()
     req = parse_request(body, "/v1/chat/completions")
-    assert (req.model, req.kind, req.stream, req.include_usage, req.max_tokens) == ("m", "chat", True, True, 12)
+    assert (req.model, req.kind, req.stream, req.include_usage, req.max_tokens) == (
+        "m",
+        "chat",
+        True,
+        True,
+        12,
+    )
     assert req.prompt_text == "user: hi\n"
     assert req.with_model("m") is body  # no rewrite, no copy
     out = json.loads(req.with_model("other"))
@@ -45,7 +58,10 @@ def test_prompt_shapes():
 
 
 def test_chat_flattening_is_deterministic_and_extends_with_the_conversation():
-    turn1 = [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    turn1 = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+    ]
     turn2 = [*turn1, {"role": "assistant", "content": None}, {"role": "user", "content": "more"}]
     assert flatten_messages(turn2).startswith(flatten_messages(turn1))
 
@@ -58,7 +74,9 @@ def test_path_kinds():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
 )
 bodies = st.one_of(
@@ -67,8 +85,13 @@ bodies = st.one_of(
     st.fixed_dictionaries(
         {},
         optional={
-            "model": json_values, "messages": json_values, "prompt": json_values, "stream": json_values,
-            "stream_options": json_values, "max_tokens": json_values, "max_completion_tokens": json_values,
+            "model": json_values,
+            "messages": json_values,
+            "prompt": json_values,
+            "stream": json_values,
+            "stream_options": json_values,
+            "max_tokens": json_values,
+            "max_completion_tokens": json_values,
         },
     ).map(lambda v: json.dumps(v).encode()),
 )
@@ -88,7 +111,9 @@ def _core() -> Core:
     sched = LeastLoadScheduler(staleness=3600)
     view = PoolView("default", "pool", sched)
     view.apply(snapshot("10.0.0.1:8000", pool="pool"))
-    return Core(view=view, scheduler=sched, models=ModelTable([], "pool", "sheddable"), metrics=PickerMetrics())
+    return Core(
+        view=view, scheduler=sched, models=ModelTable([], "pool", "sheddable"), metrics=PickerMetrics()
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -27,25 +27,35 @@ class RecordingSink:
     def on_local_assignment(self, request, address, now):
         self.assigned.append((request.request_id, address))
 
-    def on_local_completion(self, request_id, address, status, prompt_tokens, output_tokens, latency_s,
-                            ttft_s, now):
+    def on_local_completion(
+        self, request_id, address, status, prompt_tokens, output_tokens, latency_s, ttft_s, now
+    ):
         self.completed.append((request_id, address, status, prompt_tokens, output_tokens))
 
 
 @pytest.fixture
 async def picker():
-    cfg = PickerConfig(pool_name="pool", grpc_host="127.0.0.1", grpc_port=0, grpc_health_port=0,
-                       metrics_host="127.0.0.1", metrics_port=0, max_body_bytes=200_000)
+    cfg = PickerConfig(
+        pool_name="pool",
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        grpc_health_port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        max_body_bytes=200_000,
+    )
     p = Picker(cfg, scheduler=LeastLoadScheduler(staleness=3600), sink=RecordingSink())
-    p._set_models(ModelTable(
-        [
-            InferenceModel("chat", "default", "chat", "pool", "Critical", (TargetModel("base-v2"),)),
-            InferenceModel("cheap", "default", "cheap", "pool", "Sheddable", ()),
-            InferenceModel("base", "default", "base", "pool", "Standard", ()),
-        ],
-        "pool",
-        "reject",
-    ))
+    p._set_models(
+        ModelTable(
+            [
+                InferenceModel("chat", "default", "chat", "pool", "Critical", (TargetModel("base-v2"),)),
+                InferenceModel("cheap", "default", "cheap", "pool", "Sheddable", ()),
+                InferenceModel("base", "default", "base", "pool", "Standard", ()),
+            ],
+            "pool",
+            "reject",
+        )
+    )
     await p.start()
     p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
     p.view.apply(snapshot("10.0.0.2:8000", pool="pool", waiting=2))
@@ -67,7 +77,7 @@ def chat(model: str = "base", text: str = "hello there", **extra) -> bytes:
 
 def split(data: bytes, n: int) -> list[bytes]:
     size = -(-len(data) // n)
-    return [data[i:i + size] for i in range(0, len(data), size)]
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def send_body(s: EnvoyStream, body: bytes, chunks: int = 3) -> None:
@@ -169,7 +179,9 @@ async def test_large_body_comes_back_in_62000_byte_chunks(picker, channel):
     headers = await s.recv()
     length = int(headers_of(headers.request_headers.response.header_mutation)["content-length"])
     responses = []
-    while not responses or not responses[-1].request_body.response.body_mutation.streamed_response.end_of_stream:
+    while (
+        not responses or not responses[-1].request_body.response.body_mutation.streamed_response.end_of_stream
+    ):
         responses.append(await s.recv())
     data, sizes, eos = streamed_body(responses)
     assert eos and len(data) == length and len(responses) == -(-length // MAX_CHUNK) > 1
@@ -209,8 +221,12 @@ async def test_headers_only_request_goes_to_an_endpoint(picker, channel):
 
 async def test_strips_client_destination_headers(picker, channel):
     s = EnvoyStream(channel).open()
-    s.request_headers(headers={"x-gateway-destination-endpoint-served": "6.6.6.6:1",
-                               "x-gateway-destination-endpoint": "6.6.6.6:1"})
+    s.request_headers(
+        headers={
+            "x-gateway-destination-endpoint-served": "6.6.6.6:1",
+            "x-gateway-destination-endpoint": "6.6.6.6:1",
+        }
+    )
     s.request_body(chat(), True)
     r = await s.recv()
     mut = r.request_headers.response.header_mutation
@@ -350,28 +366,48 @@ async def test_model_rewrite_json_both_directions(picker, channel):
     s.response_headers(extra={"content-length": "99"})
     rh = await s.recv()
     assert "content-length" in list(rh.response_headers.response.header_mutation.remove_headers)
-    resp = json.dumps({"id": "x", "model": "base-v2", "choices": [{"text": "hi"}],
-                       "usage": {"prompt_tokens": 3, "completion_tokens": 2}}).encode()
+    resp = json.dumps(
+        {
+            "id": "x",
+            "model": "base-v2",
+            "choices": [{"text": "hi"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        }
+    ).encode()
     s.response_body(resp[:10], False)
     s.response_body(resp[10:], True)
     out = await s.recv()
     sr = out.response_body.response.body_mutation.streamed_response
     assert sr.end_of_stream and json.loads(sr.body)["model"] == "chat"
     await s.close()
-    assert picker.registry.get_sample_value(
-        "inference_model_output_tokens_sum", {"model_name": "chat", "target_model_name": "base-v2"}) == 2
+    assert (
+        picker.registry.get_sample_value(
+            "inference_model_output_tokens_sum", {"model_name": "chat", "target_model_name": "base-v2"}
+        )
+        == 2
+    )
 
 
 def sse(model: str, n: int, usage: bool) -> bytes:
     events = [
-        b"data: " + json.dumps({"id": "c", "model": model, "choices": [{"delta": {"content": "w"}}]}).encode()
+        b"data: "
+        + json.dumps({"id": "c", "model": model, "choices": [{"delta": {"content": "w"}}]}).encode()
         + b"\n\n"
         for _ in range(n)
     ]
     if usage:
-        events.append(b"data: " + json.dumps({"id": "c", "model": model, "choices": [],
-                                              "usage": {"prompt_tokens": 6, "completion_tokens": n}}).encode()
-                      + b"\n\n")
+        events.append(
+            b"data: "
+            + json.dumps(
+                {
+                    "id": "c",
+                    "model": model,
+                    "choices": [],
+                    "usage": {"prompt_tokens": 6, "completion_tokens": n},
+                }
+            ).encode()
+            + b"\n\n"
+        )
     events.append(b"data: [DONE]\n\n")
     return b"".join(events)
 

@@ -16,16 +16,20 @@ def im(name, model, crit="Standard", targets=(), pool="pool"):
 
 
 def test_weighted_split_follows_the_weights():
-    t = ModelTable([im("a", "a", targets=[TargetModel("x", 80), TargetModel("y", 20)])], "pool",
-                   rng=random.Random(7))
+    t = ModelTable(
+        [im("a", "a", targets=[TargetModel("x", 80), TargetModel("y", 20)])], "pool", rng=random.Random(7)
+    )
     counts = Counter(t.resolve("a").target for _ in range(5000))
     assert 0.75 < counts["x"] / 5000 < 0.85
     assert set(counts) == {"x", "y"}
 
 
 def test_unweighted_split_is_equal():
-    t = ModelTable([im("a", "a", targets=[TargetModel("x"), TargetModel("y"), TargetModel("z")])], "pool",
-                   rng=random.Random(1))
+    t = ModelTable(
+        [im("a", "a", targets=[TargetModel("x"), TargetModel("y"), TargetModel("z")])],
+        "pool",
+        rng=random.Random(1),
+    )
     counts = Counter(t.resolve("a").target for _ in range(6000))
     assert all(1700 < c < 2300 for c in counts.values())
 

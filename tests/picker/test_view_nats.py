@@ -49,9 +49,15 @@ async def nc(nats_server):
 
 
 def make_picker(url: str) -> Picker:
-    cfg = PickerConfig(pool_name="pool", grpc_host="127.0.0.1", grpc_port=0, grpc_health_port=0,
-                       metrics_host="127.0.0.1", metrics_port=0,
-                       nats=NatsOptions(servers=[url], name="picker-test", reconnect_wait=0.1))
+    cfg = PickerConfig(
+        pool_name="pool",
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        grpc_health_port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        nats=NatsOptions(servers=[url], name="picker-test", reconnect_wait=0.1),
+    )
     return Picker(cfg, scheduler=Recorder())
 
 
@@ -92,6 +98,7 @@ async def test_out_of_order_and_stale_epochs_are_dropped_and_tombstones_remove(n
     await p.start()
     try:
         await p.wait_ready(10)
+
         # One at a time: the stream keeps one message per subject, so a burst may be
         # coalesced before delivery (which is the point of the stream, not a bug).
         def seen() -> int:
@@ -112,8 +119,9 @@ async def test_out_of_order_and_stale_epochs_are_dropped_and_tombstones_remove(n
         await one(snapshot("10.0.0.1:8000", pool="pool", seq=1, epoch="new", waiting=2, ts=102.0))
         assert p.view.decoder.failures == 1 and p.view.dropped["stale"] == 2
         assert p.view.endpoints["10.0.0.1:8000"].snapshot.waiting == 2
-        tomb = Tombstone(namespace="default", pool="pool", pod="p", address="10.0.0.1:8000",
-                         seq=2, epoch="new", ts=103.0)
+        tomb = Tombstone(
+            namespace="default", pool="pool", pod="p", address="10.0.0.1:8000", seq=2, epoch="new", ts=103.0
+        )
         await one(tomb)
         assert not p.view.endpoints
         assert p.scheduler.removed == ["10.0.0.1:8000"]

@@ -1,0 +1,270 @@
+"""The picker as a service: config sources, TLS, graceful stop, metrics, and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import textwrap
+
+import aiohttp
+import grpc
+import nats
+import pytest
+
+from picker.__main__ import build_parser, config_from_args
+from picker.config import PickerConfig
+from picker.fallback import LeastLoadScheduler
+from picker.server import Picker
+from picker.testing import EnvoyStream, headers_of, snapshot
+from shared.natsconn import ensure_streams
+from shared.natsd import free_port
+from shared.schemas import encode
+from shared.subjects import Subjects
+from tests.support.waiting import wait_until
+
+MODELS = """\
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: pool}
+spec:
+  selector: {matchLabels: {app: vllm}}
+  targetPorts: [{number: 8000}]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: chat}
+spec:
+  modelName: chat
+  criticality: Critical
+  poolRef: {name: pool}
+  targetModels: [{name: %s}]
+"""
+
+
+def body(model: str) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def local_cfg(**kw) -> PickerConfig:
+    base = dict(
+        pool_name="pool",
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        grpc_health_port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        config_poll_interval=0.05,
+    )
+    base.update(kw)
+    return PickerConfig(**base)
+
+
+async def route(p: Picker, model: str, channel: grpc.aio.Channel) -> tuple[int, bytes]:
+    s = EnvoyStream(channel).open()
+    s.request_headers()
+    s.request_body(body(model), True)
+    r = await s.recv()
+    if r.WhichOneof("response") == "immediate_response":
+        await s.close()
+        return r.immediate_response.status.code, r.immediate_response.body
+    data = (await s.recv()).request_body.response.body_mutation.streamed_response.body
+    s.response_headers()
+    await s.recv()
+    s.response_body(b"{}", True)
+    await s.recv()
+    await s.close()
+    return 200, data
+
+
+async def test_file_config_reloads_and_a_broken_file_keeps_the_last_one(tmp_path):
+    f = tmp_path / "models.yaml"
+    f.write_text(MODELS % "v1")
+    p = Picker(
+        local_cfg(config_files=[str(f)], unknown_model_policy="reject"), scheduler=LeastLoadScheduler()
+    )
+    async with p:
+        p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
+        await p.wait_ready(5)
+        async with grpc.aio.insecure_channel(p.address) as ch:
+            assert json.loads((await route(p, "chat", ch))[1])["model"] == "v1"
+            f.write_text(MODELS % "v2")
+            os.utime(f, ns=(1, 10**18))  # a distinct mtime even on coarse clocks
+            await wait_until(lambda: p.source.reloads >= 2, 5, "reload")
+            assert json.loads((await route(p, "chat", ch))[1])["model"] == "v2"
+            f.write_text(
+                "kind: InferenceModel\napiVersion: inference.networking.x-k8s.io/v1alpha2\n"
+                "metadata: {name: x}\nspec: {modelName: 5}\n"
+            )
+            os.utime(f, ns=(1, 2 * 10**18))
+            await wait_until(lambda: p.source.errors >= 1, 5, "error noticed")
+            assert json.loads((await route(p, "chat", ch))[1])["model"] == "v2"
+            assert (await route(p, "unknown", ch))[0] == 404
+
+
+async def test_kubernetes_source(kube_api):
+    await kube_api.upsert(
+        {
+            "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+            "kind": "InferenceModel",
+            "metadata": {"name": "chat", "namespace": "default"},
+            "spec": {"modelName": "chat", "poolRef": {"name": "pool"}, "targetModels": [{"name": "lora-a"}]},
+        }
+    )
+    p = Picker(
+        local_cfg(kube_host=kube_api.url, unknown_model_policy="reject"), scheduler=LeastLoadScheduler()
+    )
+    assert not p.is_ready()
+    async with p:
+        p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
+        await p.wait_ready(10)
+        async with grpc.aio.insecure_channel(p.address) as ch:
+            assert json.loads((await route(p, "chat", ch))[1])["model"] == "lora-a"
+            await kube_api.upsert(
+                {
+                    "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+                    "kind": "InferenceModel",
+                    "metadata": {"name": "other", "namespace": "default"},
+                    "spec": {"modelName": "other", "poolRef": {"name": "pool"}},
+                }
+            )
+            await wait_until(lambda: "other" in p.core.models.by_model, 10, "watch event")
+            assert (await route(p, "other", ch))[0] == 200
+
+
+async def test_tls_with_a_self_signed_certificate():
+    p = Picker(local_cfg(secure_serving=True), scheduler=LeastLoadScheduler())
+    async with p:
+        p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
+        creds = grpc.ssl_channel_credentials(root_certificates=p.certificate)
+        opts = [("grpc.ssl_target_name_override", "localhost")]
+        async with grpc.aio.secure_channel(f"localhost:{p.grpc_port}", creds, options=opts) as ch:
+            assert (await route(p, "base", ch))[0] == 200
+
+
+async def test_graceful_stop_lets_in_flight_streams_finish():
+    p = Picker(local_cfg(), scheduler=LeastLoadScheduler())
+    await p.start()
+    p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
+    async with grpc.aio.insecure_channel(p.address) as ch:
+        s = EnvoyStream(ch).open()
+        s.request_headers(headers={"x-request-id": "late"})
+        s.request_body(body("base"), True)
+        await s.recv_n(2)
+        stopping = asyncio.create_task(p.stop(grace=5))
+        await wait_until(lambda: not p.is_ready(), 2)
+        s.response_headers()
+        await s.recv()  # the in-flight stream is still served
+        s.response_body(b"{}", True)
+        await s.recv()
+        await s.close()
+        await asyncio.wait_for(stopping, 10)
+    assert not p.core.inflight
+
+
+async def test_metrics_use_upstream_names():
+    p = Picker(local_cfg(), scheduler=LeastLoadScheduler())
+    async with p:
+        p.view.apply(snapshot("10.0.0.1:8000", pool="pool", kv_usage=0.5, waiting=4))
+        async with grpc.aio.insecure_channel(p.address) as ch:
+            await route(p, "base", ch)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{p.metrics_port}/metrics") as r:
+                text = await r.text()
+            async with http.get(f"http://127.0.0.1:{p.metrics_port}/readyz") as r:
+                assert r.status == 200
+    for name in (
+        'inference_model_request_total{model_name="base",target_model_name="base"} 1.0',
+        "inference_model_request_duration_seconds_bucket",
+        "inference_model_input_tokens_bucket",
+        'inference_model_running_requests{model_name="base"} 0.0',
+        'inference_pool_average_kv_cache_utilization{name="pool"} 0.5',
+        'inference_pool_average_queue_size{name="pool"} 4.0',
+        'inference_pool_ready_pods{name="pool"} 1.0',
+        "inference_extension_scheduler_e2e_duration_seconds_count 1.0",
+        "infergate_picker_view_max_age_seconds",
+    ):
+        assert name in text, name
+
+
+def test_flags_and_environment(monkeypatch):
+    monkeypatch.setenv("INFERGATE_POOL_NAME", "from-env")
+    monkeypatch.setenv("INFERGATE_UNKNOWN_MODEL_POLICY", "reject")
+    cfg = config_from_args(
+        build_parser().parse_args(["--grpc-port", "9100", "--cert-path", "/c", "--no-nats"])
+    )
+    assert (cfg.pool_name, cfg.grpc_port, cfg.unknown_model_policy) == ("from-env", 9100, "reject")
+    assert (cfg.cert_file, cfg.key_file, cfg.nats) == ("/c/tls.crt", "/c/tls.key", None)
+    defaults = config_from_args(build_parser().parse_args([]))
+    assert (defaults.grpc_port, defaults.grpc_health_port, defaults.metrics_port) == (9002, 9003, 9090)
+
+
+@pytest.mark.slow
+async def test_cli_subprocess_serves_and_exits_on_sigterm(nats_server, tmp_path):
+    subj = Subjects("infergate")
+    nc = await nats.connect(nats_server.url)
+    await ensure_streams(nc.jetstream(), subj)
+    await nc.publish(
+        subj.endpoint("default", "pool", "pod-a", 8000), encode(snapshot("10.1.1.1:8000", pool="pool"))
+    )
+    await nc.flush()
+    await nc.close()
+    f = tmp_path / "models.yaml"
+    f.write_text(textwrap.dedent(MODELS % "tgt"))
+    grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "picker",
+        "--pool-name",
+        "pool",
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--grpc-health-port",
+        str(health_port),
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics_port),
+        "--config-files",
+        str(f),
+        "--nats-url",
+        nats_server.url,
+        "--log-format",
+        "text",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{metrics_port}/readyz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            for _ in range(300):
+                if await ready():
+                    break
+                await asyncio.sleep(0.05)
+            assert await ready()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+            s = EnvoyStream(ch).open()
+            s.request_headers()
+            s.request_body(body("chat"), True)
+            r = await s.recv(10)
+            assert headers_of(r.request_headers.response.header_mutation)[
+                "x-gateway-destination-endpoint"
+            ] == ("10.1.1.1:8000")
+            await s.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
