@@ -24,7 +24,11 @@ DESTINATION = "x-gateway-destination-endpoint"
 
 
 def _headers_mutation(destination: str, content_length: int | None) -> pb.HeaderMutation:
-    headers = [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=DESTINATION, raw_value=destination.encode()))]
+    headers = [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=DESTINATION, raw_value=destination.encode())
+        )
+    ]
     if content_length is not None:
         headers.append(
             base_pb2.HeaderValueOption(
@@ -73,7 +77,7 @@ class StubPicker(pb_grpc.ExternalProcessorServicer):
             header_mutation=_headers_mutation(self.destination, content_length), clear_route_cache=True
         )
 
-    async def Process(  # noqa: N802 - gRPC method name
+    async def Process(  # the gRPC method's name
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
         self.streams += 1
