@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from picker.scheduling.api import RequestInfo
@@ -54,6 +54,7 @@ class PeerPublisher:
         metrics: SharingMetrics | None = None,
         clock: Callable[[], float] = wall_now,
         offline_poll_s: float = 0.05,
+        before_resume: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.nc = nc
         self.namespace = namespace
@@ -66,6 +67,11 @@ class PeerPublisher:
         self.max_event_age = settings.max_event_age_s
         self.heartbeat_interval = settings.heartbeat_interval_s
         self.offline_poll = offline_poll_s
+        # Called once when NATS is back after an outage, before the buffered events go out:
+        # PeerSharing recreates the event stream there (a restarted server lost its memory
+        # stream), so what we buffered is stored for peers that replay after reconnecting.
+        self.before_resume = before_resume
+        self._offline = False
         self.metrics = metrics or SharingMetrics()
         self.clock = clock
         self._buf: deque[Assignment | Completion] = deque()
@@ -185,8 +191,16 @@ class PeerPublisher:
     async def _flush_once(self) -> None:
         self._drop_stale()
         if not self._connected():
+            self._offline = True
             await asyncio.sleep(self.offline_poll)  # keep buffering (drop-oldest) until NATS is back
             return
+        if self._offline:
+            self._offline = False
+            if self.before_resume is not None:
+                try:
+                    await asyncio.wait_for(self.before_resume(), 2.0)
+                except Exception as exc:
+                    log.warning("preparing to resume publishing failed", extra={"error": repr(exc)})
         if self._buf:
             await self._publish_all()
         elif asyncio.get_running_loop().time() - self._last_publish >= self.heartbeat_interval:
@@ -210,6 +224,7 @@ class PeerPublisher:
         except Exception as exc:  # disconnected mid-flush, buffer limit: the events are lost
             self._drop("publish_error", n_events)
             log.warning("publishing peer events failed", extra={"error": repr(exc), "events": n_events})
+            await asyncio.sleep(self.offline_poll)  # do not spin on a failing connection
             return
         self._last_publish = asyncio.get_running_loop().time()
         self.published_batches += 1

@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from shared.natsconn import StreamSettings
+from shared.natsconn import StreamSettings, ensure_streams
 from shared.schemas import now as wall_now
 from shared.service import Supervisor
 from shared.subjects import Subjects
@@ -49,8 +49,18 @@ class PeerSharing:
     ) -> None:
         self.settings = settings
         self.metrics = SharingMetrics(registry)
+        self._subjects = subjects
+        self._nc = nc
+        self._stream_settings = stream_settings
         self.publisher = PeerPublisher(
-            nc, subjects, namespace, pool, settings, metrics=self.metrics, clock=clock
+            nc,
+            subjects,
+            namespace,
+            pool,
+            settings,
+            metrics=self.metrics,
+            clock=clock,
+            before_resume=self._ensure_streams if manage_streams else None,
         )
         self.listener = PeerListener(
             nc,
@@ -64,6 +74,9 @@ class PeerSharing:
             manage_streams=manage_streams,
             stream_settings=stream_settings,
         )
+
+    async def _ensure_streams(self) -> None:
+        await ensure_streams(self._nc.jetstream(), self._subjects, self._stream_settings)
 
     @property
     def sink(self) -> EventSink:

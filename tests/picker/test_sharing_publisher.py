@@ -1,0 +1,158 @@
+"""Batching, the bounded buffer and heartbeats of the publisher, against a recording client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from picker.scheduling import RequestInfo
+from picker.sharing import PeerPublisher, SharingSettings
+from shared.schemas import Assignment, Completion, EventBatch, event_decoder
+from shared.subjects import Subjects
+from tests.support.waiting import wait_until
+
+
+class FakeNats:
+    """Just what the publisher uses of a nats-py client: ``is_connected`` and ``publish``."""
+
+    def __init__(self) -> None:
+        self.is_connected = True
+        self.sent: list[tuple[str, bytes]] = []
+        self.decoder = event_decoder()
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.sent.append((subject, data))
+
+    def messages(self) -> list:
+        return [self.decoder.decode(d) for _, d in self.sent]
+
+    def events(self) -> list:
+        out = []
+        for m in self.messages():
+            out.extend(m.events if isinstance(m, EventBatch) else [m])
+        return out
+
+
+def request(i: int) -> RequestInfo:
+    return RequestInfo(f"r{i}", "m", "m", prompt_tokens=100, prefix_hashes=list(range(12)))
+
+
+@contextlib.asynccontextmanager
+async def running(pub: PeerPublisher):
+    task = asyncio.create_task(pub.run())
+    try:
+        yield pub
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def settings(**kw) -> SharingSettings:
+    kw.setdefault("replica", "a")
+    kw.setdefault("heartbeat_interval_s", 60.0)
+    kw.setdefault("max_event_age_s", 1e12)  # the tests use small fixed timestamps
+    return SharingSettings(**kw)
+
+
+async def test_a_burst_goes_out_in_full_batches_on_the_replicas_subject():
+    nc = FakeNats()
+    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings(max_batch=128, flush_interval_s=0.005))
+    async with running(pub):
+        await wait_until(lambda: len(nc.sent) >= 1, what="heartbeat at start")
+        nc.sent.clear()
+        for i in range(300):
+            pub.on_local_assignment(request(i), "10.0.0.1:8000", 1000.0 + i)
+        await wait_until(lambda: len(nc.events()) == 300, what="all events published")
+    assert {s for s, _ in nc.sent} == {Subjects().events("ns", "pool", "a")}
+    assert sorted(len(m.events) for m in nc.messages()) == [44, 128, 128]
+    assert [e.request_id for e in nc.events()] == [f"r{i}" for i in range(300)]
+    first = nc.events()[0]
+    assert isinstance(first, Assignment) and first.prefix_hashes == list(range(12))
+
+
+async def test_a_lone_event_is_published_after_the_linger():
+    nc = FakeNats()
+    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings(flush_interval_s=0.005))
+    async with running(pub):
+        await wait_until(lambda: len(nc.sent) >= 1)
+        pub.on_local_assignment(request(1), "10.0.0.1:8000", 1000.0)
+        pub.on_local_completion("r1", "10.0.0.1:8000", 200, 100, 20, 0.5, 0.1, 1000.5)
+        await wait_until(lambda: len(nc.events()) == 2, what="the two events published")
+    a, c = nc.events()
+    assert isinstance(c, Completion) and c.model == "m" and c.output_tokens == 20
+    assert a.ts == 1000.0 and c.ts == 1000.5
+
+
+async def test_without_batching_each_event_is_its_own_message():
+    nc = FakeNats()
+    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings(max_batch=1, flush_interval_s=0.0))
+    async with running(pub):
+        await wait_until(lambda: len(nc.sent) >= 1)
+        nc.sent.clear()
+        for i in range(10):
+            pub.on_local_assignment(request(i), "10.0.0.1:8000", 1000.0)
+        await wait_until(lambda: len(nc.sent) == 10)
+    assert all(isinstance(m, Assignment) for m in nc.messages())
+
+
+async def test_while_disconnected_the_oldest_events_are_dropped_and_counted():
+    nc = FakeNats()
+    nc.is_connected = False
+    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings(buffer_events=4), offline_poll_s=0.01)
+    async with running(pub):
+        for i in range(10):
+            pub.on_local_assignment(request(i), "10.0.0.1:8000", 1000.0 + i)
+        await asyncio.sleep(0.05)
+        assert nc.sent == [] and pub.buffered == 4 and pub.dropped == 6
+        nc.is_connected = True
+        await wait_until(lambda: len(nc.events()) == 4, what="the buffered events published")
+    assert [e.request_id for e in nc.events()] == ["r6", "r7", "r8", "r9"]
+    assert (
+        pub.metrics.registry.get_sample_value(
+            "infergate_sharing_dropped_events_total", {"reason": "buffer_full"}
+        )
+        == 6
+    )
+
+
+async def test_events_too_old_for_the_stream_are_not_published():
+    nc = FakeNats()
+    nc.is_connected = False
+    pub = PeerPublisher(
+        nc,
+        Subjects(),
+        "ns",
+        "pool",
+        settings(max_event_age_s=30.0),
+        clock=lambda: 1100.0,
+        offline_poll_s=0.01,
+    )
+    async with running(pub):
+        pub.on_local_assignment(request(1), "10.0.0.1:8000", 1000.0)  # 100 s old
+        pub.on_local_assignment(request(2), "10.0.0.1:8000", 1099.0)
+        nc.is_connected = True
+        await wait_until(lambda: len(nc.events()) == 1)
+    assert nc.events()[0].request_id == "r2"
+    assert pub.dropped == 1
+
+
+async def test_an_idle_replica_sends_heartbeats():
+    nc = FakeNats()
+    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings(heartbeat_interval_s=0.05))
+    async with running(pub):
+        await wait_until(lambda: len(nc.sent) >= 3, what="three heartbeats")
+    assert all(isinstance(m, EventBatch) and m.events == [] and m.replica == "a" for m in nc.messages())
+
+
+async def test_the_request_path_never_raises():
+    class Broken(FakeNats):
+        async def publish(self, subject: str, data: bytes) -> None:
+            raise ConnectionError("gone")
+
+    nc = Broken()
+    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings())
+    pub.on_local_assignment(None, "x", 1.0)  # type: ignore[arg-type]  # a caller bug: logged, not raised
+    pub.on_local_assignment(request(1), "10.0.0.1:8000", 1000.0)
+    async with running(pub):
+        await wait_until(lambda: pub.dropped >= 1, what="publish failure counted")
