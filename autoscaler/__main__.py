@@ -36,6 +36,19 @@ def build_parser() -> EnvArgumentParser:
         "--tls-sans", type=_names, default=[], help="comma-separated DNS names/IPs of a generated certificate"
     )
     api.add_argument(
+        "--authentication-from-cluster",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="read the --requestheader-* settings from kube-system/extension-apiserver-authentication "
+        "(explicit flags win)",
+    )
+    api.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then ~/.kube/config)"
+    )
+    api.add_argument(
+        "--kube-api-url", default=None, help="plain Kubernetes API URL, e.g. from `kubectl proxy`"
+    )
+    api.add_argument(
         "--requestheader-client-ca-file",
         default=None,
         help="CA that signs the aggregator's front-proxy client certificate; when set, the metrics routes "
@@ -94,6 +107,9 @@ def config_from_args(args: argparse.Namespace) -> AutoscalerConfig:
         ops_host=args.ops_host,
         ops_port=args.ops_port,
         create_streams=args.create_streams,
+        authentication_from_cluster=args.authentication_from_cluster,
+        kubeconfig=args.kubeconfig,
+        kube_api_url=args.kube_api_url,
     )
 
 

@@ -23,9 +23,11 @@ from prometheus_client import CollectorRegistry
 
 from autoscaler.aggregate import Aggregator
 from autoscaler.api import FrontProxyAuth, MetricsAPI
+from autoscaler.authconfig import requestheader_from_cluster
 from autoscaler.metrics import AutoscalerMetrics
 from autoscaler.tls import self_signed, server_context
 from shared import schemas
+from shared.kube import api_client
 from shared.natsconn import NatsOptions, connect, ensure_streams
 from shared.ops import Health, OpsServer
 from shared.service import Supervisor
@@ -52,6 +54,10 @@ class AutoscalerConfig:
     ops_host: str = "0.0.0.0"
     ops_port: int = 9095
     create_streams: bool = True
+    # Read --requestheader-* from kube-system/extension-apiserver-authentication (flags still win).
+    authentication_from_cluster: bool = False
+    kubeconfig: str | None = None
+    kube_api_url: str | None = None  # a plain URL (kubectl proxy, tests) instead of a kubeconfig
 
 
 class Autoscaler:
@@ -115,6 +121,8 @@ class Autoscaler:
             )
         self._subscribed = True
         self.supervisor.spawn("housekeeping", self._housekeeping)
+        if cfg.authentication_from_cluster:
+            await self._load_cluster_authentication()
         await self._start_api()
         await self.ops.start()
         log.info(
@@ -148,6 +156,32 @@ class Autoscaler:
             await asyncio.sleep(min(5.0, self.config.window / 4))
             self.aggregator.housekeep()
 
+    async def _load_cluster_authentication(self) -> None:
+        cfg = self.config
+        api = await api_client(cfg.kubeconfig, host=cfg.kube_api_url)
+        try:
+            found = await requestheader_from_cluster(api)
+        finally:
+            await api.close()
+        if found is None:
+            log.warning("the cluster publishes no request-header CA; front-proxy authentication stays off")
+            return
+        if not cfg.requestheader_client_ca_file:
+            path = self._tmpdir() / "requestheader-client-ca.crt"
+            await asyncio.to_thread(path.write_text, found.client_ca_pem)
+            cfg.requestheader_client_ca_file = str(path)
+            cfg.requestheader_allowed_names = cfg.requestheader_allowed_names or found.allowed_names
+            cfg.requestheader_username_headers = found.username_headers
+        log.info(
+            "front-proxy authentication from the cluster",
+            extra={"allowed_names": cfg.requestheader_allowed_names},
+        )
+
+    def _tmpdir(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="infergate-autoscaler-")
+        return Path(self._tmp.name)
+
     async def _start_api(self) -> None:
         cfg = self.config
         auth = None
@@ -167,7 +201,7 @@ class Autoscaler:
             self._runner,
             cfg.secure_host,
             cfg.secure_port,
-            ssl_context=self._ssl_context(),
+            ssl_context=await asyncio.to_thread(self._ssl_context),
             reuse_address=True,
         )
         await site.start()
@@ -178,9 +212,8 @@ class Autoscaler:
         cfg = self.config
         cert, key = cfg.tls_cert_file, cfg.tls_private_key_file
         if not cert:
-            self._tmp = tempfile.TemporaryDirectory(prefix="infergate-autoscaler-")
             hosts = cfg.tls_hosts or ["localhost", "127.0.0.1", socket.gethostname()]
-            cert, key, self.ca_file = self_signed(Path(self._tmp.name), hosts)
+            cert, key, self.ca_file = self_signed(self._tmpdir(), hosts)
             log.info(
                 "generated a self-signed serving certificate", extra={"hosts": hosts, "ca": self.ca_file}
             )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -284,6 +285,7 @@ def front_proxy(tmp_path: Path):
     ca_file, _ = ca.write(tmp_path, "front-proxy-ca")
     return {
         "ca": ca_file,
+        "ca_pem": ca.cert_pem.decode(),
         "good": issue(ca, "front-proxy-client", client=True).write(tmp_path, "good"),
         "wrong_cn": issue(ca, "mallory", client=True).write(tmp_path, "wrong-cn"),
         "foreign": issue(foreign, "front-proxy-client", client=True).write(tmp_path, "foreign"),
@@ -339,6 +341,8 @@ async def test_main_serves_and_exits_cleanly_on_sigterm(nats_server, tmp_path):
         async with aiohttp.ClientSession() as http:
 
             async def ready() -> bool:
+                if proc.returncode is not None:
+                    raise AssertionError(f"exited early: {(await proc.stderr.read()).decode()[-2000:]}")
                 try:
                     async with http.get(f"http://127.0.0.1:{ops}/readyz") as resp:
                         return resp.status == 200
@@ -354,3 +358,50 @@ async def test_main_serves_and_exits_cleanly_on_sigterm(nats_server, tmp_path):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_front_proxy_settings_can_come_from_the_cluster_configmap(nats_server, front_proxy):
+    """kube-apiserver publishes its request-header CA in kube-system/extension-apiserver-authentication."""
+    ca_pem = front_proxy["ca_pem"]
+
+    async def configmap(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
+                "data": {
+                    "requestheader-client-ca-file": ca_pem,
+                    "requestheader-allowed-names": '["front-proxy-client"]',
+                    "requestheader-username-headers": '["X-Remote-User"]',
+                },
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get(
+        "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication", configmap
+    )
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    scaler = await start_autoscaler(
+        nats_server.url, authentication_from_cluster=True, kube_api_url=f"http://127.0.0.1:{port}"
+    )
+    hpa_user = {"X-Remote-User": "system:serviceaccount:kube-system:horizontal-pod-autoscaler"}
+    try:
+        async with kube_client(scaler) as api:
+            with pytest.raises(ApiException) as err:
+                await get(api, BASE, headers=hpa_user)
+            assert err.value.status == 401
+        async with kube_client(scaler, front_proxy["wrong_cn"]) as api:
+            with pytest.raises(ApiException) as err:
+                await get(api, BASE, headers=hpa_user)
+            assert err.value.status == 401
+        async with kube_client(scaler, front_proxy["good"]) as api:
+            assert (await get(api, BASE, headers=hpa_user))["kind"] == "APIResourceList"
+    finally:
+        await scaler.stop()
+        await runner.cleanup()
