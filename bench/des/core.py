@@ -1,0 +1,387 @@
+"""The discrete-event simulation: N calibrated engines, M picker replicas, virtual time.
+
+One event heap orders everything by virtual time (ties by insertion order, so a run is
+a pure function of its seed):
+
+* **arrival** - Poisson; the request goes to a picker replica (round-robin or random),
+  whose scheduler decides from the endpoint views *that replica has received*; a 429/503
+  decision is counted as shed, not served; otherwise ``on_assigned`` runs on that
+  replica at once and, with the shared view, on every peer ``share_delay_s`` later;
+* **step end** - one engine step (``Engine.step`` commits at its start, the DES reveals
+  it at ``end``): finished requests are recorded and ``on_completed`` is applied (own
+  replica at once, peers after ``share_delay_s`` when shared); the next step starts;
+* **wake** - an idle engine has a request coming out of its API overhead;
+* **scrape** - every ``scrape_interval_s`` per engine (phases staggered at random), an
+  ``EndpointSnapshot`` is built from ``engine.stats()`` with ``ts`` = scrape time;
+* **snapshot delivery** - ``metrics_delay_s`` later (collector -> NATS -> picker), every
+  picker replica stores it as its view of that endpoint and calls ``on_snapshot``.
+
+So schedulers always decide from metrics between ``metrics_delay_s`` and
+``scrape_interval_s + metrics_delay_s`` old, as in the real deployment.
+
+Measurement: requests arriving in ``[warmup_s, warmup_s + duration_s)`` are measured;
+arrivals stop at the end of that window and the run drains until every measured request
+has finished (bounded by ``max_drain_s`` of virtual time; requests still open then are
+reported as ``unfinished``). Throughput = measured output tokens / (last measured
+response - warmup_s), as the upstream benchmark tool defines it (design.md §5).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from picker.scheduling import EndpointView, RequestInfo, build_scheduler
+from shared.schemas import EndpointSnapshot, LoraState
+from sim.engine import Engine, EngineConfig, SimRequest
+from sim.workloads import percentile, poisson_arrivals
+
+from .oracle import PREFILL_WEIGHT, OracleScheduler, cached_prefix_tokens
+from .workload import Sampler, WorkloadSpec
+
+POLICIES = ("round-robin", "random", "gie-v0", "gie-v1", "default", "oracle")
+MODEL = "meta-llama/Llama-2-7b-hf"
+
+# event kinds (ints: cheap to compare in heap tuples)
+ARRIVAL, STEP_END, WAKE, SCRAPE, SNAP, SHARE_ASSIGN, SHARE_DONE = range(7)
+
+
+@dataclass
+class DESConfig:
+    """One simulated point. Every knob has the seed experiment's default."""
+
+    policy: str = "default"
+    qps: float = 100.0
+    replicas: int = 10
+    duration_s: float = 60.0
+    warmup_s: float = 10.0
+    max_drain_s: float = 900.0
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    picker_replicas: int = 1
+    spread: str = "round-robin"  # how arrivals reach picker replicas: "round-robin" or "random"
+    shared_view: bool = True
+    scrape_interval_s: float = 0.050
+    metrics_delay_s: float = 0.005
+    share_delay_s: float = 0.003
+    criticality: str = "Standard"
+    sheddable_fraction: float = 0.0  # share of requests sent as "Sheddable"
+    seed: int = 0
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def label(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["workload"] = self.workload.name
+        d.pop("engine")
+        return d
+
+
+@dataclass
+class PointResult:
+    """The figures of one point (times in seconds)."""
+
+    policy: str
+    qps: float
+    workload: str
+    picker_replicas: int = 1
+    shared_view: bool = True
+    arrived: int = 0
+    served: int = 0
+    shed: int = 0
+    unfinished: int = 0
+    output_tokens: int = 0
+    tok_per_min: float = 0.0
+    req_per_s: float = 0.0
+    ntpot_p90: float = math.nan
+    e2e_p50: float = math.nan
+    e2e_p90: float = math.nan
+    ttft_p50: float = math.nan
+    ttft_p90: float = math.nan
+    preemptions: int = 0
+    prefix_hit_rate: float = math.nan  # engines' prefix-cache hits / queries (tokens), measured window
+    virtual_s: float = 0.0
+    wall_s: float = 0.0
+    events: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Picker:
+    """One picker replica: its scheduler and its own (possibly stale) view of the endpoints."""
+
+    __slots__ = ("index", "name", "sched", "view_list", "views")
+
+    def __init__(self, index: int, sched: Any) -> None:
+        self.index = index
+        self.name = f"picker-{index}"
+        self.sched = sched
+        self.views: dict[str, EndpointView] = {}
+        self.view_list: list[EndpointView] = []
+
+
+class Cluster:
+    """The simulated deployment for one :class:`DESConfig`. ``run()`` returns a :class:`PointResult`."""
+
+    def __init__(self, cfg: DESConfig) -> None:
+        if cfg.policy not in POLICIES:
+            raise ValueError(f"unknown policy {cfg.policy!r} (known: {', '.join(POLICIES)})")
+        if cfg.spread not in ("round-robin", "random"):
+            raise ValueError("spread must be 'round-robin' or 'random'")
+        self.cfg = cfg
+        root = random.Random(cfg.seed)
+        # Independent streams, so that e.g. a policy's random choices never change the workload.
+        self._rng_arrivals = random.Random(root.getrandbits(64))
+        self._rng_work = random.Random(root.getrandbits(64))
+        self._rng_spread = random.Random(root.getrandbits(64))
+        self._rng_phase = random.Random(root.getrandbits(64))
+        self._rng_sched = random.Random(root.getrandbits(64))
+        self._rng_crit = random.Random(root.getrandbits(64))
+        self.sampler = Sampler(cfg.workload, self._rng_work)
+        ecfg = cfg.engine
+        if cfg.workload.name == "lora" and not ecfg.enable_lora:
+            ecfg = replace(ecfg, enable_lora=True)
+        self.addresses = [f"10.0.{i // 250}.{i % 250 + 1}:8000" for i in range(cfg.replicas)]
+        self.engines = {a: Engine(ecfg) for a in self.addresses}
+        self.work: dict[str, float] = dict.fromkeys(self.addresses, 0.0)
+        self.max_loras = ecfg.max_loras if ecfg.enable_lora else 0
+        self.is_oracle = cfg.policy == "oracle"
+        self.pickers = [_Picker(p, self._make_scheduler(p)) for p in range(cfg.picker_replicas)]
+        self._heap: list[tuple] = []
+        self._seq = 0
+        self._busy: dict[str, bool] = dict.fromkeys(self.addresses, False)
+        self._snap_seq = 0
+        self._rr = 0
+        self.now = 0.0
+        # measurement
+        self.records: list[tuple[float, float, int]] = []  # (ttft, e2e, output tokens) of measured requests
+        self.last_finish = 0.0
+        self.arrived = 0
+        self.shed = 0
+        self.open_measured = 0
+        self.events = 0
+        self._prefix_base: tuple[float, float] | None = None
+        self._preempt_base = 0
+        for a in self.addresses:  # the pickers start with a view of every (idle) pod, scraped earlier
+            self._deliver(self._snapshot(a, -cfg.metrics_delay_s), 0.0)
+
+    def _make_scheduler(self, p: int) -> Any:
+        rng = random.Random(self._rng_sched.getrandbits(64))
+        if self.cfg.policy == "oracle":
+            return OracleScheduler(self.engines, self.work, rng)
+        return build_scheduler(self.cfg.policy, rng=rng)
+
+    # ------------------------------------------------------------------ events
+
+    def _push(self, t: float, kind: int, a: Any = None, b: Any = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, a, b))
+
+    def _snapshot(self, address: str, now: float) -> EndpointSnapshot:
+        st = self.engines[address].stats()
+        self._snap_seq += 1
+        return EndpointSnapshot(
+            namespace="bench", pool="pool", pod=f"pod-{address}", address=address, model=MODEL,
+            waiting=st.waiting, running=st.running, kv_usage=st.kv_usage,
+            kv_capacity_tokens=st.num_gpu_blocks * self.cfg.engine.block_size,
+            block_size=self.cfg.engine.block_size,
+            prefix_queries=float(st.prefix_cache_queries), prefix_hits=float(st.prefix_cache_hits),
+            preemptions=float(st.preemptions),
+            lora=LoraState(running=st.running_lora_adapters, waiting=st.waiting_lora_adapters,
+                           max_lora=self.max_loras),
+            ts=now, seq=self._snap_seq, epoch="des", collector="des",
+        )
+
+    def _deliver(self, snap: EndpointSnapshot, now: float) -> None:
+        for pk in self.pickers:
+            pk.views[snap.address] = EndpointView(snap.address, snap, now)
+            pk.view_list = list(pk.views.values())
+            pk.sched.on_snapshot(snap, now)
+
+    def _kick(self, address: str, now: float) -> None:
+        """Start the engine's next step if it is idle and has (or will have) work."""
+        if self._busy[address]:
+            return
+        eng = self.engines[address]
+        t = eng.next_event_time(now)
+        if t is None:
+            return
+        self._busy[address] = True
+        if t > now:
+            self._push(t, WAKE, address)
+            return
+        self._step(address, now)
+
+    def _step(self, address: str, now: float) -> None:
+        eng = self.engines[address]
+        res = eng.step(now)
+        if res.preempted:
+            for r in res.preempted:  # recompute: its whole context is prefill again
+                self.work[address] += PREFILL_WEIGHT * (r.prompt_tokens + eng.num_output(r))
+        if res.duration > 0.0:
+            self._push(res.end, STEP_END, address, res)
+            return
+        # Nothing ran (e.g. only requests still in their API overhead): finish what ended, wait.
+        self._finish(address, res.finished, now)
+        self._busy[address] = False
+        nt = eng.next_event_time(now)
+        if nt is not None:
+            self._busy[address] = True
+            self._push(max(nt, now + 1e-4), WAKE, address)
+
+    def _finish(self, address: str, finished: list[SimRequest], now: float) -> None:
+        cfg = self.cfg
+        shared = cfg.shared_view and len(self.pickers) > 1
+        for r in finished:
+            info, p, measured = r.ctx
+            if measured:
+                self.records.append((r.t_first_token - r.arrival, r.t_finished - r.arrival, r.max_tokens))
+                self.open_measured -= 1
+                if r.t_finished > self.last_finish:
+                    self.last_finish = r.t_finished
+            self.pickers[p].sched.on_completed(info.request_id, now)
+            if shared:
+                self._push(now + cfg.share_delay_s, SHARE_DONE, (info.request_id, p))
+
+    def _on_step_end(self, address: str, res: Any, now: float) -> None:
+        eng = self.engines[address]
+        w = self.work[address] - (res.num_decode + len(res.first_token)
+                                  + PREFILL_WEIGHT * (res.tokens - res.num_decode))
+        self.work[address] = w if eng.num_requests and w > 0.0 else 0.0
+        self._finish(address, res.finished, now)
+        self._busy[address] = False
+        self._kick(address, now)
+
+    def _arrive(self, now: float, measured: bool) -> None:
+        cfg = self.cfg
+        item = self.sampler()
+        self.arrived += measured
+        crit = cfg.criticality
+        if cfg.sheddable_fraction > 0 and self._rng_crit.random() < cfg.sheddable_fraction:
+            crit = "Sheddable"
+        if cfg.spread == "round-robin":
+            p = self._rr % len(self.pickers)
+            self._rr += 1
+        else:
+            p = self._rng_spread.randrange(len(self.pickers))
+        pk = self.pickers[p]
+        rid = f"r{self._seq}"
+        info = RequestInfo(
+            request_id=rid, model=item.lora or MODEL, target_model=item.lora or MODEL,
+            criticality=crit, prompt_tokens=item.prompt_tokens, prefix_hashes=item.block_hashes,
+            expected_output_tokens=item.output_tokens,
+        )
+        decision = pk.sched.schedule(info, pk.view_list, now)
+        if not decision.ok:
+            self.shed += measured
+            return
+        address = decision.endpoints[0]
+        pk.sched.on_assigned(info, address, now, replica=pk.name)
+        if cfg.shared_view and len(self.pickers) > 1:
+            self._push(now + cfg.share_delay_s, SHARE_ASSIGN, (info, address, p))
+        eng = self.engines[address]
+        cached = cached_prefix_tokens(eng, item.block_hashes) if self.is_oracle else 0
+        self.work[address] += PREFILL_WEIGHT * (item.prompt_tokens - cached) + item.output_tokens
+        req = SimRequest(rid, item.prompt_tokens, item.output_tokens, item.block_hashes, item.lora)
+        req.ctx = (info, p, measured)
+        eng.add(req, now)
+        if measured:
+            self.open_measured += 1
+        self._kick(address, now)
+
+    # ------------------------------------------------------------------ the run
+
+    def _engine_totals(self) -> tuple[float, float, int]:
+        q = h = 0.0
+        pre = 0
+        for e in self.engines.values():
+            q += e.prefix_queries
+            h += e.prefix_hits
+            pre += e.preemptions
+        return q, h, pre
+
+    def run(self) -> PointResult:
+        cfg = self.cfg
+        wall0 = time.perf_counter()
+        t_measure = cfg.warmup_s
+        t_stop = cfg.warmup_s + cfg.duration_s
+        arrivals = poisson_arrivals(cfg.qps, self._rng_arrivals)
+        self._push(next(arrivals), ARRIVAL)
+        for a in self.addresses:
+            self._push(self._rng_phase.uniform(0.0, cfg.scrape_interval_s), SCRAPE, a)
+        heap = self._heap
+        pop = heapq.heappop
+        deadline = t_stop + cfg.max_drain_s
+        stopped = False
+        n = 0
+        while heap:
+            t, _, kind, a, b = pop(heap)
+            self.now = t
+            n += 1
+            if kind == STEP_END:
+                self._on_step_end(a, b, t)
+            elif kind == ARRIVAL:
+                if t >= t_measure and self._prefix_base is None:
+                    q, h, pre = self._engine_totals()
+                    self._prefix_base = (q, h)
+                    self._preempt_base = pre
+                self._arrive(t, t >= t_measure)
+                nxt = next(arrivals)
+                if nxt < t_stop:
+                    self._push(nxt, ARRIVAL)
+                else:
+                    stopped = True
+            elif kind == SCRAPE:
+                snap = self._snapshot(a, t)
+                self._push(t + cfg.metrics_delay_s, SNAP, snap)
+                self._push(t + cfg.scrape_interval_s, SCRAPE, a)
+            elif kind == SNAP:
+                self._deliver(a, t)
+            elif kind == WAKE:
+                self._busy[a] = False
+                self._kick(a, t)
+            elif kind == SHARE_ASSIGN:
+                info, address, src = a
+                for pk in self.pickers:
+                    if pk.index != src:
+                        pk.sched.on_assigned(info, address, t, replica=self.pickers[src].name)
+            elif kind == SHARE_DONE:
+                rid, src = a
+                for pk in self.pickers:
+                    if pk.index != src:
+                        pk.sched.on_completed(rid, t)
+            if stopped and self.open_measured <= 0:
+                break
+            if t > deadline:
+                break
+        q, h, pre = self._engine_totals()
+        q0, h0 = self._prefix_base or (0.0, 0.0)
+        return self._result(q - q0, h - h0, pre - self._preempt_base, time.perf_counter() - wall0, n)
+
+    def _result(self, queries: float, hits: float, preemptions: int, wall: float, events: int) -> PointResult:
+        cfg = self.cfg
+        recs = self.records
+        ttft = [r[0] for r in recs]
+        e2e = [r[1] for r in recs]
+        ntpot = [r[1] / r[2] for r in recs]
+        out = sum(r[2] for r in recs)
+        span = self.last_finish - cfg.warmup_s
+        return PointResult(
+            policy=cfg.policy, qps=cfg.qps, workload=cfg.workload.name, picker_replicas=cfg.picker_replicas,
+            shared_view=cfg.shared_view, arrived=self.arrived, served=len(recs), shed=self.shed,
+            unfinished=max(0, self.open_measured), output_tokens=out,
+            tok_per_min=out / span * 60.0 if span > 0 else 0.0,
+            req_per_s=len(recs) / span if span > 0 else 0.0,
+            ntpot_p90=percentile(ntpot, 90), e2e_p50=percentile(e2e, 50), e2e_p90=percentile(e2e, 90),
+            ttft_p50=percentile(ttft, 50), ttft_p90=percentile(ttft, 90), preemptions=preemptions,
+            prefix_hit_rate=hits / queries if queries > 0 else math.nan,
+            virtual_s=self.now, wall_s=wall, events=events,
+        )
+
+
+def run_point(cfg: DESConfig) -> PointResult:
+    """Simulate one point (a top-level function, so a process pool can run it)."""
+    return Cluster(cfg).run()
