@@ -110,6 +110,11 @@ class Histogram:
         self.counts[bisect_left(self.bounds, v)] += 1
         self.sum += v
 
+    def observe_n(self, v: float, n: int) -> None:
+        """``n`` observations of the same value."""
+        self.counts[bisect_left(self.bounds, v)] += n
+        self.sum += v * n
+
     def render(self, labels: str, out: list[str]) -> None:
         n = self.name
         out.append(f"# HELP {n} {self.help}\n# TYPE {n} histogram\n")
@@ -250,8 +255,8 @@ class VllmMetrics:
     def observe_step(self, tokens: int, duration: float, num_decode: int) -> None:
         self.iter_tokens.observe(tokens)
         if num_decode:
-            # every decoding request's token gap is this step; record it once per step (cheap)
-            self.itl.observe(duration)
+            # every decoding request's token gap is this step's duration
+            self.itl.observe_n(duration, num_decode)
 
     def _histograms(self) -> str:
         now = time.monotonic()

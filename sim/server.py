@@ -70,10 +70,11 @@ class PodSpec:
 class _Ctx:
     """Per-request handler state hung on ``SimRequest.ctx``."""
 
-    __slots__ = ("done", "event", "stream", "visible")
+    __slots__ = ("done", "event", "reason", "stream", "visible")
 
-    def __init__(self, stream: bool) -> None:
+    def __init__(self, stream: bool, reason: str = "length") -> None:
         self.visible = 0
+        self.reason = reason
         self.done = asyncio.get_running_loop().create_future()
         self.stream = stream
         self.event: asyncio.Event | None = asyncio.Event() if stream else None
@@ -236,7 +237,7 @@ class SimPod:
             prompt_tokens=req.prompt_tokens,
             gen_tokens=req.max_tokens,
             max_tokens=req.max_tokens,
-            reason="length",
+            reason=ctx.reason if ctx is not None else "length",
         )
         if ctx is not None and not ctx.done.done():
             ctx.done.set_result(None)
@@ -552,9 +553,9 @@ class SimPod:
     ) -> web.StreamResponse:
         rid = f"{prefix}-{uuid.uuid4().hex}"
         hashes = prefix_block_hashes(model, text) if self.cfg.enable_prefix_caching else []
-        req = SimRequest(rid, ptoks, max_tokens, hashes, lora, priority=priority, ctx=_Ctx(stream))
-        created = int(time.time())
         reason = "length" if explicit else "stop"
+        req = SimRequest(rid, ptoks, max_tokens, hashes, lora, priority=priority, ctx=_Ctx(stream, reason))
+        created = int(time.time())
         if not self.running:
             return _err(503, "server is shutting down")
         self.submit(req)
