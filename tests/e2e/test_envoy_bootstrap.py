@@ -275,6 +275,9 @@ async def test_picker_full_duplex_routes_to_named_endpoint_and_walks_fallbacks(
             stub.destination = f"{_dead_address()}, {_dead_address()}, {a.address}"
             status, _, text = await _post(http, opts.listen_port)
             assert (status, _server(text)) == (200, "a")
+            # The retry replays the whole body, not only its first chunk.
+            status, _, text = await _post(http, opts.listen_port, big)
+            assert (status, json.loads(text)) == (200, {"server": "a", "bytes": len(json.dumps(big))})
 
             # Every named endpoint dead: an OpenAI-style 503, not a hang.
             stub.destination = _dead_address()
