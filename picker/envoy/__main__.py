@@ -1,7 +1,8 @@
 """``python -m picker.envoy``: print an Envoy bootstrap for InferGate as JSON or YAML.
 
-Every flag also reads ``INFERGATE_<FLAG>`` (lists comma-separated), so the same image
-can render its configuration from a Deployment's environment.
+Every flag also reads ``INFERGATE_ENVOY_<FLAG>`` (lists comma-separated), so an init
+container can render the configuration from a Deployment's environment. The ``ENVOY_``
+infix keeps these apart from the picker's own ``INFERGATE_*`` variables in the same pod.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ _DEFAULTS = BootstrapOptions()
 
 
 def build_parser() -> EnvArgumentParser:
-    p = EnvArgumentParser(prog="python -m picker.envoy", description=__doc__.split("\n\n")[0])
+    p = EnvArgumentParser(
+        prog="python -m picker.envoy",
+        description="Print an Envoy bootstrap for InferGate (picker or plain round-robin) as YAML or JSON.",
+        env_prefix="INFERGATE_ENVOY_",
+    )
     p.add_argument(
         "--mode",
         choices=[m.value for m in Mode],
@@ -104,7 +109,7 @@ def build_parser() -> EnvArgumentParser:
         "--max-request-bytes",
         type=int,
         default=_DEFAULTS.max_request_bytes,
-        help="larger request bodies get 413; 0: no limit (and no retry replay buffer)",
+        help="larger request bodies get 413; 0: no limit (retries then replay at most Envoy's 1 MiB buffer)",
     )
     p.add_argument("--health-check-interval", type=float, default=_DEFAULTS.health_check_interval_s)
     p.add_argument("--format", choices=["json", "yaml"], default="yaml")

@@ -204,9 +204,9 @@ def test_example_yaml_stays_in_sync_with_the_generator(capsys: pytest.CaptureFix
 def test_cli_reads_list_flags_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("INFERGATE_PICKERS", "10.1.0.1:9002,10.1.0.2:9002")
-    monkeypatch.setenv("INFERGATE_FAILURE_MODE", "FailOpen")
-    monkeypatch.setenv("INFERGATE_POOL_ENDPOINTS", "10.2.0.1:8000")
+    monkeypatch.setenv("INFERGATE_ENVOY_PICKERS", "10.1.0.1:9002,10.1.0.2:9002")
+    monkeypatch.setenv("INFERGATE_ENVOY_FAILURE_MODE", "FailOpen")
+    monkeypatch.setenv("INFERGATE_ENVOY_POOL_ENDPOINTS", "10.2.0.1:8000")
     assert cli_main(["--format", "json"]) == 0
     clusters = {c["name"]: c for c in json.loads(capsys.readouterr().out)["static_resources"]["clusters"]}
     hosts = [
