@@ -33,6 +33,7 @@ Rules, each chosen so that the HPA never acts on a number it should not trust:
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -305,9 +306,9 @@ class Aggregator:
         out: list[Series] = []
         for key, ts in fresh_ts.items():
             labels = {
-                "pool": key.pool,
-                "target_model": key.target_model,
-                "model_name": self._names.get(key, key.target_model),
+                "pool": label_value(key.pool),
+                "target_model": label_value(key.target_model),
+                "model_name": label_value(self._names.get(key, key.target_model)),
             }
             w = self._windows.get(key)
             values = {
@@ -341,6 +342,20 @@ class Aggregator:
         if not names:
             return {}
         return {ModelKey(snap.namespace, snap.pool, n): 1 / len(names) for n in names}
+
+
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def label_value(name: str) -> str:
+    """A model name as a valid label value, so an HPA selector can name it.
+
+    Every character outside ``[A-Za-z0-9._-]`` becomes ``_`` (``meta-llama/Llama-2-7b-hf`` ->
+    ``meta-llama_Llama-2-7b-hf``), the ends are trimmed to alphanumerics and the result is
+    cut to 63 characters, the limits of a Kubernetes label value.
+    """
+    value = _LABEL_UNSAFE.sub("_", name)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
 
 
 def _served(snap: EndpointSnapshot) -> list[str]:

@@ -227,3 +227,13 @@ def test_reordered_snapshots_are_dropped():
     assert values(agg)[A.WAITING] == 5
     agg.on_endpoint(snap(waiting=2, seq=1, epoch="restarted", ts=NOW + 0.1))  # new collector incarnation
     assert values(agg, NOW + 0.1)[A.WAITING] == 2
+
+
+def test_model_names_become_valid_label_values():
+    assert A.label_value("meta-llama/Llama-2-7b-hf") == "meta-llama_Llama-2-7b-hf"
+    assert A.label_value("/x:y/") == "x_y"
+    assert len(A.label_value("a" * 100)) == 63
+    agg = A.Aggregator()
+    agg.on_endpoint(snap(model="meta-llama/Llama-2-7b-hf"))
+    assert {s.labels["model_name"] for s in agg.series(NOW)} == {"meta-llama_Llama-2-7b-hf"}
+    assert parse("model_name=meta-llama_Llama-2-7b-hf").matches(agg.series(NOW)[0].labels)
