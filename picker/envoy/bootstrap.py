@@ -57,4 +57,5 @@ def bootstrap_message(opts: BootstrapOptions) -> Bootstrap:
 def build_bootstrap(opts: BootstrapOptions | None = None) -> dict[str, AnyType]:
     """The bootstrap as a plain dict, ready for ``json.dumps`` or ``yaml.safe_dump``."""
     message = bootstrap_message(opts or BootstrapOptions())
-    return message.to_dict(casing=betterproto2.Casing.SNAKE)
+    out = message.to_dict(casing=betterproto2.Casing.SNAKE)
+    return {"admin": out.pop("admin"), **out}  # admin first reads better in the YAML

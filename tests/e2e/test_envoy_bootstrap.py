@@ -227,10 +227,11 @@ async def test_round_robin_alternates_between_upstreams(
     opts = BootstrapOptions(
         mode="round-robin", pool_endpoints=(a.address, b.address), max_request_bytes=64 * 1024, **_ports()
     )
-    async with EnvoyProcess(build_bootstrap(opts), envoy_binary):
+    async with EnvoyProcess(build_bootstrap(opts), envoy_binary) as envoy:
         served = [_server((await _post(http, opts.listen_port))[2]) for _ in range(6)]
         assert Counter(served) == {"a": 3, "b": 3}
         assert all(x != y for x, y in itertools.pairwise(served)), served
+        assert (await envoy.stats("cluster.infergate_pool."))["cluster.infergate_pool.upstream_rq_total"] == 6
 
         # Envoy's own errors come back as OpenAI-style JSON too.
         status, headers, text = await _post(http, opts.listen_port, {"prompt": "x" * 100_000})
