@@ -208,9 +208,8 @@ class SimPod:
                     await asyncio.wait_for(self._wake.wait(), (nt - now) * scale)
                 continue
             res = eng.step(now)
-            if res.duration <= 0.0:
-                self._wake.clear()
-                await self._wake.wait()
+            if res.duration <= 0.0:  # nothing schedulable this instant: yield, then look again
+                await asyncio.sleep(0)
                 continue
             await asyncio.sleep(res.duration * scale)
             metrics.observe_step(res.tokens, res.duration, res.num_decode)
