@@ -36,7 +36,7 @@ from shared.subjects import Subjects
 
 from .applier import EventApplier
 from .metrics import SharingMetrics
-from .replay import replay_events
+from .replay import raise_if_cancelling, replay_events
 from .settings import SharingSettings
 from .sink import AccountingHooks
 
@@ -104,6 +104,7 @@ class PeerListener:
         while True:
             await asyncio.sleep(self.watch_interval)
             await self._watch()
+            raise_if_cancelling()
 
     async def close(self) -> None:
         if self._sub is not None:

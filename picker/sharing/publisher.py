@@ -31,6 +31,7 @@ from shared.schemas import now as wall_now
 from shared.subjects import Subjects
 
 from .metrics import SharingMetrics
+from .replay import raise_if_cancelling
 from .settings import SharingSettings
 
 __all__ = ["PeerPublisher"]
@@ -165,6 +166,7 @@ class PeerPublisher:
         while True:
             await self._wait_for_work()
             await self._flush_once()
+            raise_if_cancelling()
 
     async def flush(self) -> None:
         """Publish everything buffered now (tests, and shutdown so peers see our last completions)."""

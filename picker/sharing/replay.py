@@ -11,6 +11,7 @@ harmless because the :class:`~.applier.EventApplier` is idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import Callable
@@ -20,9 +21,22 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-__all__ = ["replay_events"]
+__all__ = ["raise_if_cancelling", "replay_events"]
 
 log = logging.getLogger(__name__)
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library swallowed.
+
+    nats-py's ``Client._flush_pending`` (run by every publish and request) catches
+    ``CancelledError`` and returns normally, so a task cancelled at that moment would go
+    on looping and a shutdown would wait for the Supervisor's timeout. Loops call this
+    after every NATS call; ``Task.cancelling()`` still counts the swallowed request.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def replay_events(
@@ -65,6 +79,7 @@ async def replay_events(
                 msgs = await sub.fetch(fetch_batch, timeout=fetch_timeout)
             except nats.errors.TimeoutError:
                 return read  # nothing left within the window (messages aged out meanwhile)
+            raise_if_cancelling()
             for msg in msgs:
                 read += 1
                 handle(msg.subject, msg.data)
