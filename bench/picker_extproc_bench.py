@@ -1,0 +1,277 @@
+"""CPU per request and requests/s through the picker's ext_proc path, against a gRPC floor.
+
+``.venv/bin/python -m bench.picker_extproc_bench [--requests N] [--quick]``
+
+Two processes: this one plays Envoy (grpc aio client) and a server subprocess is either
+
+* ``picker``: the real :class:`picker.server.Picker` with the default scheduler profile,
+  eight endpoints in its view, an InferenceModel that rewrites the model name (so the
+  body is re-encoded on the way in and the response restored on the way out);
+* ``echo``: a bare ext_proc server that answers every message with an empty CONTINUE,
+  i.e. the cost of grpc aio itself: the floor any Python ext_proc server pays.
+
+Each request is a full exchange as Envoy drives it: request headers, a ~2 KB chat body,
+response headers and a JSON response body with ``usage`` (4 messages each way). The
+server's CPU time comes from ``/proc/<pid>/stat`` (user + system) around the timed run,
+so it counts everything the server process does, gRPC included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+import grpc
+
+from picker.testing import EnvoyStream
+
+CHAT = json.dumps(
+    {
+        "model": "chat",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant. " * 20},
+            {
+                "role": "user",
+                "content": "Summarize the following text in two sentences: " + "lorem ipsum " * 110,
+            },
+        ],
+        "max_tokens": 200,
+        "temperature": 0.7,
+    }
+).encode()
+RESPONSE = json.dumps(
+    {
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "model": "llama-2-7b",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok " * 60}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 520, "completion_tokens": 60, "total_tokens": 580},
+    }
+).encode()
+
+
+# -- servers ---------------------------------------------------------------------------------
+async def serve_echo(port: int) -> None:
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+    answers = {
+        "request_headers": ep.ProcessingResponse(request_headers=ep.HeadersResponse()),
+        "request_body": ep.ProcessingResponse(request_body=ep.BodyResponse()),
+        "response_headers": ep.ProcessingResponse(response_headers=ep.HeadersResponse()),
+        "response_body": ep.ProcessingResponse(response_body=ep.BodyResponse()),
+    }
+
+    class Echo(ep_grpc.ExternalProcessorServicer):
+        async def Process(self, request_iterator, context):  # noqa: N802
+            async for req in request_iterator:
+                yield answers[req.WhichOneof("request")]
+
+    server = grpc.aio.server()
+    ep_grpc.add_ExternalProcessorServicer_to_server(Echo(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("READY", flush=True)
+    await server.wait_for_termination()
+
+
+async def serve_picker(port: int, request_log: bool) -> None:
+    import logging
+
+    from picker.config import PickerConfig
+    from picker.models import ModelTable
+    from picker.server import Picker
+    from picker.testing import snapshot
+    from shared.crds import InferenceModel, TargetModel
+    from shared.log import setup_logging
+
+    setup_logging("picker", "INFO" if request_log else "WARNING", "json")
+    if request_log:
+        logging.getLogger("picker.requests").setLevel(logging.INFO)
+    cfg = PickerConfig(
+        pool_name="pool",
+        grpc_host="127.0.0.1",
+        grpc_port=port,
+        grpc_health_port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+    )
+    p = Picker(cfg)
+    p._set_models(
+        ModelTable(
+            [InferenceModel("chat", "default", "chat", "pool", "Standard", (TargetModel("llama-2-7b"),))],
+            "pool",
+        )
+    )
+    await p.start()
+
+    async def feed() -> None:  # fresh metrics, as a collector would publish them
+        seq = 0
+        while True:
+            seq += 1
+            for i in range(8):
+                p.view.apply(
+                    snapshot(
+                        f"10.0.0.{i + 1}:8000",
+                        pool="pool",
+                        seq=seq,
+                        waiting=i % 3,
+                        running=4,
+                        kv_usage=0.1 * (i % 5),
+                        kv_capacity_tokens=119_408,
+                        model="llama-2-7b",
+                    )
+                )
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(feed())
+    print("READY", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        task.cancel()
+
+
+# -- client ----------------------------------------------------------------------------------
+async def one_request(ch: grpc.aio.Channel, mode: str) -> None:
+    s = EnvoyStream(ch, mode).open()
+    s.request_headers(headers={"x-request-id": os.urandom(8).hex()})
+    buffered = mode == "BUFFERED"
+    if buffered:
+        await s.recv()
+    s.request_body(CHAT, True)
+    r = await s.recv()
+    if r.WhichOneof("response") == "immediate_response":
+        raise RuntimeError(f"rejected: {r.immediate_response.body!r}")
+    if not buffered and r.WhichOneof("response") == "request_headers":
+        while True:  # the streamed body comes back
+            b = await s.recv()
+            sr = b.request_body.response.body_mutation.streamed_response
+            if (
+                sr.end_of_stream
+                or b.request_body.response.body_mutation.WhichOneof("mutation") != "streamed_response"
+            ):
+                break
+    s.response_headers()
+    await s.recv()
+    s.response_body(RESPONSE, True)
+    await s.recv()
+    await s.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(port: int, pid: int, mode: str, concurrency: int, n: int) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        for _ in range(50):  # warm up
+            await one_request(ch, mode)
+        remaining = n
+        lat: list[float] = []
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                t = time.perf_counter()
+                await one_request(ch, mode)
+                lat.append(time.perf_counter() - t)
+
+        cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    lat.sort()
+    return {
+        "rps": n / wall,
+        "cpu_us": cpu / n * 1e6,
+        "p50_ms": lat[len(lat) // 2] * 1e3,
+        "p99_ms": lat[int(len(lat) * 0.99)] * 1e3,
+    }
+
+
+async def start_server(kind: str, port: int, request_log: bool = False) -> asyncio.subprocess.Process:
+    args = [sys.executable, "-m", "bench.picker_extproc_bench", "--serve", kind, "--port", str(port)]
+    if request_log:
+        args.append("--request-log")
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)  # type: ignore[union-attr]
+    if b"READY" not in line:
+        raise RuntimeError(f"{kind} server did not start")
+    return proc
+
+
+async def bench(n: int) -> list[tuple[str, str, int, dict[str, float]]]:
+    from shared.natsd import free_port
+
+    rows = []
+    for kind, modes, log_on in (
+        ("echo", ["FULL_DUPLEX_STREAMED"], False),
+        ("picker", ["FULL_DUPLEX_STREAMED", "BUFFERED"], False),
+        ("picker+log", ["FULL_DUPLEX_STREAMED"], True),
+    ):
+        port = free_port()
+        proc = await start_server(kind.split("+")[0], port, log_on)
+        try:
+            for mode in modes:
+                for conc in (1, 32):
+                    r = await drive(port, proc.pid, mode, conc, n)
+                    rows.append((kind, mode, conc, r))
+                    print(
+                        f"{kind:11s} {mode:21s} c={conc:<3d} {r['rps']:7.0f} req/s  "
+                        f"server CPU {r['cpu_us']:6.0f} us/req  p50 {r['p50_ms']:.2f} ms  "
+                        f"p99 {r['p99_ms']:.2f} ms",
+                        flush=True,
+                    )
+        finally:
+            proc.terminate()
+            await proc.wait()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--serve", choices=["echo", "picker"])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--request-log", action="store_true")
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--quick", action="store_true", help="500 requests per point")
+    args = ap.parse_args()
+    if args.serve:
+        import uvloop  # both servers on uvloop, as `shared.service.run` does in production
+
+        uvloop.install()
+        if args.serve == "echo":
+            asyncio.run(serve_echo(args.port))
+        else:
+            asyncio.run(serve_picker(args.port, args.request_log))
+        return 0
+    n = 500 if args.quick else args.requests
+    print(
+        f"ext_proc bench: {n} requests per point, body {len(CHAT)} B, response {len(RESPONSE)} B, "
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
+    )
+    rows = asyncio.run(bench(n))
+    floor = {(c): r["cpu_us"] for k, m, c, r in rows if k == "echo"}
+    print("\nratio of server CPU per request to the gRPC floor (echo):")
+    for kind, mode, conc, r in rows:
+        if kind != "echo":
+            print(
+                f"  {kind:11s} {mode:21s} c={conc:<3d} {r['cpu_us'] / floor[conc]:.2f}x "
+                f"(+{r['cpu_us'] - floor[conc]:.0f} us)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
