@@ -191,27 +191,43 @@ class SimPod:
 
     # the real-time driver -------------------------------------------------
 
+    # Back-to-back steps start exactly where the previous one ended (engine time), and the
+    # sleep aims at an absolute wall deadline, so event-loop lag does not accumulate into a
+    # slower server. Only when the loop falls behind by more than MAX_LAG engine-seconds is
+    # the lost time dropped (the pod then looks slower, as an overloaded host would make it).
+    MAX_LAG = 0.05
+
     async def _drive(self) -> None:
         eng = self.engine
         scale = self.time_scale
         metrics = self.metrics
+        mono = time.monotonic
+        t0 = self._t0
+        nxt: float | None = None  # engine time at which the previous step ended
         while True:
             now = self.now()
+            if nxt is not None and nxt <= now < nxt + self.MAX_LAG:
+                now = nxt
             nt = eng.next_event_time(now)
             if nt is None:
+                nxt = None
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             if nt > now:
+                nxt = None
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), (nt - now) * scale)
                 continue
             res = eng.step(now)
             if res.duration <= 0.0:  # nothing schedulable this instant: yield, then look again
+                nxt = None
                 await asyncio.sleep(0)
                 continue
-            await asyncio.sleep(res.duration * scale)
+            delay = t0 + res.end * scale - mono()
+            await asyncio.sleep(delay if delay > 0 else 0)
+            nxt = res.end
             metrics.observe_step(res.tokens, res.duration, res.num_decode)
             for req in res.finished:
                 self._finish(req)
