@@ -134,6 +134,20 @@ def immediate(rej: Rejected, request_id: str) -> ep.ProcessingResponse:
     )
 
 
+def _streamed(chunk: bytes, end: bool, response: bool = False) -> ep.ProcessingResponse:
+    """One FULL_DUPLEX_STREAMED body chunk back to Envoy."""
+    body = ep.BodyResponse(
+        response=ep.CommonResponse(
+            body_mutation=ep.BodyMutation(
+                streamed_response=ep.StreamedBodyResponse(body=chunk, end_of_stream=end)
+            )
+        )
+    )
+    if response:
+        return ep.ProcessingResponse(response_body=body)
+    return ep.ProcessingResponse(request_body=body)
+
+
 def _lb_metadata(destination: str) -> struct_pb2.Struct:
     md = struct_pb2.Struct()
     md.fields["envoy.lb"].struct_value.fields[DESTINATION].string_value = destination
@@ -201,10 +215,30 @@ class Exchange:
         if which == "response_headers":
             return self._response_headers(req.response_headers)
         if which == "request_trailers":
-            return [ep.ProcessingResponse(request_trailers=ep.TrailersResponse())]
+            return self._request_trailers()
         if which == "response_trailers":
-            return [ep.ProcessingResponse(response_trailers=ep.TrailersResponse())]
+            return self._response_trailers()
         return []
+
+    # -- trailers: in duplex mode they, not a body end_of_stream, end the body ----------------
+    def _request_trailers(self) -> list[ep.ProcessingResponse]:
+        out: list[ep.ProcessingResponse] = []
+        if not self.done_request and self.req_mode == FULL_DUPLEX:
+            out = self._request_body(ep.HttpBody(end_of_stream=True), body_ends=False)
+        out.append(ep.ProcessingResponse(request_trailers=ep.TrailersResponse()))
+        return out
+
+    def _response_trailers(self) -> list[ep.ProcessingResponse]:
+        out: list[ep.ProcessingResponse] = []
+        rw = self.rewriter
+        if self.resp_mode == FULL_DUPLEX and rw is not None and not rw.done:
+            rest = rw.feed(b"", True)
+            if self.inflight is not None and not self.inflight.done:
+                p, o = rw.tokens()
+                self.core.complete(self.inflight, self.resp_status or 200, p, o)
+            out.append(_streamed(rest, False, response=True))
+        out.append(ep.ProcessingResponse(response_trailers=ep.TrailersResponse()))
+        return out
 
     # -- request ----------------------------------------------------------------------------
     def _request_headers(self, msg: ep.HttpHeaders) -> list[ep.ProcessingResponse]:
@@ -250,7 +284,7 @@ class Exchange:
             sets.append(_hv("x-request-id", hdr.request_id))
         return ep.HeaderMutation(set_headers=sets, remove_headers=hdr.strip)
 
-    def _request_body(self, msg: ep.HttpBody) -> list[ep.ProcessingResponse]:
+    def _request_body(self, msg: ep.HttpBody, body_ends: bool = True) -> list[ep.ProcessingResponse]:
         if self.hdr is None:
             self.hdr = read_request_headers(ep.HttpHeaders())
         one_to_one = self.req_mode != FULL_DUPLEX
@@ -289,9 +323,11 @@ class Exchange:
             return [immediate(result, self.hdr.request_id)]
         self.inflight = result.inflight
         self.routed = result
-        return self._answer_routed(result, body)
+        return self._answer_routed(result, body, body_ends)
 
-    def _answer_routed(self, r: Routed, original: bytes) -> list[ep.ProcessingResponse]:
+    def _answer_routed(
+        self, r: Routed, original: bytes, body_ends: bool = True
+    ) -> list[ep.ProcessingResponse]:
         body = r.body
         changed = body is not original
         mutation = self._routing_mutation(r.destination, len(body))
@@ -327,20 +363,7 @@ class Exchange:
             return out
         n = len(body)
         for start in range(0, max(n, 1), MAX_CHUNK):
-            chunk = body[start : start + MAX_CHUNK]
-            out.append(
-                ep.ProcessingResponse(
-                    request_body=ep.BodyResponse(
-                        response=ep.CommonResponse(
-                            body_mutation=ep.BodyMutation(
-                                streamed_response=ep.StreamedBodyResponse(
-                                    body=chunk, end_of_stream=start + MAX_CHUNK >= n
-                                )
-                            )
-                        )
-                    )
-                )
-            )
+            out.append(_streamed(body[start : start + MAX_CHUNK], body_ends and start + MAX_CHUNK >= n))
         return out
 
     # -- response ---------------------------------------------------------------------------
@@ -397,17 +420,7 @@ class Exchange:
         if mode == FULL_DUPLEX:
             if not out and not end:
                 return []
-            return [
-                ep.ProcessingResponse(
-                    response_body=ep.BodyResponse(
-                        response=ep.CommonResponse(
-                            body_mutation=ep.BodyMutation(
-                                streamed_response=ep.StreamedBodyResponse(body=out, end_of_stream=end)
-                            )
-                        )
-                    )
-                )
-            ]
+            return [_streamed(out, end, response=True)]
         if out is chunk or out == chunk:
             return [_CONTINUE_RESP_BODY]
         mutation = ep.BodyMutation(body=out) if out else ep.BodyMutation(clear_body=True)

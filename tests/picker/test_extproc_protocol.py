@@ -530,3 +530,27 @@ async def test_grpc_health_serves_when_ready(picker):
 
             await asyncio.sleep(0.02)
         assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_trailers_end_the_body_in_duplex_mode(picker, channel):
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+    s = EnvoyStream(channel).open()
+    s.request_headers(headers={"x-request-id": "trl"})
+    body = chat("chat")
+    s.request_body(body, False)  # the body never says end_of_stream: trailers follow
+    s.queue.put_nowait(ep.ProcessingRequest(request_trailers=ep.HttpTrailers(trailers=base_pb2.HeaderMap())))
+    out = await s.recv_n(3)
+    assert out[0].WhichOneof("response") == "request_headers"
+    assert json.loads(out[1].request_body.response.body_mutation.streamed_response.body)["model"] == "base-v2"
+    assert out[2].WhichOneof("response") == "request_trailers"
+    s.response_headers()
+    await s.recv()
+    s.response_body(b'{"model": "base-v2", "usage": {"completion_tokens": 3}}', False)
+    s.queue.put_nowait(ep.ProcessingRequest(response_trailers=ep.HttpTrailers(trailers=base_pb2.HeaderMap())))
+    flushed, trailers = await s.recv_n(2)
+    assert json.loads(flushed.response_body.response.body_mutation.streamed_response.body)["model"] == "chat"
+    assert trailers.WhichOneof("response") == "response_trailers"
+    await s.close()
+    assert picker.sink.completed[-1][0] == "trl" and picker.sink.completed[-1][4] == 3
