@@ -346,6 +346,18 @@ class Engine:
         else:
             self._enqueue(req)
 
+    def cached_prefix_tokens(self, block_hashes: list[int]) -> int:
+        """Leading tokens of a prompt with these block hashes that are in the prefix cache now
+        (blocks in use or free-but-cached); what a new request would hit, before the
+        one-token recompute cap. O(hit blocks). 0 with prefix caching disabled."""
+        cached = self._cached
+        n = 0
+        for h in block_hashes:
+            if h not in cached:
+                break
+            n += 1
+        return n * self.bs
+
     def get(self, req_id: str) -> SimRequest | None:
         return self._by_id.get(req_id)
 

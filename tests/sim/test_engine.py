@@ -107,6 +107,8 @@ def test_prefix_cache_hits_reduce_ttft():
     drive(eng, t=end)
     ttft_a = a.t_first_token - a.arrival
     ttft_b = b.t_first_token - b.arrival
+    assert eng.cached_prefix_tokens(hashes) == 2048
+    assert eng.cached_prefix_tokens(chain_hashes(43, 4)) == 0
     assert b.prefix_hit_tokens == 2032  # a full hit still recomputes the last block's token
     assert ttft_b < ttft_a / 3
     assert eng.prefix_hits == 2032 and eng.prefix_queries == 4096
