@@ -100,10 +100,16 @@ def _parse_value(tok: str, line: str) -> float:
         raise ParseError(f"invalid value {tok!r} in line {line[:200]!r}") from None
 
 
-def _parse_rest(name: str, rest: str) -> Sample:
-    """``rest`` is the line after the metric name: optional ``{labels}``, value, timestamp."""
+def _parse_rest(name: str, rest: str) -> tuple[Sample, int]:
+    """``rest`` is the line after the metric name: optional ``{labels}``, value, timestamp.
+
+    Returns the sample and the length of ``rest`` up to the end of the label block
+    (``-1`` without labels), which :func:`scan` uses as the label cache key.
+    """
     labels: dict[str, str] = {}
     s = rest.lstrip(" \t")
+    lead = len(rest) - len(s)
+    label_end = -1
     if s.startswith("{"):
         pos, n = 1, len(s)
         while True:
@@ -127,23 +133,55 @@ def _parse_rest(name: str, rest: str) -> Sample:
                 break
             else:
                 raise ParseError(f"invalid labels in line {name}{rest[:200]!r}")
+        label_end = lead + pos
         s = s[pos:]
     parts = s.split()
     if not parts:
         raise ParseError(f"missing value in line {name}{rest[:200]!r}")
-    return Sample(name, labels, _parse_value(parts[0], name + rest))
+    return Sample(name, labels, _parse_value(parts[0], name + rest)), label_end
+
+
+# Parsed label blocks by their raw bytes. Label blocks repeat from scrape to scrape (the
+# 15-label cache_config_info line is most of the label work), so a hit leaves only the
+# value to parse. Bounded: cleared when full. The cached dicts are shared: read-only.
+_LABEL_CACHE: dict[bytes, dict[str, str]] = {}
+_LABEL_CACHE_MAX = 4096
 
 
 def scan(page: bytes | str) -> list[Sample]:
-    """The samples of the wanted families, in page order. Raises :class:`ParseError`."""
+    """The samples of the wanted families, in page order. Raises :class:`ParseError`.
+
+    The returned ``labels`` dicts may be shared between calls: do not modify them.
+    """
     data = page.encode() if isinstance(page, str) else page
     out: list[Sample] = []
     first = _FIRST_LINE.match(data)
     matches = ([first] if first is not None else []) + list(_LINE.finditer(data))
+    cache = _LABEL_CACHE
     for m in matches:
         name = _NAMES[m.group(1)]
-        rest = m.group(2).decode("utf-8", "replace")
-        out.append(_parse_rest(name, rest.rstrip("\r")))
+        raw = m.group(2)
+        brace = raw.rfind(b"}") + 1
+        if brace:
+            labels = cache.get(raw[:brace])
+            if labels is not None:
+                tail = raw[brace:]
+                parts = tail.split()
+                if parts and tail.isascii() and b"_" not in parts[0]:
+                    try:
+                        out.append(Sample(name, labels, float(parts[0])))
+                        continue
+                    except ValueError:
+                        pass  # the full parse below reports it
+        rest = raw.decode("utf-8", "replace").rstrip("\r")
+        sample, label_end = _parse_rest(name, rest)
+        out.append(sample)
+        if brace and label_end >= 0:
+            block = rest[:label_end]
+            if block.endswith("}") and block.encode() == raw[:brace]:
+                if len(cache) >= _LABEL_CACHE_MAX:
+                    cache.clear()
+                cache[raw[:brace]] = sample.labels
     return out
 
 

@@ -432,3 +432,19 @@ def test_realistic_page_parses_fast():
     per = (time.perf_counter() - t0) / n
     # The budget is 0.5 ms (bench/collector_bench.py measures it); generous here for CI noise.
     assert per < 0.002, per
+
+
+def test_label_cache_reuse_keeps_values_and_errors_exact():
+    line = 'vllm:num_requests_running{engine="0",model_name="cache-test"} '
+    kv = 'vllm:kv_cache_usage_perc{engine="0",model_name="cache-test"} 0.5\n'
+    assert P.parse(line + "1\n" + kv).running == 1
+    assert P.parse(line + "7 1700000000000\n" + kv).running == 7  # cached labels, new value
+    assert P.parse(line + "3\r\n" + kv).running == 3
+    for bad in ["x", "1_0", ""]:
+        assert P.parse(line + bad + "\n" + kv).error, bad  # the cache never hides an error
+    # a value part that is not ASCII takes the full path and agrees with the oracle
+    odd = line + "2\u00a0\n" + kv
+    assert same(ours(odd), oracle_samples(odd))
+    # the same page twice: identical results (cached label dicts are not mutated)
+    page = page_of_size(50_000).encode()
+    assert P.parse(page) == P.parse(page)
