@@ -229,7 +229,11 @@ def connection_manager(opts: BootstrapOptions) -> HttpConnectionManager:
         common_http_protocol_options=HttpProtocolOptions(
             idle_timeout=seconds(opts.connection_idle_timeout_s)
         ),
+        # An edge proxy: the client's address is the peer's. Keep a client's x-request-id
+        # though (Envoy would replace it on external requests): the picker generates one
+        # only when it is absent, and logs correlate on it.
         use_remote_address=True,
+        preserve_external_request_id=True,
     )
 
 
