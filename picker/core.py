@@ -113,16 +113,17 @@ class Core:
         request_id: str = "",
     ) -> Rejected:
         self.metrics.error(model, target, status)
-        reqlog.info(
-            "request rejected",
-            extra={
-                "request_id": request_id,
-                "model": model,
-                "target_model": target,
-                "status": status,
-                "reason": message,
-            },
-        )
+        if reqlog.isEnabledFor(logging.INFO):
+            reqlog.info(
+                "request rejected",
+                extra={
+                    "request_id": request_id,
+                    "model": model,
+                    "target_model": target,
+                    "status": status,
+                    "reason": message,
+                },
+            )
         return Rejected(status, error_body(status, message, param=param), message)
 
     # -- candidates -------------------------------------------------------------------------
@@ -324,6 +325,8 @@ class Core:
                 children.ntpot.observe(latency / output_tokens)
             if ttft:
                 children.ttft.observe(ttft)
+        if not reqlog.isEnabledFor(logging.INFO):
+            return
         reqlog.info(
             "request done",
             extra={

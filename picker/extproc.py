@@ -430,6 +430,23 @@ class Exchange:
             )
         ]
 
+    def passthrough(self, req: ep.ProcessingRequest) -> list[ep.ProcessingResponse]:
+        """After an internal error past the decision: let the message through unchanged."""
+        which = req.WhichOneof("request")
+        if which == "response_headers":
+            return [ep.ProcessingResponse(response_headers=ep.HeadersResponse())]
+        if which == "response_body":
+            if self.resp_mode == FULL_DUPLEX:
+                return [_streamed(req.response_body.body, req.response_body.end_of_stream, response=True)]
+            return [_CONTINUE_RESP_BODY]
+        if which == "request_body":
+            return [] if self.req_mode == FULL_DUPLEX else [_CONTINUE_BODY]
+        if which == "request_trailers":
+            return [ep.ProcessingResponse(request_trailers=ep.TrailersResponse())]
+        if which == "response_trailers":
+            return [ep.ProcessingResponse(response_trailers=ep.TrailersResponse())]
+        return []
+
     # -- end of stream ----------------------------------------------------------------------
     def close(self) -> None:
         """The gRPC stream ended: release the assignment if the response did not finish."""
@@ -466,6 +483,9 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
                         extra={"request_id": ex.hdr.request_id if ex.hdr else ""},
                     )
                     if ex.done_request:
+                        out = ex.passthrough(req)
+                        for resp in out:
+                            yield resp
                         continue
                     ex.done_request = True
                     rej = self.core.reject(500, "internal error in the endpoint picker")

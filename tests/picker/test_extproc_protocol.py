@@ -554,3 +554,33 @@ async def test_trailers_end_the_body_in_duplex_mode(picker, channel):
     assert trailers.WhichOneof("response") == "response_trailers"
     await s.close()
     assert picker.sink.completed[-1][0] == "trl" and picker.sink.completed[-1][4] == 3
+
+
+async def test_internal_errors_become_500_and_the_stream_survives(picker, channel, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("scheduler bug")
+
+    monkeypatch.setattr(picker.scheduler, "schedule", broken)
+    s = EnvoyStream(channel).open()
+    s.request_headers()
+    s.request_body(chat(), True)
+    status, err = await immediate_of(s)
+    assert status == 500 and err["error"]["type"] == "InternalServerError"
+    monkeypatch.undo()
+
+    import picker.response as response_mod
+
+    monkeypatch.setattr(response_mod.ResponseRewriter, "feed", broken)
+    s = EnvoyStream(channel).open()
+    s.request_headers(headers={"x-request-id": "rb"})
+    s.request_body(chat(), True)
+    await s.recv_n(2)
+    s.response_headers()
+    await s.recv()
+    s.response_body(b'{"a": 1}', True)  # the response-path bug: passed through unchanged
+    sr = (await s.recv()).response_body.response.body_mutation.streamed_response
+    assert (sr.body, sr.end_of_stream) == (b'{"a": 1}', True)
+    await s.close()
+    from tests.support.waiting import wait_until
+
+    await wait_until(lambda: not picker.core.inflight, 5, "released at stream end")
