@@ -81,6 +81,21 @@ def build_parser() -> EnvArgumentParser:
         help="comma-separated namespace/pool to follow (empty = every pool)",
     )
     agg.add_argument(
+        "--config-files",
+        type=_names,
+        default=[],
+        help="comma-separated InferenceModel YAML files/directories naming the targets (model_name label)",
+    )
+    agg.add_argument(
+        "--watch-inference-models",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="watch InferenceModels (inference.networking.x-k8s.io/v1alpha2) for the model_name label",
+    )
+    agg.add_argument(
+        "--namespaces", type=_names, default=[], help="namespaces of the InferenceModel watch (empty = all)"
+    )
+    agg.add_argument(
         "--create-streams",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -110,6 +125,9 @@ def config_from_args(args: argparse.Namespace) -> AutoscalerConfig:
         authentication_from_cluster=args.authentication_from_cluster,
         kubeconfig=args.kubeconfig,
         kube_api_url=args.kube_api_url,
+        model_files=args.config_files,
+        watch_inference_models=args.watch_inference_models,
+        namespaces=args.namespaces,
     )
 
 

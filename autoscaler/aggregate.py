@@ -3,7 +3,9 @@
 This module is pure state (no I/O, an injectable clock) so every rule below is unit
 tested without NATS. A *model* is what a model server serves under its own name: the
 base model a pod reports, or one LoRA adapter (``lora.running`` in the snapshot, the
-assignment's ``target_model``). Series are keyed by ``(namespace, pool, target_model)``.
+assignment's ``target_model``). Series are keyed by ``(namespace, pool, target_model)``;
+the ``model_name`` label is the client-facing name declared by the InferenceModels
+(:meth:`Aggregator.declare_names`), else the one the pickers last mapped to the target.
 
 Rules, each chosen so that the HPA never acts on a number it should not trust:
 
@@ -130,6 +132,7 @@ class Aggregator:
         self._inflight_at: dict[str, dict[ModelKey, int]] = {}  # address -> per-model in flight
         self._windows: dict[ModelKey, _Window] = {}
         self._names: dict[ModelKey, str] = {}  # target -> client-facing model name (latest seen)
+        self._declared: dict[ModelKey, str] = {}  # target -> modelName from InferenceModels
         self.counters: dict[str, int] = {
             "snapshots": 0,
             "tombstones": 0,
@@ -253,6 +256,13 @@ class Aggregator:
             w = self._windows[key] = _Window()
         return w
 
+    def declare_names(self, names: dict[ModelKey, str]) -> None:
+        """Client-facing names from the InferenceModels; they win over names learned from events."""
+        self._declared = dict(names)
+
+    def model_name(self, key: ModelKey) -> str:
+        return self._declared.get(key) or self._names.get(key) or key.target_model
+
     # ---- the served view ----------------------------------------------------------------
 
     def inflight(self, key: ModelKey) -> int:
@@ -308,7 +318,7 @@ class Aggregator:
             labels = {
                 "pool": label_value(key.pool),
                 "target_model": label_value(key.target_model),
-                "model_name": label_value(self._names.get(key, key.target_model)),
+                "model_name": label_value(self.model_name(key)),
             }
             w = self._windows.get(key)
             values = {

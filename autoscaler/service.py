@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from kubernetes_asyncio.client import ApiClient
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -25,6 +26,7 @@ from autoscaler.aggregate import Aggregator
 from autoscaler.api import FrontProxyAuth, MetricsAPI
 from autoscaler.authconfig import requestheader_from_cluster
 from autoscaler.metrics import AutoscalerMetrics
+from autoscaler.models import ModelWatcher, names_from_files
 from autoscaler.tls import self_signed, server_context
 from shared import schemas
 from shared.kube import api_client
@@ -58,6 +60,10 @@ class AutoscalerConfig:
     authentication_from_cluster: bool = False
     kubeconfig: str | None = None
     kube_api_url: str | None = None  # a plain URL (kubectl proxy, tests) instead of a kubeconfig
+    # Client-facing model names: InferenceModel files, and/or InferenceModels watched in Kubernetes.
+    model_files: list[str] = field(default_factory=list)
+    watch_inference_models: bool = False
+    namespaces: list[str] = field(default_factory=list)  # of the watch; empty = all
 
 
 class Autoscaler:
@@ -80,6 +86,8 @@ class Autoscaler:
         self._subscribed = False
         self._runner: web.AppRunner | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._kube: ApiClient | None = None
+        self.model_watcher: ModelWatcher | None = None
         self.secure_port = config.secure_port
         self.ca_file: str | None = None  # the CA of a generated serving certificate
 
@@ -121,6 +129,17 @@ class Autoscaler:
             )
         self._subscribed = True
         self.supervisor.spawn("housekeeping", self._housekeeping)
+        if cfg.model_files:
+            self.aggregator.declare_names(await asyncio.to_thread(names_from_files, cfg.model_files))
+        if cfg.watch_inference_models:
+            watcher = self.model_watcher = ModelWatcher(
+                await self._kube_api(), cfg.namespaces, self.aggregator.declare_names
+            )
+            for i, lw in enumerate(watcher.watchers):
+                self.supervisor.spawn(f"inferencemodels-{i}", lw.run)
+            self.health.add_check(
+                "inferencemodels", lambda: all(lw.synced.is_set() for lw in watcher.watchers)
+            )
         if cfg.authentication_from_cluster:
             await self._load_cluster_authentication()
         await self._start_api()
@@ -137,6 +156,9 @@ class Autoscaler:
             await self._runner.cleanup()
             self._runner = None
         await self.ops.stop()
+        if self._kube is not None:
+            await self._kube.close()
+            self._kube = None
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
@@ -158,11 +180,7 @@ class Autoscaler:
 
     async def _load_cluster_authentication(self) -> None:
         cfg = self.config
-        api = await api_client(cfg.kubeconfig, host=cfg.kube_api_url)
-        try:
-            found = await requestheader_from_cluster(api)
-        finally:
-            await api.close()
+        found = await requestheader_from_cluster(await self._kube_api())
         if found is None:
             log.warning("the cluster publishes no request-header CA; front-proxy authentication stays off")
             return
@@ -176,6 +194,11 @@ class Autoscaler:
             "front-proxy authentication from the cluster",
             extra={"allowed_names": cfg.requestheader_allowed_names},
         )
+
+    async def _kube_api(self) -> ApiClient:
+        if self._kube is None:
+            self._kube = await api_client(self.config.kubeconfig, host=self.config.kube_api_url)
+        return self._kube
 
     def _tmpdir(self) -> Path:
         if self._tmp is None:

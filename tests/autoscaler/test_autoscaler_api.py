@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -405,3 +406,35 @@ async def test_front_proxy_settings_can_come_from_the_cluster_configmap(nats_ser
     finally:
         await scaler.stop()
         await runner.cleanup()
+
+
+CHAT = {
+    "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+    "kind": "InferenceModel",
+    "metadata": {"name": "chat", "namespace": NS},
+    "spec": {"modelName": "chat", "poolRef": {"name": POOL}, "targetModels": [{"name": MODEL}]},
+}
+
+
+async def test_model_names_come_from_watched_inference_models_before_any_request(nats_server, bus, kube_api):
+    await kube_api.upsert(CHAT)
+    scaler = await start_autoscaler(nats_server.url, watch_inference_models=True, kube_api_url=kube_api.url)
+    try:
+        await bus.snapshot("pod-0", waiting=3)
+        async with kube_client(scaler) as api:
+            await wait_until_value(api, "infergate-waiting-requests", 3, selector="model_name=chat")
+            await kube_api.delete(CHAT)
+            await wait_until_value(api, "infergate-waiting-requests", 3, selector=f"model_name={MODEL}")
+    finally:
+        await scaler.stop()
+
+
+async def test_model_names_from_files(nats_server, bus, tmp_path):
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(CHAT))
+    scaler = await start_autoscaler(nats_server.url, model_files=[str(tmp_path)])
+    try:
+        await bus.snapshot("pod-0", waiting=2)
+        async with kube_client(scaler) as api:
+            await wait_until_value(api, "infergate-waiting-requests", 2, selector="model_name=chat")
+    finally:
+        await scaler.stop()

@@ -38,7 +38,7 @@ def test_deployment_flags_parse_and_the_pod_is_locked_down():
     (container,) = pod["containers"]
     args = [re.sub(r"\$\((\w+)\)", "x", a) for a in container["args"]]
     parsed = build_parser().parse_args(args)
-    assert parsed.authentication_from_cluster and parsed.secure_port == 6443
+    assert parsed.authentication_from_cluster and parsed.watch_inference_models and parsed.secure_port == 6443
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"https": parsed.secure_port, "metrics": parsed.ops_port}
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -54,6 +54,12 @@ def test_apiservice_points_at_the_service_and_hpa_uses_served_metrics():
     assert api["spec"]["service"]["port"] in {p["port"] for p in d["Service"]["spec"]["ports"]}
     assert d["RoleBinding"]["metadata"]["namespace"] == "kube-system"
     assert d["RoleBinding"]["roleRef"]["name"] == "extension-apiserver-authentication-reader"
+    (rule,) = d["ClusterRole"]["rules"]  # list/watch InferenceModels, nothing else
+    assert rule == {
+        "apiGroups": ["inference.networking.x-k8s.io"],
+        "resources": ["inferencemodels"],
+        "verbs": ["list", "watch"],
+    }
     for metric in d["HorizontalPodAutoscaler"]["spec"]["metrics"]:
         assert metric["type"] == "External"
         assert metric["external"]["metric"]["name"] in METRICS

@@ -237,3 +237,27 @@ def test_model_names_become_valid_label_values():
     agg.on_endpoint(snap(model="meta-llama/Llama-2-7b-hf"))
     assert {s.labels["model_name"] for s in agg.series(NOW)} == {"meta-llama_Llama-2-7b-hf"}
     assert parse("model_name=meta-llama_Llama-2-7b-hf").matches(agg.series(NOW)[0].labels)
+
+
+def test_declared_model_names_map_targets_and_win_over_learned_ones():
+    from autoscaler.models import names_of
+    from shared.crds import InferenceModel, TargetModel
+
+    names = names_of(
+        [
+            InferenceModel(
+                "chat", "ns", "chat", "p1", target_models=(TargetModel("lora-v1"), TargetModel("lora-v2"))
+            ),
+            InferenceModel("base", "ns", "llama", "p1"),
+            InferenceModel("alias", "ns", "assistant", "p1", target_models=(TargetModel("lora-v1"),)),
+        ]
+    )
+    assert names[A.ModelKey("ns", "p1", "lora-v2")] == "chat"
+    assert names[A.ModelKey("ns", "p1", "lora-v1")] == "assistant"  # shared target: first name, sorted
+    assert names[A.ModelKey("ns", "p1", "llama")] == "llama"  # no targetModels: serves its own name
+    agg = A.Aggregator()
+    agg.on_endpoint(snap(lora=("lora-v2",)))
+    agg.on_event(assign("r1", target="lora-v2", model="learned"), NOW)
+    assert agg.model_name(A.ModelKey("ns", "p1", "lora-v2")) == "learned"
+    agg.declare_names(names)
+    assert agg.model_name(A.ModelKey("ns", "p1", "lora-v2")) == "chat"
