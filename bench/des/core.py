@@ -171,7 +171,7 @@ class Cluster:
     def _make_scheduler(self, p: int) -> Any:
         rng = random.Random(self._rng_sched.getrandbits(64))
         if self.cfg.policy == "oracle":
-            return OracleScheduler(self.engines, self.work, rng)
+            return OracleScheduler(self.engines, self.work, rng, base_model=MODEL)
         return build_scheduler(self.cfg.policy, rng=rng)
 
     # ------------------------------------------------------------------ events

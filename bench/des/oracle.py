@@ -11,6 +11,10 @@ propagation delay), and knows every request's remaining work, which no real pick
 * this request's own uncached prompt on each replica: its prompt minus what that
   replica's prefix cache holds right now (read from the engine's block table).
 
+LoRA: an adapter that is not in the replica's batch while the batch already holds
+``max_loras`` adapters would wait for one to drain (vLLM skips it), so such replicas
+rank after every replica that can run it now.
+
 It picks the replica with the least ``work + AFFINITY_WEIGHT x uncached prompt``:
 join-the-least-work, the classic near-optimal rule for parallel servers, made
 prefix-aware. ``PREFILL_WEIGHT`` comes from the calibrated step model: a prefill token
@@ -53,10 +57,19 @@ class OracleScheduler:
 
     name = "oracle"
 
-    def __init__(self, engines: dict[str, Engine], work: dict[str, float], rng: random.Random) -> None:
+    def __init__(self, engines: dict[str, Engine], work: dict[str, float], rng: random.Random,
+                 base_model: str = "") -> None:
+        self.base_model = base_model  # a target model other than this one is a LoRA adapter
         self.engines = engines  # address -> engine (live objects, read at decision time)
         self.work = work  # address -> outstanding work, kept by the DES
         self.rng = rng
+
+    def lora_blocked(self, address: str, adapter: str) -> bool:
+        eng = self.engines[address]
+        if not eng.cfg.enable_lora:
+            return False
+        running = eng.running_loras
+        return adapter not in running and len(running) >= eng.cfg.max_loras
 
     def own_cost(self, address: str, request: RequestInfo) -> float:
         cached = cached_prefix_tokens(self.engines[address], request.prefix_hashes)
@@ -65,9 +78,12 @@ class OracleScheduler:
     def schedule(self, request: RequestInfo, endpoints: Sequence[EndpointView], now: float) -> Decision:
         best: list[str] = []
         best_cost = float("inf")
+        adapter = request.target_model if request.target_model != self.base_model else ""
         for v in endpoints:
             a = v.address
             cost = self.work[a] + self.own_cost(a, request)
+            if adapter and self.lora_blocked(a, adapter):
+                cost += 1e12
             if cost < best_cost - 1e-9:
                 best, best_cost = [a], cost
             elif cost <= best_cost + 1e-9:
