@@ -263,9 +263,11 @@ def test_manifest_flags_and_env_exist_in_help():
             command = (c.get("command") or [None])[0]
             if command not in SERVICES:
                 continue
-            text = helps.setdefault(command, service_help(command))
-            if command == "infergate-sim":
-                text += service_help_sub("sim", "serve")
+            if command not in helps:
+                helps[command] = service_help(command)
+                if command == "infergate-sim":
+                    helps[command] += service_help_sub("sim", "serve")
+            text = helps[command]
             for arg in c.get("args") or []:
                 if arg.startswith("--"):
                     flag = arg.split("=", 1)[0]
