@@ -15,7 +15,8 @@ Rules, each chosen so that the HPA never acts on a number it should not trust:
   the tombstone cannot resurrect it.
 * **In-flight** = assignments minus completions, idempotent by ``request_id`` (a replayed
   or duplicated event counts once; a completion that overtakes its assignment cancels
-  it). Entries expire ``inflight_ttl`` after they were seen, so the requests of a picker
+  it; completed ids are remembered for ``done_ttl``, longer than the event stream's 30 s
+  replay). Entries expire ``inflight_ttl`` after they were seen, so the requests of a picker
   that died without publishing completions do not pin replicas up forever.
 * **Waiting** is the ``waiting`` of the ready, healthy pods serving the model. A pod that
   serves several models has one queue; it is split between them in proportion to the
@@ -117,17 +118,22 @@ class Aggregator:
         window: float = 30.0,
         staleness: float = 10.0,
         inflight_ttl: float = 300.0,
+        done_ttl: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if window <= 0 or staleness <= 0 or inflight_ttl <= 0:
             raise ValueError("window, staleness and inflight_ttl must be positive")
         self.window, self.staleness, self.inflight_ttl = window, staleness, inflight_ttl
+        # Completed ids are remembered only to ignore replays (the event stream keeps 30 s) and
+        # duplicates; a bound much shorter than the in-flight TTL keeps memory at ~rate x 60 s.
+        self.done_ttl = max(done_ttl, window)
         self.clock = clock
         self._endpoints: dict[EndpointKey, EndpointSnapshot] = {}
         self._tombstones: dict[EndpointKey, float] = {}
         self._flights: dict[str, _Flight] = {}
         self._done: dict[str, float] = {}  # request_id -> when its completion was seen
-        self._expiry: deque[tuple[float, str, bool]] = deque()  # (seen, request_id, is_done)
+        self._expiry: deque[tuple[float, str]] = deque()  # (seen, request_id) of assignments
+        self._done_expiry: deque[tuple[float, str]] = deque()  # (seen, request_id) of completions
         self._inflight: dict[ModelKey, int] = {}
         self._inflight_at: dict[str, dict[ModelKey, int]] = {}  # address -> per-model in flight
         self._windows: dict[ModelKey, _Window] = {}
@@ -196,7 +202,7 @@ class Aggregator:
         if ev.model:
             self._names[key] = ev.model
         self._flights[ev.request_id] = _Flight(key, ev.address, now)
-        self._expiry.append((now, ev.request_id, False))
+        self._expiry.append((now, ev.request_id))
         self._inflight[key] = self._inflight.get(key, 0) + 1
         at = self._inflight_at.setdefault(ev.address, {})
         at[key] = at.get(key, 0) + 1
@@ -209,7 +215,7 @@ class Aggregator:
             return
         self.counters["completions"] += 1
         self._done[ev.request_id] = now
-        self._expiry.append((now, ev.request_id, True))
+        self._done_expiry.append((now, ev.request_id))
         flight = self._flights.pop(ev.request_id, None)
         if flight is not None:
             key = flight.key
@@ -239,13 +245,12 @@ class Aggregator:
                 del self._inflight_at[flight.address]
 
     def _expire(self, now: float) -> None:
+        cutoff = now - self.done_ttl
+        while self._done_expiry and self._done_expiry[0][0] < cutoff:
+            self._done.pop(self._done_expiry.popleft()[1], None)
         cutoff = now - self.inflight_ttl
         while self._expiry and self._expiry[0][0] < cutoff:
-            _, rid, is_done = self._expiry.popleft()
-            if is_done:
-                self._done.pop(rid, None)
-                continue
-            flight = self._flights.pop(rid, None)
+            flight = self._flights.pop(self._expiry.popleft()[1], None)
             if flight is not None:
                 self.counters["expired"] += 1
                 self._release(flight)

@@ -438,3 +438,25 @@ async def test_model_names_from_files(nats_server, bus, tmp_path):
             await wait_until_value(api, "infergate-waiting-requests", 2, selector="model_name=chat")
     finally:
         await scaler.stop()
+
+
+async def test_pools_flag_follows_only_the_named_pools(nats_server, bus):
+    scaler = await start_autoscaler(nats_server.url, pools=[f"{NS}/{POOL}"])
+    try:
+        other = EndpointSnapshot(
+            namespace=NS,
+            pool="other-pool",
+            pod="x",
+            address="x:8000",
+            model=MODEL,
+            waiting=50,
+            ts=time.time(),
+        )
+        await bus.nc.publish(SUBJECTS.endpoint(NS, "other-pool", "x", 8000), encode(other))
+        await bus.snapshot("pod-0", waiting=1)
+        async with kube_client(scaler) as api:
+            await wait_until_value(api, "infergate-waiting-requests", 1)
+            items = (await get(api, f"{BASE}/namespaces/{NS}/infergate-waiting-requests"))["items"]
+            assert {i["metricLabels"]["pool"] for i in items} == {POOL}
+    finally:
+        await scaler.stop()

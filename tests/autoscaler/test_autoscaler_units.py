@@ -261,3 +261,14 @@ def test_declared_model_names_map_targets_and_win_over_learned_ones():
     assert agg.model_name(A.ModelKey("ns", "p1", "lora-v2")) == "learned"
     agg.declare_names(names)
     assert agg.model_name(A.ModelKey("ns", "p1", "lora-v2")) == "chat"
+
+
+def test_completed_ids_are_forgotten_after_done_ttl_so_memory_stays_bounded():
+    agg = A.Aggregator(window=10, staleness=1000, inflight_ttl=600, done_ttl=60)
+    agg.on_endpoint(snap())
+    agg.on_event(assign("r1"), NOW)
+    agg.on_event(done("r1"), NOW)
+    agg.on_event(assign("r1"), NOW + 30)  # a replay within the stream's age is ignored
+    assert values(agg, NOW + 30)[A.INFLIGHT] == 0
+    agg.housekeep(NOW + 61)
+    assert not agg._done and not agg._done_expiry
