@@ -227,20 +227,35 @@ async def test_unknown_metric_is_404_and_a_malformed_selector_400(scaler):
         assert err.value.status == 400 and "BadRequest" in err.value.body
 
 
-async def test_stale_data_and_tombstoned_pods_yield_no_value(scaler, bus):
-    async with kube_client(scaler) as api:
-        await bus.snapshot("pod-old", waiting=7, ts=time.time() - 60)  # already stale when published
-        await bus.snapshot("pod-0", waiting=3, ts=time.time() - 4)  # fresh for about one more second
-        await wait_until_value(api, "infergate-waiting-requests", 3)
+async def test_stale_data_yields_no_value(nats_server, bus):
+    scaler = await start_autoscaler(nats_server.url, staleness=3.0, window=1.0)
+    try:
+        async with kube_client(scaler) as api:
+            await bus.snapshot("pod-old", waiting=7, ts=time.time() - 60)  # already stale when published
+            await bus.snapshot("pod-0", waiting=3)  # fresh for 3 s, then never refreshed
+            await wait_until_value(api, "infergate-waiting-requests", 3)
 
-        async def empty() -> bool:
-            return await metric_sum(api, "infergate-waiting-requests") is None
+            async def empty() -> bool:
+                return await metric_sum(api, "infergate-waiting-requests") is None
 
-        await poll_until(empty, "the stale model's value to disappear")
-        await bus.snapshot("pod-1", waiting=2)
-        await wait_until_value(api, "infergate-waiting-requests", 2)
-        await bus.tombstone("pod-1")
-        await poll_until(empty, "the tombstoned pod's value to disappear")
+            await poll_until(empty, "the stale model's value to disappear")
+    finally:
+        await scaler.stop()
+
+
+async def test_a_tombstoned_pod_stops_counting_at_once(nats_server, bus):
+    scaler = await start_autoscaler(nats_server.url, staleness=120.0)  # staleness cannot explain the drop
+    try:
+        async with kube_client(scaler) as api:
+            await bus.snapshot("pod-1", waiting=2)
+            await bus.snapshot("pod-2", waiting=5)
+            await wait_until_value(api, "infergate-waiting-requests", 7)
+            await wait_until_value(api, "infergate-ready-replicas", 2)
+            await bus.tombstone("pod-1")
+            await wait_until_value(api, "infergate-waiting-requests", 5)
+            assert await metric_sum(api, "infergate-ready-replicas") == 1
+    finally:
+        await scaler.stop()
 
 
 async def poll_until(cond, what: str, deadline: float = 10.0) -> None:
