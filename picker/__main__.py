@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +22,7 @@ from shared.service import run
 
 from .config import PickerConfig
 from .server import Picker
+from .sharing.settings import add_sharing_flags, settings_from_args
 
 log = logging.getLogger("picker")
 
@@ -78,7 +78,6 @@ def build_parser() -> EnvArgumentParser:
         default=2.0,
         help="metrics older than this (s) count as stale in the view metrics and headers-only routing",
     )
-    sch.add_argument("--replica-name", default=socket.gethostname(), help="this replica's name on the bus")
     cfg = p.add_argument_group("configuration source")
     cfg.add_argument("--config-files", nargs="*", default=[], help="InferencePool/InferenceModel YAML files")
     cfg.add_argument("--config-poll-interval", type=float, default=1.0, help="seconds between file checks")
@@ -91,6 +90,7 @@ def build_parser() -> EnvArgumentParser:
         "--nats", action=argparse.BooleanOptionalAction, default=True, help="follow the pool view over NATS"
     )
     add_nats_flags(p)
+    add_sharing_flags(p)  # also --replica-name
     add_logging_flags(p)
     return p
 
@@ -100,6 +100,7 @@ def config_from_args(args: argparse.Namespace) -> PickerConfig:
     if args.cert_path and not cert_file:
         cert_file = os.path.join(args.cert_path, "tls.crt")
         key_file = key_file or os.path.join(args.cert_path, "tls.key")
+    sharing = settings_from_args(args)
     return PickerConfig(
         pool_name=args.pool_name,
         pool_namespace=args.pool_namespace,
@@ -116,10 +117,11 @@ def config_from_args(args: argparse.Namespace) -> PickerConfig:
         kube_host=args.kube_host,
         unknown_model_policy=args.unknown_model_policy,
         max_body_bytes=args.max_body_bytes,
-        replica_name=args.replica_name,
+        replica_name=sharing.replica,
         refresh_metrics_interval=args.refresh_metrics_interval,
         metrics_staleness_threshold=args.metrics_staleness_threshold,
-        nats=options_from_args(args, f"picker-{args.replica_name}") if args.nats else None,
+        nats=options_from_args(args, f"picker-{sharing.replica}") if args.nats else None,
+        sharing=sharing if args.nats and sharing.enabled else None,
         secure_serving=args.secure_serving,
         cert_file=cert_file,
         key_file=key_file,

@@ -60,6 +60,8 @@ class PickerConfig:
     grace_period: float = 10.0
     config_poll_interval: float = 1.0
     default_body_mode: str = "FULL_DUPLEX_STREAMED"
+    # picker.sharing.SharingSettings: peer sharing over the same NATS connection (None: off)
+    sharing: Any = None
 
 
 ModelsChanged = Callable[[ModelTable], None]

@@ -93,11 +93,16 @@ class Picker:
         else:
             self.source = StaticSource(cfg, self._set_models)
         self.feed: NatsFeed | None = None
+        self.sharing: Any = None
+        self._explicit_sink = sink is not None
+        self._share = cfg.nats is not None and cfg.sharing is not None and cfg.sharing.enabled
         if cfg.nats is None:
             self.view.bootstrapped = True  # fed in-process (tests, benchmarks)
         self.health = Health()
         self.health.add_check("view", lambda: self.view.bootstrapped)
         self.health.add_check("config", lambda: bool(self.source.loaded))
+        if self._share:
+            self.health.add_check("peers", lambda: self.sharing is not None and self.sharing.is_ready())
         self.servicer = ExtProcServicer(self.core, cfg.default_body_mode)
         self.supervisor = Supervisor("picker")
         self._stop = asyncio.Event()
@@ -136,6 +141,8 @@ class Picker:
         }
 
     def is_ready(self) -> bool:
+        if self._share and (self.sharing is None or not self.sharing.is_ready()):
+            return False
         return self.view.bootstrapped and bool(self.source.loaded) and not self._stop.is_set()
 
     @property
@@ -181,6 +188,8 @@ class Picker:
         if cfg.nats is not None:
             self.feed = NatsFeed(self.view, cfg.nats, self._stop)
             self.supervisor.spawn("nats-feed", self.feed.run)
+            if self._share:
+                self.supervisor.spawn("sharing-wire", self._wire_sharing, restart=False)
         if not isinstance(self.source, StaticSource):
             self.supervisor.spawn("config", self.source.run)
         self.supervisor.spawn("health", self._health_loop)
@@ -195,6 +204,27 @@ class Picker:
                 "scheduler": getattr(self.scheduler, "name", type(self.scheduler).__name__),
             },
         )
+
+    async def _wire_sharing(self) -> None:
+        """Peer sharing rides on the view's NATS connection, once it is up."""
+        from .sharing.service import PeerSharing
+
+        assert self.feed is not None
+        await self.feed.connected_event.wait()
+        cfg = self.config
+        self.sharing = PeerSharing(
+            self.feed.nc,
+            self.feed.subjects,
+            cfg.pool_namespace,
+            cfg.pool_name,
+            cfg.sharing,
+            self.scheduler,
+            registry=self.registry,
+        )
+        self.sharing.start(self.supervisor)
+        if not self._explicit_sink:
+            self.sink = self.sharing.sink
+        log.info("peer sharing started", extra={"replica": cfg.sharing.replica})
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the health loop saw the picker ready (raises TimeoutError)."""
@@ -231,6 +261,11 @@ class Picker:
         if self._server is not None:
             await self._server.stop(grace)
         self.core.close_all(499)
+        if self.sharing is not None:
+            try:
+                await asyncio.wait_for(self.sharing.close(), 5)
+            except Exception:
+                log.exception("peer sharing did not close cleanly")
         await self.supervisor.close()
         if self._health_server is not None:
             await self._health_server.stop(0)

@@ -169,6 +169,7 @@ class NatsFeed:
         self._resync = asyncio.Event()
         self._last_sseq = 0
         self.connected = False
+        self.connected_event = asyncio.Event()  # set once the first connection is up
         self.subscriptions = 0
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -185,6 +186,7 @@ class NatsFeed:
             stop=self.stop,
         )
         self.connected = True
+        self.connected_event.set()
         try:
             while True:
                 try:

@@ -168,3 +168,26 @@ def test_pure_view_ordering_rules():
     assert v.apply(snapshot("a:1", pool="pool", seq=1, epoch="e2", ts=12.0), now=12)  # restart, newer
     assert not v.apply(snapshot("a:1", pool="other", seq=5), now=12)
     assert v.dropped == {"stale": 2, "foreign": 1}
+
+
+async def test_peer_sharing_is_wired_on_the_same_connection(nats_server, nc):
+    from picker.sharing.settings import SharingSettings
+
+    cfg = PickerConfig(
+        pool_name="pool",
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        grpc_health_port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        nats=NatsOptions(servers=[nats_server.url], name="picker-test"),
+        sharing=SharingSettings(replica="r1", ready_timeout_s=5),
+    )
+    p = Picker(cfg, scheduler=Recorder())
+    await p.start()
+    try:
+        await p.wait_ready(15)
+        assert p.sharing is not None and p.sink is p.sharing.sink
+        assert p.sharing._nc is p.feed.nc
+    finally:
+        await p.stop(grace=0.1)
