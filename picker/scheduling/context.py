@@ -20,6 +20,8 @@ class Context:
         "_dense",
         "_dense_of",
         "_matches",
+        "_work",
+        "_work_of",
         "base_models",
         "inflight",
         "now",
@@ -47,6 +49,8 @@ class Context:
         self.thresholds = thresholds
         self.base_models = base_models if base_models is not None else {}
         self._matches: dict[str, int] | None = None
+        self._work: list[float] | None = None
+        self._work_of: object = None
         self._dense: list[int] | None = None
         self._dense_of: object = None
 
@@ -56,6 +60,15 @@ class Context:
             hashes = self.request.prefix_hashes
             self._matches = self.prefix.match(hashes) if hashes else {}
         return self._matches
+
+    def remember_work(self, group: object, scores: list[float] | None) -> None:
+        """The expected-work scores of ``group`` (None: all equal), for load-gated scorers."""
+        self._work = scores
+        self._work_of = group
+
+    def work_scores(self, group: object) -> tuple[bool, list[float] | None]:
+        """(known, scores) for ``group``, as remembered by the expected-work scorer."""
+        return (self._work_of is group, self._work)
 
     def matched_blocks(self, group: Sequence[EndpointState]) -> list[int] | None:
         """Leading request blocks each endpoint of ``group`` holds, in group order; None if no hits.

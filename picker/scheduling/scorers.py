@@ -19,6 +19,7 @@ __all__ = [
     "InflightScorer",
     "KVCacheScorer",
     "LoraAffinityScorer",
+    "PrefixAffinityScorer",
     "PrefixCacheScorer",
     "QueueScorer",
     "Scorer",
@@ -152,6 +153,32 @@ class PrefixCacheScorer(Scorer):
         return [m * inv_total for m in held]
 
 
+class PrefixAffinityScorer(Scorer):
+    """The prefix-cache score gated by load: ``matched fraction x expected-work score``.
+
+    A prefix hit is worth most on a pod that also has room; on the busiest pod it is
+    worth nothing, so a hot prefix (one system prompt for every request) spreads over
+    the pool instead of herding, while many small prefix groups keep their affinity.
+    Reads the expected-work scores of the same decision (list it after that scorer);
+    without them, it is the plain prefix-cache score.
+    """
+
+    name = "prefix-affinity"
+
+    def score(self, ctx: Context, group: Group) -> list[float] | None:
+        hashes = ctx.request.prefix_hashes
+        if not hashes:
+            return None
+        held = ctx.matched_blocks(group)
+        if held is None:
+            return None
+        inv_total = 1.0 / len(hashes)
+        known, work = ctx.work_scores(group)
+        if not known or work is None:
+            return [m * inv_total for m in held]
+        return [m * inv_total * w for m, w in zip(held, work, strict=True)]
+
+
 class InflightScorer(Scorer):
     """Fewer requests sent since the last snapshot is better (min-max, like the queue scorer)."""
 
@@ -181,32 +208,47 @@ class ExpectedWorkScorer(Scorer):
 
     name = "expected-work"
 
-    def __init__(self, floor: float = 0.02, default_output_tokens: int = 200) -> None:
+    def __init__(
+        self,
+        floor: float = 0.02,
+        default_output_tokens: int = 200,
+        prompt_weight: float = 1.0,
+        kv_weight: float = 1.0,
+    ) -> None:
         self.floor = floor
+        self.kv_weight = kv_weight
         self.default_output_tokens = default_output_tokens
+        self.prompt_weight = prompt_weight
 
     def score(self, ctx: Context, group: Group) -> list[float] | None:
         req = ctx.request
         prompt = req.prompt_tokens if req.prompt_tokens > 0 else 0
         out = req.expected_output_tokens if req.expected_output_tokens > 0 else self.default_output_tokens
-        own = prompt + out
+        pw = self.prompt_weight
+        kw = self.kv_weight
+        own = prompt * pw + out
         held = ctx.matched_blocks(group) if req.prefix_hashes else None
         if held is None:
-            ds = [s.base_demand + (s.load.tokens + own) * s.inv_cap for s in group]
+            ds = [kw * s.kv + s.queue_demand + (s.load.tokens + own) * s.inv_cap for s in group]
         else:
             # A cached prefix is prefill the pod will not redo: only the rest of the prompt counts.
             ds = [
-                s.base_demand
-                + (s.load.tokens + own - (c if (c := m * s.block_size) < prompt else prompt)) * s.inv_cap
+                kw * s.kv
+                + s.queue_demand
+                + (s.load.tokens + own - pw * (c if (c := m * s.block_size) < prompt else prompt)) * s.inv_cap
                 for s, m in zip(group, held, strict=True)
             ]
-        return _minmax_low_is_best(ds, self.floor)
+        scores = _minmax_low_is_best(ds, self.floor)
+        ctx.remember_work(group, scores)
+        return scores
 
     @classmethod
     def from_params(cls, p: Params) -> ExpectedWorkScorer:
         out = cls(
             floor=p.number("floor", 0.02, lo=0.0, hi=10.0),
             default_output_tokens=p.integer("default_output_tokens", 200, lo=0),
+            prompt_weight=p.number("prompt_weight", 1.0, lo=0.0),
+            kv_weight=p.number("kv_weight", 1.0, lo=0.0),
         )
         p.done()
         return out
@@ -219,6 +261,7 @@ SCORERS: dict[str, type[Scorer]] = {
         KVCacheScorer,
         LoraAffinityScorer,
         PrefixCacheScorer,
+        PrefixAffinityScorer,
         InflightScorer,
         ExpectedWorkScorer,
     )

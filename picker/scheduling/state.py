@@ -50,7 +50,6 @@ class EndpointState:
 
     __slots__ = (
         "address",
-        "base_demand",
         "block_size",
         "cap",
         "fresh_until",
@@ -64,6 +63,7 @@ class EndpointState:
         "max_lora",
         "model",
         "ok",
+        "queue_demand",
         "running",
         "sat_static",
         "snap",
@@ -105,9 +105,9 @@ class EndpointState:
         failing = _num(snap.consecutive_failures, 0, 1e9, 0) > 0 or bool(snap.scrape_error)
         self.fresh_until = float("-inf") if failing else ts + th.staleness
         self.sat_static = self.waiting > th.queue or self.kv > th.kv
-        # Demand already on the pod, as a fraction of its KV capacity: what it holds plus
-        # its queue priced at the average request size (see scorers.ExpectedWorkScorer).
-        self.base_demand = self.kv + self.waiting * avg_tokens * self.inv_cap
+        # The pod's queue as a share of its KV capacity, each waiting request priced at the
+        # average request size (see scorers.ExpectedWorkScorer).
+        self.queue_demand = self.waiting * avg_tokens * self.inv_cap
 
     def saturated(self, th: Thresholds, now: float) -> bool:
         """The saturation test: queue or KV over threshold, or metrics stale/missing."""

@@ -12,7 +12,8 @@ from picker.scheduling.framework import ProfileScheduler
 
 
 def test_builtin_config_ships_every_profile():
-    assert set(load_config().names()) >= {"default", "gie-v0", "gie-v1", "random", "round-robin"}
+    expected = {"default", "default-spread", "gie-v0", "gie-v1", "random", "round-robin"}
+    assert set(load_config().names()) >= expected
     assert BUILTIN_CONFIG.exists()
     for name in load_config().names():
         s = build_scheduler(name, rng=random.Random(0))

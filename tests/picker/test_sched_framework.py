@@ -10,7 +10,7 @@ from sched_helpers import NOW, req, sched, view, views
 from picker.scheduling import CRITICALITIES, Decision
 from picker.scheduling.scorers import QueueScorer
 
-PROFILES = ["default", "gie-v0", "gie-v1", "random", "round-robin"]
+PROFILES = ["default", "default-spread", "gie-v0", "gie-v1", "random", "round-robin"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from picker.scheduling import CRITICALITIES, EndpointView, RequestInfo, build_scheduler
 from shared.schemas import EndpointSnapshot, LoraState
 
-PROFILES = ["default", "gie-v0", "gie-v1", "random", "round-robin"]
+PROFILES = ["default", "default-spread", "gie-v0", "gie-v1", "random", "round-robin"]
 ADDRS = [f"10.0.0.{i}:8000" for i in range(6)] + ["10.0.0.1:9000", "weird", ""]
 NAMES = st.sampled_from(["llama", "a1", "a2", "", "ünïcode"])
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=64)

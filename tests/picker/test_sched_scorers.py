@@ -107,3 +107,40 @@ def test_expected_work_floor_limits_swing_of_small_differences():
     assert scores[0] == 0.1 / 1.0 or abs(scores[0] - 0.1) < 1e-9
     assert scores[1] == 0.0
     assert all(0.0 <= x <= 1.0 for x in scores)
+
+
+def test_expected_work_weights_for_kv_and_prompt():
+    # pod 0 holds more KV; pod 1 has the longer queue of in-flight tokens
+    group = [state(0, kv_usage=0.4), state(1, kv_usage=0.0, load=_load(2, 4000))]  # 4000/16000 = 0.25
+    c = ctx(req(prompt_tokens=100))
+    assert ExpectedWorkScorer(floor=0.0, kv_weight=1.0).score(c, group) == [0.0, 1.0]
+    assert ExpectedWorkScorer(floor=0.0, kv_weight=0.5).score(c, group) == [1.0, 0.0]
+
+
+def test_expected_work_prompt_weight_scales_the_prefix_saving():
+    idx = PrefixIndex()
+    hashes = list(range(1, 33))  # 32 blocks = 512 tokens
+    a, b = state(0, kv_usage=0.05), state(1, kv_usage=0.0)
+    idx.add(a.address, hashes)
+    c = ctx(req(prompt_tokens=512, prefix_hashes=hashes), prefix=idx)
+    # saving 512 tokens = 0.032 of capacity: less than a's extra 0.05 at weight 1, more at weight 2
+    assert ExpectedWorkScorer(floor=0.0, prompt_weight=1.0).score(c, [a, b]) == [0.0, 1.0]
+    c = ctx(req(prompt_tokens=512, prefix_hashes=hashes), prefix=idx)
+    assert ExpectedWorkScorer(floor=0.0, prompt_weight=2.0).score(c, [a, b]) == [1.0, 0.0]
+
+
+def test_prefix_affinity_is_gated_by_load():
+    from picker.scheduling.scorers import PrefixAffinityScorer
+
+    idx = PrefixIndex()
+    hashes = [11, 12, 13, 14]
+    busy, idle, cold = state(0, waiting=20), state(1), state(2)
+    idx.add(busy.address, hashes)
+    idx.add(idle.address, hashes[:2])
+    c = ctx(req(prompt_tokens=64, prefix_hashes=hashes), prefix=idx)
+    group = [busy, idle, cold]
+    assert PrefixAffinityScorer().score(c, group) == [1.0, 0.5, 0.0]  # no load scores yet: plain prefix
+    work = ExpectedWorkScorer(floor=0.0).score(c, group)
+    assert work is not None and work[0] == 0.0
+    gated = PrefixAffinityScorer().score(c, group)
+    assert gated is not None and gated[0] == 0.0 and 0.0 < gated[1] <= 0.5 and gated[2] == 0.0
