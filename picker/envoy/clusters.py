@@ -101,19 +101,18 @@ def picker_cluster(opts: BootstrapOptions) -> Cluster:
 
     The health check targets ``picker_health_port`` on every replica (the picker serves
     grpc.health.v1 there, apart from ext_proc), so an overloaded or starting replica
-    drops out of rotation without Envoy opening a doomed ext_proc stream to it.
+    drops out of rotation without Envoy opening a doomed ext_proc stream to it. Replicas
+    sharing one host (local runs) name their own ports in ``picker_health_ports``.
     """
-    health_port = opts.picker_health_port
+    health_ports = opts.picker_health_ports or (opts.picker_health_port,) * len(opts.pickers)
     endpoints = [
         LbEndpoint(
             endpoint=Endpoint(
                 address=_address(hp),
-                health_check_config=EndpointHealthCheckConfig(port_value=health_port)
-                if health_port
-                else None,
+                health_check_config=EndpointHealthCheckConfig(port_value=port) if port else None,
             )
         )
-        for hp in opts.pickers
+        for hp, port in zip(opts.pickers, health_ports, strict=True)
     ]
     return Cluster(
         name=PICKER_CLUSTER,

@@ -86,6 +86,9 @@ class BootstrapOptions:
     # 0 means "the ext_proc port itself".
     pickers: tuple[HostPort, ...] = field(default_factory=lambda: (HostPort("127.0.0.1", 9002),))
     picker_health_port: int = 9003
+    # One health port per picker, in the order of ``pickers``, when replicas share a host
+    # (local runs); empty means ``picker_health_port`` everywhere.
+    picker_health_ports: tuple[int, ...] = ()
     # The pool's model servers, for FailOpen and round-robin (static: ip:port or dns:port).
     pool_endpoints: tuple[HostPort, ...] = ()
     failure_mode: FailureMode = FailureMode.FAIL_CLOSE
@@ -128,6 +131,8 @@ class BootstrapOptions:
         if self.mode is Mode.PICKER:
             if not self.pickers:
                 raise ValueError("picker mode needs at least one picker address")
+            if self.picker_health_ports and len(self.picker_health_ports) != len(self.pickers):
+                raise ValueError("picker_health_ports needs one port per picker address")
             if self.failure_mode is FailureMode.FAIL_OPEN and not self.pool_endpoints:
                 raise ValueError("FailOpen needs pool endpoints to fall back to")
             if (

@@ -1,0 +1,316 @@
+"""The whole InferGate stack on one machine, every service a real process.
+
+``async with Stack(StackConfig()) as stack:`` starts, in order: nats-server with
+JetStream; simulated vLLM pods (one process per pod, so a fault can kill one pod);
+one collector per simulated node (static targets files); N picker replicas; the
+autoscaler; an Envoy consulting the pickers over ext_proc; and an Envoy doing plain
+round-robin over the same pods, for comparison. Everything listens on 127.0.0.1 on free
+ports and is stopped on exit (SIGTERM, then SIGKILL), on Ctrl-C too.
+
+The demo, the fault report and the end-to-end tests all use this one class, so each
+exercises the same command lines a user would run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bench.procs import ServiceProcess, python_module, stop_all
+from picker.envoy.bootstrap import build_bootstrap
+from picker.envoy.options import BootstrapOptions
+from picker.envoy.process import EnvoyProcess
+from shared.natsd import NatsServer, free_port
+
+BASE_MODEL = "meta-llama/Llama-2-7b-hf"
+NAMESPACE = "default"
+POOL = "vllm-llama2-7b"
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    name: str
+    node: str
+    lora_adapters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """What to run. The defaults are the demo's: 4 pods on 2 nodes, 2 pickers."""
+
+    pods: tuple[PodPlan, ...] = (
+        PodPlan("vllm-0", "node-a", ("chat-lora-v1",)),
+        PodPlan("vllm-1", "node-a", ("chat-lora-v1", "chat-lora-v2")),
+        PodPlan("vllm-2", "node-b", ("summarize-lora",)),
+        PodPlan("vllm-3", "node-b", ()),
+    )
+    pickers: int = 2
+    profile: str = "default"
+    failure_mode: str = "FailClose"
+    time_scale: float = 10.0  # wall seconds per simulated H100 second
+    sim_args: tuple[str, ...] = ()  # extra `infergate-sim serve` flags (e.g. a smaller KV cache)
+    picker_args: tuple[str, ...] = ()
+    autoscaler: bool = True
+    round_robin_envoy: bool = True
+    unknown_model_policy: str = "reject"
+    work_dir: Path | None = None  # logs and config files; a temp dir when None
+    keep_work_dir: bool = False
+    models_yaml: str = field(
+        default=f"""
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: base}}
+spec: {{modelName: {BASE_MODEL}, criticality: Critical, poolRef: {{name: {POOL}}}}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: chat}}
+spec:
+  modelName: chat
+  criticality: Critical
+  poolRef: {{name: {POOL}}}
+  targetModels: [{{name: chat-lora-v1, weight: 90}}, {{name: chat-lora-v2, weight: 10}}]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: summarize}}
+spec: {{modelName: summarize, criticality: Standard, poolRef: {{name: {POOL}}},
+        targetModels: [{{name: summarize-lora}}]}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: batch}}
+spec: {{modelName: batch, criticality: Sheddable, poolRef: {{name: {POOL}}},
+        targetModels: [{{name: {BASE_MODEL}}}]}}
+"""
+    )
+
+
+@dataclass
+class SimPod:
+    plan: PodPlan
+    port: int
+    process: ServiceProcess
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class Picker:
+    name: str
+    grpc_port: int
+    health_port: int
+    metrics_port: int
+    process: ServiceProcess
+
+
+class Stack:
+    def __init__(self, config: StackConfig | None = None) -> None:
+        self.config = config or StackConfig()
+        self.work_dir = Path(self.config.work_dir or tempfile.mkdtemp(prefix="infergate-stack-"))
+        self.log_dir = self.work_dir / "logs"
+        self.nats = NatsServer(store_dir=str(self.work_dir / "nats"))
+        self.pods: list[SimPod] = []
+        self.collectors: dict[str, ServiceProcess] = {}
+        self.pickers: list[Picker] = []
+        self.autoscaler: ServiceProcess | None = None
+        self.autoscaler_port = 0
+        self.envoy: EnvoyProcess | None = None
+        self.envoy_port = 0
+        self.round_robin: EnvoyProcess | None = None
+        self.round_robin_port = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Stack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.nats.start)
+        self._write_config()
+        self.pods = [self._pod(plan) for plan in self.config.pods]
+        await asyncio.gather(*(p.process.start(60) for p in self.pods))
+        self.collectors = {node: self._collector(node) for node in self.nodes}
+        self.pickers = [self._picker(i) for i in range(self.config.pickers)]
+        starts = [c.start(60) for c in self.collectors.values()] + [p.process.start(60) for p in self.pickers]
+        if self.config.autoscaler:
+            self.autoscaler = self._autoscaler()
+            starts.append(self.autoscaler.start(60))
+        await asyncio.gather(*starts)
+        self.envoy_port = free_port()
+        self.envoy = EnvoyProcess(build_bootstrap(self.picker_envoy_options()))
+        envoys = [self.envoy.start(30)]
+        if self.config.round_robin_envoy:
+            self.round_robin_port = free_port()
+            rr = BootstrapOptions(
+                mode="round-robin",
+                listen_address="127.0.0.1",
+                listen_port=self.round_robin_port,
+                admin_port=free_port(),
+                pool_endpoints=tuple(p.address for p in self.pods),
+            )
+            self.round_robin = EnvoyProcess(build_bootstrap(rr))
+            envoys.append(self.round_robin.start(30))
+        await asyncio.gather(*envoys)
+
+    def picker_envoy_options(self) -> BootstrapOptions:
+        return BootstrapOptions(
+            mode="picker",
+            listen_address="127.0.0.1",
+            listen_port=self.envoy_port,
+            admin_port=free_port(),
+            pickers=tuple(f"127.0.0.1:{p.grpc_port}" for p in self.pickers),
+            picker_health_ports=tuple(p.health_port for p in self.pickers),
+            pool_endpoints=tuple(p.address for p in self.pods),
+            failure_mode=self.config.failure_mode,
+        )
+
+    async def stop(self) -> None:
+        envoys = [e.stop() for e in (self.envoy, self.round_robin) if e is not None]
+        await asyncio.gather(*envoys, return_exceptions=True)
+        services = [*(p.process for p in self.pickers), *self.collectors.values()]
+        if self.autoscaler is not None:
+            services.append(self.autoscaler)
+        await stop_all(services)
+        await stop_all([p.process for p in self.pods])
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.nats.stop)
+        if not self.config.keep_work_dir and self.config.work_dir is None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # -- addresses -------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[str]:
+        return sorted({p.node for p in self.config.pods})
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.envoy_port}"
+
+    @property
+    def round_robin_url(self) -> str:
+        return f"http://127.0.0.1:{self.round_robin_port}"
+
+    @property
+    def autoscaler_url(self) -> str:
+        return f"https://127.0.0.1:{self.autoscaler_port}"
+
+    def pod(self, name: str) -> SimPod:
+        return next(p for p in self.pods if p.plan.name == name)
+
+    # -- processes -------------------------------------------------------------------------
+    def _write_config(self) -> None:
+        pool = {
+            "apiVersion": "inference.networking.k8s.io/v1",
+            "kind": "InferencePool",
+            "metadata": {"name": POOL, "namespace": NAMESPACE},
+            "spec": {
+                "selector": {"matchLabels": {"app": POOL}},
+                "targetPorts": [{"number": 8000}],
+                "endpointPickerRef": {"name": "infergate-picker", "port": {"number": 9002}},
+            },
+        }
+        text = yaml.safe_dump(pool) + "---\n" + self.config.models_yaml
+        (self.work_dir / "pool.yaml").write_text(text)
+
+    def _pod(self, plan: PodPlan) -> SimPod:
+        port, ops = free_port(), free_port()
+        args = [
+            "serve",
+            "--ports", str(port),
+            "--name-prefix", plan.name,
+            "--model", BASE_MODEL,
+            "--time-scale", str(self.config.time_scale),
+            "--ops-host", "127.0.0.1",
+            "--ops-port", str(ops),
+            "--log-format", "json",
+            *self.config.sim_args,
+        ]  # fmt: skip
+        if plan.lora_adapters:
+            args += ["--lora-adapters", ",".join(plan.lora_adapters)]
+        proc = ServiceProcess(
+            f"sim-{plan.name}",
+            python_module("sim", *args),
+            self.log_dir,
+            ready_url=f"http://127.0.0.1:{port}/health",
+        )
+        return SimPod(plan, port, proc)
+
+    def _collector(self, node: str) -> ServiceProcess:
+        targets = [
+            {"pool": POOL, "namespace": NAMESPACE, "pod": p.plan.name, "address": p.address, "node": node}
+            for p in self.pods
+            if p.plan.node == node
+        ]
+        path = self.work_dir / f"targets-{node}.yaml"
+        path.write_text(yaml.safe_dump(targets))
+        ops = free_port()
+        argv = python_module(
+            "collector",
+            "--discovery", "static",
+            "--targets-file", str(path),
+            "--node-name", node,
+            "--nats-url", self.nats.url,
+            "--ops-host", "127.0.0.1",
+            "--ops-port", str(ops),
+        )  # fmt: skip
+        return ServiceProcess(
+            f"collector-{node}", argv, self.log_dir, ready_url=f"http://127.0.0.1:{ops}/readyz"
+        )
+
+    def _picker(self, index: int) -> Picker:
+        name = f"picker-{index}"
+        grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+        argv = python_module(
+            "picker",
+            "--pool-name", POOL,
+            "--pool-namespace", NAMESPACE,
+            "--grpc-host", "127.0.0.1",
+            "--grpc-port", str(grpc_port),
+            "--grpc-health-port", str(health_port),
+            "--metrics-host", "127.0.0.1",
+            "--metrics-port", str(metrics_port),
+            "--profile", self.config.profile,
+            "--config-files", str(self.work_dir / "pool.yaml"),
+            "--unknown-model-policy", self.config.unknown_model_policy,
+            "--replica-name", name,
+            "--nats-url", self.nats.url,
+            *self.config.picker_args,
+        )  # fmt: skip
+        proc = ServiceProcess(name, argv, self.log_dir, ready_url=f"http://127.0.0.1:{metrics_port}/readyz")
+        return Picker(name, grpc_port, health_port, metrics_port, proc)
+
+    def _autoscaler(self) -> ServiceProcess:
+        self.autoscaler_port, ops = free_port(), free_port()
+        argv = python_module(
+            "autoscaler",
+            "--nats-url", self.nats.url,
+            "--bind-address", "127.0.0.1",
+            "--secure-port", str(self.autoscaler_port),
+            "--ops-host", "127.0.0.1",
+            "--ops-port", str(ops),
+            "--config-files", str(self.work_dir / "pool.yaml"),
+        )  # fmt: skip
+        return ServiceProcess("autoscaler", argv, self.log_dir, ready_url=f"http://127.0.0.1:{ops}/readyz")
+
+    # -- faults ----------------------------------------------------------------------------
+    async def restart_nats_after(self, outage_s: float) -> None:
+        await asyncio.to_thread(self.nats.stop)
+        await asyncio.sleep(outage_s)
+        await asyncio.to_thread(self.nats.start)
