@@ -81,6 +81,8 @@ def read_request_headers(msg: ep.HttpHeaders) -> RequestHeaders:
     hdr = RequestHeaders()
     for h in msg.headers.headers:
         k = h.key.lower()
+        if not k:
+            continue
         if k[0] == ":":
             if k == ":path":
                 hdr.path = _value(h)
