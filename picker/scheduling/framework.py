@@ -102,6 +102,7 @@ class ScoringSelector:
     def _rank(self, ctx: Context, group: Sequence[EndpointState], m: int) -> list[EndpointState]:
         n = len(group)
         totals: list[float] | None = None
+        w0 = 1.0
         for scorer, w in self.scorers:
             try:
                 s = scorer.score(ctx, group)
@@ -114,9 +115,13 @@ class ScoringSelector:
                 self.on_error(f"scorer:{scorer.name}:length", self.profile)
                 continue
             if totals is None:
-                totals = [w * x for x in s]
+                # A ranking does not change under a positive scale: take the first scores
+                # as they are (one pass saved) and scale the others by w / w0.
+                totals = s
+                w0 = w
             else:
-                totals = [t + w * x for t, x in zip(totals, s, strict=True)]
+                r = w / w0
+                totals = [t + r * x for t, x in zip(totals, s, strict=True)]
         try:
             idx = self.picker.pick(ctx, n, totals, m)
         except Exception:
@@ -199,16 +204,28 @@ class ProfileScheduler:
         stale: list[EndpointState] = []
         add_fresh = fresh.append
         add_stale = stale.append
-        for v in endpoints:
-            st = get(v.address)
-            snap = v.snapshot
-            if st is None or st.snap is not snap or st.snap_ts != snap.ts:
-                st = self._digest(v.address, snap, v.received_at)
-            if st.ok and (cset is None or st.address in cset or st.ip in cset):
-                if now <= st.fresh_until:
-                    add_fresh(st)
-                else:
-                    add_stale(st)
+        digest = self._digest
+        # Two copies of the loop so the common case (no restriction) tests one flag less.
+        if cset is None:
+            for v in endpoints:
+                st = get(v.address)
+                if st is None or st.snap is not v.snapshot:
+                    st = digest(v.address, v.snapshot, v.received_at)
+                if st.ok:
+                    if now <= st.fresh_until:
+                        add_fresh(st)
+                    else:
+                        add_stale(st)
+        else:
+            for v in endpoints:
+                st = get(v.address)
+                if st is None or st.snap is not v.snapshot:
+                    st = digest(v.address, v.snapshot, v.received_at)
+                if st.ok and (st.address in cset or st.ip in cset):
+                    if now <= st.fresh_until:
+                        add_fresh(st)
+                    else:
+                        add_stale(st)
         return fresh, stale
 
     def _safe_choice(self, request: RequestInfo, endpoints: Sequence[EndpointView]) -> Decision:
