@@ -166,7 +166,14 @@ class KubeSource:
 
     @property
     def loaded(self) -> bool:
-        return self.models_watcher is not None and self.models_watcher.synced.is_set()
+        mw = self.models_watcher
+        if mw is None:
+            return False
+        if mw.synced.is_set():
+            return True
+        # No InferenceModel CRD (a v1-only install): the list keeps failing; once a pool
+        # list works, go ready without models (every model follows the unknown policy).
+        return mw.relists >= 2 and any(w.synced.is_set() for w in self.watchers[1:])
 
     def _rebuild(self, *_: Any) -> None:
         models = []
