@@ -227,7 +227,7 @@ class Publisher:
     async def on_connected(self, nc) -> None:
         self.nc = nc
         self.metrics.nats_connected.set(1)
-        await self._resync("connect")
+        await self.resync("connect")
 
     async def on_disconnected(self) -> None:
         self.metrics.nats_connected.set(0)
@@ -237,10 +237,12 @@ class Publisher:
         # Do not block nats-py's callback: the streams may have gone with a restarted server,
         # so re-create them, then republish every endpoint.
         if self._resync_task is None or self._resync_task.done():
-            self._resync_task = asyncio.create_task(self._resync("reconnect"), name="collector-resync")
+            self._resync_task = asyncio.create_task(self.resync("reconnect"), name="collector-resync")
 
-    async def _resync(self, reason: str) -> None:
-        await self.ensure_streams()
+    async def resync(self, reason: str, *, ensure: bool = True) -> None:
+        """(Re-)create the streams, then queue every endpoint's latest snapshot."""
+        if ensure:
+            await self.ensure_streams()
         # Republish every endpoint (pending tombstones stay queued: removed keys are not in
         # ``latest``). Messages sent between the reconnect and now may have missed a
         # stream that the restarted server lost, so this pass is after ensure_streams.
@@ -490,6 +492,7 @@ class Collector:
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._kube_api = None
+        self._nats_task: asyncio.Task | None = None
         self.started = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -506,7 +509,7 @@ class Collector:
         if cfg.ops_port is not None:
             self.ops = OpsServer(cfg.ops_host, cfg.ops_port, self.metrics.registry, self.health)
             await self.ops.start()
-        self._spawn("collector-nats", self._nats_main())
+        self._nats_task = self._spawn("collector-nats", self._nats_main())
         self._spawn("collector-publisher", self.publisher.run())
         await self._start_discovery()
         log.info(
@@ -527,6 +530,10 @@ class Collector:
             return
         self.started = False
         self._stop.set()
+        # A NATS connect still in progress returns by itself once ``_stop`` is set (cancelling
+        # it instead could leave nats-py's connect attempt running): give it a moment first.
+        if self._nats_task is not None and not self._nats_task.done():
+            await asyncio.wait([self._nats_task], timeout=2.0)
         scrapers = [s.task for s in self.scrapers.values() if s.task is not None]
         for t in [*self._tasks, *scrapers]:
             t.cancel()
@@ -575,7 +582,17 @@ class Collector:
             )
         except ConnectionError:
             return  # stopped before NATS came up
+        if self._stop.is_set():
+            await nc.close()
+            return
         await self.publisher.on_connected(nc)
+        # If JetStream was unavailable (disabled, or the server still starting), keep trying:
+        # without the stream, new subscribers cannot bootstrap.
+        while True:
+            await asyncio.sleep(10.0)
+            pub = self.publisher
+            if not pub.streams_ready and pub.connected and await pub.ensure_streams(attempts=1):
+                await pub.resync("streams", ensure=False)
 
     async def _start_discovery(self) -> None:
         cfg = self.config

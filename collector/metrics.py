@@ -28,7 +28,7 @@ class CollectorMetrics:
             registry=r,
         )
         self.publishes = Counter(
-            "infergate_collector_publishes_total",
+            "infergate_collector_publish_total",
             "Messages published, by kind (snapshot, tombstone) and reason "
             "(change, heartbeat, reconnect, removed).",
             ["kind", "reason"],

@@ -124,7 +124,7 @@ async def test_ops_endpoints(nats_server):
             for needle in [
                 'infergate_collector_scrape_duration_seconds_bucket{le="0.005",outcome="ok"}',
                 'infergate_collector_scrape_errors_total{namespace="default",pod="pod-1",pool="pool",reason="connect"}',
-                'infergate_collector_publishes_total{kind="snapshot",reason="change"}',
+                'infergate_collector_publish_total{kind="snapshot",reason="change"}',
                 "infergate_collector_publish_errors_total 0.0",
                 'infergate_collector_endpoints{state="healthy"} 1.0',
                 'infergate_collector_endpoints{state="unhealthy"} 1.0',

@@ -263,3 +263,29 @@ async def test_collector_starts_before_nats_and_publishes_once_it_is_up(
         sub = await Subscriber().start(nats_server.url)
         await wait_until(lambda: sub.last("pod-0"), deadline_s=5)
         await sub.close()
+
+
+async def test_without_jetstream_core_publishing_still_works(make_collector):
+    from shared.natsconn import NatsOptions
+    from shared.natsd import find_binary, free_port, wait_for_port
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port),  # no -js
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", port)
+        url = f"nats://127.0.0.1:{port}"
+        sub = await Subscriber().start(url)
+        async with FakePods(1) as pods:
+            c = await make_collector(targets=targets_of(pods), nats=NatsOptions(servers=[url]))
+            await c.wait_ready()
+            await wait_until(lambda: sub.last("pod-0"), what="a core NATS snapshot")
+            await wait_until(lambda: c.metrics.stream_errors._value.get() >= 1, what="stream error counted")
+            assert not c.publisher.streams_ready
+            await c.stop()
+        await sub.close()
+    finally:
+        proc.terminate()
+        await proc.wait()
