@@ -112,7 +112,7 @@ class EnvoyProcess:
         try:
             await asyncio.wait_for(self._wait_ready(), timeout)
         except (TimeoutError, EnvoyStartError) as exc:
-            tail = self.log_tail()
+            tail = await asyncio.to_thread(self.log_tail)
             await self.stop()
             raise EnvoyStartError(f"envoy did not become ready ({exc!r}); its log ends:\n{tail}") from exc
         return self
@@ -161,7 +161,7 @@ class EnvoyProcess:
                     proc.kill()
                 await proc.wait()
         if self._dir is not None:
-            self._dir.cleanup()
+            await asyncio.to_thread(self._dir.cleanup)
             self._dir = None
 
     async def __aenter__(self) -> EnvoyProcess:

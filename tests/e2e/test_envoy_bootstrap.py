@@ -26,7 +26,7 @@ from aiohttp import web
 from picker.envoy.__main__ import main as cli_main
 from picker.envoy.bootstrap import build_bootstrap
 from picker.envoy.options import BootstrapOptions, HostPort
-from picker.envoy.process import EnvoyProcess, validate
+from picker.envoy.process import EnvoyProcess, EnvoyStartError, validate
 from shared.natsd import free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -218,6 +218,15 @@ def test_cli_reads_list_flags_from_the_environment(
 
 
 # --------------------------------------------------------------------------- real runs
+
+
+async def test_envoy_process_reports_a_config_envoy_rejects(envoy_binary: str) -> None:
+    bootstrap = build_bootstrap(BootstrapOptions(**_ports()))
+    bootstrap["static_resources"]["clusters"][0]["no_such_field"] = 1
+    envoy = EnvoyProcess(bootstrap, envoy_binary)
+    with pytest.raises(EnvoyStartError, match="no_such_field"):
+        await envoy.start()
+    assert envoy.proc is None
 
 
 async def test_round_robin_alternates_between_upstreams(
