@@ -268,3 +268,28 @@ async def test_cli_subprocess_serves_and_exits_on_sigterm(nats_server, tmp_path)
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_with_the_real_default_scheduler():
+    p = Picker(local_cfg())  # picker.scheduling.build_scheduler("default")
+    assert type(p.scheduler).__name__ != "LeastLoadScheduler"
+    async with p:
+        for i in range(1, 4):
+            p.view.apply(snapshot(f"10.0.0.{i}:8000", pool="pool", kv_capacity_tokens=119_408))
+        async with grpc.aio.insecure_channel(p.address) as ch:
+            for _ in range(5):
+                s = EnvoyStream(ch).open()
+                s.request_headers(headers={"test-epp-endpoint-selection": "10.0.0.2,10.0.0.3"})
+                s.request_body(body("base"), True)
+                r = await s.recv()
+                first = headers_of(r.request_headers.response.header_mutation)[
+                    "x-gateway-destination-endpoint"
+                ]
+                assert set(first.split(",")) <= {"10.0.0.2:8000", "10.0.0.3:8000"}
+                await s.close()
+            # Every pod saturated: a Sheddable request (an unknown model, default policy) is shed.
+            for i in range(1, 4):
+                p.view.apply(snapshot(f"10.0.0.{i}:8000", pool="pool", seq=2, waiting=50, kv_usage=0.99))
+            status, _ = await route(p, "unknown-model", ch)
+            assert status == 429
+        await wait_until(lambda: not p.core.inflight, 5)
