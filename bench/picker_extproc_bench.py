@@ -69,7 +69,7 @@ async def serve_echo(port: int) -> None:
     }
 
     class Echo(ep_grpc.ExternalProcessorServicer):
-        async def Process(self, request_iterator, context):  # noqa: N802
+        async def Process(self, request_iterator, context):
             async for req in request_iterator:
                 yield answers[req.WhichOneof("request")]
 
@@ -211,7 +211,7 @@ async def start_server(kind: str, port: int, request_log: bool = False) -> async
     return proc
 
 
-async def bench(n: int) -> list[tuple[str, str, int, dict[str, float]]]:
+async def bench(n: int, repeat: int = 1) -> list[tuple[str, str, int, dict[str, float]]]:
     from shared.natsd import free_port
 
     rows = []
@@ -225,7 +225,10 @@ async def bench(n: int) -> list[tuple[str, str, int, dict[str, float]]]:
         try:
             for mode in modes:
                 for conc in (1, 32):
-                    r = await drive(port, proc.pid, mode, conc, n)
+                    # Best of ``repeat``: other jobs on a shared machine only ever add noise.
+                    runs = [await drive(port, proc.pid, mode, conc, n) for _ in range(repeat)]
+                    r = min(runs, key=lambda x: x["cpu_us"])
+                    r["rps"] = max(x["rps"] for x in runs)
                     rows.append((kind, mode, conc, r))
                     print(
                         f"{kind:11s} {mode:21s} c={conc:<3d} {r['rps']:7.0f} req/s  "
@@ -245,7 +248,8 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--request-log", action="store_true")
     ap.add_argument("--requests", type=int, default=3000)
-    ap.add_argument("--quick", action="store_true", help="500 requests per point")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per point; the best one is reported")
+    ap.add_argument("--quick", action="store_true", help="500 requests per point, one run")
     args = ap.parse_args()
     if args.serve:
         import uvloop  # both servers on uvloop, as `shared.service.run` does in production
@@ -261,7 +265,7 @@ def main() -> int:
         f"ext_proc bench: {n} requests per point, body {len(CHAT)} B, response {len(RESPONSE)} B, "
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
     )
-    rows = asyncio.run(bench(n))
+    rows = asyncio.run(bench(n, repeat))
     floor = {(c): r["cpu_us"] for k, m, c, r in rows if k == "echo"}
     print("\nratio of server CPU per request to the gRPC floor (echo):")
     for kind, mode, conc, r in rows:
