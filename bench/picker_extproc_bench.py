@@ -261,8 +261,9 @@ def main() -> int:
             asyncio.run(serve_picker(args.port, args.request_log))
         return 0
     n = 500 if args.quick else args.requests
+    repeat = 1 if args.quick else max(1, args.repeat)
     print(
-        f"ext_proc bench: {n} requests per point, body {len(CHAT)} B, response {len(RESPONSE)} B, "
+        f"ext_proc bench: {n} requests per point (best of {repeat}), body {len(CHAT)} B, response {len(RESPONSE)} B, "
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
     )
     rows = asyncio.run(bench(n, repeat))
