@@ -263,7 +263,8 @@ def main() -> int:
     n = 500 if args.quick else args.requests
     repeat = 1 if args.quick else max(1, args.repeat)
     print(
-        f"ext_proc bench: {n} requests per point (best of {repeat}), body {len(CHAT)} B, response {len(RESPONSE)} B, "
+        f"ext_proc bench: {n} requests per point (best of {repeat}), "
+        f"body {len(CHAT)} B, response {len(RESPONSE)} B, "
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
     )
     rows = asyncio.run(bench(n, repeat))
