@@ -99,6 +99,8 @@ class EventApplier:
         self._heard(batch.replica, min(batch.ts, now) if batch.ts > 0 else now)
         n = 0
         for ev in batch.events:
+            if not ev.replica:  # compact batches name the replica once
+                ev.replica = batch.replica
             n += self.apply_event(ev, source=source, now=now)
         return n
 

@@ -147,3 +147,11 @@ def test_real_scheduler_counts_a_duplicated_peer_request_once():
     ap.apply_batch(batch, source="replay")
     assert sched.inflight.extra(addr)[0] == 0
     assert len(sched.inflight) == 0
+
+
+def test_events_of_a_compact_batch_take_the_batchs_replica():
+    rec, clock = Recorder(), Clock()
+    ap = EventApplier(rec, clock=clock)
+    ap.apply_batch(EventBatch(replica="b", events=[assign("r1", 999.0, replica="")], ts=999.0))
+    assert rec.calls[0][4] == "b" and ap.open_requests("b") == 1
+    assert ap.forget_replica("b") == 1

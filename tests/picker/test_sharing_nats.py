@@ -249,8 +249,6 @@ async def test_nats_restart_mid_run_recovers(replicas, nats_server):
 
     await wait_until(lambda: b.scheduler.inflight.extra(X)[0] == 6, what="buffered events reached B")
     assert a.sharing.publisher.dropped == 3
-    for i in range(3):
-        assert a.applier is not None and f"out{i}" not in b.applier._seen
     # live traffic flows again, in both directions, and the stream was recreated for replays
     b.route(request("after"), Y)
     a.finish("before", X)

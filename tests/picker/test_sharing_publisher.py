@@ -69,6 +69,9 @@ async def test_a_burst_goes_out_in_full_batches_on_the_replicas_subject():
     assert [e.request_id for e in nc.events()] == [f"r{i}" for i in range(300)]
     first = nc.events()[0]
     assert isinstance(first, Assignment) and first.prefix_hashes == list(range(12))
+    # compact: the batch names the replica, the subject names namespace and pool
+    assert (first.replica, first.namespace, first.pool) == ("", "", "")
+    assert {m.replica for m in nc.messages()} == {"a"}
 
 
 async def test_a_lone_event_is_published_after_the_linger():
@@ -94,6 +97,7 @@ async def test_without_batching_each_event_is_its_own_message():
             pub.on_local_assignment(request(i), "10.0.0.1:8000", 1000.0)
         await wait_until(lambda: len(nc.sent) == 10)
     assert all(isinstance(m, Assignment) for m in nc.messages())
+    assert {(m.replica, m.namespace, m.pool) for m in nc.messages()} == {("a", "ns", "pool")}
 
 
 async def test_while_disconnected_the_oldest_events_are_dropped_and_counted():
