@@ -123,9 +123,18 @@ def replica_jobs(args: argparse.Namespace) -> list[tuple[str, DESConfig]]:
 # ------------------------------------------------------------------ running
 
 
-def _run(job: tuple[str, DESConfig]) -> tuple[str, DESConfig, PointResult]:
+class PointError(RuntimeError):
+    """A point failed in a worker (the scheduler under test is being edited, a bug...)."""
+
+
+def _run(job: tuple[str, DESConfig]) -> tuple[str, DESConfig, PointResult | str]:
+    # Exceptions are returned as text: some (e.g. ConfigError) do not survive unpickling
+    # in the parent, which would hang the pool instead of failing the sweep.
     suite, cfg = job
-    return suite, cfg, run_point(cfg)
+    try:
+        return suite, cfg, run_point(cfg)
+    except Exception as exc:
+        return suite, cfg, f"{type(exc).__name__}: {exc}"
 
 
 class Progress:
@@ -156,18 +165,23 @@ def run_jobs(jobs: Sequence[tuple[str, DESConfig]], procs: int, progress: bool =
                                          * (6 if j[1].workload.name == "shared-prefix" else 1)))
     bar = Progress(len(order)) if progress else None
     out: list[tuple[str, DESConfig, PointResult]] = []
+
+    def take(res: tuple[str, DESConfig, PointResult | str]) -> None:
+        suite, cfg, r = res
+        if isinstance(r, str):
+            raise PointError(f"{suite} {cfg.policy} @ {cfg.qps:g} QPS failed: {r}")
+        out.append((suite, cfg, r))
+        if bar:
+            bar.update(f"{suite} {cfg.policy} {cfg.qps:g}")
+
     if procs <= 1:
         for j in order:
-            out.append(_run(j))
-            if bar:
-                bar.update(f"{j[0]} {j[1].policy} {j[1].qps:g}")
+            take(_run(j))
         return out
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(procs, maxtasksperchild=20) as pool:
+    with ctx.Pool(procs) as pool:  # one import of the scheduler per worker: one version per run
         for res in pool.imap_unordered(_run, order):
-            out.append(res)
-            if bar:
-                bar.update(f"{res[0]} {res[1].policy} {res[1].qps:g}")
+            take(res)
     return out
 
 
@@ -345,6 +359,31 @@ def _verdicts(suites: Sequence[Suite], grids: dict[str, dict[tuple[float, str], 
     return out
 
 
+def scheduler_version() -> str:
+    """Which scheduler was measured: HEAD, whether picker/scheduling has local edits, profiles digest."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "picker/scheduling"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head, dirty = "unknown", ""
+    prof = root / "picker" / "scheduling" / "profiles.yaml"
+    digest = hashlib.sha256(prof.read_bytes()).hexdigest()[:12] if prof.exists() else "n/a"
+    edits = " + uncommitted picker/scheduling edits" if dirty else ""
+    return f"commit {head}{edits}, profiles.yaml sha256 {digest}"
+
+
+def _cost(results, wall_s: float, jobs: int) -> str:
+    cpu = sum(r.cpu_s for _, _, r in results)
+    return (f"{len(results)} points, wall time {wall_s:.0f} s; {cpu:.0f} CPU-s in the workers, i.e. "
+            f"~{cpu / max(1, jobs):.0f} s of wall time on {jobs} idle cores.")
+
+
 def machine() -> str:
     return (f"{os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()}")
@@ -358,7 +397,8 @@ def write_seed(results, suites: Sequence[Suite], policies: Sequence[str], out: P
         "# Seed experiment: the Gateway API Inference Extension launch benchmark, in virtual time",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}; wall time {wall_s:.0f} s for {len(results)} points.  ",
+        f"Machine: {machine()}; {_cost(results, wall_s, args.jobs)}  ",
+        f"Scheduler: {scheduler_version()}.  ",
         f"Model: {args.replicas} replicas of the calibrated Llama-2-7B/H100 engine (sim/engine.py defaults: "
         "LoRA-enabled deployment, ~26 req/s ShareGPT saturation per replica); 1 picker replica; metrics "
         f"scraped every {args.scrape_interval * 1e3:.0f} ms + {args.metrics_delay * 1e3:.0f} ms propagation; "
@@ -393,7 +433,8 @@ def write_replicas(results, out: Path, command: str, wall_s: float, args: argpar
         "# Shared view across picker replicas",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}; wall time {wall_s:.0f} s for {len(results)} points.  ",
+        f"Machine: {machine()}; {_cost(results, wall_s, args.jobs)}  ",
+        f"Scheduler: {scheduler_version()}.  ",
         "N picker replicas, each with its own scheduler; arrivals spread across them; **shared** = every "
         f"replica's assignments and completions reach its peers {args.share_delay * 1e3:.0f} ms later (what "
         "picker/sharing does over NATS); **alone** = each replica knows only its own traffic. Metrics "
@@ -496,13 +537,21 @@ def main(argv: list[str] | None = None) -> int:
         jobs = seed_jobs(args)
         print(f"seed experiment: {len(jobs)} points on {args.jobs} processes", file=sys.stderr)
         t1 = time.monotonic()
-        res = run_jobs(jobs, args.jobs, not args.no_progress)
+        try:
+            res = run_jobs(jobs, args.jobs, not args.no_progress)
+        except PointError as exc:
+            print(f"\nsweep failed: {exc}", file=sys.stderr)
+            return 1
         written.append(write_seed(res, suites, args.policies, args.out, command, time.monotonic() - t1, args))
     if args.experiment in ("replicas", "all"):
         jobs = replica_jobs(args)
         print(f"replicas experiment: {len(jobs)} points on {args.jobs} processes", file=sys.stderr)
         t1 = time.monotonic()
-        res = run_jobs(jobs, args.jobs, not args.no_progress)
+        try:
+            res = run_jobs(jobs, args.jobs, not args.no_progress)
+        except PointError as exc:
+            print(f"\nsweep failed: {exc}", file=sys.stderr)
+            return 1
         written.append(write_replicas(res, args.out, command, time.monotonic() - t1, args))
     for p in written:
         print(f"wrote {p}")

@@ -104,6 +104,7 @@ class PointResult:
     prefix_hit_rate: float = math.nan  # engines' prefix-cache hits / queries (tokens), measured window
     virtual_s: float = 0.0
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # process CPU time: what the point costs on an idle core
     events: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -306,6 +307,7 @@ class Cluster:
     def run(self) -> PointResult:
         cfg = self.cfg
         wall0 = time.perf_counter()
+        cpu0 = time.process_time()
         t_measure = cfg.warmup_s
         t_stop = cfg.warmup_s + cfg.duration_s
         arrivals = poisson_arrivals(cfg.qps, self._rng_arrivals)
@@ -359,7 +361,9 @@ class Cluster:
                 break
         q, h, pre = self._engine_totals()
         q0, h0 = self._prefix_base or (0.0, 0.0)
-        return self._result(q - q0, h - h0, pre - self._preempt_base, time.perf_counter() - wall0, n)
+        res = self._result(q - q0, h - h0, pre - self._preempt_base, time.perf_counter() - wall0, n)
+        res.cpu_s = time.process_time() - cpu0
+        return res
 
     def _result(self, queries: float, hits: float, preemptions: int, wall: float, events: int) -> PointResult:
         cfg = self.cfg
