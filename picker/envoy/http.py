@@ -29,6 +29,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
     RetryPolicy,
+    RetryPolicyRetryBackOff,
     RetryPolicyRetryHostPredicate,
     Route,
     RouteAction,
@@ -74,6 +75,9 @@ def _retry_policy(opts: BootstrapOptions, retries: int, *, other_hosts: bool) ->
     return RetryPolicy(
         retry_on=RETRY_ON,
         num_retries=retries,
+        # Each retry goes to a different endpoint, so Envoy's default back-off (25 ms base,
+        # jittered) only delays the request: measured ~19 ms added per refused endpoint.
+        retry_back_off=RetryPolicyRetryBackOff(base_interval=seconds(0.001), max_interval=seconds(0.01)),
         retry_host_predicate=predicates,
         host_selection_retry_max_attempts=5 if other_hosts else 0,
     )
