@@ -17,8 +17,8 @@ class Context:
     """The request, the clock, the rng and the shared indexes; lazily computed per-request facts."""
 
     __slots__ = (
-        "_dense",
-        "_dense_of",
+        "_hits",
+        "_hits_of",
         "_matches",
         "_work",
         "_work_of",
@@ -51,8 +51,8 @@ class Context:
         self._matches: dict[str, int] | None = None
         self._work: list[float] | None = None
         self._work_of: object = None
-        self._dense: list[int] | None = None
-        self._dense_of: object = None
+        self._hits: list[tuple[int, int]] | None = None
+        self._hits_of: object = None
 
     def prefix_matches(self) -> dict[str, int]:
         """Endpoint -> leading request blocks it holds; computed once, shared by scorers."""
@@ -70,20 +70,21 @@ class Context:
         """(known, scores) for ``group``, as remembered by the expected-work scorer."""
         return (self._work_of is group, self._work)
 
-    def matched_blocks(self, group: Sequence[EndpointState]) -> list[int] | None:
-        """Leading request blocks each endpoint of ``group`` holds, in group order; None if no hits.
+    def prefix_hits(self, group: Sequence[EndpointState]) -> list[tuple[int, int]]:
+        """(index in ``group``, leading request blocks held) for the endpoints with a hit.
 
-        Cached for the last group asked about, so the prefix and expected-work scorers
-        share one pass.
+        Sparse, because a prefix is usually held by a few pods: scorers start from a
+        dense no-hit list and correct only these entries. Cached for the last group asked
+        about, so the scorers of one decision share one pass.
         """
-        if self._dense_of is group:
-            return self._dense
+        if self._hits_of is group and self._hits is not None:
+            return self._hits
         matches = self.prefix_matches()
         if matches:
             get = matches.get
-            dense: list[int] | None = [get(s.address, 0) for s in group]
+            hits = [(i, m) for i, s in enumerate(group) if (m := get(s.address, 0))]
         else:
-            dense = None
-        self._dense = dense
-        self._dense_of = group
-        return dense
+            hits = []
+        self._hits = hits
+        self._hits_of = group
+        return hits

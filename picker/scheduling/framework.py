@@ -184,7 +184,7 @@ class ProfileScheduler:
             if all(s.saturated(th, now) for s in fresh):
                 return Decision([], 429, f"pool saturated: {request.criticality} request shed", self.name)
             if self.sheddable_unsaturated_only:
-                fresh = [s for s in fresh if not s.saturated(th, now)]
+                fresh = _unsaturated(fresh, th)
                 stale = []
         ctx = Context(request, now, self.rng, self.inflight, self.prefix, th, self._base_models)
         m = 1 + self.fallbacks
@@ -314,6 +314,19 @@ class ProfileScheduler:
 
     def endpoint_state(self, address: str) -> EndpointState | None:
         return self._states.get(address)
+
+
+def _unsaturated(fresh: list[EndpointState], th: Thresholds) -> list[EndpointState]:
+    """The fresh endpoints that pass the saturation test (``saturated()`` inlined: hot path)."""
+    if not th.include_inflight:
+        return [s for s in fresh if not s.sat_static]
+    q, kv = th.queue, th.kv
+    return [
+        s
+        for s in fresh
+        if not s.sat_static
+        and (not s.load.n or (s.waiting + s.load.n <= q and s.kv + s.load.tokens * s.inv_cap <= kv))
+    ]
 
 
 def _dedup(addresses) -> list[str]:

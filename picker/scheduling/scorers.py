@@ -128,6 +128,14 @@ class LoraAffinityScorer(Scorer):
         bm = ctx.base_models
         if len(bm) == 1 and target in bm:  # one base model in the pool and this is it
             return None
+        if target not in bm and "" not in bm:
+            # An adapter (no endpoint serves it as its base model): lora_affinity() inlined.
+            return [
+                1.0
+                if target in s.lora_running
+                else (0.8 if s.lora_slots_free else (0.6 if target in s.lora_waiting else 0.0))
+                for s in group
+            ]
         # lora_affinity() inlined for endpoints that report their model (the hot path).
         return [
             (1.0 if target in s.lora_running or s.model == target else lora_affinity(s, target))
@@ -146,11 +154,14 @@ class PrefixCacheScorer(Scorer):
         hashes = ctx.request.prefix_hashes
         if not hashes:
             return None
-        held = ctx.matched_blocks(group)
-        if held is None:
+        hits = ctx.prefix_hits(group)
+        if not hits:
             return None
         inv_total = 1.0 / len(hashes)
-        return [m * inv_total for m in held]
+        out = [0.0] * len(group)
+        for i, m in hits:
+            out[i] = m * inv_total
+        return out
 
 
 class PrefixAffinityScorer(Scorer):
@@ -169,14 +180,22 @@ class PrefixAffinityScorer(Scorer):
         hashes = ctx.request.prefix_hashes
         if not hashes:
             return None
-        held = ctx.matched_blocks(group)
-        if held is None:
+        hits = ctx.prefix_hits(group)
+        if not hits:
             return None
         inv_total = 1.0 / len(hashes)
         known, work = ctx.work_scores(group)
-        if not known or work is None:
-            return [m * inv_total for m in held]
-        return [m * inv_total * w for m, w in zip(held, work, strict=True)]
+        out = [0.0] * len(group)
+        if not known:
+            for i, m in hits:
+                out[i] = m * inv_total
+        elif work is not None:
+            for i, m in hits:
+                out[i] = m * inv_total * work[i]
+        else:  # every pod equally loaded: the gate is 1 everywhere
+            for i, m in hits:
+                out[i] = m * inv_total
+        return out
 
 
 class InflightScorer(Scorer):
@@ -227,17 +246,13 @@ class ExpectedWorkScorer(Scorer):
         pw = self.prompt_weight
         kw = self.kv_weight
         own = prompt * pw + out
-        held = ctx.matched_blocks(group) if req.prefix_hashes else None
-        if held is None:
-            ds = [kw * s.kv + s.queue_demand + (s.load.tokens + own) * s.inv_cap for s in group]
-        else:
+        ds = [kw * s.kv + s.queue_demand + (s.load.tokens + own) * s.inv_cap for s in group]
+        if req.prefix_hashes:
             # A cached prefix is prefill the pod will not redo: only the rest of the prompt counts.
-            ds = [
-                kw * s.kv
-                + s.queue_demand
-                + (s.load.tokens + own - pw * (c if (c := m * s.block_size) < prompt else prompt)) * s.inv_cap
-                for s, m in zip(group, held, strict=True)
-            ]
+            for i, m in ctx.prefix_hits(group):
+                s = group[i]
+                saved = m * s.block_size
+                ds[i] -= pw * (saved if saved < prompt else prompt) * s.inv_cap
         scores = _minmax_low_is_best(ds, self.floor)
         ctx.remember_work(group, scores)
         return scores
