@@ -165,6 +165,96 @@ async def one_request(ch: grpc.aio.Channel, mode: str) -> None:
     await s.close()
 
 
+def in_process(n: int = 5000) -> float:
+    """CPU µs per request of the picker's own logic: ``Exchange.handle`` over the same 4
+    serialized messages (protobuf parse and serialize included), no gRPC, no event loop.
+    Less sensitive to other load on the machine than the two-process figures."""
+    import logging
+
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+    from picker.config import PickerConfig
+    from picker.extproc import FULL_DUPLEX, Exchange
+    from picker.models import ModelTable
+    from picker.server import Picker
+    from picker.testing import snapshot
+    from shared.crds import InferenceModel, TargetModel
+
+    logging.getLogger("picker.requests").setLevel(logging.WARNING)
+    p = Picker(PickerConfig(pool_name="pool"))
+    p._set_models(
+        ModelTable(
+            [InferenceModel("chat", "default", "chat", "pool", "Standard", (TargetModel("llama-2-7b"),))],
+            "pool",
+        )
+    )
+    for i in range(8):
+        p.view.apply(
+            snapshot(
+                f"10.0.0.{i + 1}:8000",
+                pool="pool",
+                waiting=i % 3,
+                running=4,
+                kv_usage=0.1 * (i % 5),
+                kv_capacity_tokens=119_408,
+                model="llama-2-7b",
+                ts=time.time() + 3600,
+            )
+        )
+
+    def hm(items):
+        return base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in items]
+        )
+
+    rh = ep.ProcessingRequest(
+        request_headers=ep.HttpHeaders(
+            headers=hm(
+                [
+                    (":method", "POST"),
+                    (":path", "/v1/chat/completions"),
+                    (":authority", "gw"),
+                    ("content-type", "application/json"),
+                    ("x-request-id", "0"),
+                    ("user-agent", "bench"),
+                    ("accept", "*/*"),
+                ]
+            )
+        )
+    )
+    rh.protocol_config.request_body_mode = FULL_DUPLEX
+    rh.protocol_config.response_body_mode = FULL_DUPLEX
+    msgs = [
+        rh,
+        ep.ProcessingRequest(request_body=ep.HttpBody(body=CHAT, end_of_stream=True)),
+        ep.ProcessingRequest(
+            response_headers=ep.HttpHeaders(
+                headers=hm([(":status", "200"), ("content-type", "application/json")])
+            )
+        ),
+        ep.ProcessingRequest(response_body=ep.HttpBody(body=RESPONSE, end_of_stream=True)),
+    ]
+    raw = [m.SerializeToString() for m in msgs]
+    parse = ep.ProcessingRequest.FromString
+
+    def one(i: int) -> None:
+        ex = Exchange(p.core)
+        first = parse(raw[0])
+        first.request_headers.headers.headers[4].raw_value = str(i).encode()
+        for m in (first, parse(raw[1]), parse(raw[2]), parse(raw[3])):
+            for out in ex.handle(m):
+                out.SerializeToString()
+        ex.close()
+
+    for i in range(500):
+        one(i)
+    t0 = time.process_time()
+    for i in range(n):
+        one(i)
+    return (time.process_time() - t0) / n * 1e6
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -267,6 +357,8 @@ def main() -> int:
         f"body {len(CHAT)} B, response {len(RESPONSE)} B, "
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
     )
+    own = in_process()
+    print(f"in-process picker logic (no gRPC): {own:.0f} us CPU per request", flush=True)
     rows = asyncio.run(bench(n, repeat))
     floor = {(c): r["cpu_us"] for k, m, c, r in rows if k == "echo"}
     print("\nratio of server CPU per request to the gRPC floor (echo):")
