@@ -505,6 +505,7 @@ class Collector:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, ttl_dns_cache=None),
             auto_decompress=False,
             raise_for_status=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # scrapes never carry cookies
         )
         if cfg.ops_port is not None:
             self.ops = OpsServer(cfg.ops_host, cfg.ops_port, self.metrics.registry, self.health)
