@@ -380,6 +380,8 @@ def scheduler_version() -> str:
 
 def _cost(results, wall_s: float, jobs: int) -> str:
     cpu = sum(r.cpu_s for _, _, r in results)
+    if cpu <= 0:
+        return f"{len(results)} points, wall time {wall_s:.0f} s."
     return (f"{len(results)} points, wall time {wall_s:.0f} s; {cpu:.0f} CPU-s in the workers, i.e. "
             f"~{cpu / max(1, jobs):.0f} s of wall time on {jobs} idle cores.")
 
@@ -389,16 +391,26 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
-def write_seed(results, suites: Sequence[Suite], policies: Sequence[str], out: Path, command: str,
-               wall_s: float, args: argparse.Namespace) -> Path:
+def make_meta(args: argparse.Namespace, command: str, wall_s: float) -> dict:
+    """What a report states about its run; stored next to the points so reports can be re-rendered."""
+    keys = ("replicas", "scrape_interval", "metrics_delay", "share_delay", "warmup", "duration", "seed",
+            "jobs", "prefix_groups")
+    return {"command": command, "wall_s": wall_s, "machine": machine(), "scheduler": scheduler_version(),
+            **{k: getattr(args, k) for k in keys}}
+
+
+def write_seed(results, suites: Sequence[Suite], policies: Sequence[str], out: Path, meta: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    args = argparse.Namespace(**meta)
+    present = {s for s, _, _ in results}
+    suites = [s for s in suites if s.name in present]
     grids = {s.name: _grid(results, s.name) for s in suites}
     lines = [
         "# Seed experiment: the Gateway API Inference Extension launch benchmark, in virtual time",
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}; {_cost(results, wall_s, args.jobs)}  ",
-        f"Scheduler: {scheduler_version()}.  ",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; {_cost(results, meta['wall_s'], args.jobs)}  ",
+        f"Scheduler: {meta['scheduler']}.  ",
         f"Model: {args.replicas} replicas of the calibrated Llama-2-7B/H100 engine (sim/engine.py defaults: "
         "LoRA-enabled deployment, ~26 req/s ShareGPT saturation per replica); 1 picker replica; metrics "
         f"scraped every {args.scrape_interval * 1e3:.0f} ms + {args.metrics_delay * 1e3:.0f} ms propagation; "
@@ -417,9 +429,50 @@ def write_seed(results, suites: Sequence[Suite], policies: Sequence[str], out: P
         lines += [f"## {s.title}", "", f"![{s.name}]({png})", "", suite_tables(s, grids[s.name], policies)]
     path = out / "seed.md"
     path.write_text("\n".join(lines) + "\n")
-    raw = [{"suite": s, **r.as_dict(), "config": c.label()} for s, c, r in results]
-    (out / "seed.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+    save_results(out / "seed.json", results, meta)
     return path
+
+
+def save_results(path: Path, results, meta: dict) -> None:
+    raw = [{"suite": s, **r.as_dict(), "config": c.label()} for s, c, r in results]
+    path.write_text(json.dumps({"meta": meta, "points": raw}, indent=1, default=str) + "\n")
+
+
+def load_results(path: Path) -> tuple[dict, list[tuple[str, DESConfig, PointResult]]]:
+    """Read a results JSON back (also the first format, a bare list whose meta is in the .md header)."""
+    import dataclasses
+    import re
+
+    data = json.loads(path.read_text())
+    if isinstance(data, list):
+        md = path.with_suffix(".md").read_text() if path.with_suffix(".md").exists() else ""
+
+        def grab(pattern: str, default: str) -> str:
+            m = re.search(pattern, md)
+            return m.group(1) if m else default
+
+        meta = {"command": grab(r"Command: `([^`]*)`", "infergate-bench sweep"),
+                "wall_s": float(grab(r"wall time (\d+) s", "nan")),
+                "machine": grab(r"Machine: ([^;]*);", machine()),
+                "scheduler": grab(r"Scheduler: (.*?)\.  ", "unknown")}
+        points = data
+    else:
+        meta, points = data["meta"], data["points"]
+    cfg_fields = {f.name for f in dataclasses.fields(DESConfig)} - {"workload", "engine"}
+    res_fields = {f.name for f in dataclasses.fields(PointResult)}
+    out = []
+    for row in points:
+        label = row["config"]
+        cfg = DESConfig(**{k: v for k, v in label.items() if k in cfg_fields},
+                        workload=WorkloadSpec(label["workload"]))
+        for k, v in (("scrape_interval", "scrape_interval_s"), ("metrics_delay", "metrics_delay_s"),
+                     ("share_delay", "share_delay_s"), ("warmup", "warmup_s"), ("duration", "duration_s"),
+                     ("seed", "seed"), ("replicas", "replicas")):
+            meta.setdefault(k, label[v])
+        meta.setdefault("jobs", 2)
+        meta.setdefault("prefix_groups", 256)
+        out.append((row["suite"], cfg, PointResult(**{k: v for k, v in row.items() if k in res_fields})))
+    return meta, out
 
 
 def _pct(a: float, b: float) -> str:
@@ -427,14 +480,15 @@ def _pct(a: float, b: float) -> str:
     return "n/a" if math.isnan(r) else f"{(r - 1) * 100:+.1f}%"
 
 
-def write_replicas(results, out: Path, command: str, wall_s: float, args: argparse.Namespace) -> Path:
+def write_replicas(results, out: Path, meta: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    args = argparse.Namespace(**meta)
     lines = [
         "# Shared view across picker replicas",
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}; {_cost(results, wall_s, args.jobs)}  ",
-        f"Scheduler: {scheduler_version()}.  ",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; {_cost(results, meta['wall_s'], args.jobs)}  ",
+        f"Scheduler: {meta['scheduler']}.  ",
         "N picker replicas, each with its own scheduler; arrivals spread across them; **shared** = every "
         f"replica's assignments and completions reach its peers {args.share_delay * 1e3:.0f} ms later (what "
         "picker/sharing does over NATS); **alone** = each replica knows only its own traffic. Metrics "
@@ -450,7 +504,7 @@ def write_replicas(results, out: Path, command: str, wall_s: float, args: argpar
     for (wl, q, pol), rows in sorted(by.items()):
         one = rows.get((1, True, "round-robin"))
         lines += [f"## {wl} @ {q:g} QPS, {pol}", "",
-                  "| picker replicas | view | spread | p90 NTPOT (ms) | p90 TTFT (s) | prefix hit rate | "
+                  "| picker replicas | view | spread | p90 NTPOT (ms) | p90 TTFT | prefix hit rate | "
                   "p90 e2e (s) | vs 1 replica (NTPOT / TTFT / hit) |",
                   "|---|---|---|---|---|---|---|---|"]
         for key in sorted(rows, key=lambda k: (k[0], not k[1], k[2])):
@@ -461,8 +515,9 @@ def write_replicas(results, out: Path, command: str, wall_s: float, args: argpar
             if one and key != (1, True, "round-robin"):
                 vs = (f"{_pct(r.ntpot_p90, one.ntpot_p90)} / {_pct(r.ttft_p90, one.ttft_p90)} / "
                       f"{_pct(r.prefix_hit_rate, one.prefix_hit_rate)}")
-            lines.append(f"| {n} | {'shared' if shared else 'alone'} | {spread} | {_ms(r.ntpot_p90)} | "
-                         f"{_s(r.ttft_p90)} | {hit} | {_s(r.e2e_p90)} | {vs} |")
+            view = "-" if n == 1 else ("shared" if shared else "alone")
+            lines.append(f"| {n} | {view} | {spread if n > 1 else '-'} | {_ms(r.ntpot_p90)} | "
+                         f"{_t(r.ttft_p90)} | {hit} | {_s(r.e2e_p90)} | {vs} |")
         lines.append("")
         four = rows.get((4, True, "round-robin"))
         if one and four:
@@ -478,8 +533,7 @@ def write_replicas(results, out: Path, command: str, wall_s: float, args: argpar
     lines[header_len:header_len] = ["## Verdict: 4 replicas with sharing vs 1 replica", "", *verdicts, ""]
     path = out / "replicas.md"
     path.write_text("\n".join(lines) + "\n")
-    raw = [{"suite": s, **r.as_dict(), "config": c.label()} for s, c, r in results]
-    (out / "replicas.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+    save_results(out / "replicas.json", results, meta)
     return path
 
 
@@ -515,6 +569,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="re-render the reports from DIR/seed.json and DIR/replicas.json into --out (no run)")
     return ap
 
 
@@ -532,6 +588,21 @@ def main(argv: list[str] | None = None) -> int:
     command = "infergate-bench sweep " + " ".join(argv)
     t0 = time.monotonic()
     written = []
+    if args.render:
+        for name in ("seed", "replicas"):
+            src = args.render / f"{name}.json"
+            if not src.exists():
+                continue
+            meta, res = load_results(src)
+            if name == "seed":
+                ns = argparse.Namespace(**{**vars(args), "prefix_groups": meta["prefix_groups"],
+                                           "suites": None, "quick": False, "points": None})
+                written.append(write_seed(res, seed_suites(ns), args.policies, args.out, meta))
+            else:
+                written.append(write_replicas(res, args.out, meta))
+        for p in written:
+            print(f"wrote {p}")
+        return 0 if written else 1
     if args.experiment in ("seed", "all"):
         suites = seed_suites(args)
         jobs = seed_jobs(args)
@@ -542,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         except PointError as exc:
             print(f"\nsweep failed: {exc}", file=sys.stderr)
             return 1
-        written.append(write_seed(res, suites, args.policies, args.out, command, time.monotonic() - t1, args))
+        written.append(write_seed(res, suites, args.policies, args.out,
+                                  make_meta(args, command, time.monotonic() - t1)))
     if args.experiment in ("replicas", "all"):
         jobs = replica_jobs(args)
         print(f"replicas experiment: {len(jobs)} points on {args.jobs} processes", file=sys.stderr)
@@ -552,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         except PointError as exc:
             print(f"\nsweep failed: {exc}", file=sys.stderr)
             return 1
-        written.append(write_replicas(res, args.out, command, time.monotonic() - t1, args))
+        written.append(write_replicas(res, args.out, make_meta(args, command, time.monotonic() - t1)))
     for p in written:
         print(f"wrote {p}")
     print(f"wall time {time.monotonic() - t0:.1f} s")
