@@ -304,13 +304,98 @@ def _ratios(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+async def bench_replay(url: str, rate: float = 1000.0, window_s: float = 30.0, peers: int = 4) -> dict:
+    """A replica starting in a pool that served ``rate`` req/s: time to replay the stream and be ready."""
+    from picker.scheduling import build_scheduler
+    from picker.sharing import PeerListener, SharingSettings
+    from shared.hashing import prefix_block_hashes
+    from shared.natsconn import NatsOptions, connect, ensure_streams
+    from shared.schemas import Assignment, Completion, EventBatch, encode, now
+    from shared.subjects import Subjects
+
+    subjects = Subjects(PREFIX)
+    nc = await connect(NatsOptions(servers=[url], name="bench-history", subject_prefix=PREFIX))
+    js = nc.jetstream()
+    await ensure_streams(js, subjects)
+    await js.purge_stream(subjects.event_stream)
+    rng = random.Random(7)
+    hashes = [prefix_block_hashes("llama-2-7b", p) for p in _prompts(256, rng)]
+    t_now = now()
+    per_peer: list[list[Assignment | Completion]] = [[] for _ in range(peers)]
+    for i in range(int(rate * window_s)):
+        rid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        addr = f"10.244.{i % 4}.{17 + i % 16}:8000"
+        ts = t_now - window_s + i / rate
+        evs = per_peer[i % peers]
+        evs.append(
+            Assignment(
+                request_id=rid,
+                replica="",
+                address=addr,
+                model="llama-2-7b",
+                target_model="llama-2-7b",
+                prompt_tokens=int(rng.lognormvariate(4.69, 1.29)) + 1,
+                prefix_hashes=hashes[i % 256],
+                expected_output_tokens=int(rng.lognormvariate(4.97, 0.94)) + 1,
+                ts=ts,
+            )
+        )
+        done = ts + rng.uniform(*COMPLETION_DELAY_S)
+        if done < t_now:
+            evs.append(
+                Completion(request_id=rid, replica="", address=addr, status=200, output_tokens=200, ts=done)
+            )
+    n_events = n_msgs = n_bytes = 0
+    for k, evs in enumerate(per_peer):
+        evs.sort(key=lambda e: e.ts)
+        name = f"infergate-picker-7d9f8c5b6-x2k4{k}"
+        subject = subjects.events(NS, POOL, name)
+        per_batch = 15  # what 5 ms of linger collects at 1,000 req/s per replica, measured above
+        for j in range(0, len(evs), per_batch):
+            data = encode(EventBatch(replica=name, events=evs[j : j + per_batch], ts=evs[j].ts))
+            await nc.publish(subject, data)
+            n_msgs += 1
+            n_bytes += len(data)
+        n_events += len(evs)
+    await nc.flush()
+    sched = build_scheduler("default", rng=random.Random(1))
+    listener = PeerListener(
+        nc, subjects, NS, POOL, SharingSettings(replica="newcomer", peer_timeout_s=0), sched
+    )
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    task = asyncio.create_task(listener.run())
+    await listener.ready.wait()
+    ready_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    task.cancel()
+    await nc.close()
+    return {
+        "rate": rate,
+        "window_s": window_s,
+        "events": n_events,
+        "messages": n_msgs,
+        "bytes": n_bytes,
+        "applied": listener.applier.applied,
+        "open": len(sched.inflight),
+        "ready_s": ready_s,
+        "cpu_s": cpu_s,
+    }
+
+
 async def main_async(args) -> list[dict]:
     from shared.natsd import NatsServer
 
     server = NatsServer().start()
     rows = []
     try:
-        for replicas, rate in SCENARIOS:
+        for _ in range(args.repeats):
+            r = await bench_replay(server.url)
+            args.replays.append(r)
+            print(
+                f"replay: {r['events']:,} events in {r['messages']:,} messages ({r['bytes'] / 1e6:.1f} MB) "
+                f"applied {r['applied']:,}, ready after {r['ready_s']:.2f} s (CPU {r['cpu_s']:.2f} s)",
+                flush=True,
+            )
+        for replicas, rate in SCENARIOS if not args.replay_only else ():
             for batching in (True, False):
                 runs = [
                     await run_scenario(server.url, replicas, rate, args.seconds, batching)
@@ -335,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per run (after a warm-up)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per scenario; the table shows medians")
     ap.add_argument("--out", default=None, help="write the markdown results here")
+    ap.add_argument("--replay-only", action="store_true", help="only the start-up replay measurement")
     ap.add_argument("--observer", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -343,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.time()
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    args.replays = []
     rows = asyncio.run(main_async(args))
+    rp = sorted(args.replays, key=lambda r: r["ready_s"])[len(args.replays) // 2]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     text = (
         "# Peer sharing on the bus (`.venv/bin/python -m bench.sharing_bus_bench`)\n\n"
@@ -356,7 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         + _table(rows)
         + "\n\n"
         + _ratios(rows)
-        + "\n"
+        + "\n\n## Start-up replay\n\n"
+        + f"A replica starting in a pool that served {rp['rate']:,.0f} req/s (4 peers) replays the last "
+        f"{rp['window_s']:.0f} s: {rp['events']:,} events in {rp['messages']:,} batches "
+        f"({rp['bytes'] / 1e6:.1f} MB), applied {rp['applied']:,} into a real scheduler "
+        f"({rp['open']:,} requests still open), **ready after {rp['ready_s']:.2f} s** "
+        f"({rp['cpu_s']:.2f} s CPU; median of {len(args.replays)}).\n"
     )
     print(text)
     if args.out:
