@@ -391,11 +391,11 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
-def make_meta(args: argparse.Namespace, command: str, wall_s: float) -> dict:
+def make_meta(args: argparse.Namespace, command: str, wall_s: float, scheduler: str) -> dict:
     """What a report states about its run; stored next to the points so reports can be re-rendered."""
     keys = ("replicas", "scrape_interval", "metrics_delay", "share_delay", "warmup", "duration", "seed",
             "jobs", "prefix_groups")
-    return {"command": command, "wall_s": wall_s, "machine": machine(), "scheduler": scheduler_version(),
+    return {"command": command, "wall_s": wall_s, "machine": machine(), "scheduler": scheduler,
             **{k: getattr(args, k) for k in keys}}
 
 
@@ -608,23 +608,26 @@ def main(argv: list[str] | None = None) -> int:
         jobs = seed_jobs(args)
         print(f"seed experiment: {len(jobs)} points on {args.jobs} processes", file=sys.stderr)
         t1 = time.monotonic()
+        version = scheduler_version()  # now: the workers import the scheduler as they start
         try:
             res = run_jobs(jobs, args.jobs, not args.no_progress)
         except PointError as exc:
             print(f"\nsweep failed: {exc}", file=sys.stderr)
             return 1
         written.append(write_seed(res, suites, args.policies, args.out,
-                                  make_meta(args, command, time.monotonic() - t1)))
+                                  make_meta(args, command, time.monotonic() - t1, version)))
     if args.experiment in ("replicas", "all"):
         jobs = replica_jobs(args)
         print(f"replicas experiment: {len(jobs)} points on {args.jobs} processes", file=sys.stderr)
         t1 = time.monotonic()
+        version = scheduler_version()
         try:
             res = run_jobs(jobs, args.jobs, not args.no_progress)
         except PointError as exc:
             print(f"\nsweep failed: {exc}", file=sys.stderr)
             return 1
-        written.append(write_replicas(res, args.out, make_meta(args, command, time.monotonic() - t1)))
+        meta = make_meta(args, command, time.monotonic() - t1, version)
+        written.append(write_replicas(res, args.out, meta))
     for p in written:
         print(f"wrote {p}")
     print(f"wall time {time.monotonic() - t0:.1f} s")
