@@ -112,6 +112,18 @@ def build_parser() -> EnvArgumentParser:
         help="larger request bodies get 413; 0: no limit (retries then replay at most Envoy's 1 MiB buffer)",
     )
     p.add_argument("--health-check-interval", type=float, default=_DEFAULTS.health_check_interval_s)
+    p.add_argument(
+        "--served-header",
+        action=argparse.BooleanOptionalAction,
+        default=_DEFAULTS.served_header,
+        help="add x-gateway-destination-endpoint-served (the serving ip:port) to responses",
+    )
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=_DEFAULTS.access_log,
+        help="one JSON access-log line per request on Envoy's stdout",
+    )
     p.add_argument("--format", choices=["json", "yaml"], default="yaml")
     p.add_argument("--output", default="-", help="file to write, - for stdout")
     p.add_argument(
@@ -147,6 +159,8 @@ def options_from_args(args: argparse.Namespace) -> BootstrapOptions:
         connection_idle_timeout_s=args.connection_idle_timeout,
         max_request_bytes=args.max_request_bytes,
         health_check_interval_s=args.health_check_interval,
+        served_header=args.served_header,
+        access_log=args.access_log,
     )
 
 

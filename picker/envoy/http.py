@@ -10,6 +10,7 @@ cluster walks the picker's list. In FailClose the catch-all is a 503.
 from __future__ import annotations
 
 from envoy_data_plane.envoy.config.accesslog.v3 import (
+    AccessLog,
     AccessLogFilter,
     ComparisonFilter,
     ComparisonFilterOp,
@@ -38,6 +39,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
@@ -94,8 +96,10 @@ def _forward(opts: BootstrapOptions, cluster: str, retry: RetryPolicy | None) ->
     )
 
 
-def _served_header() -> list[HeaderValueOption]:
+def _served_header(opts: BootstrapOptions) -> list[HeaderValueOption]:
     """Tell the client which model server answered (upstream reports the same as ``...-served``)."""
+    if not opts.served_header:
+        return []
     return [
         HeaderValueOption(
             header=HeaderValue(key=SERVED_HEADER, value="%UPSTREAM_HOST%"),
@@ -118,7 +122,7 @@ def routes(opts: BootstrapOptions) -> list[Route]:
                 name="round_robin",
                 match=catch_all,
                 route=_forward(opts, POOL_CLUSTER, _retry_policy(opts, retries, other_hosts=True)),
-                response_headers_to_add=_served_header(),
+                response_headers_to_add=_served_header(opts),
                 request_body_buffer_limit=_body_limit(opts),
             )
         ]
@@ -130,7 +134,7 @@ def routes(opts: BootstrapOptions) -> list[Route]:
             MODEL_SERVERS_CLUSTER,
             _retry_policy(opts, opts.max_endpoint_attempts - 1, other_hosts=False),
         ),
-        response_headers_to_add=_served_header(),
+        response_headers_to_add=_served_header(opts),
         request_body_buffer_limit=_body_limit(opts),
     )
     if opts.failure_mode is FailureMode.FAIL_OPEN:
@@ -139,7 +143,7 @@ def routes(opts: BootstrapOptions) -> list[Route]:
             name="unpicked_round_robin",
             match=catch_all,
             route=_forward(opts, POOL_CLUSTER, _retry_policy(opts, retries, other_hosts=True)),
-            response_headers_to_add=_served_header(),
+            response_headers_to_add=_served_header(opts),
             request_body_buffer_limit=_body_limit(opts),
         )
     else:
@@ -217,6 +221,34 @@ def local_reply_config() -> LocalReplyConfig:
     return LocalReplyConfig(mappers=mappers, body_format=_error_format(500))
 
 
+ACCESS_LOG_FIELDS = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(:PATH)%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "destination": f"%REQ({DESTINATION_HEADER.upper()})%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+    "upstream_service_time_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+}
+
+
+def access_logs(opts: BootstrapOptions) -> list[AccessLog]:
+    if not opts.access_log:
+        return []
+    stdout = StdoutAccessLog(
+        log_format=SubstitutionFormatString(json_format=Struct.from_dict(ACCESS_LOG_FIELDS))
+    )
+    return [AccessLog(name="envoy.access_loggers.stdout", typed_config=Any.pack(stdout))]
+
+
 def connection_manager(opts: BootstrapOptions) -> HttpConnectionManager:
     return HttpConnectionManager(
         stat_prefix="infergate",
@@ -227,6 +259,7 @@ def connection_manager(opts: BootstrapOptions) -> HttpConnectionManager:
         ),
         early_header_mutation_extensions=strip_headers(opts) if opts.mode is Mode.PICKER else [],
         http_filters=http_filters(opts),
+        access_log=access_logs(opts),
         local_reply_config=local_reply_config(),
         stream_idle_timeout=seconds(opts.stream_idle_timeout_s),
         request_timeout=seconds(0),

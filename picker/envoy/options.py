@@ -107,6 +107,10 @@ class BootstrapOptions:
     connection_idle_timeout_s: float = 3600.0
     max_request_bytes: int = 16 * 1024 * 1024
     health_check_interval_s: float = 2.0
+    # Report the serving ip:port to clients (tests, demo, conformance); it reveals pod IPs.
+    served_header: bool = True
+    # One JSON line per request on Envoy's stdout (upstream host, flags, timings).
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))

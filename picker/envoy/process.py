@@ -102,6 +102,9 @@ class EnvoyProcess:
                 self.log_level,
                 "--drain-time-s",
                 "1",
+                # Access logs are read by tests and the demo while Envoy runs (default: 10 s).
+                "--file-flush-interval-msec",
+                "200",
                 *self.extra_args,
                 stdout=log,
                 stderr=log,

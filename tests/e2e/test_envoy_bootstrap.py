@@ -9,6 +9,7 @@ an OpenAI-style 503 when it is gone (FailClose).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import shlex
@@ -129,6 +130,7 @@ VARIANTS = {
         max_request_bytes=0,
     ),
     "round-robin": dict(mode="round-robin", pool_endpoints=("10.0.0.1:8000", "vllm-1.default:8000")),
+    "picker-access-log-no-served-header": dict(access_log=True, served_header=False),
 }
 
 
@@ -323,18 +325,36 @@ async def test_picker_buffered_routes_to_named_endpoint_and_walks_fallbacks(
         picker_health_port=stub.health_port,
         request_body_mode="BUFFERED",
         response_body_mode="NONE",
+        served_header=False,
+        access_log=True,
         **_ports(),
     )
     try:
-        async with EnvoyProcess(build_bootstrap(opts), envoy_binary):
+        async with EnvoyProcess(build_bootstrap(opts), envoy_binary) as envoy:
             for target in (a, b):
                 stub.destination = target.address
-                status, _, text = await _post(http, opts.listen_port)
+                status, headers, text = await _post(http, opts.listen_port)
                 assert (status, _server(text)) == (200, target.name)
+                assert SERVED not in headers
             stub.destination = f"{_dead_address()},{a.address}"
-            status, _, text = await _post(http, opts.listen_port)
+            status, _, text = await _post(http, opts.listen_port, headers={"x-request-id": "walk-1"})
             assert (status, _server(text)) == (200, "a")
             assert stub.bodies[-1] == json.dumps({"model": "m", "prompt": "hello"}).encode()
+
+            # The access log shows the walk: two attempts, the second on the live server.
+            async def walk_logged() -> dict | None:
+                for line in (await asyncio.to_thread(envoy.log_tail, 100)).splitlines():
+                    if line.startswith("{") and '"walk-1"' in line:
+                        return json.loads(line)
+                return None
+
+            entry = None
+            for _ in range(100):
+                if (entry := await walk_logged()) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert entry is not None, envoy.log_tail()
+            assert (entry["attempts"], entry["upstream_host"], entry["status"]) == (2, a.address, 200)
     finally:
         await stub.stop()
 
