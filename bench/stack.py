@@ -127,6 +127,7 @@ class Stack:
         self.envoy_port = 0
         self.round_robin: EnvoyProcess | None = None
         self.round_robin_port = 0
+        self.extra_envoys: list[EnvoyProcess] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Stack:
@@ -169,20 +170,34 @@ class Stack:
             envoys.append(self.round_robin.start(30))
         await asyncio.gather(*envoys)
 
-    def picker_envoy_options(self) -> BootstrapOptions:
+    def picker_envoy_options(
+        self, port: int | None = None, failure_mode: str | None = None
+    ) -> BootstrapOptions:
         return BootstrapOptions(
             mode="picker",
             listen_address="127.0.0.1",
-            listen_port=self.envoy_port,
+            listen_port=self.envoy_port if port is None else port,
             admin_port=free_port(),
             pickers=tuple(f"127.0.0.1:{p.grpc_port}" for p in self.pickers),
             picker_health_ports=tuple(p.health_port for p in self.pickers),
             pool_endpoints=tuple(p.address for p in self.pods),
-            failure_mode=self.config.failure_mode,
+            failure_mode=failure_mode or self.config.failure_mode,
         )
 
+    async def add_gateway(self, failure_mode: str) -> str:
+        """Start one more picker-consulting Envoy with another failure mode; returns its base URL.
+
+        The fault report and the tests compare FailClose and FailOpen on the same pickers
+        and pods, which is cheaper (and a fairer comparison) than a second stack.
+        """
+        port = free_port()
+        envoy = EnvoyProcess(build_bootstrap(self.picker_envoy_options(port, failure_mode)))
+        await envoy.start(30)
+        self.extra_envoys.append(envoy)
+        return f"http://127.0.0.1:{port}"
+
     async def stop(self) -> None:
-        envoys = [e.stop() for e in (self.envoy, self.round_robin) if e is not None]
+        envoys = [e.stop() for e in (self.envoy, self.round_robin, *self.extra_envoys) if e is not None]
         await asyncio.gather(*envoys, return_exceptions=True)
         services = [*(p.process for p in self.pickers), *self.collectors.values()]
         if self.autoscaler is not None:
