@@ -57,7 +57,8 @@ def request(rid: str, *, prompt_tokens: int = 500, output: int = 1500, hashes: l
 class Replica:
     """A picker replica minus Envoy: scheduler + sharing, driven the way the ext_proc path drives them."""
 
-    def __init__(self, url: str, name: str, **settings) -> None:
+    def __init__(self, url: str, name: str, manage_streams: bool = True, **settings) -> None:
+        self.manage_streams = manage_streams
         self.url = url
         self.name = name
         settings.setdefault("heartbeat_interval_s", 0.1)
@@ -72,7 +73,9 @@ class Replica:
         self.nc = await connect(
             NatsOptions(servers=[self.url], name=self.name, subject_prefix="t", reconnect_wait=0.1)
         )
-        self.sharing = PeerSharing(self.nc, SUBJECTS, NS, POOL, self.settings, self.scheduler)
+        self.sharing = PeerSharing(
+            self.nc, SUBJECTS, NS, POOL, self.settings, self.scheduler, manage_streams=self.manage_streams
+        )
         self.sharing.start(self.supervisor)
         if wait_ready:
             await wait_until(self.sharing.is_ready, what=f"{self.name} ready")
@@ -256,3 +259,11 @@ async def test_nats_restart_mid_run_recovers(replicas, nats_server):
     await wait_until(lambda: b.scheduler.inflight.extra(X)[0] == 5, what="A -> B after the restart")
     info = await b.nc.jetstream().stream_info(SUBJECTS.event_stream)
     assert info.state.messages > 0
+
+
+async def test_without_jetstream_streams_replicas_become_ready_and_share_live(replicas):
+    a = await (await replicas("a", manage_streams=False)).start()
+    b = await (await replicas("b", manage_streams=False)).start()
+    assert b.metric("infergate_sharing_replays_total", {"reason": "start", "outcome": "no_stream"}) == 1
+    a.route(request("a0"), X)
+    await wait_until(lambda: b.scheduler.inflight.extra(X)[0] == 1, what="live sharing without a stream")
