@@ -59,6 +59,13 @@ def build_parser() -> EnvArgumentParser:
         help="port of the pickers' grpc.health.v1 service (0: the ext_proc port)",
     )
     p.add_argument(
+        "--picker-health-ports",
+        nargs="*",
+        type=int,
+        default=[],
+        help="one health port per --pickers entry (replicas sharing a host); overrides --picker-health-port",
+    )
+    p.add_argument(
         "--pool-endpoints", nargs="*", default=[], help="model servers ip:port, for FailOpen and round-robin"
     )
     p.add_argument(
@@ -144,6 +151,7 @@ def options_from_args(args: argparse.Namespace) -> BootstrapOptions:
         admin_port=args.admin_port,
         pickers=tuple(args.pickers),
         picker_health_port=args.picker_health_port,
+        picker_health_ports=tuple(args.picker_health_ports),
         pool_endpoints=tuple(args.pool_endpoints),
         failure_mode=FailureMode(args.failure_mode),
         request_body_mode=None
