@@ -20,6 +20,15 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def namespace_pool_list(text: str) -> list[str]:
+    pools = _names(text)
+    for pool in pools:
+        namespace, _, name = pool.partition("/")
+        if not namespace or not name or "/" in name:
+            raise ValueError(f"{pool!r} is not namespace/pool")
+    return pools
+
+
 def build_parser() -> EnvArgumentParser:
     p = EnvArgumentParser(prog="infergate-autoscaler", description=__doc__)
     add_nats_flags(p)
@@ -76,7 +85,7 @@ def build_parser() -> EnvArgumentParser:
     )
     agg.add_argument(
         "--pools",
-        type=_names,
+        type=namespace_pool_list,
         default=[],
         help="comma-separated namespace/pool to follow (empty = every pool)",
     )

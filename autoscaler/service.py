@@ -181,9 +181,11 @@ class Autoscaler:
     async def _load_cluster_authentication(self) -> None:
         cfg = self.config
         found = await requestheader_from_cluster(await self._kube_api())
-        if found is None:
-            log.warning("the cluster publishes no request-header CA; front-proxy authentication stays off")
-            return
+        if found is None:  # fail closed: serving the API open was not what was asked for
+            raise RuntimeError(
+                "--authentication-from-cluster: kube-system/extension-apiserver-authentication has no "
+                "requestheader-client-ca-file (is the aggregation layer enabled?)"
+            )
         if not cfg.requestheader_client_ca_file:
             path = self._tmpdir() / "requestheader-client-ca.crt"
             await asyncio.to_thread(path.write_text, found.client_ca_pem)
