@@ -82,7 +82,10 @@ def build_parser() -> EnvArgumentParser:
     cfg.add_argument("--config-files", nargs="*", default=[], help="InferencePool/InferenceModel YAML files")
     cfg.add_argument("--config-poll-interval", type=float, default=1.0, help="seconds between file checks")
     cfg.add_argument(
-        "--kube", action=argparse.BooleanOptionalAction, default=False, help="watch the CRDs in Kubernetes"
+        "--kube",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="watch the CRDs in Kubernetes (default: on inside a cluster when no --config-files are given)",
     )
     cfg.add_argument("--kubeconfig", default=None, help="kubeconfig file (implies --kube)")
     cfg.add_argument("--kube-host", default=None, help="plain Kubernetes API URL, no auth (tests)")
@@ -93,6 +96,15 @@ def build_parser() -> EnvArgumentParser:
     add_sharing_flags(p)  # also --replica-name
     add_logging_flags(p)
     return p
+
+
+def _kube_mode(args: argparse.Namespace) -> bool:
+    """Explicit flags win; otherwise Kubernetes when running in a cluster without config files."""
+    if args.kubeconfig or args.kube_host:
+        return True
+    if args.kube is not None:
+        return bool(args.kube)
+    return not args.config_files and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
 def config_from_args(args: argparse.Namespace) -> PickerConfig:
@@ -112,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> PickerConfig:
         profile=args.profile,
         scheduler_config=args.scheduler_config,
         config_files=list(args.config_files or []),
-        kube=args.kube or bool(args.kubeconfig) or bool(args.kube_host),
+        kube=_kube_mode(args),
         kubeconfig=args.kubeconfig,
         kube_host=args.kube_host,
         unknown_model_policy=args.unknown_model_policy,

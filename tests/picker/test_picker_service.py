@@ -293,3 +293,12 @@ async def test_with_the_real_default_scheduler():
             status, _ = await route(p, "unknown-model", ch)
             assert status == 429
         await wait_until(lambda: not p.core.inflight, 5)
+
+
+def test_kube_mode_is_automatic_inside_a_cluster(monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert not config_from_args(build_parser().parse_args([])).kube
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    assert config_from_args(build_parser().parse_args([])).kube
+    assert not config_from_args(build_parser().parse_args(["--config-files", "x.yaml"])).kube
+    assert not config_from_args(build_parser().parse_args(["--no-kube"])).kube
