@@ -533,7 +533,7 @@ class Collector:
         self._stop.set()
         # A NATS connect still in progress returns by itself once ``_stop`` is set (cancelling
         # it instead could leave nats-py's connect attempt running): give it a moment first.
-        if self._nats_task is not None and not self._nats_task.done():
+        if self._nats_task is not None and not self._nats_task.done() and self.publisher.nc is None:
             await asyncio.wait([self._nats_task], timeout=2.0)
         scrapers = [s.task for s in self.scrapers.values() if s.task is not None]
         for t in [*self._tasks, *scrapers]:
@@ -589,8 +589,10 @@ class Collector:
         await self.publisher.on_connected(nc)
         # If JetStream was unavailable (disabled, or the server still starting), keep trying:
         # without the stream, new subscribers cannot bootstrap.
-        while True:
-            await asyncio.sleep(10.0)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 10.0)
+                return
             pub = self.publisher
             if not pub.streams_ready and pub.connected and await pub.ensure_streams(attempts=1):
                 await pub.resync("streams", ensure=False)

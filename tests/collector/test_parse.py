@@ -166,7 +166,7 @@ def same(a: list, b: list) -> bool:
 # ---------------------------------------------------------------------------------------
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pages())
 def test_scan_matches_prometheus_client(text):
     try:
@@ -180,7 +180,7 @@ def test_scan_matches_prometheus_client(text):
     assert same(got, expected), (got, expected)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(pages())
 def test_parse_summary_equals_summary_of_oracle_samples(text):
     try:
