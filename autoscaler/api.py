@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from autoscaler import selector
-from autoscaler.aggregate import METRICS, Aggregator
+from autoscaler.aggregate import ARRIVAL_RATE, METRICS, OUTPUT_TOKENS, Aggregator
 from autoscaler.quantity import quantity, rfc3339
 from autoscaler.tls import common_name
 
@@ -38,6 +38,7 @@ VERSION = "v1beta1"
 GROUP_VERSION = f"{GROUP}/{VERSION}"
 PREFIX = f"/apis/{GROUP_VERSION}"
 _OPEN = frozenset({"/healthz", "/livez", "/readyz"})
+RATES = frozenset({ARRIVAL_RATE, OUTPUT_TOKENS})
 USER = web.RequestKey("user", str)  # the front-proxied user name, for handlers and logs
 
 
@@ -176,16 +177,19 @@ class MetricsAPI:
             sel = selector.parse(request.query.get("labelSelector"))
         except selector.SelectorError as exc:
             return status(400, "BadRequest", f"unable to parse labelSelector: {exc}")
-        items = [
-            {
+        items = []
+        for s in self.aggregator.series():
+            if s.metric != metric or s.namespace != namespace or not sel.matches(s.labels):
+                continue
+            item = {
                 "metricName": s.metric,
                 "metricLabels": s.labels,
                 "timestamp": rfc3339(s.ts),
                 "value": quantity(s.value),
             }
-            for s in self.aggregator.series()
-            if s.metric == metric and s.namespace == namespace and sel.matches(s.labels)
-        ]
+            if s.metric in RATES:  # ExternalMetricValue.window: the span a rate was computed over
+                item["window"] = round(self.aggregator.window)
+            items.append(item)
         items.sort(key=lambda i: (i["metricLabels"]["pool"], i["metricLabels"]["target_model"]))
         return web.json_response(
             {"kind": "ExternalMetricValueList", "apiVersion": GROUP_VERSION, "metadata": {}, "items": items}

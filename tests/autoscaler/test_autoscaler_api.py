@@ -197,7 +197,9 @@ async def test_value_follows_the_load_and_the_hpa_scales_up_then_down(scaler, bu
             "items"
         ]
         assert items[0]["metricLabels"] == {"pool": POOL, "target_model": MODEL, "model_name": MODEL}
-        assert items[0]["timestamp"].endswith("Z")
+        assert items[0]["timestamp"].endswith("Z") and "window" not in items[0]
+        rates = await get(api, f"{BASE}/namespaces/{NS}/infergate-arrival-rate", f"model_name={MODEL}")
+        assert rates["items"][0]["window"] == 10  # seconds, the span of the rate
         other_ns = await get(api, f"{BASE}/namespaces/elsewhere/infergate-inflight-requests")
         assert other_ns["items"] == []
 
