@@ -197,8 +197,11 @@ class Aggregator:
         if ev.request_id in self._flights or ev.request_id in self._done:
             self.counters["duplicates"] += 1
             return
+        target = ev.target_model or ev.model
+        if not target:  # nothing to attribute it to
+            return
         self.counters["assignments"] += 1
-        key = ModelKey(ev.namespace or namespace, ev.pool or pool, ev.target_model or ev.model)
+        key = ModelKey(ev.namespace or namespace, ev.pool or pool, target)
         if ev.model:
             self._names[key] = ev.model
         self._flights[ev.request_id] = _Flight(key, ev.address, now)
