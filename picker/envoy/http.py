@@ -52,7 +52,7 @@ from envoy_data_plane.google.protobuf import Any, Struct
 from picker.envoy.clusters import MODEL_SERVERS_CLUSTER, POOL_CLUSTER, seconds
 from picker.envoy.filters import http_filters, strip_headers
 from picker.envoy.options import DESTINATION_HEADER, SERVED_HEADER, BootstrapOptions, FailureMode, Mode
-from shared.errors import error_dict, error_type
+from shared.errors import error_dict
 
 # Failures worth a retry on another endpoint: the request never reached a model server
 # that answered. A 5xx from vLLM is an answer and goes back to the client as is.
@@ -65,7 +65,7 @@ NO_DESTINATION_MESSAGE = "the endpoint picker did not choose a model server for 
 _LOCAL_STATUSES = (400, 404, 408, 413, 429, 431, 500, 502, 503, 504)
 
 
-def _retry_policy(opts: BootstrapOptions, retries: int, *, other_hosts: bool) -> RetryPolicy:
+def _retry_policy(retries: int, *, other_hosts: bool) -> RetryPolicy:
     predicates = []
     if other_hosts:
         predicates = [
@@ -113,47 +113,39 @@ def _body_limit(opts: BootstrapOptions) -> int | None:
     return opts.max_request_bytes or None
 
 
+def _pool_route(opts: BootstrapOptions, name: str) -> Route:
+    """Round robin over the pool; a refused connection is retried on another server."""
+    retries = max(0, min(opts.max_endpoint_attempts, len(opts.pool_endpoints)) - 1)
+    return Route(
+        name=name,
+        match=RouteMatch(prefix="/"),
+        route=_forward(opts, POOL_CLUSTER, _retry_policy(retries, other_hosts=True)),
+        response_headers_to_add=_served_header(opts),
+        request_body_buffer_limit=_body_limit(opts),
+    )
+
+
 def routes(opts: BootstrapOptions) -> list[Route]:
-    catch_all = RouteMatch(prefix="/")
     if opts.mode is Mode.ROUND_ROBIN:
-        retries = max(0, min(opts.max_endpoint_attempts, len(opts.pool_endpoints)) - 1)
-        return [
-            Route(
-                name="round_robin",
-                match=catch_all,
-                route=_forward(opts, POOL_CLUSTER, _retry_policy(opts, retries, other_hosts=True)),
-                response_headers_to_add=_served_header(opts),
-                request_body_buffer_limit=_body_limit(opts),
-            )
-        ]
+        return [_pool_route(opts, "round_robin")]
     picked = Route(
         name="picked",
         match=RouteMatch(prefix="/", headers=[HeaderMatcher(name=DESTINATION_HEADER, present_match=True)]),
         route=_forward(
-            opts,
-            MODEL_SERVERS_CLUSTER,
-            _retry_policy(opts, opts.max_endpoint_attempts - 1, other_hosts=False),
+            opts, MODEL_SERVERS_CLUSTER, _retry_policy(opts.max_endpoint_attempts - 1, other_hosts=False)
         ),
         response_headers_to_add=_served_header(opts),
         request_body_buffer_limit=_body_limit(opts),
     )
     if opts.failure_mode is FailureMode.FAIL_OPEN:
-        retries = max(0, min(opts.max_endpoint_attempts, len(opts.pool_endpoints)) - 1)
-        unpicked = Route(
-            name="unpicked_round_robin",
-            match=catch_all,
-            route=_forward(opts, POOL_CLUSTER, _retry_policy(opts, retries, other_hosts=True)),
-            response_headers_to_add=_served_header(opts),
-            request_body_buffer_limit=_body_limit(opts),
-        )
-    else:
-        unpicked = Route(
-            name="unpicked_unavailable",
-            match=catch_all,
-            direct_response=DirectResponseAction(
-                status=503, body=DataSource(inline_string=NO_DESTINATION_MESSAGE)
-            ),
-        )
+        return [picked, _pool_route(opts, "unpicked_round_robin")]
+    unpicked = Route(
+        name="unpicked_unavailable",
+        match=RouteMatch(prefix="/"),
+        direct_response=DirectResponseAction(
+            status=503, body=DataSource(inline_string=NO_DESTINATION_MESSAGE)
+        ),
+    )
     return [picked, unpicked]
 
 
@@ -274,4 +266,4 @@ def connection_manager(opts: BootstrapOptions) -> HttpConnectionManager:
     )
 
 
-__all__ = ["connection_manager", "error_type", "local_reply_config", "routes"]
+__all__ = ["connection_manager", "local_reply_config", "routes"]
