@@ -42,7 +42,13 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any
 
 from picker.envoy.clusters import PICKER_CLUSTER, attempt_header, seconds
-from picker.envoy.options import DESTINATION_HEADER, BootstrapOptions, FailureMode, Mode
+from picker.envoy.options import (
+    ATTEMPT_HEADER_PREFIX,
+    DESTINATION_HEADER,
+    BootstrapOptions,
+    FailureMode,
+    Mode,
+)
 
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 
@@ -119,7 +125,7 @@ def ext_proc_filter(opts: BootstrapOptions) -> HttpFilter:
 def split_filter(opts: BootstrapOptions) -> HttpFilter:
     source = (
         _SPLIT_LUA.replace("{destination}", DESTINATION_HEADER)
-        .replace("{prefix}", attempt_header(0)[:-1])
+        .replace("{prefix}", ATTEMPT_HEADER_PREFIX)
         .replace("{attempts}", str(opts.max_endpoint_attempts))
     )
     return _filter("envoy.filters.http.lua", Lua(default_source_code=DataSource(inline_string=source)))

@@ -228,7 +228,8 @@ ACCESS_LOG_FIELDS = {
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
     "duration_ms": "%DURATION%",
-    "upstream_service_time_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    # Time to the first response byte from the model server: close to TTFT for a stream.
+    "first_byte_ms": "%RESPONSE_DURATION%",
 }
 
 
