@@ -52,14 +52,22 @@ def test_apiservice_points_at_the_service_and_hpa_uses_served_metrics():
     assert api["metadata"]["name"] == "v1beta1.external.metrics.k8s.io"
     assert api["spec"]["service"]["name"] == d["Service"]["metadata"]["name"]
     assert api["spec"]["service"]["port"] in {p["port"] for p in d["Service"]["spec"]["ports"]}
-    assert d["RoleBinding"]["metadata"]["namespace"] == "kube-system"
-    assert d["RoleBinding"]["roleRef"]["name"] == "extension-apiserver-authentication-reader"
-    (rule,) = d["ClusterRole"]["rules"]  # list/watch InferenceModels, nothing else
-    assert rule == {
-        "apiGroups": ["inference.networking.x-k8s.io"],
-        "resources": ["inferencemodels"],
-        "verbs": ["list", "watch"],
-    }
+    # Only what the code uses: list/watch InferenceModels, get the one authentication ConfigMap.
+    assert d["ClusterRole"]["rules"] == [
+        {
+            "apiGroups": ["inference.networking.x-k8s.io"],
+            "resources": ["inferencemodels"],
+            "verbs": ["list", "watch"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["extension-apiserver-authentication"],
+            "verbs": ["get"],
+        },
+    ]
+    assert d["ClusterRoleBinding"]["roleRef"]["name"] == d["ClusterRole"]["metadata"]["name"]
+    assert d["ClusterRoleBinding"]["subjects"][0]["name"] == d["ServiceAccount"]["metadata"]["name"]
     for metric in d["HorizontalPodAutoscaler"]["spec"]["metrics"]:
         assert metric["type"] == "External"
         assert metric["external"]["metric"]["name"] in METRICS
