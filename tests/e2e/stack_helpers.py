@@ -6,7 +6,9 @@ text) so that a failing assertion can print what the client actually saw.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,3 +110,13 @@ async def picker_gauges(stack: Stack, name: str) -> list[float]:
             async with session.get(f"http://127.0.0.1:{p.metrics_port}/metrics") as resp:
                 values.append(metric_value(await resp.text(), name))
     return values
+
+
+async def eventually(cond: Callable[[], Awaitable[bool]], deadline_s: float, what: str = "condition") -> None:
+    """Poll an async condition every 0.1 s until it holds; fail after ``deadline_s``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not await cond():
+        if loop.time() > end:
+            raise AssertionError(f"{what} not reached within {deadline_s}s")
+        await asyncio.sleep(0.1)
