@@ -19,6 +19,7 @@ The file shape (every field is optional unless said otherwise)::
         inflight: {ttl_s: 60, propagation_ms: 20}
         prefix: {default_capacity_blocks: 8192}
         default_output_tokens: 200            # when a request gives no max_tokens
+        max_candidates: 0                     # >0: score a random window of that many (+ holders)
 
 Every profile is built once at load time, so a bad file fails at startup with the
 path of the offending field (``profiles.default.scorers[1].weight: must be >= 0``).
@@ -167,6 +168,7 @@ def _build(name: str, raw: Any, rng: random.Random) -> ProfileScheduler:
     fallbacks = p.integer("fallbacks", 2, lo=0, hi=16)
     unsat_only = p.boolean("sheddable_unsaturated_only", False)
     default_out = p.integer("default_output_tokens", 200, lo=0)
+    max_candidates = p.integer("max_candidates", 0, lo=0)
     on_error = _ErrorLog()
 
     if kind == "decision-tree":
@@ -204,6 +206,7 @@ def _build(name: str, raw: Any, rng: random.Random) -> ProfileScheduler:
         inflight=inflight,
         prefix=prefix,
         default_output_tokens=default_out,
+        max_candidates=max_candidates,
         rng=rng,
         on_error=on_error,
     )

@@ -145,10 +145,12 @@ class ProfileScheduler:
         inflight: InflightTracker | None = None,
         prefix: PrefixIndex | None = None,
         default_output_tokens: int = 200,
+        max_candidates: int = 0,
         rng: random.Random | None = None,
         on_error: _ErrorLog | None = None,
     ) -> None:
         self.name = name
+        self.max_candidates = max(0, int(max_candidates))
         self.selector = selector
         self.thresholds = thresholds or Thresholds()
         self.shed = frozenset(shed)
@@ -187,6 +189,8 @@ class ProfileScheduler:
                 fresh = _unsaturated(fresh, th)
                 stale = []
         ctx = Context(request, now, self.rng, self.inflight, self.prefix, th, self._base_models)
+        if self.max_candidates and len(fresh) > self.max_candidates:
+            fresh = self._window(ctx, fresh)
         m = 1 + self.fallbacks
         chosen = self.selector.select(ctx, fresh, m) if fresh else []
         if len(chosen) < m and stale:
@@ -227,6 +231,41 @@ class ProfileScheduler:
                     else:
                         add_stale(st)
         return fresh, stale
+
+    def _window(self, ctx: Context, group: list[EndpointState]) -> list[EndpointState]:
+        """A large pool's candidates for scoring: a random window plus the affinity holders.
+
+        Scoring every endpoint of a pool of thousands costs more than the decision is
+        worth; the best of a few hundred random ones is nearly as good for balancing
+        (the power of d choices), provided the endpoints that hold the request's prefix
+        or run its adapter are always in (they are what affinity scorers look for).
+        """
+        k = self.max_candidates
+        n = len(group)
+        start = self.rng.randrange(n)
+        sub = group[start : start + k]
+        if len(sub) < k:
+            sub += group[: k - len(sub)]
+        members = set(sub)
+        pool = set(group)
+        extra: list[EndpointState] = []
+        matches = ctx.prefix_matches()
+        if matches:
+            states = self._states
+            for addr in matches:
+                st = states.get(addr)
+                if st is not None and st in pool and st not in members:
+                    members.add(st)
+                    extra.append(st)
+                    if len(extra) >= k:
+                        break
+        target = ctx.request.target_model
+        if target not in self._base_models:  # an adapter: keep the pods that run it
+            for st in group:
+                if target in st.lora_running and st not in members:
+                    members.add(st)
+                    extra.append(st)
+        return sub + extra
 
     def _safe_choice(self, request: RequestInfo, endpoints: Sequence[EndpointView]) -> Decision:
         """After an internal error: any ready candidate, at random; the caller still gets an answer."""

@@ -223,3 +223,40 @@ def test_round_robin_cycles_through_the_pool():
     s = sched("round-robin")
     firsts = [s.schedule(req(f"r{k}"), vs, NOW).endpoints[0] for k in range(6)]
     assert firsts == [v.address for v in vs] * 2
+
+
+def test_large_pools_score_a_window_plus_the_affinity_holders():
+    config = {
+        "profiles": {
+            "w": {
+                "scorers": [
+                    {"type": "expected-work", "weight": 1},
+                    {"type": "lora-affinity", "weight": 10},
+                    {"type": "prefix-affinity", "weight": 10},
+                ],
+                "max_candidates": 4,
+            }
+        }
+    }
+    specs = [{"kv_usage": 0.5} for _ in range(40)]
+    specs[33] = {"kv_usage": 0.5, "lora": {"running": ["sql"], "max_lora": 1}}
+    vs = views(*specs)
+    s = sched("w", config=config)
+    for k in range(20):  # the only pod running the adapter is found though the window is 4 wide
+        d = s.schedule(req(f"a{k}", model="sql", criticality="Critical"), vs, NOW)
+        assert d.endpoints[0] == vs[33].address
+        assert len(set(d.endpoints)) == 3
+    s.on_assigned(req("warm", prefix_hashes=[5, 6, 7]), vs[17].address, NOW - 10)
+    for k in range(20):
+        d = s.schedule(req(f"p{k}", prefix_hashes=[5, 6, 7], criticality="Critical"), vs, NOW)
+        assert d.endpoints[0] == vs[17].address
+    seen = {s.schedule(req(f"b{k}"), vs, NOW).endpoints[0] for k in range(60)}
+    assert len(seen) > 4  # the window moves: every pod can be chosen
+
+
+def test_default_profile_windows_only_large_pools():
+    s = sched("default")
+    assert s.max_candidates == 256
+    vs = views(*({"waiting": 1} for _ in range(300)))
+    d = s.schedule(req(), vs, NOW)
+    assert d.ok and len(set(d.endpoints)) == 3
