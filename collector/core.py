@@ -156,9 +156,16 @@ class Publisher:
         self.metrics = metrics
         self.stream_settings = stream_settings
         self.nc = None  # nats.aio.client.Client once connected
-        self.pending: dict[Key, tuple[EndpointSnapshot | Tombstone, str]] = {}
+        self.pending: dict[Key, tuple[EndpointSnapshot, str]] = {}
+        # Tombstones wait apart, per (subject, address), and go out before snapshots: a newer
+        # snapshot on the same subject (a pod that came back, or moved to a new IP) must not
+        # coalesce its predecessor's tombstone away.
+        self.pending_tombs: dict[tuple[Key, str], Tombstone] = {}
         self.latest: dict[Key, EndpointSnapshot] = {}
-        self.seq: dict[Key, int] = {}
+        # ``seq`` counts per endpoint *address* (pod IP x port), as receivers order updates
+        # per address: a pod that reuses a departed pod's IP continues its sequence instead
+        # of starting below the departed pod's tombstone.
+        self.seq: dict[str, int] = {}
         self._subject: dict[Key, str] = {}
         self._wake = asyncio.Event()
         self.streams_ready = False
@@ -188,9 +195,15 @@ class Publisher:
         self._wake.set()
 
     def remove(self, key: Key, tombstone: Tombstone) -> None:
+        """The endpoint left: its unpublished snapshot is dropped, its tombstone queued."""
         self.latest.pop(key, None)
-        self.pending[key] = (tombstone, "removed")
+        self.pending.pop(key, None)
+        self.pending_tombs[(key, tombstone.address)] = tombstone
         self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self.pending) + len(self.pending_tombs)
 
     # -- the task ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -200,25 +213,34 @@ class Publisher:
             await self.drain()
 
     async def drain(self) -> None:
-        """Publish everything pending, as long as NATS is connected."""
-        while self.pending:
+        """Publish everything pending (tombstones first), as long as NATS is connected."""
+        while self.pending_tombs or self.pending:
             nc = self.nc
             if nc is None or not nc.is_connected:
                 return  # keep the latest per endpoint; the reconnect callback wakes us
-            key = next(iter(self.pending))
-            msg, reason = self.pending.pop(key)
-            seq = self.seq.get(key, 0) + 1
+            if self.pending_tombs:
+                tkey = next(iter(self.pending_tombs))
+                key = tkey[0]
+                msg: EndpointSnapshot | Tombstone = self.pending_tombs.pop(tkey)
+                reason = "removed"
+            else:
+                key = next(iter(self.pending))
+                msg, reason = self.pending.pop(key)
+            seq = self.seq.get(msg.address, 0) + 1
             msg.seq, msg.epoch, msg.collector = seq, self.epoch, self.identity
             try:
                 await nc.publish(self.subject(key), encode(msg))
             except Exception as exc:
                 self.metrics.publish_errors.inc()
                 log.warning("publish failed; will retry", extra={"error": repr(exc), "endpoint": key})
-                self.pending.setdefault(key, (msg, reason))
+                if isinstance(msg, Tombstone):
+                    self.pending_tombs.setdefault((key, msg.address), msg)
+                else:
+                    self.pending.setdefault(key, (msg, reason))
                 await asyncio.sleep(0.1)
                 self._wake.set()
                 return
-            self.seq[key] = seq
+            self.seq[msg.address] = seq
             self.published += 1
             kind = "tombstone" if isinstance(msg, Tombstone) else "snapshot"
             self.metrics.publishes.labels(kind, reason).inc()
@@ -676,7 +698,10 @@ class Collector:
                     "endpoint changed",
                     extra={"from": cur.target.describe(), "to": target.describe()},
                 )
-                self._stop_scraper(cur)
+                if cur.target.address != target.address:
+                    self._remove(key, "address changed")  # receivers drop the old address
+                else:
+                    self._stop_scraper(self.scrapers.pop(key))
                 self._add(target)
         self._health_changed()
 

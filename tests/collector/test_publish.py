@@ -181,7 +181,7 @@ async def test_nats_outage_loses_no_endpoint(make_collector, nats_server):
         await asyncio.sleep(1.0)
         # scraping continued, nothing was buffered beyond the latest per endpoint
         assert all(c.scrapers[k].scrapes - n >= 8 for k, n in scrapes.items())
-        assert len(c.publisher.pending) <= 4
+        assert c.publisher.backlog <= 4
         assert c.metrics.publish_deferred._value.get() > 0
         # an endpoint that leaves during the outage gets its tombstone after it
         gone = targets_of(pods)[2]
@@ -189,7 +189,7 @@ async def test_nats_outage_loses_no_endpoint(make_collector, nats_server):
 
         await asyncio.to_thread(nats_server.start)
         await wait_until(lambda: c.publisher.connected, what="reconnect", deadline_s=15)
-        await wait_until(lambda: not c.publisher.pending and c.publisher.streams_ready)
+        await wait_until(lambda: c.publisher.backlog == 0 and c.publisher.streams_ready)
 
         # A subscriber that starts now bootstraps every endpoint from JetStream.
         nc = await nats.connect(nats_server.url)
@@ -289,3 +289,81 @@ async def test_without_jetstream_core_publishing_still_works(make_collector):
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_ip_reuse_and_address_change_keep_receivers_ordering_per_address(make_collector, subscriber):
+    """Receivers order updates per address: a new pod on a departed pod's IP continues its
+    seq, and a pod that moves to a new IP tombstones its old address."""
+    from collector.targets import Target
+
+    async with FakePods(2) as pods:
+        a = Target("default", "pool", "pod-a", "127.0.0.1", pods[0].port)
+        c = await make_collector(targets=[a])
+        await wait_until(lambda: subscriber.last("pod-a"))
+        c.apply([], {a.key: "pod deleted"})
+        await wait_until(lambda: isinstance(subscriber.last("pod-a"), schemas.Tombstone))
+        tomb = subscriber.last("pod-a")
+        # another pod gets the same IP:port
+        b = Target("default", "pool", "pod-b", "127.0.0.1", pods[0].port)
+        c.apply([b], {})
+        await wait_until(lambda: subscriber.last("pod-b"))
+        assert subscriber.last("pod-b").address == tomb.address
+        assert subscriber.snapshots("pod-b")[0].seq == tomb.seq + 1
+        # pod-b keeps its name but moves to another address: the old one is tombstoned first
+        from collector.fakepod import FakePod
+
+        other_ip = await FakePod("moved", pods[0].port, host="127.0.0.2").start()
+        moved = Target("default", "pool", "pod-b", "127.0.0.2", pods[0].port)  # same key, new IP
+        n = len(subscriber.by_pod["pod-b"])
+        c.apply([moved], {})
+        await wait_until(lambda: subscriber.last("pod-b").address == moved.address, what="new address")
+        await other_ip.stop()
+        after = subscriber.by_pod["pod-b"][n:]
+        assert isinstance(after[0], schemas.Tombstone)
+        assert after[0].address == b.address and after[0].reason == "address changed"
+        assert isinstance(after[-1], schemas.EndpointSnapshot) and after[-1].seq == 1  # a new address
+
+
+async def test_publisher_ordering_rules_without_a_server():
+    from collector.core import Publisher
+    from collector.metrics import CollectorMetrics
+    from shared.natsconn import StreamSettings
+
+    class FakeNats:
+        is_connected = True
+
+        def __init__(self):
+            self.sent = []
+
+        async def publish(self, subject, data):
+            self.sent.append((subject, schemas.endpoint_decoder().decode(data)))
+
+    pub = Publisher(Subjects(), "e1", "n/c", CollectorMetrics(), StreamSettings())
+    pub.nc = FakeNats()
+    key = ("ns", "p", "pod", 8000)
+
+    def snap(addr, waiting):
+        return schemas.EndpointSnapshot(namespace="ns", pool="p", pod="pod", address=addr, waiting=waiting)
+
+    # coalescing: only the latest snapshot per endpoint goes out
+    pub.offer(key, snap("10.0.0.1:8000", 1), "change")
+    pub.offer(key, snap("10.0.0.1:8000", 2), "change")
+    await pub.drain()
+    assert [m.waiting for _, m in pub.nc.sent] == [2]
+    # removal drops an unpublished snapshot; a tombstone then a newer snapshot both go out, in order
+    pub.offer(key, snap("10.0.0.1:8000", 3), "change")
+    pub.remove(key, schemas.Tombstone(namespace="ns", pool="p", pod="pod", address="10.0.0.1:8000"))
+    pub.offer(key, snap("10.0.0.9:8000", 4), "change")
+    await pub.drain()
+    kinds = [(type(m).__name__, m.address, m.seq) for _, m in pub.nc.sent[1:]]
+    assert kinds == [("Tombstone", "10.0.0.1:8000", 2), ("EndpointSnapshot", "10.0.0.9:8000", 1)]
+    assert all(m.epoch == "e1" and m.collector == "n/c" for _, m in pub.nc.sent)
+    # while disconnected nothing is handed to the client, and only the latest is kept
+    pub.nc.is_connected = False
+    for w in range(5, 50):
+        pub.offer(key, snap("10.0.0.9:8000", w), "change")
+    await pub.drain()
+    assert len(pub.nc.sent) == 3 and pub.backlog == 1
+    pub.nc.is_connected = True
+    await pub.drain()
+    assert pub.nc.sent[-1][1].waiting == 49 and pub.nc.sent[-1][1].seq == 2
