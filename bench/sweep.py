@@ -84,10 +84,37 @@ def seed_suites(args: argparse.Namespace) -> list[Suite]:
     return suites
 
 
+def snapshot_profiles(path: Path | None = None, attempts: int = 10, pause_s: float = 3.0) -> tuple[dict, str]:
+    """Read and validate the scheduling profiles once, so every point of a run measures the same ones.
+
+    The scheduler is developed in the same tree while sweeps run; a file caught mid-edit
+    is retried a few times before giving up.
+    """
+    import hashlib
+
+    import yaml
+
+    from picker.scheduling import BUILTIN_CONFIG, ConfigError, load_config
+
+    src = Path(path) if path else BUILTIN_CONFIG
+    err: Exception | None = None
+    for i in range(attempts):
+        try:
+            text = src.read_text()
+            data = yaml.safe_load(text)
+            load_config(data)  # validate now, not in a worker
+            return data, hashlib.sha256(text.encode()).hexdigest()[:12]
+        except (OSError, yaml.YAMLError, ConfigError) as exc:
+            err = exc
+            if i + 1 < attempts:
+                time.sleep(pause_s)
+    raise SystemExit(f"scheduling profiles {src} are not valid: {err}")
+
+
 def base_config(args: argparse.Namespace) -> DESConfig:
     return DESConfig(replicas=args.replicas, duration_s=args.duration, warmup_s=args.warmup, seed=args.seed,
                      scrape_interval_s=args.scrape_interval, metrics_delay_s=args.metrics_delay,
-                     share_delay_s=args.share_delay)
+                     share_delay_s=args.share_delay, scheduler_config=args.profiles_data)
 
 
 def seed_jobs(args: argparse.Namespace) -> list[tuple[str, DESConfig]]:
@@ -359,9 +386,8 @@ def _verdicts(suites: Sequence[Suite], grids: dict[str, dict[tuple[float, str], 
     return out
 
 
-def scheduler_version() -> str:
+def scheduler_version(profiles_digest: str = "") -> str:
     """Which scheduler was measured: HEAD, whether picker/scheduling has local edits, profiles digest."""
-    import hashlib
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
@@ -372,8 +398,7 @@ def scheduler_version() -> str:
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         head, dirty = "unknown", ""
-    prof = root / "picker" / "scheduling" / "profiles.yaml"
-    digest = hashlib.sha256(prof.read_bytes()).hexdigest()[:12] if prof.exists() else "n/a"
+    digest = profiles_digest or "n/a"
     edits = " + uncommitted picker/scheduling edits" if dirty else ""
     return f"commit {head}{edits}, profiles.yaml sha256 {digest}"
 
@@ -569,6 +594,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--scheduler-config", type=Path, default=None,
+                    help="scheduling profiles YAML (default: picker/scheduling/profiles.yaml, read once)")
     ap.add_argument("--render", type=Path, default=None,
                     help="re-render the reports from DIR/seed.json and DIR/replicas.json into --out (no run)")
     return ap
@@ -588,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "infergate-bench sweep " + " ".join(argv)
     t0 = time.monotonic()
     written = []
+    args.profiles_data, digest = (None, "") if args.render else snapshot_profiles(args.scheduler_config)
     if args.render:
         for name in ("seed", "replicas"):
             src = args.render / f"{name}.json"
@@ -608,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = seed_jobs(args)
         print(f"seed experiment: {len(jobs)} points on {args.jobs} processes", file=sys.stderr)
         t1 = time.monotonic()
-        version = scheduler_version()  # now: the workers import the scheduler as they start
+        version = scheduler_version(digest)  # now: the workers import the scheduler code as they start
         try:
             res = run_jobs(jobs, args.jobs, not args.no_progress)
         except PointError as exc:
@@ -620,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = replica_jobs(args)
         print(f"replicas experiment: {len(jobs)} points on {args.jobs} processes", file=sys.stderr)
         t1 = time.monotonic()
-        version = scheduler_version()
+        version = scheduler_version(digest)
         try:
             res = run_jobs(jobs, args.jobs, not args.no_progress)
         except PointError as exc:

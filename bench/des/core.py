@@ -71,11 +71,15 @@ class DESConfig:
     sheddable_fraction: float = 0.0  # share of requests sent as "Sheddable"
     seed: int = 0
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # A parsed scheduling config (the profiles.yaml mapping); None = the built-in file, read
+    # when the point starts. A sweep passes one snapshot so every point measures the same profiles.
+    scheduler_config: dict[str, Any] | None = None
 
     def label(self) -> dict[str, Any]:
         d = asdict(self)
         d["workload"] = self.workload.name
         d.pop("engine")
+        d.pop("scheduler_config")
         return d
 
 
@@ -173,7 +177,7 @@ class Cluster:
         rng = random.Random(self._rng_sched.getrandbits(64))
         if self.cfg.policy == "oracle":
             return OracleScheduler(self.engines, self.work, rng, base_model=MODEL)
-        return build_scheduler(self.cfg.policy, rng=rng)
+        return build_scheduler(self.cfg.policy, self.cfg.scheduler_config, rng=rng)
 
     # ------------------------------------------------------------------ events
 
