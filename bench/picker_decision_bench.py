@@ -132,11 +132,48 @@ def run(profile: str, n: int, decisions: int, seed: int = 7) -> dict[str, float]
     }
 
 
+def interleaved(n: int, profiles: list[str], blocks: int = 5, per_block: int = 200) -> dict[str, list[int]]:
+    """CPU time of ``schedule()`` per profile, timed in alternating blocks on the same pool state.
+
+    On a shared machine, interference changes from one second to the next; alternating
+    blocks of decisions between profiles exposes them all to the same interference, so
+    their ratios are steadier than those of successive runs.
+    """
+    setups = {}
+    for name in profiles:
+        rng = random.Random(1)
+        sched = build_scheduler(name, rng=random.Random(1))
+        views = []
+        for i in range(n):
+            snap = make_snapshot(rng, i, 1000.0, False)
+            sched.on_snapshot(snap, 1000.0)
+            views.append(EndpointView(snap.address, snap, 1000.0))
+        prefixes = [[rng.getrandbits(62) for _ in range(rng.randint(4, 24))] for _ in range(64)]
+        reqs = [make_request(rng, k, prefixes) for k in range(2000 + blocks * per_block)]
+        for r in reqs[:2000]:
+            d = sched.schedule(r, views, 1000.0)
+            if d.endpoints:
+                sched.on_assigned(r, d.endpoints[0], 1000.0)
+        setups[name] = (sched, views, reqs[2000:])
+    out: dict[str, list[int]] = {name: [] for name in profiles}
+    for b in range(blocks):
+        for name, (sched, views, reqs) in setups.items():
+            for r in reqs[b * per_block : (b + 1) * per_block]:
+                t0 = time.thread_time_ns()
+                sched.schedule(r, views, 1000.0)
+                out[name].append(time.thread_time_ns() - t0)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--decisions", type=int, default=2000, help="timed decisions per profile and size")
     ap.add_argument("--sizes", default="10,100,1000", help="comma-separated endpoint counts")
     ap.add_argument("--profiles", default=",".join(load_config().names()), help="comma-separated profiles")
+    ap.add_argument(
+        "--interleaved", type=int, default=0, metavar="N",
+        help="instead: time the profiles in alternating blocks on one N-endpoint pool (CPU time)",
+    )
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     profiles = args.profiles.split(",")
@@ -147,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cpus, "
         f"load average {load}, decisions per cell: {args.decisions}"
     )
+    if args.interleaved:
+        for name, v in interleaved(args.interleaved, profiles).items():
+            v.sort()
+            print(
+                f"{args.interleaved:>9} {name:<14} cpu p50 {v[len(v) // 2] / 1000:8.1f}  "
+                f"p90 {v[int(len(v) * 0.9)] / 1000:8.1f}  p99 {v[int(len(v) * 0.99)] / 1000:8.1f} us"
+            )
+        return 0
     print(
         f"{'endpoints':>9} {'profile':<14} {'cpu p50':>8} {'cpu p99':>8} {'wall p50':>9} {'wall p99':>9} "
         f"{'cpu p99/random':>14} {'on_snapshot':>11} {'on_assigned':>11}   (microseconds)"
