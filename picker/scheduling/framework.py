@@ -10,7 +10,8 @@ never-raise guarantee are implemented once:
    -> 503.
 2. **admit**: if the request's criticality is sheddable and every candidate is
    saturated (queue, KV or staleness) -> 429.
-3. **select**: the profile's selector orders the fresh group; if it yields fewer than
+3. **select**: (large pools: a random window plus the prefix/adapter holders, see
+   ``max_candidates``) the profile's selector orders the fresh group; if it yields fewer than
    ``1 + fallbacks`` endpoints, the stale group fills the rest. Stale endpoints are
    scored among themselves so they never distort the fresh group's normalization.
 
