@@ -140,7 +140,9 @@ def _start_pods_process(n: int, kind: str, load_rps: float) -> tuple[subprocess.
 # ---------------------------------------------------------------------------------------
 
 
-async def bench_cpu(n: int, hz: float, seconds: float, kind: str, load_rps: float) -> dict:
+async def bench_cpu(
+    n: int, hz: float, seconds: float, kind: str, load_rps: float, heartbeat: float = 1.0
+) -> dict:
     from collector.core import Collector, CollectorConfig
     from collector.targets import Target
     from shared.natsconn import NatsOptions
@@ -157,6 +159,7 @@ async def bench_cpu(n: int, hz: float, seconds: float, kind: str, load_rps: floa
                 nats=NatsOptions(servers=[nats.url]),
                 targets=targets,
                 scrape_interval=1.0 / hz,
+                heartbeat_interval=heartbeat,
                 ops_port=None,
             )
         )
@@ -189,6 +192,7 @@ async def bench_cpu(n: int, hz: float, seconds: float, kind: str, load_rps: floa
     scrapes, wall, cpu = s1 - s0, wall1 - wall0, cpu1 - cpu0
     return {
         "kind": info["kind"],
+        "heartbeat": heartbeat,
         "pods": n,
         "hz": hz,
         "seconds": wall,
@@ -230,7 +234,8 @@ def report(parse_res: dict, cpu_res: dict | None) -> str:
         ok = "OK" if r["core_fraction"] <= CPU_BUDGET_CORE else "OVER"
         lines += [
             "",
-            f"### Collector CPU: {r['pods']} {r['kind']} pods at {r['hz']:.0f} Hz for {r['seconds']:.1f} s",
+            f"### Collector CPU: {r['pods']} {r['kind']} pods at {r['hz']:.0f} Hz for {r['seconds']:.1f} s "
+            f"(heartbeat {r['heartbeat']:g} s)",
             "",
             "(pods and their load driver in a child process, nats-server in another: only the "
             "collector's own CPU is counted)",
@@ -257,6 +262,7 @@ def main() -> None:
     p.add_argument(
         "--load-rps", type=float, default=4.0, help="requests/s per pod driven in the pods' process"
     )
+    p.add_argument("--heartbeat", type=float, default=1.0, help="the collector's --heartbeat-interval")
     p.add_argument("--parse-only", action="store_true")
     p.add_argument("--serve-pods", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -274,7 +280,9 @@ def main() -> None:
     parse_res = bench_parse()
     cpu_res = None
     if not args.parse_only:
-        cpu_res = asyncio.run(bench_cpu(args.pods, args.hz, args.seconds, args.pod_kind, args.load_rps))
+        cpu_res = asyncio.run(
+            bench_cpu(args.pods, args.hz, args.seconds, args.pod_kind, args.load_rps, args.heartbeat)
+        )
     print(report(parse_res, cpu_res))
     over = parse_res[1]["ours_s"] > PARSE_BUDGET_S or (
         cpu_res is not None and cpu_res["core_fraction"] > CPU_BUDGET_CORE
