@@ -248,14 +248,12 @@ class Publisher:
     # -- connection events ------------------------------------------------------------------
     async def on_connected(self, nc) -> None:
         self.nc = nc
-        self.metrics.nats_connected.set(1)
         await self.resync("connect")
 
     async def on_disconnected(self) -> None:
-        self.metrics.nats_connected.set(0)
+        pass  # nothing to do: drain() checks the connection before every publish
 
     async def on_reconnected(self) -> None:
-        self.metrics.nats_connected.set(1)
         # Do not block nats-py's callback: the streams may have gone with a restarted server,
         # so re-create them, then republish every endpoint.
         if self._resync_task is None or self._resync_task.done():
@@ -508,6 +506,9 @@ class Collector:
         self.health = Health()
         self.health.add_check("discovery", self.discovery_synced)
         self.health.add_check("nats", lambda: self.publisher.connected)
+        # computed at scrape time, so /metrics is right whether or not /readyz is polled
+        self.metrics.nats_connected.set_function(lambda: 1.0 if self.publisher.connected else 0.0)
+        self.metrics.discovery_synced.set_function(lambda: 1.0 if self.discovery_synced() else 0.0)
         self.ops: OpsServer | None = None
         self.session: aiohttp.ClientSession | None = None  # type: ignore[assignment]
         self.discovery: StaticDiscovery | object | None = None
@@ -573,7 +574,6 @@ class Collector:
                 with contextlib.suppress(Exception):
                     await nc.close()
             self.publisher.nc = None
-        self.metrics.nats_connected.set(0)
         if self.session is not None:
             await self.session.close()
         if self._kube_api is not None:
@@ -661,9 +661,7 @@ class Collector:
     # -- state ------------------------------------------------------------------------------
     def discovery_synced(self) -> bool:
         disc = self.discovery
-        ok = disc is not None and disc.synced.is_set()  # type: ignore[union-attr]
-        self.metrics.discovery_synced.set(1 if ok else 0)
-        return ok
+        return disc is not None and disc.synced.is_set()  # type: ignore[union-attr]
 
     def ready(self) -> bool:
         return self.health.ready()
