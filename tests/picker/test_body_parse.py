@@ -152,3 +152,29 @@ def test_sse_passthrough_keeps_bytes_when_no_rewrite():
     out = rw.feed(stream[:17], False) + rw.feed(stream[17:], True)
     assert out == stream
     assert rw.tokens() == (0, 1)
+
+
+sse_events = st.lists(
+    st.one_of(
+        st.builds(lambda t: {"model": "target", "choices": [{"delta": {"content": t}}]}, st.text(max_size=8)),
+        st.just({"model": "target", "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 5}}),
+        st.just({"other": 1}),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sse_events, st.lists(st.integers(min_value=0, max_value=2000), max_size=6), st.booleans())
+def test_sse_rewrite_does_not_depend_on_chunk_boundaries(events, cuts, crlf):
+    sep = b"\r\n\r\n" if crlf else b"\n\n"
+    stream = b"".join(b"data: " + json.dumps(e).encode() + sep for e in events) + b"data: [DONE]" + sep
+    whole = ResponseRewriter("client", True)
+    expected = whole.feed(stream, True)
+    split_rw = ResponseRewriter("client", True)
+    points = sorted({min(c, len(stream)) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    got = b"".join(split_rw.feed(p, i == len(pieces) - 1) for i, p in enumerate(pieces))
+    assert got == expected
+    assert split_rw.tokens() == whole.tokens()
+    assert b'"target"' not in got

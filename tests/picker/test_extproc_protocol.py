@@ -584,3 +584,24 @@ async def test_internal_errors_become_500_and_the_stream_survives(picker, channe
     from tests.support.waiting import wait_until
 
     await wait_until(lambda: not picker.core.inflight, 5, "released at stream end")
+
+
+@pytest.mark.parametrize("mode", ["BUFFERED", "STREAMED"])
+async def test_response_path_in_one_to_one_modes(picker, channel, mode):
+    s = EnvoyStream(channel, "BUFFERED", response_mode=mode).open()
+    s.request_headers(headers={"x-request-id": f"r-{mode}"})
+    await s.recv()
+    s.request_body(chat("chat"), True)
+    await s.recv()
+    s.response_headers()
+    await s.recv()
+    resp = json.dumps({"model": "base-v2", "usage": {"prompt_tokens": 1, "completion_tokens": 6}}).encode()
+    parts = [resp] if mode == "BUFFERED" else split(resp, 3)
+    for i, part in enumerate(parts):
+        s.response_body(part, i == len(parts) - 1)
+    answers = [(await s.recv()).response_body.response.body_mutation for _ in parts]
+    if mode == "STREAMED":  # JSON is held back until the end, then sent whole
+        assert all(a.clear_body for a in answers[:-1])
+    assert json.loads(answers[-1].body)["model"] == "chat"
+    await s.close()
+    assert picker.sink.completed[-1] == (f"r-{mode}", "10.0.0.1:8000", 200, 1, 6)
