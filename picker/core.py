@@ -66,6 +66,7 @@ class Inflight:
     destination: str
     started: float  # perf_counter
     decision_s: float = 0.0
+    fairness_id: str = ""
     first_byte: float = 0.0
     done: bool = False
 
@@ -202,6 +203,7 @@ class Core:
         destination = ",".join(decision.endpoints)
         inflight = self._assign(info, decision.endpoints[0], destination, now)
         inflight.decision_s = decision_s
+        inflight.fairness_id = hdr.fairness_id or ""
         self.metrics.picker_cpu.observe(time.perf_counter() - t0)
         return Routed(destination, out, inflight, req.model, res.target)
 
@@ -334,6 +336,7 @@ class Core:
                 "model": info.model,
                 "target_model": info.target_model,
                 "criticality": info.criticality,
+                "fairness_id": inflight.fairness_id,
                 "endpoint": inflight.address,
                 "status": status,
                 "decision_us": round(inflight.decision_s * 1e6, 1),

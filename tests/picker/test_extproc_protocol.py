@@ -605,3 +605,29 @@ async def test_response_path_in_one_to_one_modes(picker, channel, mode):
     assert json.loads(answers[-1].body)["model"] == "chat"
     await s.close()
     assert picker.sink.completed[-1] == (f"r-{mode}", "10.0.0.1:8000", 200, 1, 6)
+
+
+async def test_one_structured_log_line_per_request(picker, channel, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="picker.requests")
+    s = EnvoyStream(channel).open()
+    s.request_headers(headers={"x-request-id": "logged", "x-gateway-inference-fairness-id": "tenant-a"})
+    s.request_body(chat("chat"), True)
+    await s.recv_n(2)
+    s.response_headers()
+    await s.recv()
+    s.response_body(b'{"usage": {"completion_tokens": 2}}', True)
+    await s.recv()
+    await s.close()
+    lines = [r for r in caplog.records if r.name == "picker.requests" and r.request_id == "logged"]
+    assert len(lines) == 1
+    r = lines[0]
+    assert (r.model, r.target_model, r.endpoint, r.status, r.fairness_id) == (
+        "chat",
+        "base-v2",
+        "10.0.0.1:8000",
+        200,
+        "tenant-a",
+    )
+    assert r.decision_us >= 0 and r.output_tokens == 2
