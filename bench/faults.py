@@ -14,6 +14,9 @@ Faults:
   ones walk to the picker's fallback endpoints);
 * ``picker-killed``: SIGKILL of one of two picker replicas (its in-flight ext_proc streams
   fail; Envoy's gRPC health check removes it);
+* ``picker-killed (proposed)``: the same kill seen at the same time by a second Envoy whose
+  picker cluster has outlier detection (:func:`picker_outlier_detection`), the change this
+  report proposes for ``picker/envoy/clusters.py``;
 * ``all-pickers-down``: every picker SIGKILLed for 5 s, then restarted, seen through the
   FailClose and the FailOpen Envoy at the same time.
 
@@ -42,6 +45,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -189,7 +193,10 @@ async def kill_and_restore(
     *,
     lead_s: float = 3.0,
     after_s: float = 9.0,
-) -> FaultRun:
+    urls: dict[str, str] | None = None,
+) -> Any:
+    """The fault's run through the gateway, or one run per URL (a dict) when ``urls`` is given."""
+
     async def fault(now: Callable[[], float]) -> tuple[float, float]:
         await asyncio.sleep(lead_s)
         injected = now()
@@ -197,7 +204,8 @@ async def kill_and_restore(
         return injected, injected
 
     try:
-        return (await with_load(name, {"gw": stack.gateway_url}, fault, lead_s + after_s))["gw"]
+        runs = await with_load(name, urls or {"gw": stack.gateway_url}, fault, lead_s + after_s)
+        return runs if urls else runs["gw"]
     finally:
         await restore()
 
@@ -225,6 +233,26 @@ async def all_pickers_down(
         run.name = f"all-pickers-down ({key})"
         run.notes["pickers ready"] = f"{ready[0]:.1f} s after the restart"
     return runs
+
+
+def picker_outlier_detection(bootstrap: dict) -> None:
+    """The proposed change to picker/envoy/clusters.py, applied to a generated bootstrap.
+
+    Without it, a replica that dies is only removed by the gRPC health check (2 misses at
+    2 s), and LEAST_REQUEST meanwhile *prefers* the dead replica, which has no active
+    requests. One refused connection (a local-origin error) ejecting the host closes that
+    window; the health check still decides when it comes back.
+    """
+    for cluster in bootstrap["static_resources"]["clusters"]:
+        if cluster["name"] == "infergate_picker":
+            cluster["outlier_detection"] = {
+                "split_external_local_origin_errors": True,
+                "consecutive_local_origin_failure": 1,
+                "enforcing_consecutive_local_origin_failure": 100,
+                "consecutive_5xx": 1_000_000,  # gRPC answers are the picker's business, not ejections
+                "base_ejection_time": "5s",
+                "max_ejection_percent": 50,
+            }
 
 
 # ------------------------------------------------------------------ report
@@ -255,6 +283,7 @@ async def report(args: argparse.Namespace) -> list[str]:
     say("starting the stack (NATS, 4 sim pods, 2 collectors, 2 pickers, Envoy FailClose + FailOpen)")
     async with Stack(config) as stack:
         fail_open = await stack.add_gateway("FailOpen")
+        proposed = await stack.add_gateway("FailClose", picker_outlier_detection)
         say(f"stack ready (logs: {stack.log_dir}); {args.qps:g} req/s of short Critical requests")
 
         say("NATS stopped for 10 s ...")
@@ -273,11 +302,16 @@ async def report(args: argparse.Namespace) -> list[str]:
         rows.append(row(run, f"SIGKILL sim pod {pod.plan.name}"))
 
         picker = stack.pickers[-1]
-        say("picker replica SIGKILL ...")
-        run = await kill_and_restore(
-            stack, "picker-killed", picker.process.kill, lambda: picker.process.start(60), after_s=10.0
-        )
-        rows.append(row(run, f"SIGKILL {picker.name} of 2"))
+        say("picker replica SIGKILL (generated Envoy and Envoy + proposed outlier detection) ...")
+        urls = {"generated": stack.gateway_url, "proposed": proposed}
+        runs = await kill_and_restore(
+            stack, "picker-killed", picker.process.kill, lambda: picker.process.start(60), after_s=10.0,
+            urls=urls,
+        )  # fmt: skip
+        rows.append(row(runs["generated"], f"SIGKILL {picker.name} of 2"))
+        runs["proposed"].name = "picker-killed (proposed)"
+        what = "the same kill, seen by an Envoy with outlier detection on the picker cluster (proposed)"
+        rows.append(row(runs["proposed"], what))
 
         say("all pickers down for 5 s (FailClose and FailOpen Envoys side by side) ...")
         for mode, run in (await all_pickers_down(stack, fail_open)).items():

@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -184,14 +186,21 @@ class Stack:
             failure_mode=failure_mode or self.config.failure_mode,
         )
 
-    async def add_gateway(self, failure_mode: str) -> str:
+    async def add_gateway(
+        self, failure_mode: str, patch: Callable[[dict[str, Any]], None] | None = None
+    ) -> str:
         """Start one more picker-consulting Envoy with another failure mode; returns its base URL.
 
         The fault report and the tests compare FailClose and FailOpen on the same pickers
-        and pods, which is cheaper (and a fairer comparison) than a second stack.
+        and pods, which is cheaper (and a fairer comparison) than a second stack. ``patch``
+        edits the generated bootstrap in place, to measure a proposed Envoy change side by
+        side with the generated configuration.
         """
         port = free_port()
-        envoy = EnvoyProcess(build_bootstrap(self.picker_envoy_options(port, failure_mode)))
+        bootstrap = build_bootstrap(self.picker_envoy_options(port, failure_mode))
+        if patch is not None:
+            patch(bootstrap)
+        envoy = EnvoyProcess(bootstrap)
         await envoy.start(30)
         self.extra_envoys.append(envoy)
         return f"http://127.0.0.1:{port}"
