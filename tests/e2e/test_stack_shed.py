@@ -18,7 +18,8 @@ import pytest
 import pytest_asyncio
 
 from bench.stack import BASE_MODEL, PodPlan, Stack, StackConfig
-from tests.e2e.stack_helpers import completion, eventually, metric_value, pod_metrics, post
+from shared.tokens import text_for_tokens
+from tests.e2e.stack_helpers import SELECT, completion, eventually, metric_value, pod_metrics, post
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -36,10 +37,14 @@ async def stack() -> AsyncIterator[Stack]:
         yield s
 
 
-async def _hold(session: aiohttp.ClientSession, url: str) -> int:
-    """One long Critical stream, read until cancelled."""
-    body = {"model": BASE_MODEL, "prompt": "long " * 480, "max_tokens": 1000, "stream": True}
-    async with session.post(url + "/v1/completions", json=body) as resp:
+async def _hold(session: aiohttp.ClientSession, url: str, pod: str, seed: int) -> int:
+    """One long Critical stream on ``pod`` (pinned, so both pods fill up), read until cancelled.
+
+    Distinct prompts: identical ones would share their KV blocks through prefix caching.
+    """
+    prompt = text_for_tokens(600, seed=seed)
+    body = {"model": BASE_MODEL, "prompt": prompt, "max_tokens": 1000, "stream": True}
+    async with session.post(url + "/v1/completions", json=body, headers={SELECT: pod}) as resp:
         async for _ in resp.content:
             pass
         return resp.status
@@ -53,7 +58,11 @@ async def _waiting(stack: Stack) -> list[float]:
 async def test_sheddable_is_shed_and_critical_is_admitted_under_saturation(stack: Stack) -> None:
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        burst = [asyncio.create_task(_hold(session, stack.gateway_url)) for _ in range(32)]
+        burst = [
+            asyncio.create_task(_hold(session, stack.gateway_url, pod.address, seed=100 * n + i))
+            for n, pod in enumerate(stack.pods)
+            for i in range(12)
+        ]
         try:
 
             async def saturated() -> bool:
