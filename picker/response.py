@@ -47,6 +47,7 @@ class ResponseRewriter:
     __slots__ = (
         "_buf",
         "_carry",
+        "_held",
         "buffered_limit",
         "client_model",
         "content_events",
@@ -63,6 +64,7 @@ class ResponseRewriter:
         self.buffered_limit = buffered_limit
         self._buf: list[bytes] = []
         self._carry = b""
+        self._held = 0  # bytes of a JSON body held so far; -1 once over the limit
         self.content_events = 0
         self.prompt_tokens = 0
         self.output_tokens = 0
@@ -82,15 +84,23 @@ class ResponseRewriter:
 
     # -- JSON ---------------------------------------------------------------------------
     def _feed_json(self, chunk: bytes, end: bool) -> bytes:
+        if self._held < 0:  # gave up holding: a huge body streams through untouched
+            self.done = end
+            return chunk
         if chunk:
             self._buf.append(chunk)
+            self._held += len(chunk)
+            if self._held > self.buffered_limit:
+                body = b"".join(self._buf)
+                self._buf = []
+                self._held = -1
+                self.done = end
+                return body
         if not end:
             return b""
         body = b"".join(self._buf)
         self._buf = []
         self.done = True
-        if len(body) > self.buffered_limit:
-            return body
         try:
             fields = _top.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError):

@@ -178,3 +178,13 @@ def test_sse_rewrite_does_not_depend_on_chunk_boundaries(events, cuts, crlf):
     assert got == expected
     assert split_rw.tokens() == whole.tokens()
     assert b'"target"' not in got
+
+
+def test_a_json_response_over_the_hold_limit_streams_through():
+    rw = ResponseRewriter("client", False, buffered_limit=10)
+    assert rw.feed(b'{"model": "t", ', False) == b'{"model": "t", '  # over the limit: released
+    assert rw.feed(b'"x": 1}', True) == b'"x": 1}'
+    assert rw.done
+    small = ResponseRewriter("client", False, buffered_limit=100)
+    assert small.feed(b'{"model": "t", ', False) == b""
+    assert json.loads(small.feed(b'"x": 1}', True)) == {"model": "client", "x": 1}
