@@ -323,7 +323,7 @@ class EndpointScraper:
         self.scrapes = 0
         self.healthy: bool | None = None  # None until the first verdict
         self.task: asyncio.Task | None = None
-        self._err_children = {}
+        self._err_children: dict = {}
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -728,5 +728,7 @@ class Collector:
                 ts=time.time(),
             ),
         )
-        self.metrics.forget_endpoint(t.namespace, t.pool, t.pod)
+        # The error series are per pod: keep them while another port of the pod is scraped.
+        if not any(k[:3] == key[:3] for k in self.scrapers):
+            self.metrics.forget_endpoint(t.namespace, t.pool, t.pod)
         log.info("endpoint removed", extra={"endpoint": t.describe(), "reason": reason})
