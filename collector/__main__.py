@@ -111,7 +111,7 @@ def build_parser() -> EnvArgumentParser:
     pub.add_argument(
         "--heartbeat-interval",
         type=_positive,
-        default=1.0,
+        default=0.1,
         help="republish an unchanged endpoint after this many seconds",
     )
     natsconn.add_nats_flags(p)

@@ -78,7 +78,9 @@ class CollectorConfig:
     metrics_path: str = "/metrics"
     max_page_bytes: int = 8 << 20
     # publishing
-    heartbeat_interval: float = 1.0
+    # Well under the scheduler's 200 ms staleness rule, so an idle pod's unchanged
+    # metrics never read as stale (which would shed Sheddable requests for nothing).
+    heartbeat_interval: float = 0.1
     stream_settings: StreamSettings = field(default_factory=StreamSettings)
     # ops server (None = do not start one)
     ops_host: str = "0.0.0.0"
