@@ -235,7 +235,10 @@ def _ratio(a: float, b: float) -> float:
 
 
 METRICS = [  # (key, heading, formatter)
-    ("tok_per_min", "Output tokens/min (thousands)", lambda r: f"{r.tok_per_min / 1e3:.0f}"),
+    ("tok_per_min", "Output tokens/min (thousands), upstream definition: measured tokens / time to the last "
+     "response", lambda r: f"{r.tok_per_min / 1e3:.0f}"),
+    ("window_tok_per_min", "Steady-state output tokens/min (thousands): every response completed inside the "
+     "measured window / its length", lambda r: f"{r.window_tok_per_min / 1e3:.0f}"),
     ("ntpot_p90", "p90 NTPOT (ms/token)", lambda r: _ms(r.ntpot_p90)),
     ("e2e_p90", "p90 end-to-end latency (s)", lambda r: _s(r.e2e_p90)),
     ("ttft", "TTFT p50 / p90", lambda r: f"{_t(r.ttft_p50)} / {_t(r.ttft_p90)}"),
@@ -280,8 +283,9 @@ def plot_suite(suite: Suite, grid: dict[tuple[float, str], PointResult], policie
     import matplotlib.pyplot as plt
 
     qs = sorted({q for q, _ in grid})
-    panels = [("tok_per_min", "output tokens/min", False), ("ntpot_p90", "p90 NTPOT (s/token)", True),
-              ("e2e_p90", "p90 e2e latency (s)", True), ("ttft_p90", "p90 TTFT (s)", True)]
+    panels = [("window_tok_per_min", "steady-state output tokens/min", False),
+              ("ntpot_p90", "p90 NTPOT (s/token)", True), ("e2e_p90", "p90 e2e latency (s)", True),
+              ("ttft_p90", "p90 TTFT (s)", True)]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for ax, (key, label, log) in zip(axes.flat, panels, strict=True):
         for p in policies:
@@ -345,22 +349,24 @@ def _verdicts(suites: Sequence[Suite], grids: dict[str, dict[tuple[float, str], 
         out.append("2. **default beats gie-v1 by >= 20% on p90 NTPOT at QPS >= 500**: "
                    f"**{'MET' if met else 'MISSED'}** (NTPOT reduction vs gie-v1 per QPS)")
         out += [f"   - {name}: " + ", ".join(v) for name, v in by_suite.items()]
-    # Goal 3: throughput not below round-robin (2% tolerance).
-    low = []
-    n = 0
-    for s in suites:
-        g = grids[s.name]
-        for q in sorted({q for q, _ in g}):
-            d, rr = g.get((q, "default")), g.get((q, "round-robin"))
-            if d and rr:
-                n += 1
-                r = _ratio(d.tok_per_min, rr.tok_per_min)
-                if r < 0.98:
-                    low.append(f"{s.name} @ {q:g} QPS: default/round-robin throughput = {r:.2f}")
-    if n:
-        out.append(f"3. **throughput not below round-robin** (2% tolerance, {n} points): "
-                   f"**{'MET' if not low else 'MISSED'}**" + (":" if low else "."))
-        out += [f"   - {w}" for w in low]
+    # Goal 3: throughput not below round-robin (2% tolerance), on both throughput definitions.
+    for key, what in (("window_tok_per_min", "steady-state output tokens/min"),
+                      ("tok_per_min", "upstream definition, tokens / time to the last response")):
+        low = []
+        n = 0
+        for s in suites:
+            g = grids[s.name]
+            for q in sorted({q for q, _ in g}):
+                d, rr = g.get((q, "default")), g.get((q, "round-robin"))
+                if d and rr:
+                    n += 1
+                    r = _ratio(getattr(d, key), getattr(rr, key))
+                    if r < 0.98:
+                        low.append(f"{s.name} @ {q:g} QPS: default/round-robin = {r:.2f}")
+        if n:
+            out.append(f"3. **throughput not below round-robin** ({what}; 2% tolerance, {n} points): "
+                       f"**{'MET' if not low else 'MISSED'}**" + (":" if low else "."))
+            out += [f"   - {w}" for w in low]
     # Goal 4: prefix-aware TTFT gain on the shared-prefix workload.
     if "prefix" in grids:
         g = grids["prefix"]

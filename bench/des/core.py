@@ -23,7 +23,9 @@ Measurement: requests arriving in ``[warmup_s, warmup_s + duration_s)`` are meas
 arrivals stop at the end of that window and the run drains until every measured request
 has finished (bounded by ``max_drain_s`` of virtual time; requests still open then are
 reported as ``unfinished``). Throughput = measured output tokens / (last measured
-response - warmup_s), as the upstream benchmark tool defines it (design.md §5).
+response - warmup_s), as the upstream benchmark tool defines it (design.md §5); and the
+steady-state rate, output tokens of every response completed inside the window / its
+length, which does not charge a policy for the half-empty batches of the final drain.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class PointResult:
     shed: int = 0
     unfinished: int = 0
     output_tokens: int = 0
-    tok_per_min: float = 0.0
+    tok_per_min: float = 0.0  # measured requests' output tokens / (last response - warm-up end)
+    window_tok_per_min: float = 0.0  # output tokens of responses inside the window / window (steady state)
     req_per_s: float = 0.0
     ntpot_p90: float = math.nan
     e2e_p50: float = math.nan
@@ -167,6 +170,7 @@ class Cluster:
         self.arrived = 0
         self.shed = 0
         self.open_measured = 0
+        self.window_tokens = 0
         self.events = 0
         self._prefix_base: tuple[float, float] | None = None
         self._preempt_base = 0
@@ -240,8 +244,11 @@ class Cluster:
     def _finish(self, address: str, finished: list[SimRequest], now: float) -> None:
         cfg = self.cfg
         shared = cfg.shared_view and len(self.pickers) > 1
+        t_lo, t_hi = cfg.warmup_s, cfg.warmup_s + cfg.duration_s
         for r in finished:
             info, p, measured = r.ctx
+            if t_lo <= r.t_finished < t_hi:
+                self.window_tokens += r.max_tokens
             if measured:
                 self.records.append((r.t_first_token - r.arrival, r.t_finished - r.arrival, r.max_tokens))
                 self.open_measured -= 1
@@ -382,6 +389,7 @@ class Cluster:
             shared_view=cfg.shared_view, arrived=self.arrived, served=len(recs), shed=self.shed,
             unfinished=max(0, self.open_measured), output_tokens=out,
             tok_per_min=out / span * 60.0 if span > 0 else 0.0,
+            window_tok_per_min=self.window_tokens / cfg.duration_s * 60.0,
             req_per_s=len(recs) / span if span > 0 else 0.0,
             ntpot_p90=percentile(ntpot, 90), e2e_p50=percentile(e2e, 50), e2e_p90=percentile(e2e, 90),
             ttft_p50=percentile(ttft, 50), ttft_p90=percentile(ttft, 90), preemptions=preemptions,
