@@ -162,6 +162,14 @@ async def wait_view_fresh(stack: Stack, max_age_s: float = 1.0, timeout_s: float
     return None
 
 
+async def retries(stack: Stack) -> tuple[int, int]:
+    """Envoy's retries onto the picker's fallback endpoints so far: (tried, succeeded)."""
+    assert stack.envoy is not None
+    stats = await stack.envoy.stats("cluster.infergate_model_servers.upstream_rq_retry")
+    prefix = "cluster.infergate_model_servers.upstream_rq_retry"
+    return stats.get(prefix, 0), stats.get(prefix + "_success", 0)
+
+
 # ------------------------------------------------------------------ the faults
 
 
@@ -298,7 +306,10 @@ async def report(args: argparse.Namespace) -> list[str]:
 
         pod = stack.pods[-1]
         say("pod SIGKILL ...")
+        before = await retries(stack)
         run = await kill_and_restore(stack, "pod-killed", pod.process.kill, lambda: pod.process.start(60))
+        tried, won = (a - b for a, b in zip(await retries(stack), before, strict=True))
+        run.notes["Envoy fallback retries"] = f"{tried} ({won} succeeded)"
         rows.append(row(run, f"SIGKILL sim pod {pod.plan.name}"))
 
         picker = stack.pickers[-1]
