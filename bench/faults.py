@@ -346,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     took = time.monotonic() - started
     if str(args.out):
-        machine = (f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"{platform.system()} {platform.machine()}")
+        machine = (
+            f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.machine()}"
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             "# Fault report\n\n"
