@@ -21,6 +21,7 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
     ClusterDiscoveryType,
     ClusterLbPolicy,
     ClusterOriginalDstLbConfig,
+    OutlierDetection,
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
@@ -96,6 +97,28 @@ def _http2_options() -> dict[str, Any]:
     return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": Any.pack(options)}
 
 
+def _picker_outlier_detection() -> OutlierDetection:
+    """Eject a picker replica on its first refused connection.
+
+    Without this a replica that dies is only removed by the health check (two misses at
+    the check interval), and LEAST_REQUEST meanwhile *prefers* the dead replica, which has
+    no active requests: the fault report measured 25-46 failed requests per killed
+    replica, and 2-4 (the streams already on it) with this. Only local-origin errors
+    (connect failures, resets) count. The 5xx rule keeps its default: gRPC answers travel
+    as HTTP 200 with a ``grpc-status`` trailer, so a picker's answer, even an error, never
+    counts as a 5xx. (``consecutive_5xx`` cannot be set here anyway: betterproto2's snake
+    casing spells it ``consecutive_5_xx``, which Envoy rejects.) The health check still
+    decides when an ejected replica comes back.
+    """
+    return OutlierDetection(
+        split_external_local_origin_errors=True,
+        consecutive_local_origin_failure=1,
+        enforcing_consecutive_local_origin_failure=100,
+        base_ejection_time=seconds(5.0),
+        max_ejection_percent=50,
+    )
+
+
 def picker_cluster(opts: BootstrapOptions) -> Cluster:
     """The Endpoint Picker replicas: HTTP/2 (gRPC), health-checked with grpc.health.v1.
 
@@ -121,6 +144,7 @@ def picker_cluster(opts: BootstrapOptions) -> Cluster:
         lb_policy=ClusterLbPolicy.LEAST_REQUEST,
         typed_extension_protocol_options=_http2_options(),
         circuit_breakers=_circuit_breakers(),
+        outlier_detection=_picker_outlier_detection(),
         health_checks=[
             HealthCheck(
                 timeout=seconds(1.0),
