@@ -24,7 +24,7 @@ def test_short_sweep_runs_and_round_robin_is_worst_at_saturation(tmp_path):
     report = (tmp_path / "seed.md").read_text()
     assert "Verdict per goal" in report
     assert (tmp_path / "seed-sharegpt-shed.png").stat().st_size > 1000
-    rows = json.loads((tmp_path / "seed.json").read_text())
+    rows = json.loads((tmp_path / "seed.json").read_text())["points"]
     assert {(r["suite"], r["policy"]) for r in rows if r["qps"] in (600, 80)} == {
         (s, p) for s in ("sharegpt-shed", "prefix") for p in ("round-robin", "gie-v1", "default")
     }
