@@ -106,6 +106,12 @@ def build_parser() -> EnvArgumentParser:
     )
     scrape.add_argument("--metrics-path", default="/metrics", help="HTTP path of the model servers' metrics")
     scrape.add_argument("--max-page-bytes", type=int, default=8 << 20, help="reject larger /metrics pages")
+    scrape.add_argument(
+        "--models-interval",
+        type=float,
+        default=1.0,
+        help="seconds between reads of /v1/models (the loaded LoRA adapters); 0 disables them",
+    )
 
     pub = p.add_argument_group("publishing")
     pub.add_argument(
@@ -145,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         metrics_path=args.metrics_path,
         max_page_bytes=args.max_page_bytes,
         heartbeat_interval=args.heartbeat_interval,
+        models_interval=args.models_interval,
         ops_host=args.ops_host,
         ops_port=args.ops_port,
     )

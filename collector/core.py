@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
+import msgspec
 from prometheus_client import CollectorRegistry
 
 from collector.metrics import CollectorMetrics
@@ -77,6 +78,8 @@ class CollectorConfig:
     unhealthy_after: int = 3
     metrics_path: str = "/metrics"
     max_page_bytes: int = 8 << 20
+    # How often to read /v1/models (the loaded LoRA adapters); 0 disables it.
+    models_interval: float = 1.0
     # publishing
     # Well under the scheduler's 200 ms staleness rule, so an idle pod's unchanged
     # metrics never read as stale (which would shed Sheddable requests for nothing).
@@ -107,6 +110,8 @@ class CollectorConfig:
             problems.append("unhealthy-after must be >= 1")
         if self.heartbeat_interval <= 0:
             problems.append("heartbeat interval must be > 0")
+        if self.models_interval < 0:
+            problems.append("models interval must be >= 0")
         if self.discovery_mode() not in ("static", "kubernetes"):
             problems.append(f"unknown discovery mode {self.discovery!r}")
         if self.discovery_mode() == "kubernetes" and not self.node_name:
@@ -133,6 +138,7 @@ def change_key(s: EndpointSnapshot) -> tuple:
         tuple(lora.running),
         tuple(lora.waiting),
         lora.max_lora,
+        tuple(s.served_models),
     )
 
 
@@ -309,6 +315,17 @@ class Publisher:
 _HEADERS = {"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "identity"}
 
 
+class _ModelCard(msgspec.Struct):
+    id: str
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_ModelCard] = []
+
+
+_models_decoder = msgspec.json.Decoder(_ModelList)
+
+
 class EndpointScraper:
     """The scrape loop and health state of one endpoint."""
 
@@ -326,6 +343,9 @@ class EndpointScraper:
         self.healthy: bool | None = None  # None until the first verdict
         self.task: asyncio.Task | None = None
         self._err_children: dict = {}
+        self.models_url = target.url("/v1/models")
+        self.served_models: list[str] = []  # from /v1/models; kept when a read fails
+        self._models_due = 0.0
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -348,8 +368,31 @@ class EndpointScraper:
                 next_t = now  # fell behind (slow pod): do not burst to catch up
             await asyncio.sleep(next_t - now)
 
+    async def read_models(self, timeout: aiohttp.ClientTimeout) -> None:
+        """Refresh ``served_models`` from /v1/models (vLLM lists the base model and its adapters).
+
+        The metrics name only the adapters that are running or waiting; without this list a
+        picker would send a request for an adapter to a server that has not loaded it.
+        Adapters change rarely, so this runs every ``models_interval``, not every scrape; a
+        failed read keeps the previous list (a dead pod is the metrics scrape's business).
+        """
+        try:
+            async with self.owner.session.get(
+                self.models_url, timeout=timeout, allow_redirects=False
+            ) as resp:
+                if resp.status != 200:
+                    return
+                page = _models_decoder.decode(await resp.read())
+        except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError):
+            return
+        self.served_models = sorted({card.id for card in page.data})
+
     async def scrape_once(self, timeout: aiohttp.ClientTimeout) -> None:
         owner = self.owner
+        interval = owner.config.models_interval
+        if interval and time.monotonic() >= self._models_due:
+            self._models_due = time.monotonic() + interval
+            await self.read_models(timeout)
         m = owner.metrics
         ts = time.time()
         t0 = time.perf_counter()
@@ -403,6 +446,7 @@ class EndpointScraper:
             prefix_hits=pm.prefix_hits,
             preemptions=pm.preemptions,
             lora=LoraState(running=pm.lora_running, waiting=pm.lora_waiting, max_lora=pm.max_lora),
+            served_models=self.served_models,
             ts=ts,
         )
         if self.healthy is False:
@@ -455,6 +499,7 @@ class EndpointScraper:
                 prefix_hits=base.prefix_hits,
                 preemptions=base.preemptions,
                 lora=base.lora,
+                served_models=base.served_models,
                 ts=ts,  # the verdict is current even though the metrics are not
             )
             self._offer(snap)

@@ -60,6 +60,11 @@ class EndpointSnapshot(_Message, tag="snap"):
     prefix_hits: float = 0.0
     preemptions: float = 0.0
     lora: LoraState = msgspec.field(default_factory=LoraState)
+    # Every model name the server answers to (its base model and the LoRA adapters it has
+    # loaded), from /v1/models; empty when unknown. The metrics only name adapters that are
+    # running or waiting, so this is how a picker avoids sending a request for an adapter
+    # to a server that would answer 404.
+    served_models: list[str] = []
     ts: float = 0.0
     seq: int = 0
     epoch: str = ""

@@ -15,6 +15,7 @@ The file shape (every field is optional unless said otherwise)::
                      include_inflight: false}
         shed: [Sheddable]                     # criticalities refused (429) when saturated
         sheddable_unsaturated_only: false     # route shed-able requests to unsaturated pods only
+        require_served_model: true            # adapters only to pods whose /v1/models lists them
         fallbacks: 2
         inflight: {ttl_s: 60, propagation_ms: 20}
         prefix: {default_capacity_blocks: 8192}
@@ -167,6 +168,7 @@ def _build(name: str, raw: Any, rng: random.Random) -> ProfileScheduler:
 
     fallbacks = p.integer("fallbacks", 2, lo=0, hi=16)
     unsat_only = p.boolean("sheddable_unsaturated_only", False)
+    require_served = p.boolean("require_served_model", True)
     default_out = p.integer("default_output_tokens", 200, lo=0)
     max_candidates = p.integer("max_candidates", 0, lo=0)
     on_error = _ErrorLog()
@@ -202,6 +204,7 @@ def _build(name: str, raw: Any, rng: random.Random) -> ProfileScheduler:
         thresholds=thresholds,
         shed=frozenset(shed_raw),
         sheddable_unsaturated_only=unsat_only,
+        require_served_model=require_served,
         fallbacks=fallbacks,
         inflight=inflight,
         prefix=prefix,

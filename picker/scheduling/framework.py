@@ -142,6 +142,7 @@ class ProfileScheduler:
         thresholds: Thresholds | None = None,
         shed: frozenset[str] = frozenset({"Sheddable"}),
         sheddable_unsaturated_only: bool = False,
+        require_served_model: bool = True,
         fallbacks: int = 2,
         inflight: InflightTracker | None = None,
         prefix: PrefixIndex | None = None,
@@ -156,6 +157,7 @@ class ProfileScheduler:
         self.thresholds = thresholds or Thresholds()
         self.shed = frozenset(shed)
         self.sheddable_unsaturated_only = sheddable_unsaturated_only
+        self.require_served_model = require_served_model
         self.fallbacks = max(0, int(fallbacks))
         self.inflight = inflight or InflightTracker()
         self.prefix = prefix or PrefixIndex()
@@ -177,6 +179,8 @@ class ProfileScheduler:
     def _schedule(self, request: RequestInfo, endpoints: Sequence[EndpointView], now: float) -> Decision:
         self.inflight.expire(now)
         fresh, stale = self._gather(request, endpoints, now)
+        if self.require_served_model and request.target_model not in self._base_models:
+            fresh, stale = _serving(request.target_model, fresh, stale)
         if not fresh and not stale:
             why = "no candidate endpoints" if endpoints else "no endpoints in the pool"
             if endpoints and request.candidates is not None:
@@ -378,3 +382,17 @@ def _dedup(addresses) -> list[str]:
             out.append(a)
     return out
 
+
+def _serving(
+    target: str, fresh: list[EndpointState], stale: list[EndpointState]
+) -> tuple[list[EndpointState], list[EndpointState]]:
+    """Keep the endpoints that serve ``target`` (a LoRA adapter), or whose models are unknown.
+
+    Soft: when no endpoint is known to serve it, every endpoint stays, and the model server
+    gives the client its own answer (vLLM: 404). Base-model requests never get here.
+    """
+    kept_fresh = [s for s in fresh if s.served is None or target in s.served]
+    kept_stale = [s for s in stale if s.served is None or target in s.served]
+    if kept_fresh or kept_stale:
+        return kept_fresh, kept_stale
+    return fresh, stale

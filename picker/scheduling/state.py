@@ -66,6 +66,7 @@ class EndpointState:
         "queue_demand",
         "running",
         "sat_static",
+        "served",
         "snap",
         "snap_ts",
         "waiting",
@@ -100,6 +101,8 @@ class EndpointState:
         self.lora_waiting = frozenset(lora.waiting)
         self.max_lora = int(_num(lora.max_lora, 0, 1e6, 0))
         self.lora_slots_free = len(self.lora_running) < self.max_lora
+        served = snap.served_models
+        self.served = frozenset(served) if served else None  # None: unknown, assume it serves
         # Metrics are as old as the scrape; if the scrape time is unknown, as the receipt.
         ts = _num(snap.ts, -1e18, 1e18, 0.0) or _num(received_at, -1e18, 1e18, 0.0)
         failing = _num(snap.consecutive_failures, 0, 1e9, 0) > 0 or bool(snap.scrape_error)
@@ -115,8 +118,6 @@ class EndpointState:
             return True
         if th.include_inflight:
             load = self.load
-            if load.n and (
-                self.waiting + load.n > th.queue or self.kv + load.tokens * self.inv_cap > th.kv
-            ):
+            if load.n and (self.waiting + load.n > th.queue or self.kv + load.tokens * self.inv_cap > th.kv):
                 return True
         return False

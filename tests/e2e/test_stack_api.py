@@ -123,6 +123,23 @@ async def test_weighted_split_target_is_hidden_from_the_client(stack: Stack) -> 
         assert r.json()["model"] == "chat", r
 
 
+@pytest.mark.parametrize(
+    ("model", "holders"),
+    [("summarize", {"vllm-2"}), ("chat", {"vllm-0", "vllm-1"})],
+)
+async def test_adapter_requests_reach_only_pods_that_loaded_the_adapter(stack: Stack, model, holders) -> None:
+    """No pinning: the pickers learn the loaded adapters from the collectors (/v1/models).
+
+    summarize -> summarize-lora (only vllm-2 loads it); chat -> chat-lora-v1 (vllm-0, vllm-1)
+    or chat-lora-v2 (vllm-1). A pod without the adapter would answer 404.
+    """
+    replies = await asyncio.gather(*(post(stack.gateway_url, completion(model)) for _ in range(20)))
+    for r in replies:
+        assert r.status == 200, r
+        assert pod_by_address(stack, r.served) in holders, r
+        assert r.json()["model"] == model, r
+
+
 async def test_sheddable_model_rewritten_to_the_base(stack: Stack) -> None:
     r = await post(stack.gateway_url, chat("batch"), path="/v1/chat/completions")
     assert r.status == 200, r
