@@ -13,10 +13,10 @@ Faults:
 * ``pod-killed``: SIGKILL of one simulated vLLM pod (in-flight requests on it fail; new
   ones walk to the picker's fallback endpoints);
 * ``picker-killed``: SIGKILL of one of two picker replicas (its in-flight ext_proc streams
-  fail; Envoy's gRPC health check removes it);
-* ``picker-killed (proposed)``: the same kill seen at the same time by a second Envoy whose
-  picker cluster has outlier detection (:func:`picker_outlier_detection`), the change this
-  report proposes for ``picker/envoy/clusters.py``;
+  fail; Envoy's outlier detection ejects it on the first refused connection);
+* ``picker-killed (no outlier detection)``: the same kill seen at the same time by a second
+  Envoy whose picker cluster has no outlier detection (:func:`without_outlier_detection`),
+  the baseline: only the gRPC health check removes the dead replica there;
 * ``all-pickers-down``: every picker SIGKILLed for 5 s, then restarted, seen through the
   FailClose and the FailOpen Envoy at the same time.
 
@@ -243,24 +243,16 @@ async def all_pickers_down(
     return runs
 
 
-def picker_outlier_detection(bootstrap: dict) -> None:
-    """The proposed change to picker/envoy/clusters.py, applied to a generated bootstrap.
+def without_outlier_detection(bootstrap: dict) -> None:
+    """The baseline: the generated bootstrap minus outlier detection on the picker cluster.
 
-    Without it, a replica that dies is only removed by the gRPC health check (2 misses at
+    Without it a replica that dies is only removed by the gRPC health check (2 misses at
     2 s), and LEAST_REQUEST meanwhile *prefers* the dead replica, which has no active
-    requests. One refused connection (a local-origin error) ejecting the host closes that
-    window; the health check still decides when it comes back.
+    requests.
     """
     for cluster in bootstrap["static_resources"]["clusters"]:
         if cluster["name"] == "infergate_picker":
-            cluster["outlier_detection"] = {
-                "split_external_local_origin_errors": True,
-                "consecutive_local_origin_failure": 1,
-                "enforcing_consecutive_local_origin_failure": 100,
-                "consecutive_5xx": 1_000_000,  # gRPC answers are the picker's business, not ejections
-                "base_ejection_time": "5s",
-                "max_ejection_percent": 50,
-            }
+            cluster.pop("outlier_detection", None)
 
 
 # ------------------------------------------------------------------ report
@@ -291,7 +283,7 @@ async def report(args: argparse.Namespace) -> list[str]:
     say("starting the stack (NATS, 4 sim pods, 2 collectors, 2 pickers, Envoy FailClose + FailOpen)")
     async with Stack(config) as stack:
         fail_open = await stack.add_gateway("FailOpen")
-        proposed = await stack.add_gateway("FailClose", picker_outlier_detection)
+        baseline = await stack.add_gateway("FailClose", without_outlier_detection)
         say(f"stack ready (logs: {stack.log_dir}); {args.qps:g} req/s of short Critical requests")
 
         say("NATS stopped for 10 s ...")
@@ -313,16 +305,16 @@ async def report(args: argparse.Namespace) -> list[str]:
         rows.append(row(run, f"SIGKILL sim pod {pod.plan.name}"))
 
         picker = stack.pickers[-1]
-        say("picker replica SIGKILL (generated Envoy and Envoy + proposed outlier detection) ...")
-        urls = {"generated": stack.gateway_url, "proposed": proposed}
+        say("picker replica SIGKILL (generated Envoy and an Envoy without outlier detection) ...")
+        urls = {"generated": stack.gateway_url, "baseline": baseline}
         runs = await kill_and_restore(
             stack, "picker-killed", picker.process.kill, lambda: picker.process.start(60), after_s=10.0,
             urls=urls,
         )  # fmt: skip
         rows.append(row(runs["generated"], f"SIGKILL {picker.name} of 2"))
-        runs["proposed"].name = "picker-killed (proposed)"
-        what = "the same kill, seen by an Envoy with outlier detection on the picker cluster (proposed)"
-        rows.append(row(runs["proposed"], what))
+        runs["baseline"].name = "picker-killed (no outlier detection)"
+        what = "the same kill, seen by an Envoy without outlier detection on the picker cluster"
+        rows.append(row(runs["baseline"], what))
 
         say("all pickers down for 5 s (FailClose and FailOpen Envoys side by side) ...")
         for mode, run in (await all_pickers_down(stack, fail_open)).items():
