@@ -156,6 +156,8 @@ class Cluster:
         self.engines = {a: Engine(ecfg) for a in self.addresses}
         self.work: dict[str, float] = dict.fromkeys(self.addresses, 0.0)
         self.max_loras = ecfg.max_loras if ecfg.enable_lora else 0
+        # What /v1/models would list: every server has every adapter loaded (max_cpu_loras 12).
+        self.served_models = [MODEL, *self.sampler.adapters]
         self.is_oracle = cfg.policy == "oracle"
         self.pickers = [_Picker(p, self._make_scheduler(p)) for p in range(cfg.picker_replicas)]
         self._heap: list[tuple] = []
@@ -201,7 +203,7 @@ class Cluster:
             preemptions=float(st.preemptions),
             lora=LoraState(running=st.running_lora_adapters, waiting=st.waiting_lora_adapters,
                            max_lora=self.max_loras),
-            ts=now, seq=self._snap_seq, epoch="des", collector="des",
+            served_models=self.served_models, ts=now, seq=self._snap_seq, epoch="des", collector="des",
         )
 
     def _deliver(self, snap: EndpointSnapshot, now: float) -> None:

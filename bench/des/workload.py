@@ -40,6 +40,7 @@ class Sampler:
             raise ValueError(f"unknown workload {spec.name!r} (known: {', '.join(WORKLOADS)})")
         self.spec = spec
         self._lora: ZipfChoice | None = None
+        self.adapters: list[str] = []
         if spec.name == "shared-prefix":
             self._src = SharedPrefix(
                 rng, groups=spec.prefix_groups, prompts_per_group=spec.prefix_prompts_per_group,
@@ -50,6 +51,7 @@ class Sampler:
             self._src = ShareGPTLike(rng)
             if spec.name == "lora":
                 names = [f"adapter-{i}" for i in range(spec.lora_adapters)]
+                self.adapters = names
                 self._lora = ZipfChoice(names, spec.lora_zipf_s, random.Random(rng.getrandbits(32)))
 
     def __call__(self) -> WorkItem:
