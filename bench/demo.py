@@ -4,7 +4,12 @@ It starts NATS, simulated vLLM pods (calibrated to Llama-2-7B on an H100, slowed
 ``--time-scale`` so two cores can emulate the load faithfully), one collector per
 simulated node, two picker replicas, the autoscaler, and two Envoys: one consulting the
 pickers over ext_proc, one doing plain round-robin over the same pods. It then sends the
-same ShareGPT-like Poisson load through each in turn and prints one table.
+same Poisson load through each in turn, in two phases, and prints one table:
+
+1. ShareGPT-like, on pods calibrated to an H100 (the upstream benchmark's workload);
+2. shared prefix (upstream's prefix-cache benchmark, scaled down: a few dozen groups of a
+   2,048-token system prompt plus a 256-token question), on pods with a smaller KV cache,
+   so that the groups overflow one pod's cache as upstream's 256 groups overflow an H100's.
 
 Latencies are reported in H100-equivalent time (wall time divided by the time scale),
 throughput in H100-equivalent requests and tokens per second, so the figures read as the
@@ -18,31 +23,79 @@ import asyncio
 import math
 import os
 import platform
+import random
 import ssl
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from bench.loadgen import LoadResult, run_load, sharegpt_items
+from bench.loadgen import LoadItem, LoadResult, run_load, sharegpt_items
 from bench.stack import BASE_MODEL, NAMESPACE, Stack, StackConfig
+from shared.tokens import text_for_tokens
 
 DEFAULT_OUT = Path("bench/results/demo")
 
 
 @dataclass(frozen=True)
 class Row:
+    phase: str
     name: str
     summary: dict
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One workload, run through the picker and through round-robin on a fresh stack."""
+
+    name: str
+    time_scale: float
+    qps: float  # H100-equivalent requests/s
+    duration: float  # wall seconds of sending per run
+    workload: Callable[[int], Iterator[LoadItem]]
+    sim_args: tuple[str, ...] = ()
+
+
+def shared_prefix_items(
+    seed: int,
+    groups: int = 24,
+    system_tokens: int = 2048,
+    question_tokens: int = 256,
+    output_tokens: int = 256,
+) -> Iterator[LoadItem]:
+    """Upstream's shared-prefix workload as text: a random group's system prompt, then a fresh question.
+
+    Each system prompt starts with its group's tag, so groups differ from the first
+    16-token block on and share nothing by accident; questions are unique per request.
+    """
+    rng = random.Random(seed)
+    systems = [
+        f"[system prompt of group {g}] " + text_for_tokens(system_tokens, seed=g) for g in range(groups)
+    ]
+    i = 0
+    while True:
+        g = rng.randrange(groups)
+        question = f"\n[question {i}] " + text_for_tokens(question_tokens, seed=i)
+        yield LoadItem(systems[g] + question, output_tokens)
+        i += 1
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="infergate-bench demo", description=__doc__.splitlines()[0])
-    p.add_argument("--time-scale", type=float, default=8.0, help="wall seconds per simulated H100 second")
-    p.add_argument("--qps", type=float, default=100.0, help="offered load in H100-equivalent requests/s")
-    p.add_argument("--duration", type=float, default=45.0, help="wall seconds of sending per run")
+    p.add_argument("--sharegpt-qps", type=float, default=80.0, help="ShareGPT-like load, H100 req/s (4 pods)")
+    p.add_argument("--prefix-qps", type=float, default=16.0, help="shared-prefix load, H100 req/s (4 pods)")
+    p.add_argument("--duration", type=float, default=30.0, help="wall seconds of sending per run")
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="wall seconds per simulated H100 second (raise it on a slow machine; keep duration/scale "
+        "well above a request's lifetime, ~5 s)",
+    )
+    p.add_argument("--phases", default="sharegpt,prefix", help="which phases to run, comma-separated")
     p.add_argument("--pickers", type=int, default=2, help="picker replicas")
     p.add_argument("--profile", default="default", help="scheduler profile of the pickers")
     p.add_argument("--seed", type=int, default=1, help="workload seed (both runs get the same requests)")
@@ -59,38 +112,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def phases(args: argparse.Namespace) -> list[Phase]:
+    every = {
+        "sharegpt": Phase("ShareGPT-like", args.time_scale, args.sharegpt_qps, args.duration, sharegpt_items),
+        "prefix": Phase(
+            "shared prefix",
+            args.time_scale,
+            args.prefix_qps,
+            args.duration,
+            shared_prefix_items,
+            sim_args=("--kv-capacity-tokens", "30000"),
+        ),
+    }
+    return [every[name.strip()] for name in args.phases.split(",") if name.strip()]
+
+
 async def demo(args: argparse.Namespace) -> int:
-    pods = len(StackConfig().pods)
-    wall_qps = args.qps / args.time_scale
-    say(f"starting the stack: NATS, {pods} simulated pods (time scale {args.time_scale:g}x), 2 collectors, "
-        f"{args.pickers} pickers ({args.profile}), autoscaler, 2 Envoys")  # fmt: skip
-    t0 = time.monotonic()
-    config = StackConfig(pickers=args.pickers, profile=args.profile, time_scale=args.time_scale)
-    async with Stack(config) as stack:
-        say(f"stack ready in {time.monotonic() - t0:.1f} s (logs: {stack.log_dir})")
-        rows: list[Row] = []
-        results: dict[str, LoadResult] = {}
-        peak: dict[str, float] = {}
-        runs = (("InferGate picker", stack.gateway_url), ("Envoy round-robin", stack.round_robin_url))
-        for name, url in runs:
-            say(f"{name}: {args.qps:g} req/s (H100 time; {wall_qps:.1f}/s wall), {args.duration:g} s ...")
-            watcher = asyncio.create_task(watch_autoscaler(stack, peak)) if url == stack.gateway_url else None
-            result = await run_load(
-                url,
-                sharegpt_items(args.seed),
-                wall_qps,
-                args.duration,
-                model=BASE_MODEL,
-                stream=True,  # so TTFT is the first token, not the whole response
-                drain_timeout_s=120.0 * args.time_scale / 8,
-                request_timeout_s=240.0 * args.time_scale / 8,
-                seed=args.seed,
-            )
-            if watcher is not None:
-                watcher.cancel()
-            results[name] = result
-            rows.append(Row(name, h100_equivalent(result.summary(), args.time_scale)))
-            await wait_idle(stack)
+    rows: list[Row] = []
+    results: dict[str, LoadResult] = {}
+    peak: dict[str, float] = {}
+    for phase in phases(args):
+        await run_phase(args, phase, rows, results, peak)
     table = format_table(rows)
     print("\n" + table + "\n")
     if peak:
@@ -100,6 +142,41 @@ async def demo(args: argparse.Namespace) -> int:
     if plot is not None:
         say(f"plot:   {plot}")
     return 0
+
+
+async def run_phase(
+    args: argparse.Namespace, phase: Phase, rows: list[Row], results: dict[str, LoadResult], peak: dict
+) -> None:
+    pods = len(StackConfig().pods)
+    wall_qps = phase.qps / phase.time_scale
+    say(f"{phase.name}: starting NATS, {pods} simulated pods (time scale {phase.time_scale:g}x), "
+        f"2 collectors, {args.pickers} pickers ({args.profile}), autoscaler, 2 Envoys")  # fmt: skip
+    t0 = time.monotonic()
+    config = StackConfig(
+        pickers=args.pickers, profile=args.profile, time_scale=phase.time_scale, sim_args=phase.sim_args
+    )
+    async with Stack(config) as stack:
+        say(f"stack ready in {time.monotonic() - t0:.1f} s (logs: {stack.log_dir})")
+        runs = (("InferGate picker", stack.gateway_url), ("Envoy round-robin", stack.round_robin_url))
+        for name, url in runs:
+            say(f"  {name}: {phase.qps:g} req/s (H100 time; {wall_qps:.1f}/s wall) for {phase.duration:g} s")
+            watch = url == stack.gateway_url and not peak
+            watcher = asyncio.create_task(watch_autoscaler(stack, peak)) if watch else None
+            result = await run_load(
+                url,
+                phase.workload(args.seed),
+                wall_qps,
+                phase.duration,
+                model=BASE_MODEL,
+                drain_timeout_s=30.0 * phase.time_scale,
+                request_timeout_s=60.0 * phase.time_scale,
+                seed=args.seed,
+            )
+            if watcher is not None:
+                watcher.cancel()
+            results[f"{phase.name}: {name}"] = result
+            rows.append(Row(phase.name, name, h100_equivalent(result.summary(), phase.time_scale)))
+            await wait_idle(stack)
 
 
 def say(message: str) -> None:
@@ -183,38 +260,23 @@ def _fmt(value: float, unit: str = "s") -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = ["", "throughput (req/s)", "output tok/s", "p90 NTPOT", "p90 e2e latency", "TTFT p50", "TTFT p90",
-            "ok", "errors"]  # fmt: skip
+    head = ["workload", "route", "throughput (req/s)", "output tok/s", "p90 NTPOT", "p90 e2e latency",
+            "TTFT p50", "TTFT p90", "ok", "errors"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = ("req_per_s", "output_tok_per_s", "ntpot_p90_s", "latency_p90_s", "ttft_p50_s", "ttft_p90_s")
+    by_phase: dict[str, list[Row]] = {}
     for row in rows:
-        s = row.summary
-        errors = ", ".join(f"{n} x {kind}" for kind, n in sorted(s["errors"].items())) or "0"
-        cells = [
-            row.name,
-            _fmt(s["req_per_s"], ""),
-            _fmt(s["output_tok_per_s"], ""),
-            _fmt(s["ntpot_p90_s"]),
-            _fmt(s["latency_p90_s"]),
-            _fmt(s["ttft_p50_s"]),
-            _fmt(s["ttft_p90_s"]),
-            str(s["ok"]),
-            errors,
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    if len(rows) == 2:
-        a, b = rows[0].summary, rows[1].summary
-        ratio = [
-            "picker / round-robin",
-            _ratio(a["req_per_s"], b["req_per_s"]),
-            _ratio(a["output_tok_per_s"], b["output_tok_per_s"]),
-            _ratio(a["ntpot_p90_s"], b["ntpot_p90_s"]),
-            _ratio(a["latency_p90_s"], b["latency_p90_s"]),
-            _ratio(a["ttft_p50_s"], b["ttft_p50_s"]),
-            _ratio(a["ttft_p90_s"], b["ttft_p90_s"]),
-            "",
-            "",
-        ]
-        lines.append("| " + " | ".join(ratio) + " |")
+        by_phase.setdefault(row.phase, []).append(row)
+    for phase, group in by_phase.items():
+        for row in group:
+            s = row.summary
+            errors = ", ".join(f"{n} x {kind}" for kind, n in sorted(s["errors"].items())) or "0"
+            cells = [phase, row.name, *(_fmt(s[k], "" if k.endswith("per_s") else "s") for k in keys)]
+            lines.append("| " + " | ".join([*cells, str(s["ok"]), errors]) + " |")
+        if len(group) == 2:
+            a, b = group[0].summary, group[1].summary
+            cells = [phase, "**picker / round-robin**", *(_ratio(a[k], b[k]) for k in keys), "", ""]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -230,16 +292,25 @@ def write_report(
     args.out.mkdir(parents=True, exist_ok=True)
     report = args.out / "demo.md"
     plot = plot_latency(args, results)
+    command = (
+        f"infergate-bench demo --time-scale {args.time_scale:g} --sharegpt-qps {args.sharegpt_qps:g} "
+        f"--prefix-qps {args.prefix_qps:g} "
+        f"--duration {args.duration:g} --pickers {args.pickers} --profile {args.profile} --seed {args.seed}"
+    )
     lines = [
         "# `make demo`: the InferGate picker against Envoy round-robin",
         "",
-        f"Command: `infergate-bench demo --time-scale {args.time_scale:g} --qps {args.qps:g} "
-        f"--duration {args.duration:g} --pickers {args.pickers} --profile {args.profile} --seed {args.seed}`",
-        f"Machine: {platform.machine()}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} cores. Run at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores; "
+        f"run at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
-        "Four simulated vLLM pods (Llama-2-7B on an H100, LoRA enabled: about 26 req/s each on ShareGPT),",
-        "a ShareGPT-like Poisson load of the base model, streaming. Times are H100-equivalent.",
+        "Four simulated vLLM pods (Llama-2-7B on an H100, LoRA enabled: about 26 req/s each on",
+        "ShareGPT) behind the real Envoy, NATS, 2 collectors, 2 picker replicas and the autoscaler;",
+        "non-streaming Poisson load of the base model. Times and rates are H100-equivalent (wall",
+        "time divided by the simulation's time scale). For a non-streaming request the first token",
+        "arrives with the whole response, so TTFT here is the end-to-end latency's distribution.",
+        "The shared-prefix phase gives each pod a 30,000-token KV cache, so that its 24 prompt",
+        "groups (2,304 tokens each) overflow one pod's cache but fit in the pool's.",
         "",
         table,
         "",
@@ -247,7 +318,7 @@ def write_report(
     if peak:
         lines += [autoscaler_line(peak), ""]
     if plot is not None:
-        lines += [f"![end-to-end latency]({plot.name})", ""]
+        lines += [f"![latency distributions]({plot.name})", ""]
     report.write_text("\n".join(lines))
     return report, plot
 
@@ -260,18 +331,20 @@ def plot_latency(args: argparse.Namespace, results: dict[str, LoadResult]) -> Pa
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    scales = {p.name: p.time_scale for p in phases(args)}
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, result in results.items():
-        ok = [r.ntpot_s for r in result.records if r.ok and not math.isnan(r.ntpot_s)]
-        values = sorted(v / args.time_scale * 1e3 for v in ok)
+    for label, result in results.items():
+        scale = scales[label.split(":", 1)[0]]
+        values = sorted(r.latency_s / scale for r in result.records if r.ok and not math.isnan(r.latency_s))
         if values:
-            ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=name)
-    ax.set_xlabel("normalized time per output token (ms, H100-equivalent)")
+            ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("end-to-end latency (s, H100-equivalent, log scale)")
     ax.set_ylabel("fraction of requests")
-    ax.set_title("NTPOT distribution, same ShareGPT-like load")
+    ax.set_title("Same load through the picker and through round-robin")
     ax.grid(alpha=0.3)
-    ax.legend()
-    path = args.out / "demo-ntpot.png"
+    ax.legend(fontsize=8)
+    path = args.out / "demo-latency.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
