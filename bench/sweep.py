@@ -595,7 +595,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--prefix-groups", type=int, default=256, help="shared-prefix workload groups")
     ap.add_argument("--scrape-interval", type=float, default=0.050, help="metrics scrape interval, s")
     ap.add_argument("--metrics-delay", type=float, default=0.005, help="scrape -> picker propagation, s")
-    ap.add_argument("--share-delay", type=float, default=0.003, help="peer event propagation, s")
+    ap.add_argument("--share-delay", type=float, default=0.005, help="peer event propagation, s")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)

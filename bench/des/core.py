@@ -68,7 +68,7 @@ class DESConfig:
     shared_view: bool = True
     scrape_interval_s: float = 0.050
     metrics_delay_s: float = 0.005
-    share_delay_s: float = 0.003
+    share_delay_s: float = 0.005  # measured publish-to-apply p50 over NATS (bench/results/sharing-bus.md)
     criticality: str = "Standard"
     sheddable_fraction: float = 0.0  # share of requests sent as "Sheddable"
     seed: int = 0
@@ -258,7 +258,7 @@ class Cluster:
                     self.last_finish = r.t_finished
             self.pickers[p].sched.on_completed(info.request_id, now)
             if shared:
-                self._push(now + cfg.share_delay_s, SHARE_DONE, (info.request_id, p))
+                self._push(now + cfg.share_delay_s, SHARE_DONE, (info.request_id, p, now))
 
     def _on_step_end(self, address: str, res: Any, now: float) -> None:
         eng = self.engines[address]
@@ -295,7 +295,7 @@ class Cluster:
         address = decision.endpoints[0]
         pk.sched.on_assigned(info, address, now, replica=pk.name)
         if cfg.shared_view and len(self.pickers) > 1:
-            self._push(now + cfg.share_delay_s, SHARE_ASSIGN, (info, address, p))
+            self._push(now + cfg.share_delay_s, SHARE_ASSIGN, (info, address, p, now))
         eng = self.engines[address]
         cached = cached_prefix_tokens(eng, item.block_hashes) if self.is_oracle else 0
         self.work[address] += PREFILL_WEIGHT * (item.prompt_tokens - cached) + item.output_tokens
@@ -359,15 +359,18 @@ class Cluster:
                 self._busy[a] = False
                 self._kick(a, t)
             elif kind == SHARE_ASSIGN:
-                info, address, src = a
+                # Peers learn of it late, but with the time it was made, as picker/sharing's
+                # applier passes the event's own ts: the in-flight tracker then knows which
+                # snapshots already include it.
+                info, address, src, made_at = a
                 for pk in self.pickers:
                     if pk.index != src:
-                        pk.sched.on_assigned(info, address, t, replica=self.pickers[src].name)
+                        pk.sched.on_assigned(info, address, made_at, replica=self.pickers[src].name)
             elif kind == SHARE_DONE:
-                rid, src = a
+                rid, src, made_at = a
                 for pk in self.pickers:
                     if pk.index != src:
-                        pk.sched.on_completed(rid, t)
+                        pk.sched.on_completed(rid, made_at)
             if stopped and self.open_measured <= 0:
                 break
             if t > deadline:
