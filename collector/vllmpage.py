@@ -12,76 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-_TTFT_BUCKETS = [
-    0.001,
-    0.005,
-    0.01,
-    0.02,
-    0.04,
-    0.06,
-    0.08,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-    160.0,
-    640.0,
-    2560.0,
-]
-_TPOT_BUCKETS = [
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-]
-_LAT_BUCKETS = [
-    0.3,
-    0.5,
-    0.8,
-    1.0,
-    1.5,
-    2.0,
-    2.5,
-    5.0,
-    10.0,
-    15.0,
-    20.0,
-    30.0,
-    40.0,
-    50.0,
-    60.0,
-    120.0,
-    240.0,
-    480.0,
-    960.0,
-    1920.0,
-    7680.0,
-]
+from shared.vllm import ITERATION_TOKEN_BUCKETS, REQUEST_LATENCY_BUCKETS, TPOT_BUCKETS, TTFT_BUCKETS
+
 _TOKEN_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 4096]
-_ITER_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 _HTTP_BUCKETS = [
     0.01,
     0.025,
@@ -289,7 +222,7 @@ def render(state: PageState) -> str:
         (
             "vllm:iteration_tokens_total",
             "Histogram of number of tokens per engine_step.",
-            _ITER_BUCKETS,
+            ITERATION_TOKEN_BUCKETS,
             300.0,
         ),
         (
@@ -308,48 +241,48 @@ def render(state: PageState) -> str:
         (
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",
-            _TTFT_BUCKETS,
+            TTFT_BUCKETS,
             0.05,
         ),
         (
             "vllm:time_per_output_token_seconds",
             "Histogram of time per output token in seconds.",
-            _TPOT_BUCKETS,
+            TPOT_BUCKETS,
             0.012,
         ),
         (
             "vllm:e2e_request_latency_seconds",
             "Histogram of e2e request latency in seconds.",
-            _LAT_BUCKETS,
+            REQUEST_LATENCY_BUCKETS,
             3.0,
         ),
         (
             "vllm:request_queue_time_seconds",
             "Histogram of time spent in WAITING phase for request.",
-            _LAT_BUCKETS,
+            REQUEST_LATENCY_BUCKETS,
             0.2,
         ),
         (
             "vllm:request_inference_time_seconds",
             "Histogram of time spent in RUNNING phase for request.",
-            _LAT_BUCKETS,
+            REQUEST_LATENCY_BUCKETS,
             2.8,
         ),
         (
             "vllm:request_prefill_time_seconds",
             "Histogram of time spent in PREFILL phase for request.",
-            _LAT_BUCKETS,
+            REQUEST_LATENCY_BUCKETS,
             0.05,
         ),
         (
             "vllm:request_decode_time_seconds",
             "Histogram of time spent in DECODE phase for request.",
-            _LAT_BUCKETS,
+            REQUEST_LATENCY_BUCKETS,
             2.7,
         ),
     ]
     for i in range(state.filler_histograms):
-        hists.append((f"vllm:filler_{i}_seconds", "Filler histogram.", _LAT_BUCKETS, 1.0))
+        hists.append((f"vllm:filler_{i}_seconds", "Filler histogram.", REQUEST_LATENCY_BUCKETS, 1.0))
     for name, doc, buckets, mean in hists:
         for e in range(len(engines)):
             _histogram(out, name, doc, buckets, {"engine": str(e), "model_name": model}, n, mean, created)
