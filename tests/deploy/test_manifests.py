@@ -300,3 +300,41 @@ def test_dockerfile_copies_every_package_and_runs_non_root():
         assert f"COPY {pkg} {pkg}" in text, pkg
     assert re.search(r"^USER 65532", text, re.M)
     assert text.count("FROM ") == 2  # multi-stage: build tools stay out of the runtime image
+
+
+def listening_ports(help_text: str, args: list[str]) -> set[int]:
+    """The ports a service listens on: its ``--*-port`` defaults, overridden by the manifest's args."""
+    flat = " ".join(help_text.split())
+    ports = {
+        flag: int(default)
+        for flag, default in re.findall(r"(--[a-z-]*port)\b [A-Z_]+ [^-]*?\(default: (\d+)\)", flat)
+    }
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        if flag in ports and value.isdigit():
+            ports[flag] = int(value)
+    return set(ports.values())
+
+
+def test_container_ports_and_images_match_the_services():
+    objects = [o for t in TREES for o in render(DEPLOY / t)]
+    helps: dict[str, str] = {}
+    checked = 0
+    for obj in objects:
+        for c in containers(obj):
+            command = (c.get("command") or [None])[0]
+            if command not in SERVICES or command == "infergate-sim":
+                continue
+            assert c["image"].split(":")[0] == "infergate", c["image"]  # the one image of the Dockerfile
+            if command not in helps:
+                helps[command] = service_help(command)
+            expected = listening_ports(helps[command], c.get("args") or [])
+            declared = {p["containerPort"] for p in c.get("ports") or []}
+            assert declared and declared <= expected, (command, declared, expected)
+            named = {p["name"] for p in c["ports"]}
+            for probe in ("readinessProbe", "livenessProbe"):
+                target = (c.get(probe) or {}).get("httpGet") or (c.get(probe) or {}).get("grpc") or {}
+                port = target.get("port")
+                assert port is None or port in named or port in declared, (command, probe, port)
+            checked += 1
+    assert checked >= 3
