@@ -353,10 +353,14 @@ def _parse_headers(values: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="infergate-bench loadgen", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", required=True,
-                    help="base URL, e.g. http://127.0.0.1:8081 (the only host contacted)")
+    ap = argparse.ArgumentParser(
+        prog="infergate-bench loadgen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--url", required=True, help="base URL, e.g. http://127.0.0.1:8081 (the only host contacted)"
+    )
     ap.add_argument("--qps", type=float, default=10.0, help="Poisson arrival rate (ignored with --trace)")
     ap.add_argument("--duration", type=float, default=30.0, help="send window in seconds")
     ap.add_argument("--workload", default="sharegpt", help="'sharegpt' or a JSONL file of prompt/max_tokens")
@@ -379,10 +383,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         items = jsonl_items(args.workload)
     res = asyncio.run(
-        run_load(args.url, items, args.qps, args.duration, stream=args.stream, model=args.model,
-                 headers=_parse_headers(args.header), concurrency_limit=args.concurrency,
-                 max_requests=args.max_requests, drain_timeout_s=args.drain_timeout, path=args.path,
-                 seed=args.seed)
+        run_load(
+            args.url,
+            items,
+            args.qps,
+            args.duration,
+            stream=args.stream,
+            model=args.model,
+            headers=_parse_headers(args.header),
+            concurrency_limit=args.concurrency,
+            max_requests=args.max_requests,
+            drain_timeout_s=args.drain_timeout,
+            path=args.path,
+            seed=args.seed,
+        )
     )
     print(format_summary(res.summary()))
     if args.records:

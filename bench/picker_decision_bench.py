@@ -171,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="10,100,1000", help="comma-separated endpoint counts")
     ap.add_argument("--profiles", default=",".join(load_config().names()), help="comma-separated profiles")
     ap.add_argument(
-        "--interleaved", type=int, default=0, metavar="N",
+        "--interleaved",
+        type=int,
+        default=0,
+        metavar="N",
         help="instead: time the profiles in alternating blocks on one N-endpoint pool (CPU time)",
     )
     args = ap.parse_args(argv)

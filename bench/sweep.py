@@ -64,19 +64,39 @@ def seed_suites(args: argparse.Namespace) -> list[Suite]:
     prefix = WorkloadSpec("shared-prefix", prefix_groups=groups)
     pts = tuple(args.points) if args.points else None
     suites = [
-        Suite("sharegpt", "ShareGPT-like, Standard criticality (nothing shed)", WorkloadSpec("sharegpt"),
-              pts or tuple(SEED_POINTS)),
-        Suite("sharegpt-shed", "ShareGPT-like, every request Sheddable (admission control on)",
-              WorkloadSpec("sharegpt"), pts or tuple(SEED_POINTS), "Sheddable"),
-        Suite("prefix",
-              f"Shared prefix: {groups} groups x 16 prompts, system 2048 + question 256, output 256",
-              prefix, pts or tuple(PREFIX_POINTS)),
-        Suite("lora", "LoRA: ShareGPT-like lengths, 12 adapters (Zipf s=1), max_loras 4",
-              WorkloadSpec("lora"), pts or tuple(LORA_POINTS)),
+        Suite(
+            "sharegpt",
+            "ShareGPT-like, Standard criticality (nothing shed)",
+            WorkloadSpec("sharegpt"),
+            pts or tuple(SEED_POINTS),
+        ),
+        Suite(
+            "sharegpt-shed",
+            "ShareGPT-like, every request Sheddable (admission control on)",
+            WorkloadSpec("sharegpt"),
+            pts or tuple(SEED_POINTS),
+            "Sheddable",
+        ),
+        Suite(
+            "prefix",
+            f"Shared prefix: {groups} groups x 16 prompts, system 2048 + question 256, output 256",
+            prefix,
+            pts or tuple(PREFIX_POINTS),
+        ),
+        Suite(
+            "lora",
+            "LoRA: ShareGPT-like lengths, 12 adapters (Zipf s=1), max_loras 4",
+            WorkloadSpec("lora"),
+            pts or tuple(LORA_POINTS),
+        ),
     ]
     if args.quick:
-        quick = {"sharegpt": (100, 300, 600), "sharegpt-shed": (300, 600), "prefix": (30, 80),
-                 "lora": (100, 300)}
+        quick = {
+            "sharegpt": (100, 300, 600),
+            "sharegpt-shed": (300, 600),
+            "prefix": (30, 80),
+            "lora": (100, 300),
+        }
         suites = [replace(s, points=pts or quick[s.name]) for s in suites]
     if args.suites:
         keep = set(args.suites)
@@ -112,9 +132,16 @@ def snapshot_profiles(path: Path | None = None, attempts: int = 10, pause_s: flo
 
 
 def base_config(args: argparse.Namespace) -> DESConfig:
-    return DESConfig(replicas=args.replicas, duration_s=args.duration, warmup_s=args.warmup, seed=args.seed,
-                     scrape_interval_s=args.scrape_interval, metrics_delay_s=args.metrics_delay,
-                     share_delay_s=args.share_delay, scheduler_config=args.profiles_data)
+    return DESConfig(
+        replicas=args.replicas,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        seed=args.seed,
+        scrape_interval_s=args.scrape_interval,
+        metrics_delay_s=args.metrics_delay,
+        share_delay_s=args.share_delay,
+        scheduler_config=args.profiles_data,
+    )
 
 
 def seed_jobs(args: argparse.Namespace) -> list[tuple[str, DESConfig]]:
@@ -123,15 +150,23 @@ def seed_jobs(args: argparse.Namespace) -> list[tuple[str, DESConfig]]:
     for s in seed_suites(args):
         for q in s.points:
             for pol in args.policies:
-                jobs.append((s.name, replace(base, policy=pol, qps=float(q), workload=s.workload,
-                                             criticality=s.criticality)))
+                jobs.append(
+                    (
+                        s.name,
+                        replace(
+                            base, policy=pol, qps=float(q), workload=s.workload, criticality=s.criticality
+                        ),
+                    )
+                )
     return jobs
 
 
 def replica_jobs(args: argparse.Namespace) -> list[tuple[str, DESConfig]]:
     base = base_config(args)
-    workloads = {"sharegpt": WorkloadSpec("sharegpt"),
-                 "prefix": WorkloadSpec("shared-prefix", prefix_groups=args.prefix_groups)}
+    workloads = {
+        "sharegpt": WorkloadSpec("sharegpt"),
+        "prefix": WorkloadSpec("shared-prefix", prefix_groups=args.prefix_groups),
+    }
     policies = [p for p in args.policies if p in REPLICA_POLICIES] or REPLICA_POLICIES
     configs = REPLICA_CONFIGS if not args.quick else [c for c in REPLICA_CONFIGS if c[0] != 2]
     jobs = []
@@ -142,8 +177,20 @@ def replica_jobs(args: argparse.Namespace) -> list[tuple[str, DESConfig]]:
         for q in points:
             for pol in policies:
                 for n, shared, spread in configs:
-                    jobs.append((name, replace(base, policy=pol, qps=float(q), workload=wl, picker_replicas=n,
-                                               shared_view=shared, spread=spread)))
+                    jobs.append(
+                        (
+                            name,
+                            replace(
+                                base,
+                                policy=pol,
+                                qps=float(q),
+                                workload=wl,
+                                picker_replicas=n,
+                                shared_view=shared,
+                                spread=spread,
+                            ),
+                        )
+                    )
     return jobs
 
 
@@ -178,18 +225,29 @@ class Progress:
         eta = el / self.done * (self.total - self.done)
         filled = int(self.width * self.done / max(1, self.total))
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {self.done}/{self.total}  {el:6.0f} s elapsed, ~{eta:4.0f} s left  "
-                          f"{label:<40.40}")
+        self.stream.write(
+            f"\r[{bar}] {self.done}/{self.total}  {el:6.0f} s elapsed, ~{eta:4.0f} s left  {label:<40.40}"
+        )
         if self.done == self.total:
             self.stream.write("\n")
         self.stream.flush()
 
 
-def run_jobs(jobs: Sequence[tuple[str, DESConfig]], procs: int, progress: bool = True
-             ) -> list[tuple[str, DESConfig, PointResult]]:
+def run_jobs(
+    jobs: Sequence[tuple[str, DESConfig]], procs: int, progress: bool = True
+) -> list[tuple[str, DESConfig, PointResult]]:
     """Run every point, the most expensive first (so the two cores finish together)."""
-    order = sorted(jobs, key=lambda j: -(j[1].qps * j[1].duration_s * j[1].picker_replicas
-                                         * (6 if j[1].workload.name == "shared-prefix" else 1)))
+    order = sorted(
+        jobs,
+        key=lambda j: (
+            -(
+                j[1].qps
+                * j[1].duration_s
+                * j[1].picker_replicas
+                * (6 if j[1].workload.name == "shared-prefix" else 1)
+            )
+        ),
+    )
     bar = Progress(len(order)) if progress else None
     out: list[tuple[str, DESConfig, PointResult]] = []
 
@@ -235,22 +293,33 @@ def _ratio(a: float, b: float) -> float:
 
 
 METRICS = [  # (key, heading, formatter)
-    ("tok_per_min", "Output tokens/min (thousands), upstream definition: measured tokens / time to the last "
-     "response", lambda r: f"{r.tok_per_min / 1e3:.0f}"),
-    ("window_tok_per_min", "Steady-state output tokens/min (thousands): every response completed inside the "
-     "measured window / its length", lambda r: f"{r.window_tok_per_min / 1e3:.0f}"),
+    (
+        "tok_per_min",
+        "Output tokens/min (thousands), upstream definition: measured tokens / time to the last response",
+        lambda r: f"{r.tok_per_min / 1e3:.0f}",
+    ),
+    (
+        "window_tok_per_min",
+        "Steady-state output tokens/min (thousands): every response completed inside the "
+        "measured window / its length",
+        lambda r: f"{r.window_tok_per_min / 1e3:.0f}",
+    ),
     ("ntpot_p90", "p90 NTPOT (ms/token)", lambda r: _ms(r.ntpot_p90)),
     ("e2e_p90", "p90 end-to-end latency (s)", lambda r: _s(r.e2e_p90)),
     ("ttft", "TTFT p50 / p90", lambda r: f"{_t(r.ttft_p50)} / {_t(r.ttft_p90)}"),
     ("preemptions", "Preemptions (all engines, measured window)", lambda r: str(r.preemptions)),
     ("shed", "Shed (429) requests", lambda r: f"{r.shed} of {r.arrived}"),
-    ("prefix_hit_rate", "Prefix-cache hit rate (engines, tokens)",
-     lambda r: "n/a" if math.isnan(r.prefix_hit_rate) else f"{r.prefix_hit_rate * 100:.1f}%"),
+    (
+        "prefix_hit_rate",
+        "Prefix-cache hit rate (engines, tokens)",
+        lambda r: "n/a" if math.isnan(r.prefix_hit_rate) else f"{r.prefix_hit_rate * 100:.1f}%",
+    ),
 ]
 
 
-def _grid(results: Iterable[tuple[str, DESConfig, PointResult]], suite: str
-          ) -> dict[tuple[float, str], PointResult]:
+def _grid(
+    results: Iterable[tuple[str, DESConfig, PointResult]], suite: str
+) -> dict[tuple[float, str], PointResult]:
     return {(c.qps, c.policy): r for s, c, r in results if s == suite}
 
 
@@ -270,22 +339,27 @@ def suite_tables(suite: Suite, grid: dict[tuple[float, str], PointResult], polic
         lines.append("")
     unfinished = sum(r.unfinished for r in grid.values())
     if unfinished:
-        lines.append(f"({unfinished} measured requests were still open when the drain limit hit; "
-                     "not counted.)\n")
+        lines.append(
+            f"({unfinished} measured requests were still open when the drain limit hit; not counted.)\n"
+        )
     return "\n".join(lines)
 
 
-def plot_suite(suite: Suite, grid: dict[tuple[float, str], PointResult], policies: Sequence[str],
-               path: Path) -> None:
+def plot_suite(
+    suite: Suite, grid: dict[tuple[float, str], PointResult], policies: Sequence[str], path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     qs = sorted({q for q, _ in grid})
-    panels = [("window_tok_per_min", "steady-state output tokens/min", False),
-              ("ntpot_p90", "p90 NTPOT (s/token)", True), ("e2e_p90", "p90 e2e latency (s)", True),
-              ("ttft_p90", "p90 TTFT (s)", True)]
+    panels = [
+        ("window_tok_per_min", "steady-state output tokens/min", False),
+        ("ntpot_p90", "p90 NTPOT (s/token)", True),
+        ("e2e_p90", "p90 e2e latency (s)", True),
+        ("ttft_p90", "p90 TTFT (s)", True),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for ax, (key, label, log) in zip(axes.flat, panels, strict=True):
         for p in policies:
@@ -318,8 +392,13 @@ def _verdicts(suites: Sequence[Suite], grids: dict[str, dict[tuple[float, str], 
             if not d or not v:
                 continue
             checked += 1
-            for key, higher_better in (("window_tok_per_min", True), ("tok_per_min", True),
-                                       ("ntpot_p90", False), ("e2e_p90", False), ("ttft_p90", False)):
+            for key, higher_better in (
+                ("window_tok_per_min", True),
+                ("tok_per_min", True),
+                ("ntpot_p90", False),
+                ("e2e_p90", False),
+                ("ttft_p90", False),
+            ):
                 r = _ratio(getattr(d, key), getattr(v, key))
                 if math.isnan(r):
                     continue
@@ -327,8 +406,10 @@ def _verdicts(suites: Sequence[Suite], grids: dict[str, dict[tuple[float, str], 
                     worse.append(f"{s.name} @ {q:g} QPS: {key} default/gie-v1 = {r:.2f}")
     if checked:
         ok = "MET" if not worse else "MISSED"
-        out.append("1. **default at least matches gie-v1 everywhere** (both throughputs, p90 NTPOT, p90 e2e, "
-                   f"p90 TTFT; 5% tolerance; {checked} points): **{ok}**" + (":" if worse else "."))
+        out.append(
+            "1. **default at least matches gie-v1 everywhere** (both throughputs, p90 NTPOT, p90 e2e, "
+            f"p90 TTFT; 5% tolerance; {checked} points): **{ok}**" + (":" if worse else ".")
+        )
         out += [f"   - {w}" for w in worse]
     # Goal 2: >= 20% better p90 NTPOT at QPS >= 500 (ShareGPT suites).
     rows = []
@@ -346,12 +427,16 @@ def _verdicts(suites: Sequence[Suite], grids: dict[str, dict[tuple[float, str], 
         by_suite: dict[str, list[str]] = {}
         for name, q, gain in rows:
             by_suite.setdefault(name, []).append(f"{q:g}: {gain * 100:+.0f}%")
-        out.append("2. **default beats gie-v1 by >= 20% on p90 NTPOT at QPS >= 500**: "
-                   f"**{'MET' if met else 'MISSED'}** (NTPOT reduction vs gie-v1 per QPS)")
+        out.append(
+            "2. **default beats gie-v1 by >= 20% on p90 NTPOT at QPS >= 500**: "
+            f"**{'MET' if met else 'MISSED'}** (NTPOT reduction vs gie-v1 per QPS)"
+        )
         out += [f"   - {name}: " + ", ".join(v) for name, v in by_suite.items()]
     # Goal 3: throughput not below round-robin (2% tolerance), on both throughput definitions.
-    for key, what, num in (("window_tok_per_min", "steady-state output tokens/min", "3a"),
-                           ("tok_per_min", "upstream definition, tokens / time to the last response", "3b")):
+    for key, what, num in (
+        ("window_tok_per_min", "steady-state output tokens/min", "3a"),
+        ("tok_per_min", "upstream definition, tokens / time to the last response", "3b"),
+    ):
         low = []
         n = 0
         for s in suites:
@@ -364,8 +449,10 @@ def _verdicts(suites: Sequence[Suite], grids: dict[str, dict[tuple[float, str], 
                     if r < 0.98:
                         low.append(f"{s.name} @ {q:g} QPS: default/round-robin = {r:.2f}")
         if n:
-            out.append(f"{num}. **throughput not below round-robin** ({what}; 2% tolerance, {n} points): "
-                       f"**{'MET' if not low else 'MISSED'}**" + (":" if low else "."))
+            out.append(
+                f"{num}. **throughput not below round-robin** ({what}; 2% tolerance, {n} points): "
+                f"**{'MET' if not low else 'MISSED'}**" + (":" if low else ".")
+            )
             out += [f"   - {w}" for w in low]
     # Goal 4: prefix-aware TTFT gain on the shared-prefix workload.
     if "prefix" in grids:
@@ -386,8 +473,10 @@ def _verdicts(suites: Sequence[Suite], grids: dict[str, dict[tuple[float, str], 
                 worse += [f"{p} @ {q:g} QPS ({k})" for k, v in (("p50", r50), ("p90", r90)) if not v < 1.0]
             parts.append(f"{q:g} QPS: " + "; ".join(cells))
         verdict = "MET" if not worse else ("PARTLY MET, not at: " + ", ".join(worse))
-        out.append("4. **shared-prefix workload shows the TTFT gain of prefix-aware policies** "
-                   f"(TTFT vs round-robin, lower is better): **{verdict}**")
+        out.append(
+            "4. **shared-prefix workload shows the TTFT gain of prefix-aware policies** "
+            f"(TTFT vs round-robin, lower is better): **{verdict}**"
+        )
         out += [f"   - {p}" for p in parts]
     return out
 
@@ -398,10 +487,16 @@ def scheduler_version(profiles_digest: str = "") -> str:
 
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "picker/scheduling"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "picker/scheduling"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         head, dirty = "unknown", ""
     digest = profiles_digest or "n/a"
@@ -413,21 +508,39 @@ def _cost(results, wall_s: float, jobs: int) -> str:
     cpu = sum(r.cpu_s for _, _, r in results)
     if cpu <= 0:
         return f"{len(results)} points, wall time {wall_s:.0f} s."
-    return (f"{len(results)} points, wall time {wall_s:.0f} s; {cpu:.0f} CPU-s in the workers, i.e. "
-            f"~{cpu / max(1, jobs):.0f} s of wall time on {jobs} idle cores.")
+    return (
+        f"{len(results)} points, wall time {wall_s:.0f} s; {cpu:.0f} CPU-s in the workers, i.e. "
+        f"~{cpu / max(1, jobs):.0f} s of wall time on {jobs} idle cores."
+    )
 
 
 def machine() -> str:
-    return (f"{os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def make_meta(args: argparse.Namespace, command: str, wall_s: float, scheduler: str) -> dict:
     """What a report states about its run; stored next to the points so reports can be re-rendered."""
-    keys = ("replicas", "scrape_interval", "metrics_delay", "share_delay", "warmup", "duration", "seed",
-            "jobs", "prefix_groups")
-    return {"command": command, "wall_s": wall_s, "machine": machine(), "scheduler": scheduler,
-            **{k: getattr(args, k) for k in keys}}
+    keys = (
+        "replicas",
+        "scrape_interval",
+        "metrics_delay",
+        "share_delay",
+        "warmup",
+        "duration",
+        "seed",
+        "jobs",
+        "prefix_groups",
+    )
+    return {
+        "command": command,
+        "wall_s": wall_s,
+        "machine": machine(),
+        "scheduler": scheduler,
+        **{k: getattr(args, k) for k in keys},
+    }
 
 
 def write_seed(results, suites: Sequence[Suite], policies: Sequence[str], out: Path, meta: dict) -> Path:
@@ -482,10 +595,12 @@ def load_results(path: Path) -> tuple[dict, list[tuple[str, DESConfig, PointResu
             m = re.search(pattern, md)
             return m.group(1) if m else default
 
-        meta = {"command": grab(r"Command: `([^`]*)`", "infergate-bench sweep"),
-                "wall_s": float(grab(r"wall time (\d+) s", "nan")),
-                "machine": grab(r"Machine: ([^;]*);", machine()),
-                "scheduler": grab(r"Scheduler: (.*?)\.  ", "unknown")}
+        meta = {
+            "command": grab(r"Command: `([^`]*)`", "infergate-bench sweep"),
+            "wall_s": float(grab(r"wall time (\d+) s", "nan")),
+            "machine": grab(r"Machine: ([^;]*);", machine()),
+            "scheduler": grab(r"Scheduler: (.*?)\.  ", "unknown"),
+        }
         points = data
     else:
         meta, points = data["meta"], data["points"]
@@ -494,11 +609,18 @@ def load_results(path: Path) -> tuple[dict, list[tuple[str, DESConfig, PointResu
     out = []
     for row in points:
         label = row["config"]
-        cfg = DESConfig(**{k: v for k, v in label.items() if k in cfg_fields},
-                        workload=WorkloadSpec(label["workload"]))
-        for k, v in (("scrape_interval", "scrape_interval_s"), ("metrics_delay", "metrics_delay_s"),
-                     ("share_delay", "share_delay_s"), ("warmup", "warmup_s"), ("duration", "duration_s"),
-                     ("seed", "seed"), ("replicas", "replicas")):
+        cfg = DESConfig(
+            **{k: v for k, v in label.items() if k in cfg_fields}, workload=WorkloadSpec(label["workload"])
+        )
+        for k, v in (
+            ("scrape_interval", "scrape_interval_s"),
+            ("metrics_delay", "metrics_delay_s"),
+            ("share_delay", "share_delay_s"),
+            ("warmup", "warmup_s"),
+            ("duration", "duration_s"),
+            ("seed", "seed"),
+            ("replicas", "replicas"),
+        ):
             meta.setdefault(k, label[v])
         meta.setdefault("jobs", 2)
         meta.setdefault("prefix_groups", 256)
@@ -534,33 +656,44 @@ def write_replicas(results, out: Path, meta: dict) -> Path:
         by.setdefault((s, c.qps, c.policy), {})[(c.picker_replicas, c.shared_view, c.spread)] = r
     for (wl, q, pol), rows in sorted(by.items()):
         one = rows.get((1, True, "round-robin"))
-        lines += [f"## {wl} @ {q:g} QPS, {pol}", "",
-                  "| picker replicas | view | spread | p90 NTPOT (ms) | p90 TTFT | prefix hit rate | "
-                  "p90 e2e (s) | vs 1 replica (NTPOT / TTFT / hit) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {wl} @ {q:g} QPS, {pol}",
+            "",
+            "| picker replicas | view | spread | p90 NTPOT (ms) | p90 TTFT | prefix hit rate | "
+            "p90 e2e (s) | vs 1 replica (NTPOT / TTFT / hit) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for key in sorted(rows, key=lambda k: (k[0], not k[1], k[2])):
             r = rows[key]
             n, shared, spread = key
             hit = "n/a" if math.isnan(r.prefix_hit_rate) else f"{r.prefix_hit_rate * 100:.1f}%"
             vs = ""
             if one and key != (1, True, "round-robin"):
-                vs = (f"{_pct(r.ntpot_p90, one.ntpot_p90)} / {_pct(r.ttft_p90, one.ttft_p90)} / "
-                      f"{_pct(r.prefix_hit_rate, one.prefix_hit_rate)}")
+                vs = (
+                    f"{_pct(r.ntpot_p90, one.ntpot_p90)} / {_pct(r.ttft_p90, one.ttft_p90)} / "
+                    f"{_pct(r.prefix_hit_rate, one.prefix_hit_rate)}"
+                )
             view = "-" if n == 1 else ("shared" if shared else "alone")
-            lines.append(f"| {n} | {view} | {spread if n > 1 else '-'} | {_ms(r.ntpot_p90)} | "
-                         f"{_t(r.ttft_p90)} | {hit} | {_s(r.e2e_p90)} | {vs} |")
+            lines.append(
+                f"| {n} | {view} | {spread if n > 1 else '-'} | {_ms(r.ntpot_p90)} | "
+                f"{_t(r.ttft_p90)} | {hit} | {_s(r.e2e_p90)} | {vs} |"
+            )
         lines.append("")
         four = rows.get((4, True, "round-robin"))
         if one and four:
-            figs = {"p90 NTPOT": _ratio(four.ntpot_p90, one.ntpot_p90),
-                    "p90 TTFT": _ratio(four.ttft_p90, one.ttft_p90)}
+            figs = {
+                "p90 NTPOT": _ratio(four.ntpot_p90, one.ntpot_p90),
+                "p90 TTFT": _ratio(four.ttft_p90, one.ttft_p90),
+            }
             if one.prefix_hit_rate > 0.01:
                 figs["hit rate"] = _ratio(four.prefix_hit_rate, one.prefix_hit_rate)
             # latency figures must not be >5% worse; the hit rate must not be >5% lower
             bad = [k for k, v in figs.items() if (v < 0.95 if k == "hit rate" else v > 1.05)]
-            verdicts.append(f"- {wl} @ {q:g} QPS, {pol}: 4 shared vs 1 = "
-                            + ", ".join(f"{k} {v:.3f}x" for k, v in figs.items())
-                            + (f" -> **MISSED** ({', '.join(bad)})" if bad else " -> **within 5%**"))
+            verdicts.append(
+                f"- {wl} @ {q:g} QPS, {pol}: 4 shared vs 1 = "
+                + ", ".join(f"{k} {v:.3f}x" for k, v in figs.items())
+                + (f" -> **MISSED** ({', '.join(bad)})" if bad else " -> **within 5%**")
+            )
     lines[header_len:header_len] = ["## Verdict: 4 replicas with sharing vs 1 replica", "", *verdicts, ""]
     path = out / "replicas.md"
     path.write_text("\n".join(lines) + "\n")
@@ -580,15 +713,20 @@ def _names(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="infergate-bench sweep", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="infergate-bench sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--experiment", choices=("seed", "replicas", "all"), default="seed")
     ap.add_argument("--quick", action="store_true", help="a short smoke version (few points, 15 s windows)")
-    ap.add_argument("--points", type=_floats, default=None,
-                    help="comma-separated QPS (overrides every suite)")
+    ap.add_argument(
+        "--points", type=_floats, default=None, help="comma-separated QPS (overrides every suite)"
+    )
     ap.add_argument("--policies", type=_names, default=list(POLICIES), help=f"subset of {','.join(POLICIES)}")
-    ap.add_argument("--suites", type=_names, default=None,
-                    help="seed suites: sharegpt,sharegpt-shed,prefix,lora")
+    ap.add_argument(
+        "--suites", type=_names, default=None, help="seed suites: sharegpt,sharegpt-shed,prefix,lora"
+    )
     ap.add_argument("--duration", type=float, default=None, help="measured window per point, virtual s (60)")
     ap.add_argument("--warmup", type=float, default=None, help="warm-up per point, virtual s (10)")
     ap.add_argument("--replicas", type=int, default=10, help="model-server replicas")
@@ -600,10 +738,18 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--scheduler-config", type=Path, default=None,
-                    help="scheduling profiles YAML (default: picker/scheduling/profiles.yaml, read once)")
-    ap.add_argument("--render", type=Path, default=None,
-                    help="re-render the reports from DIR/seed.json and DIR/replicas.json into --out (no run)")
+    ap.add_argument(
+        "--scheduler-config",
+        type=Path,
+        default=None,
+        help="scheduling profiles YAML (default: picker/scheduling/profiles.yaml, read once)",
+    )
+    ap.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="re-render the reports from DIR/seed.json and DIR/replicas.json into --out (no run)",
+    )
     return ap
 
 
@@ -629,8 +775,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             meta, res = load_results(src)
             if name == "seed":
-                ns = argparse.Namespace(**{**vars(args), "prefix_groups": meta["prefix_groups"],
-                                           "suites": None, "quick": False, "points": None})
+                ns = argparse.Namespace(
+                    **{
+                        **vars(args),
+                        "prefix_groups": meta["prefix_groups"],
+                        "suites": None,
+                        "quick": False,
+                        "points": None,
+                    }
+                )
                 written.append(write_seed(res, seed_suites(ns), args.policies, args.out, meta))
             else:
                 written.append(write_replicas(res, args.out, meta))
@@ -648,8 +801,11 @@ def main(argv: list[str] | None = None) -> int:
         except PointError as exc:
             print(f"\nsweep failed: {exc}", file=sys.stderr)
             return 1
-        written.append(write_seed(res, suites, args.policies, args.out,
-                                  make_meta(args, command, time.monotonic() - t1, version)))
+        written.append(
+            write_seed(
+                res, suites, args.policies, args.out, make_meta(args, command, time.monotonic() - t1, version)
+            )
+        )
     if args.experiment in ("replicas", "all"):
         jobs = replica_jobs(args)
         print(f"replicas experiment: {len(jobs)} points on {args.jobs} processes", file=sys.stderr)

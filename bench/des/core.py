@@ -195,15 +195,27 @@ class Cluster:
         st = self.engines[address].stats()
         self._snap_seq += 1
         return EndpointSnapshot(
-            namespace="bench", pool="pool", pod=f"pod-{address}", address=address, model=MODEL,
-            waiting=st.waiting, running=st.running, kv_usage=st.kv_usage,
+            namespace="bench",
+            pool="pool",
+            pod=f"pod-{address}",
+            address=address,
+            model=MODEL,
+            waiting=st.waiting,
+            running=st.running,
+            kv_usage=st.kv_usage,
             kv_capacity_tokens=st.num_gpu_blocks * self.cfg.engine.block_size,
             block_size=self.cfg.engine.block_size,
-            prefix_queries=float(st.prefix_cache_queries), prefix_hits=float(st.prefix_cache_hits),
+            prefix_queries=float(st.prefix_cache_queries),
+            prefix_hits=float(st.prefix_cache_hits),
             preemptions=float(st.preemptions),
-            lora=LoraState(running=st.running_lora_adapters, waiting=st.waiting_lora_adapters,
-                           max_lora=self.max_loras),
-            served_models=self.served_models, ts=now, seq=self._snap_seq, epoch="des", collector="des",
+            lora=LoraState(
+                running=st.running_lora_adapters, waiting=st.waiting_lora_adapters, max_lora=self.max_loras
+            ),
+            served_models=self.served_models,
+            ts=now,
+            seq=self._snap_seq,
+            epoch="des",
+            collector="des",
         )
 
     def _deliver(self, snap: EndpointSnapshot, now: float) -> None:
@@ -262,8 +274,9 @@ class Cluster:
 
     def _on_step_end(self, address: str, res: Any, now: float) -> None:
         eng = self.engines[address]
-        w = self.work[address] - (res.num_decode + len(res.first_token)
-                                  + PREFILL_WEIGHT * (res.tokens - res.num_decode))
+        w = self.work[address] - (
+            res.num_decode + len(res.first_token) + PREFILL_WEIGHT * (res.tokens - res.num_decode)
+        )
         self.work[address] = w if eng.num_requests and w > 0.0 else 0.0
         self._finish(address, res.finished, now)
         self._busy[address] = False
@@ -284,8 +297,12 @@ class Cluster:
         pk = self.pickers[p]
         rid = f"r{self._seq}"
         info = RequestInfo(
-            request_id=rid, model=item.lora or MODEL, target_model=item.lora or MODEL,
-            criticality=crit, prompt_tokens=item.prompt_tokens, prefix_hashes=item.block_hashes,
+            request_id=rid,
+            model=item.lora or MODEL,
+            target_model=item.lora or MODEL,
+            criticality=crit,
+            prompt_tokens=item.prompt_tokens,
+            prefix_hashes=item.block_hashes,
             expected_output_tokens=item.output_tokens,
         )
         decision = pk.sched.schedule(info, pk.view_list, now)
@@ -390,16 +407,29 @@ class Cluster:
         out = sum(r[2] for r in recs)
         span = self.last_finish - cfg.warmup_s
         return PointResult(
-            policy=cfg.policy, qps=cfg.qps, workload=cfg.workload.name, picker_replicas=cfg.picker_replicas,
-            shared_view=cfg.shared_view, arrived=self.arrived, served=len(recs), shed=self.shed,
-            unfinished=max(0, self.open_measured), output_tokens=out,
+            policy=cfg.policy,
+            qps=cfg.qps,
+            workload=cfg.workload.name,
+            picker_replicas=cfg.picker_replicas,
+            shared_view=cfg.shared_view,
+            arrived=self.arrived,
+            served=len(recs),
+            shed=self.shed,
+            unfinished=max(0, self.open_measured),
+            output_tokens=out,
             tok_per_min=out / span * 60.0 if span > 0 else 0.0,
             window_tok_per_min=self.window_tokens / cfg.duration_s * 60.0,
             req_per_s=len(recs) / span if span > 0 else 0.0,
-            ntpot_p90=percentile(ntpot, 90), e2e_p50=percentile(e2e, 50), e2e_p90=percentile(e2e, 90),
-            ttft_p50=percentile(ttft, 50), ttft_p90=percentile(ttft, 90), preemptions=preemptions,
+            ntpot_p90=percentile(ntpot, 90),
+            e2e_p50=percentile(e2e, 50),
+            e2e_p90=percentile(e2e, 90),
+            ttft_p50=percentile(ttft, 50),
+            ttft_p90=percentile(ttft, 90),
+            preemptions=preemptions,
             prefix_hit_rate=hits / queries if queries > 0 else math.nan,
-            virtual_s=self.now, wall_s=wall, events=events,
+            virtual_s=self.now,
+            wall_s=wall,
+            events=events,
         )
 
 

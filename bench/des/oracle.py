@@ -57,8 +57,9 @@ class OracleScheduler:
 
     name = "oracle"
 
-    def __init__(self, engines: dict[str, Engine], work: dict[str, float], rng: random.Random,
-                 base_model: str = "") -> None:
+    def __init__(
+        self, engines: dict[str, Engine], work: dict[str, float], rng: random.Random, base_model: str = ""
+    ) -> None:
         self.base_model = base_model  # a target model other than this one is a LoRA adapter
         self.engines = engines  # address -> engine (live objects, read at decision time)
         self.work = work  # address -> outstanding work, kept by the DES

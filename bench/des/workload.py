@@ -43,8 +43,11 @@ class Sampler:
         self.adapters: list[str] = []
         if spec.name == "shared-prefix":
             self._src = SharedPrefix(
-                rng, groups=spec.prefix_groups, prompts_per_group=spec.prefix_prompts_per_group,
-                system_tokens=spec.system_tokens, question_tokens=spec.question_tokens,
+                rng,
+                groups=spec.prefix_groups,
+                prompts_per_group=spec.prefix_prompts_per_group,
+                system_tokens=spec.system_tokens,
+                question_tokens=spec.question_tokens,
                 output_tokens=spec.prefix_output_tokens,
             )
         else:

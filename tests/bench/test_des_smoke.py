@@ -17,9 +17,24 @@ from bench.sweep import main
 
 def test_short_sweep_runs_and_round_robin_is_worst_at_saturation(tmp_path):
     # --quick points: sharegpt-shed 300 and 600 QPS, prefix 30 and 80 QPS
-    rc = main(["--quick", "--suites", "sharegpt-shed,prefix", "--policies", "round-robin,gie-v1,default",
-               "--duration", "8", "--warmup", "2", "--prefix-groups", "64", "--out", str(tmp_path),
-               "--no-progress"])
+    rc = main(
+        [
+            "--quick",
+            "--suites",
+            "sharegpt-shed,prefix",
+            "--policies",
+            "round-robin,gie-v1,default",
+            "--duration",
+            "8",
+            "--warmup",
+            "2",
+            "--prefix-groups",
+            "64",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     report = (tmp_path / "seed.md").read_text()
     assert "Verdict per goal" in report

@@ -96,17 +96,20 @@ async def test_errors_are_counted_by_status_and_request_count_is_bounded():
 
 async def test_drain_timeout_cancels_slow_requests():
     async with TinyServer(delay_s=1.0) as srv:
-        res = await run_load(srv.url, sharegpt_items(), qps=20, duration_s=0.2, max_requests=3,
-                             drain_timeout_s=0.1)
+        res = await run_load(
+            srv.url, sharegpt_items(), qps=20, duration_s=0.2, max_requests=3, drain_timeout_s=0.1
+        )
     assert res.records and all(not r.ok and r.error == "cancelled" for r in res.records)
     assert res.summary()["errors"] == {"cancelled": len(res.records)}
 
 
 async def test_trace_replay_keeps_arrival_times_and_prompts(tmp_path):
     trace = tmp_path / "trace.jsonl"
-    lines = [{"arrival": 0.3, "prompt": "b" * 40, "max_tokens": 5},
-             {"arrival": 0.0, "prompt": "a" * 80, "max_tokens": 7},
-             {"arrival": 0.9, "prompt": "c" * 8, "max_tokens": 3}]
+    lines = [
+        {"arrival": 0.3, "prompt": "b" * 40, "max_tokens": 5},
+        {"arrival": 0.0, "prompt": "a" * 80, "max_tokens": 7},
+        {"arrival": 0.9, "prompt": "c" * 8, "max_tokens": 3},
+    ]
     trace.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     async with TinyServer(delay_s=0.0) as srv:
         res = await run_load(srv.url, trace_items(trace), qps=0, duration_s=2.0)

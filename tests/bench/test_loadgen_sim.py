@@ -10,8 +10,9 @@ async def test_loadgen_against_a_sim_pod_streaming_and_not():
     async with SimCluster(n=1, time_scale=0.05) as cluster:
         url = "http://" + cluster.addresses[0]
         plain = await run_load(url, sharegpt_items(seed=3), qps=30, duration_s=0.5, max_requests=20)
-        streamed = await run_load(url, sharegpt_items(seed=3), qps=30, duration_s=0.5, max_requests=20,
-                                  stream=True)
+        streamed = await run_load(
+            url, sharegpt_items(seed=3), qps=30, duration_s=0.5, max_requests=20, stream=True
+        )
     for res in (plain, streamed):
         s = res.summary()
         assert s["ok"] == s["sent"] > 0

@@ -16,6 +16,7 @@ ADDRS = [f"10.0.0.{i}:8000" for i in range(6)] + ["10.0.0.1:9000", "weird", ""]
 NAMES = st.sampled_from(["llama", "a1", "a2", "", "ünïcode"])
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
+
 def _snapshot(addr, ready, healthy, waiting, running, kv, cap, bs, model, lr, lw, ml, ts, fails):
     return EndpointSnapshot(
         namespace="ns",

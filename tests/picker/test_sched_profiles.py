@@ -30,8 +30,9 @@ def test_gie_v0_least_queue_band_then_random():
     # min 0, max 12, N 4: the band is [0, 3]: pods 0 and 1 only
     vs = views({"waiting": 0}, {"waiting": 3}, {"waiting": 12}, {"waiting": 12})
     s = sched("gie-v0")
-    firsts = Counter(s.schedule(req(f"r{k}", criticality="Critical"), vs, NOW).endpoints[0]
-                     for k in range(80))
+    firsts = Counter(
+        s.schedule(req(f"r{k}", criticality="Critical"), vs, NOW).endpoints[0] for k in range(80)
+    )
     assert set(firsts) == {vs[0].address, vs[1].address}
 
 
