@@ -33,8 +33,10 @@ from pathlib import Path
 
 import aiohttp
 
+from autoscaler.quantity import parse_quantity
 from bench.loadgen import LoadItem, LoadResult, run_load, sharegpt_items
 from bench.stack import BASE_MODEL, NAMESPACE, Stack, StackConfig
+from collector.parse import parse as parse_metrics
 from shared.tokens import text_for_tokens
 
 DEFAULT_OUT = Path("bench/results/demo")
@@ -204,12 +206,10 @@ async def wait_idle(stack: Stack, timeout: float = 60.0) -> None:
             for pod in stack.pods:
                 try:
                     async with session.get(f"http://{pod.address}/metrics") as resp:
-                        text = await resp.text()
+                        page = parse_metrics(await resp.read())
                 except aiohttp.ClientError:
                     continue
-                for line in text.splitlines():
-                    if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-                        busy += int(float(line.rsplit(" ", 1)[1]))
+                busy += page.running + page.waiting
             if busy == 0:
                 return
             await asyncio.sleep(0.5)
@@ -234,10 +234,6 @@ async def watch_autoscaler(stack: Stack, peak: dict[str, float]) -> None:
                     if "llama" in item.get("metricLabels", {}).get("target_model", "").lower():
                         peak[metric] = max(peak.get(metric, 0.0), parse_quantity(item["value"]))
             await asyncio.sleep(1.0)
-
-
-def parse_quantity(text: str) -> float:
-    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
 def autoscaler_line(peak: dict[str, float], target_per_replica: float = 40.0) -> str:
