@@ -50,7 +50,7 @@ from typing import Any
 import aiohttp
 
 from bench.loadgen import LoadItem, LoadResult, RequestRecord, run_load
-from bench.stack import BASE_MODEL, Stack, StackConfig
+from bench.stack import BASE_MODEL, Stack, StackConfig, metric_samples
 
 DEFAULT_OUT = Path("bench/results/faults.md")
 SHORT_PROMPT = "Summarize the following: the quick brown fox jumps over the lazy dog. " * 2
@@ -146,8 +146,7 @@ async def picker_view_max_age(stack: Stack) -> float:
                     text = await resp.text()
             except (aiohttp.ClientError, TimeoutError):
                 return math.inf
-            ages = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                    if line.startswith("infergate_picker_view_max_age_seconds")]  # fmt: skip
+            ages = metric_samples(text, "infergate_picker_view_max_age_seconds")
             worst = max([worst, *ages]) if ages else math.inf
     return worst
 

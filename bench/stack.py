@@ -114,6 +114,15 @@ class Picker:
     process: ServiceProcess
 
 
+def metric_samples(page: str, name: str) -> list[float]:
+    """The values of every sample named exactly ``name`` (any labels) in a Prometheus text page."""
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith((name + "{", name + " "))
+    ]
+
+
 class Stack:
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.stack import BASE_MODEL, Stack
+from bench.stack import BASE_MODEL, Stack, metric_samples
 
 SERVED = "x-gateway-destination-endpoint-served"
 SELECT = "test-epp-endpoint-selection"
@@ -95,11 +95,7 @@ async def pod_metrics(stack: Stack, pod: str) -> str:
 
 def metric_value(page: str, name: str) -> float:
     """Sum of a metric family's samples named exactly ``name`` (any labels)."""
-    total = 0.0
-    for line in page.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(metric_samples(page, name))
 
 
 async def picker_gauges(stack: Stack, name: str) -> list[float]:
