@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -246,6 +247,7 @@ def test_rbac_grants_exactly_what_the_code_uses(account, package):
 # -- flags and env names match the services' real --help ---------------------------------
 
 
+@functools.cache
 def service_help(command: str) -> str:
     module = SERVICES[command]
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
