@@ -25,9 +25,12 @@ class Context:
         "base_models",
         "inflight",
         "now",
+        "peer_count",
+        "peer_index",
         "prefix",
         "request",
         "rng",
+        "score_unit",
         "thresholds",
     )
 
@@ -40,6 +43,8 @@ class Context:
         prefix: PrefixIndex,
         thresholds: Thresholds,
         base_models: dict[str, int] | None = None,
+        peer_index: int = 0,
+        peer_count: int = 1,
     ) -> None:
         self.request = request
         self.now = now
@@ -48,6 +53,11 @@ class Context:
         self.prefix = prefix
         self.thresholds = thresholds
         self.base_models = base_models if base_models is not None else {}
+        # This replica's place among the picker replicas sharing one view (see
+        # MaxScorePicker.peer_margin); one replica alone is 0 of 1.
+        self.peer_index = peer_index
+        self.peer_count = peer_count
+        self.score_unit = 1.0  # score points per unit of the totals a picker sees (set by the selector)
         self._matches: dict[str, int] | None = None
         self._work: list[float] | None = None
         self._work_of: object = None

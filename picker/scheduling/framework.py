@@ -123,8 +123,9 @@ class ScoringSelector:
             else:
                 r = w / w0
                 totals = [t + r * x for t, x in zip(totals, s, strict=True)]
+        ctx.score_unit = w0
         try:
-            idx = self.picker.pick(ctx, n, totals, m)
+            idx = self.picker.pick(ctx, group, totals, m)
         except Exception:
             self.on_error(f"picker:{self.picker.name}", self.profile)
             idx = ctx.rng.sample(range(n), min(m, n))
@@ -166,6 +167,20 @@ class ProfileScheduler:
         self.on_error = on_error or _ErrorLog()
         self._states: dict[str, EndpointState] = {}
         self._base_models: dict[str, int] = {}  # model -> endpoints reporting it ("" = unknown)
+        self.peer_index = 0
+        self.peer_count = 1
+
+    def set_peer_rank(self, index: int, count: int) -> None:
+        """This replica is ``index`` (0-based) of ``count`` picker replicas sharing one view.
+
+        The sharing layer calls it as peers come and go; pickers that spread peers'
+        near-simultaneous choices (``MaxScorePicker.peer_margin``) read it. Out-of-range
+        values fall back to "alone" rather than raising.
+        """
+        if count < 1 or not 0 <= index < count:
+            index, count = 0, 1
+        self.peer_index = int(index)
+        self.peer_count = int(count)
 
     # -- the decision ------------------------------------------------------------------
 
@@ -193,7 +208,17 @@ class ProfileScheduler:
             if self.sheddable_unsaturated_only:
                 fresh = _unsaturated(fresh, th)
                 stale = []
-        ctx = Context(request, now, self.rng, self.inflight, self.prefix, th, self._base_models)
+        ctx = Context(
+            request,
+            now,
+            self.rng,
+            self.inflight,
+            self.prefix,
+            th,
+            self._base_models,
+            self.peer_index,
+            self.peer_count,
+        )
         if self.max_candidates and len(fresh) > self.max_candidates:
             fresh = self._window(ctx, fresh)
         m = 1 + self.fallbacks

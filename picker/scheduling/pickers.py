@@ -7,18 +7,22 @@ draw comes from the decision's seeded ``random.Random``, so a simulation replays
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
 from .context import Context
 from .params import Params
+from .state import EndpointState
 
 __all__ = ["PICKERS", "MaxScorePicker", "Picker", "RandomPicker", "RoundRobinPicker"]
+
+Group = Sequence[EndpointState]
 
 
 class Picker:
     name = "picker"
 
-    def pick(self, ctx: Context, n: int, totals: list[float] | None, m: int) -> list[int]:  # pragma: no cover
-        raise NotImplementedError
+    def pick(self, ctx: Context, group: Group, totals: list[float] | None, m: int) -> list[int]:
+        raise NotImplementedError  # pragma: no cover
 
     @classmethod
     def from_params(cls, p: Params) -> Picker:
@@ -31,15 +35,36 @@ class MaxScorePicker(Picker):
     One ``nlargest`` over floats (C) finds the m-th best score; only the few endpoints
     above it and the ties at it are touched in Python, so the cost stays O(n) at 1,000
     endpoints even when every endpoint ties (an idle pool).
+
+    ``peer_margin`` (score points, the unit of the profile's weights; 0 = off) is for
+    several picker replicas sharing one view. Their views agree, so a max-score choice
+    is the same pod on every replica, and the requests two replicas place within the
+    few milliseconds before they hear of each other's choice land on that pod together
+    (a batched prefill: a worse TTFT). With ``peer_margin``, replica ``i`` of ``n``
+    (``ProfileScheduler.set_peer_rank``; ranks come from the sharing layer) takes the
+    ``i``-th best of the endpoints within ``peer_margin`` of the best, ordered the same
+    way on every replica (total, then address): near-simultaneous choices of different
+    replicas go to different pods, while a pod that is clearly better (a prefix hit, an
+    idle pod among busy ones) is still every replica's choice. With one replica it is
+    plain max-score.
     """
 
     name = "max-score"
 
-    def pick(self, ctx: Context, n: int, totals: list[float] | None, m: int) -> list[int]:
+    def __init__(self, peer_margin: float = 0.0) -> None:
+        self.peer_margin = peer_margin
+
+    def pick(self, ctx: Context, group: Group, totals: list[float] | None, m: int) -> list[int]:
+        n = len(group)
         if m > n:
             m = n
         if m <= 0:
             return []
+        if self.peer_margin > 0.0 and ctx.peer_count > 1 and n > 1:
+            return self._peer_pick(ctx, group, totals, m)
+        return self._max(ctx, n, totals, m)
+
+    def _max(self, ctx: Context, n: int, totals: list[float] | None, m: int) -> list[int]:
         rng = ctx.rng
         if totals is None:
             return rng.sample(range(n), m)
@@ -57,14 +82,53 @@ class MaxScorePicker(Picker):
         need = m - len(above)
         return above + (ties if len(ties) == need == 1 else rng.sample(ties, need))
 
+    def _peer_pick(self, ctx: Context, group: Group, totals: list[float] | None, m: int) -> list[int]:
+        """This replica's rank among the near-best, in an order every replica computes alike."""
+        rank = ctx.peer_index
+        if totals is None:  # every endpoint scored the same: all of them are near-best
+            near: Sequence[int] = range(len(group))
+
+            def key(i: int) -> tuple[float, str]:
+                return (0.0, group[i].address)
+
+        else:
+            # Totals are in units of the first scorer's weight (see ScoringSelector._rank).
+            best = max(totals)
+            edge = best - self.peer_margin / ctx.score_unit
+            near = [i for i, t in enumerate(totals) if t >= edge]
+            if len(near) > 1 and ctx.request.prefix_hashes:
+                # Spread over load, never away from the cache: keep the pods that hold at
+                # least as much of the prompt as the best one does.
+                held = dict(ctx.prefix_hits(group))
+                if held:
+                    need = max(held.get(i, 0) for i in near if totals[i] == best)
+                    near = [i for i in near if held.get(i, 0) >= need]
+
+            def key(i: int) -> tuple[float, str]:
+                return (-totals[i], group[i].address)
+
+        if len(near) > 1:
+            ordered = heapq.nsmallest(rank % len(near) + 1, near, key=key)
+            choice = ordered[-1]
+        else:
+            choice = near[0]
+        if m == 1:
+            return [choice]
+        rest = [i for i in self._max(ctx, len(group), totals, m) if i != choice]
+        return [choice, *rest[: m - 1]]
+
+    @classmethod
+    def from_params(cls, p: Params) -> MaxScorePicker:
+        return cls(peer_margin=p.number("peer_margin", 0.0, lo=0.0))
+
 
 class RandomPicker(Picker):
     """Uniformly random endpoints, scores ignored: the simplest baseline."""
 
     name = "random"
 
-    def pick(self, ctx: Context, n: int, totals: list[float] | None, m: int) -> list[int]:
-        return ctx.rng.sample(range(n), min(m, n))
+    def pick(self, ctx: Context, group: Group, totals: list[float] | None, m: int) -> list[int]:
+        return ctx.rng.sample(range(len(group)), min(m, len(group)))
 
 
 class RoundRobinPicker(Picker):
@@ -75,7 +139,8 @@ class RoundRobinPicker(Picker):
     def __init__(self) -> None:
         self._next = 0
 
-    def pick(self, ctx: Context, n: int, totals: list[float] | None, m: int) -> list[int]:
+    def pick(self, ctx: Context, group: Group, totals: list[float] | None, m: int) -> list[int]:
+        n = len(group)
         if n <= 0:
             return []
         start = self._next % n
