@@ -67,6 +67,9 @@ async def observer(url: str) -> None:
             applied.append((time.time(), now))
             sched.on_completed(request_id, now)
 
+        def set_peer_rank(self, index, count):
+            sched.set_peer_rank(index, count)
+
     subjects = Subjects(PREFIX)
     nc = await connect(NatsOptions(servers=[url], name="observer", subject_prefix=PREFIX))
     received: list[tuple[float, int, int]] = []  # (received at, payload bytes, wire bytes)

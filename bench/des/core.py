@@ -6,7 +6,9 @@ a pure function of its seed):
 * **arrival** - Poisson; the request goes to a picker replica (round-robin or random),
   whose scheduler decides from the endpoint views *that replica has received*; a 429/503
   decision is counted as shed, not served; otherwise ``on_assigned`` runs on that
-  replica at once and, with the shared view, on every peer ``share_delay_s`` later;
+  replica at once and, with the shared view, on every peer ``share_delay_s`` later
+  (shared replicas also know their rank among the replicas, as the sharing layer's
+  liveness watch tells them);
 * **step end** - one engine step (``Engine.step`` commits at its start, the DES reveals
   it at ``end``): finished requests are recorded and ``on_completed`` is applied (own
   replica at once, peers after ``share_delay_s`` when shared); the next step starts;
@@ -160,6 +162,9 @@ class Cluster:
         self.served_models = [MODEL, *self.sampler.adapters]
         self.is_oracle = cfg.policy == "oracle"
         self.pickers = [_Picker(p, self._make_scheduler(p)) for p in range(cfg.picker_replicas)]
+        if cfg.shared_view and cfg.picker_replicas > 1:  # what picker/sharing's liveness watch tells them
+            for pk in self.pickers:
+                pk.sched.set_peer_rank(pk.index, cfg.picker_replicas)
         self._heap: list[tuple] = []
         self._seq = 0
         self._busy: dict[str, bool] = dict.fromkeys(self.addresses, False)

@@ -104,3 +104,6 @@ class OracleScheduler:
 
     def on_endpoint_removed(self, address: str, now: float) -> None:
         pass
+
+    def set_peer_rank(self, index: int, count: int) -> None:
+        pass

@@ -16,7 +16,9 @@ they are skipped again, because the process kept its state.
 
 Liveness: every replica publishes at least a heartbeat per second. A peer not heard from
 for ``peer_timeout`` while this replica was connected is declared gone and its open
-requests are released at once, instead of at the scheduler's TTL.
+requests are released at once, instead of at the scheduler's TTL. The live replicas,
+ordered by name, also give each replica its rank, which the scheduler uses to keep
+near-simultaneous decisions of different replicas apart.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class PeerListener:
         self._last_connected = 0.0  # wall time this replica was last seen connected
         self._connected_since = 0.0  # wall time of the current connection's start
         self.replayed = 0  # messages read from the stream, all replays together
+        self._rank = (0, 1)  # (index, count) last given to the scheduler
 
     @property
     def is_ready(self) -> bool:
@@ -205,25 +208,39 @@ class PeerListener:
 
     def _check_peers(self, now: float) -> None:
         timeout = self.settings.peer_timeout_s
-        alive = 0
-        if timeout <= 0 or now - self._connected_since < timeout:
-            for peer in self.applier.last_seen:
-                alive += peer != self.replica
-            self.metrics.peers_alive.set(alive)
+        if timeout > 0 and now - self._connected_since >= timeout:
+            gone = [
+                peer
+                for peer, last in self.applier.last_seen.items()
+                if peer != self.replica and now - last > timeout
+            ]
+            for peer in gone:
+                released = self.applier.forget_replica(peer, now)
+                self.metrics.peers_lost.inc()
+                log.info(
+                    "peer replica silent; released its open requests",
+                    extra={"peer": peer, "released": released, "timeout_s": timeout},
+                )
+        # Until a timeout has passed on this connection, every peer heard of counts as alive.
+        alive = [peer for peer in self.applier.last_seen if peer != self.replica]
+        self.metrics.peers_alive.set(len(alive))
+        self._set_rank(alive)
+
+    def _set_rank(self, alive: list[str]) -> None:
+        """Tell the scheduler its place among the live replicas, ordered by name.
+
+        Every replica sorts the same names, so their places differ; the scheduler uses
+        it to spread near-simultaneous choices (see ``MaxScorePicker.peer_margin``).
+        """
+        names = sorted({*alive, self.replica})
+        rank = (names.index(self.replica), len(names))
+        if rank == self._rank:
             return
-        gone = []
-        for peer, last in self.applier.last_seen.items():
-            if peer == self.replica:
-                continue
-            if now - last > timeout:
-                gone.append(peer)
-            else:
-                alive += 1
-        for peer in gone:
-            released = self.applier.forget_replica(peer, now)
-            self.metrics.peers_lost.inc()
-            log.info(
-                "peer replica silent; released its open requests",
-                extra={"peer": peer, "released": released, "timeout_s": timeout},
-            )
-        self.metrics.peers_alive.set(alive)
+        self._rank = rank
+        self.metrics.peer_rank.set(rank[0])
+        try:
+            self.applier.hooks.set_peer_rank(*rank)
+        except Exception:  # a scheduler bug must not stop the liveness watch
+            log.exception("setting the peer rank failed", extra={"rank": rank[0], "replicas": rank[1]})
+            return
+        log.info("peer rank", extra={"rank": rank[0], "replicas": rank[1]})

@@ -62,6 +62,11 @@ class SharingMetrics:
         self.peers_alive = Gauge(
             "infergate_sharing_peers_alive", "peer replicas heard from recently", registry=r
         )
+        self.peer_rank = Gauge(
+            "infergate_sharing_peer_rank",
+            "this replica's place (0-based) among the live replicas, ordered by name",
+            registry=r,
+        )
         self.peers_lost = Counter(
             "infergate_sharing_peers_lost_total",
             "peers declared gone after missing heartbeats (their open requests released)",

@@ -19,6 +19,7 @@ class SpyCluster(Cluster):
         self.seen_ages: list[float] = []
         self.assigned: dict[int, int] = {}
         self.completed: dict[int, int] = {}
+        self.ranks: dict[int, tuple[int, int]] = {}
         super().__init__(cfg)
 
     def _make_scheduler(self, p: int):
@@ -45,6 +46,10 @@ class SpyCluster(Cluster):
 
             def on_endpoint_removed(self, address, now):
                 inner.on_endpoint_removed(address, now)
+
+            def set_peer_rank(self, index, count):
+                spy.ranks[p] = (index, count)
+                inner.set_peer_rank(index, count)
 
         return Spy()
 
@@ -86,6 +91,13 @@ def test_shared_view_applies_peer_traffic_to_every_replica_and_unshared_does_not
     r2 = alone.run()
     assert alone.assigned[0] + alone.assigned[1] == pytest.approx(r2.served, abs=total)
     assert alone.assigned[0] < shared.assigned[0]
+
+
+def test_shared_replicas_know_their_ranks_and_lone_ones_do_not():
+    shared = SpyCluster(small(picker_replicas=3, shared_view=True))
+    assert shared.ranks == {0: (0, 3), 1: (1, 3), 2: (2, 3)}
+    assert SpyCluster(small(picker_replicas=3, shared_view=False)).ranks == {}
+    assert SpyCluster(small(picker_replicas=1)).ranks == {}
 
 
 def test_shed_requests_are_counted_not_served():

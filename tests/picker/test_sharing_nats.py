@@ -166,6 +166,29 @@ async def test_a_killed_replicas_in_flight_entries_are_released(replicas):
     assert b.metric("infergate_sharing_peers_lost_total") == 1
 
 
+async def test_replicas_learn_their_ranks_from_each_other_and_spread_near_ties(replicas):
+    a = await (await replicas("a", peer_timeout_s=0.5)).start()
+    b = await (await replicas("b", peer_timeout_s=0.5)).start()
+    c = await (await replicas("c", peer_timeout_s=0.5)).start()
+
+    def ranks():
+        return [(r.scheduler.peer_index, r.scheduler.peer_count) for r in (a, b, c)]
+
+    await wait_until(lambda: ranks() == [(0, 3), (1, 3), (2, 3)], what="ranks by name")
+    assert c.metric("infergate_sharing_peer_rank") == 2 and c.metric("infergate_sharing_peers_alive") == 2
+    # The same view of three near-equal pods: each replica's next request goes to a different one.
+    t = now()
+    pool = [
+        EndpointView(f"10.0.0.{i}:8000", snapshot(f"10.0.0.{i}:8000", 0.1 + i / 1000, t), t) for i in range(3)
+    ]
+    picks = {r.scheduler.schedule(request(f"p-{r.name}"), pool, now()).endpoints[0] for r in (a, b, c)}
+    assert len(picks) == 3
+
+    await b.kill()  # its heartbeats stop: after the peer timeout, a and c close ranks
+    await wait_until(lambda: ranks()[0] == (0, 2) and ranks()[2] == (1, 2), what="ranks after b left")
+    assert a.metric("infergate_sharing_peers_lost_total") == 1
+
+
 async def test_without_heartbeats_the_schedulers_ttl_still_expires_a_dead_peers_entries(replicas):
     a = await (await replicas("a")).start()
     b = await (await replicas("b", peer_timeout_s=0.0)).start()
