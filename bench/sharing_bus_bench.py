@@ -67,8 +67,8 @@ async def observer(url: str) -> None:
             applied.append((time.time(), now))
             sched.on_completed(request_id, now)
 
-        def set_peer_rank(self, index, count):
-            sched.set_peer_rank(index, count)
+        def set_peer_rank(self, index, count, unseen=1.0):
+            sched.set_peer_rank(index, count, unseen)
 
     subjects = Subjects(PREFIX)
     nc = await connect(NatsOptions(servers=[url], name="observer", subject_prefix=PREFIX))

@@ -68,5 +68,5 @@ class LeastLoadScheduler:
     def on_endpoint_removed(self, address: str, now: float) -> None:
         self.load.pop(address, None)
 
-    def set_peer_rank(self, index: int, count: int) -> None:
+    def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None:
         pass  # least-load has no near-ties to spread

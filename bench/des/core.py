@@ -163,8 +163,10 @@ class Cluster:
         self.is_oracle = cfg.policy == "oracle"
         self.pickers = [_Picker(p, self._make_scheduler(p)) for p in range(cfg.picker_replicas)]
         if cfg.shared_view and cfg.picker_replicas > 1:  # what picker/sharing's liveness watch tells them
+            # Peers' assignments not heard of yet: their arrival rate times the delay.
+            unseen = cfg.qps * (cfg.picker_replicas - 1) / cfg.picker_replicas * cfg.share_delay_s
             for pk in self.pickers:
-                pk.sched.set_peer_rank(pk.index, cfg.picker_replicas)
+                pk.sched.set_peer_rank(pk.index, cfg.picker_replicas, unseen)
         self._heap: list[tuple] = []
         self._seq = 0
         self._busy: dict[str, bool] = dict.fromkeys(self.addresses, False)

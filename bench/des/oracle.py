@@ -105,5 +105,5 @@ class OracleScheduler:
     def on_endpoint_removed(self, address: str, now: float) -> None:
         pass
 
-    def set_peer_rank(self, index: int, count: int) -> None:
+    def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None:
         pass

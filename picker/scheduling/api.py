@@ -86,6 +86,7 @@ class Scheduler(Protocol):
 
     def on_endpoint_removed(self, address: str, now: float) -> None: ...
 
-    def set_peer_rank(self, index: int, count: int) -> None:
-        """This replica is ``index`` of ``count`` replicas sharing one view (the sharing layer knows)."""
+    def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None:
+        """This replica is ``index`` of ``count`` replicas sharing one view, and typically has
+        not yet heard of ``unseen`` of its peers' assignments (the sharing layer knows)."""
         ...

@@ -27,6 +27,7 @@ class Context:
         "now",
         "peer_count",
         "peer_index",
+        "peer_unseen",
         "prefix",
         "request",
         "rng",
@@ -45,6 +46,7 @@ class Context:
         base_models: dict[str, int] | None = None,
         peer_index: int = 0,
         peer_count: int = 1,
+        peer_unseen: float = 1.0,
     ) -> None:
         self.request = request
         self.now = now
@@ -57,6 +59,7 @@ class Context:
         # MaxScorePicker.peer_margin); one replica alone is 0 of 1.
         self.peer_index = peer_index
         self.peer_count = peer_count
+        self.peer_unseen = peer_unseen  # peers' assignments not heard of yet, typically
         self.score_unit = 1.0  # score points per unit of the totals a picker sees (set by the selector)
         self._matches: dict[str, int] | None = None
         self._work: list[float] | None = None

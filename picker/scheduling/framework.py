@@ -169,18 +169,22 @@ class ProfileScheduler:
         self._base_models: dict[str, int] = {}  # model -> endpoints reporting it ("" = unknown)
         self.peer_index = 0
         self.peer_count = 1
+        self.peer_unseen = 1.0
 
-    def set_peer_rank(self, index: int, count: int) -> None:
+    def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None:
         """This replica is ``index`` (0-based) of ``count`` picker replicas sharing one view.
 
-        The sharing layer calls it as peers come and go; pickers that spread peers'
-        near-simultaneous choices (``MaxScorePicker.peer_margin``) read it. Out-of-range
-        values fall back to "alone" rather than raising.
+        ``unseen`` is how many of its peers' assignments a replica has typically not heard
+        of yet (their rate times the propagation delay): the chance that a peer is choosing
+        in the same window. The sharing layer calls it as peers come and go and traffic
+        changes; pickers that spread near-simultaneous choices (``MaxScorePicker.peer_margin``)
+        read it. Out-of-range values fall back to "alone" rather than raising.
         """
         if count < 1 or not 0 <= index < count:
             index, count = 0, 1
         self.peer_index = int(index)
         self.peer_count = int(count)
+        self.peer_unseen = float(unseen) if unseen >= 0.0 else 1.0  # NaN fails >= too
 
     # -- the decision ------------------------------------------------------------------
 
@@ -218,6 +222,7 @@ class ProfileScheduler:
             self._base_models,
             self.peer_index,
             self.peer_count,
+            self.peer_unseen,
         )
         if self.max_candidates and len(fresh) > self.max_candidates:
             fresh = self._window(ctx, fresh)

@@ -42,11 +42,14 @@ class MaxScorePicker(Picker):
     few milliseconds before they hear of each other's choice land on that pod together
     (a batched prefill: a worse TTFT). With ``peer_margin``, replica ``i`` of ``n``
     (``ProfileScheduler.set_peer_rank``; ranks come from the sharing layer) takes the
-    ``i``-th best of the endpoints within ``peer_margin`` of the best, ordered the same
-    way on every replica (total, then address): near-simultaneous choices of different
-    replicas go to different pods, while a pod that is clearly better (a prefix hit, an
-    idle pod among busy ones) is still every replica's choice. With one replica it is
-    plain max-score.
+    ``i``-th best of the endpoints within the margin of the best, ordered the same way
+    on every replica (total, then address): near-simultaneous choices of different
+    replicas go to different pods, while a pod that is clearly better (an idle pod among
+    busy ones) is still every replica's choice, and a request never leaves the pods that
+    hold its prefix. The margin is scaled by the peers' assignments a replica has
+    typically not heard of yet (``unseen``, at most 1): when peers rarely choose in the
+    same window, a replica gives up little for a collision that rarely happens. With
+    one replica it is plain max-score.
     """
 
     name = "max-score"
@@ -60,8 +63,11 @@ class MaxScorePicker(Picker):
             m = n
         if m <= 0:
             return []
-        if self.peer_margin > 0.0 and ctx.peer_count > 1 and n > 1:
-            return self._peer_pick(ctx, group, totals, m)
+        if ctx.peer_count > 1 and n > 1:
+            # The margin shrinks with the chance that a peer is choosing right now.
+            margin = self.peer_margin * (ctx.peer_unseen if ctx.peer_unseen < 1.0 else 1.0)
+            if margin > 0.0:
+                return self._peer_pick(ctx, group, totals, m, margin)
         return self._max(ctx, n, totals, m)
 
     def _max(self, ctx: Context, n: int, totals: list[float] | None, m: int) -> list[int]:
@@ -82,7 +88,9 @@ class MaxScorePicker(Picker):
         need = m - len(above)
         return above + (ties if len(ties) == need == 1 else rng.sample(ties, need))
 
-    def _peer_pick(self, ctx: Context, group: Group, totals: list[float] | None, m: int) -> list[int]:
+    def _peer_pick(
+        self, ctx: Context, group: Group, totals: list[float] | None, m: int, margin: float
+    ) -> list[int]:
         """This replica's rank among the near-best, in an order every replica computes alike."""
         rank = ctx.peer_index
         if totals is None:  # every endpoint scored the same: all of them are near-best
@@ -94,7 +102,7 @@ class MaxScorePicker(Picker):
         else:
             # Totals are in units of the first scorer's weight (see ScoringSelector._rank).
             best = max(totals)
-            edge = best - self.peer_margin / ctx.score_unit
+            edge = best - margin / ctx.score_unit
             near = [i for i, t in enumerate(totals) if t >= edge]
             if len(near) > 1 and ctx.request.prefix_hashes:
                 # Spread over load, never away from the cache: keep the pods that hold at

@@ -84,6 +84,8 @@ class EventApplier:
         self.last_seen: dict[str, float] = {}  # replica -> wall time it was last heard from
         self.applied = 0
         self.duplicates = 0
+        self.live_assignments = 0  # peers' assignments applied from the live subscription
+        self.live_lag = 0.005  # running mean of their delay from the peer's decision to here, s
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -133,7 +135,11 @@ class EventApplier:
         self.applied += 1
         self.metrics.applied_events.labels(kind, source).inc()
         if source == "live":
-            self.metrics.apply_lag.observe(max(0.0, now - at))
+            lag = max(0.0, now - at)
+            self.metrics.apply_lag.observe(lag)
+            if kind == "assignment":
+                self.live_assignments += 1
+                self.live_lag += (lag - self.live_lag) * 0.05
         return 1
 
     def forget_replica(self, replica: str, now: float | None = None) -> int:

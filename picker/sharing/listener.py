@@ -42,11 +42,36 @@ from .replay import raise_if_cancelling, replay_events
 from .settings import SharingSettings
 from .sink import AccountingHooks
 
-__all__ = ["PeerListener"]
+__all__ = ["PeerListener", "UnseenEstimate"]
 
 log = logging.getLogger(__name__)
 
 _RECONNECT_MARGIN_S = 2.0  # replay from this long before the last moment we knew we were connected
+
+
+class UnseenEstimate:
+    """How many peers' assignments this replica has typically not heard of yet.
+
+    Little's law: the peers' assignment rate times the delay until one is applied here.
+    The rate is a moving average (time constant ``tau``) of the live assignments applied
+    between two calls; the delay is the applier's running mean.
+    """
+
+    def __init__(self, tau: float = 2.0) -> None:
+        self.tau = tau
+        self.rate = 0.0  # peers' assignments per second
+        self._count = 0
+        self._at: float | None = None
+
+    def update(self, count: int, lag: float, now: float) -> float:
+        """``count``: live assignments applied so far; returns the current estimate."""
+        if self._at is not None and now > self._at:
+            dt = now - self._at
+            alpha = dt / self.tau if dt < self.tau else 1.0
+            self.rate += ((count - self._count) / dt - self.rate) * alpha
+        if self._at is None or now > self._at:
+            self._count, self._at = count, now
+        return self.rate * lag
 
 
 class PeerListener:
@@ -85,6 +110,7 @@ class PeerListener:
         self._connected_since = 0.0  # wall time of the current connection's start
         self.replayed = 0  # messages read from the stream, all replays together
         self._rank = (0, 1)  # (index, count) last given to the scheduler
+        self.unseen = UnseenEstimate()
 
     @property
     def is_ready(self) -> bool:
@@ -224,23 +250,27 @@ class PeerListener:
         # Until a timeout has passed on this connection, every peer heard of counts as alive.
         alive = [peer for peer in self.applier.last_seen if peer != self.replica]
         self.metrics.peers_alive.set(len(alive))
-        self._set_rank(alive)
+        unseen = self.unseen.update(self.applier.live_assignments, self.applier.live_lag, now)
+        self._set_rank(alive, unseen)
 
-    def _set_rank(self, alive: list[str]) -> None:
-        """Tell the scheduler its place among the live replicas, ordered by name.
+    def _set_rank(self, alive: list[str], unseen: float) -> None:
+        """Tell the scheduler its place among the live replicas (ordered by name) and how
+        many peers' assignments it typically has not heard of yet.
 
         Every replica sorts the same names, so their places differ; the scheduler uses
-        it to spread near-simultaneous choices (see ``MaxScorePicker.peer_margin``).
+        both to spread near-simultaneous choices (see ``MaxScorePicker.peer_margin``).
         """
         names = sorted({*alive, self.replica})
         rank = (names.index(self.replica), len(names))
-        if rank == self._rank:
-            return
-        self._rank = rank
-        self.metrics.peer_rank.set(rank[0])
+        self.metrics.peer_unseen.set(unseen)
         try:
-            self.applier.hooks.set_peer_rank(*rank)
+            self.applier.hooks.set_peer_rank(rank[0], rank[1], unseen)
         except Exception:  # a scheduler bug must not stop the liveness watch
-            log.exception("setting the peer rank failed", extra={"rank": rank[0], "replicas": rank[1]})
+            if rank != self._rank:
+                log.exception("setting the peer rank failed", extra={"rank": rank[0], "replicas": rank[1]})
+            self._rank = rank
             return
-        log.info("peer rank", extra={"rank": rank[0], "replicas": rank[1]})
+        if rank != self._rank:
+            self._rank = rank
+            self.metrics.peer_rank.set(rank[0])
+            log.info("peer rank", extra={"rank": rank[0], "replicas": rank[1]})

@@ -67,6 +67,11 @@ class SharingMetrics:
             "this replica's place (0-based) among the live replicas, ordered by name",
             registry=r,
         )
+        self.peer_unseen = Gauge(
+            "infergate_sharing_peer_unseen",
+            "peers' assignments not yet applied here, typically (their rate x the apply delay)",
+            registry=r,
+        )
         self.peers_lost = Counter(
             "infergate_sharing_peers_lost_total",
             "peers declared gone after missing heartbeats (their open requests released)",

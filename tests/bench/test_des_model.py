@@ -47,9 +47,9 @@ class SpyCluster(Cluster):
             def on_endpoint_removed(self, address, now):
                 inner.on_endpoint_removed(address, now)
 
-            def set_peer_rank(self, index, count):
-                spy.ranks[p] = (index, count)
-                inner.set_peer_rank(index, count)
+            def set_peer_rank(self, index, count, unseen=1.0):
+                spy.ranks[p] = (index, count, unseen)
+                inner.set_peer_rank(index, count, unseen)
 
         return Spy()
 
@@ -94,8 +94,9 @@ def test_shared_view_applies_peer_traffic_to_every_replica_and_unshared_does_not
 
 
 def test_shared_replicas_know_their_ranks_and_lone_ones_do_not():
-    shared = SpyCluster(small(picker_replicas=3, shared_view=True))
-    assert shared.ranks == {0: (0, 3), 1: (1, 3), 2: (2, 3)}
+    shared = SpyCluster(small(picker_replicas=3, shared_view=True, qps=60, share_delay_s=0.005))
+    # Each replica misses its two peers' assignments (40/s) for 5 ms: 0.2 unseen.
+    assert shared.ranks == {i: (i, 3, pytest.approx(0.2)) for i in range(3)}
     assert SpyCluster(small(picker_replicas=3, shared_view=False)).ranks == {}
     assert SpyCluster(small(picker_replicas=1)).ranks == {}
 

@@ -129,3 +129,31 @@ def test_the_spread_never_moves_a_request_away_from_the_pods_that_hold_its_prefi
     two_holders = [first(replica(i, [1, 3]), vs, prefix_hashes=hashes) for i in range(4)]
     assert set(two_holders) == {vs[1].address, vs[3].address}  # spread, but only over the holders
     assert two_holders[0] != two_holders[1]
+
+
+def test_the_margin_shrinks_when_peers_rarely_choose_in_the_same_window():
+    # Pod 1 trails pod 0 by a fifth of the default margin, pod 2 by half of it.
+    cfg = {
+        "version": 1,
+        "profiles": {
+            "p": {
+                "scorers": [{"type": "kv-cache", "weight": 1, "include_inflight": False}],
+                "picker": {"type": "max-score", "peer_margin": 0.1},
+            }
+        },
+    }
+    vs = views({"kv_usage": 0.10}, {"kv_usage": 0.12}, {"kv_usage": 0.15}, {"kv_usage": 0.9})
+
+    def choices(unseen: float) -> list[str]:
+        out = []
+        for i in range(3):
+            s = sched("p", config=cfg)
+            s.set_peer_rank(i, 3, unseen)
+            out.append(first(s, vs))
+        return out
+
+    a = [v.address for v in vs]
+    assert choices(1.0) == [a[0], a[1], a[2]]  # a peer is usually choosing too: full margin
+    assert choices(5.0) == [a[0], a[1], a[2]]  # capped at the full margin
+    assert choices(0.3) == [a[0], a[1], a[0]]  # 0.03 points: only pod 1 is near
+    assert choices(0.0) == [a[0], a[0], a[0]]  # peers idle: plain max-score

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from picker.scheduling import RequestInfo, build_scheduler
 from picker.sharing import EventApplier, to_request_info
 from shared.schemas import Assignment, Completion, EventBatch
@@ -155,3 +157,22 @@ def test_events_of_a_compact_batch_take_the_batchs_replica():
     ap.apply_batch(EventBatch(replica="b", events=[assign("r1", 999.0, replica="")], ts=999.0))
     assert rec.calls[0][4] == "b" and ap.open_requests("b") == 1
     assert ap.forget_replica("b") == 1
+
+
+def test_unseen_estimate_is_peer_rate_times_delay():
+    from picker.sharing.listener import UnseenEstimate
+
+    est = UnseenEstimate(tau=1.0)
+    assert est.update(0, 0.005, 100.0) == 0.0  # nothing to go on yet
+    # 200 peer assignments per second, applied 5 ms after they were made: one in flight.
+    t, count = 100.0, 0
+    for _ in range(50):
+        t += 0.1
+        count += 20
+        unseen = est.update(count, 0.005, t)
+    assert unseen == pytest.approx(1.0, rel=0.01)
+    for _ in range(50):  # the peers go quiet
+        t += 0.1
+        unseen = est.update(count, 0.005, t)
+    assert unseen < 0.01
+    assert est.update(count, 0.005, t) == unseen  # no time passed: no change

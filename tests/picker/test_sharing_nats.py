@@ -176,13 +176,12 @@ async def test_replicas_learn_their_ranks_from_each_other_and_spread_near_ties(r
 
     await wait_until(lambda: ranks() == [(0, 3), (1, 3), (2, 3)], what="ranks by name")
     assert c.metric("infergate_sharing_peer_rank") == 2 and c.metric("infergate_sharing_peers_alive") == 2
-    # The same view of three near-equal pods: each replica's next request goes to a different one.
-    t = now()
-    pool = [
-        EndpointView(f"10.0.0.{i}:8000", snapshot(f"10.0.0.{i}:8000", 0.1 + i / 1000, t), t) for i in range(3)
-    ]
-    picks = {r.scheduler.schedule(request(f"p-{r.name}"), pool, now()).endpoints[0] for r in (a, b, c)}
-    assert len(picks) == 3
+    # Quiet peers: nothing of theirs is unheard of, so no reason to spread.
+    assert c.scheduler.peer_unseen == 0.0
+    for i in range(200):  # a burst from a: c now expects some of a's choices to be on their way
+        a.route(request(f"burst{i}"), X)
+    await wait_until(lambda: c.scheduler.peer_unseen > 0.0, what="c's estimate of unseen peer choices")
+    assert c.metric("infergate_sharing_peer_unseen") == pytest.approx(c.scheduler.peer_unseen)
 
     await b.kill()  # its heartbeats stop: after the peer timeout, a and c close ranks
     await wait_until(lambda: ranks()[0] == (0, 2) and ranks()[2] == (1, 2), what="ranks after b left")
