@@ -28,7 +28,8 @@ async def test_served_models_follow_adapter_loads(make_collector, subscriber):
             async with http.post(url, json={"lora_name": "chat-lora", "lora_path": "/adapters/chat"}) as r:
                 assert r.status == 200, await r.text()
         await wait_until(
-            lambda: "chat-lora" in subscriber.last(pods[1].name).served_models, what="the new adapter"
+            lambda: (s := subscriber.last(pods[1].name)) is not None and "chat-lora" in s.served_models,
+            what="the new adapter",
         )
         assert "chat-lora" not in subscriber.last(pods[0].name).served_models
 
