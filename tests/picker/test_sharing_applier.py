@@ -176,3 +176,33 @@ def test_unseen_estimate_is_peer_rate_times_delay():
         unseen = est.update(count, 0.005, t)
     assert unseen < 0.01
     assert est.update(count, 0.005, t) == unseen  # no time passed: no change
+
+
+def test_a_scheduler_failing_to_take_its_rank_does_not_stop_the_liveness_watch(caplog):
+    from picker.sharing import SharingSettings
+    from picker.sharing.listener import PeerListener
+    from shared.subjects import Subjects
+
+    class Broken(Recorder):
+        def set_peer_rank(self, index, count, unseen=1.0):
+            raise RuntimeError("boom")
+
+    clock = Clock()
+    hooks = Broken()
+    listener = PeerListener(
+        None, Subjects("t"), "ns", "pool", SharingSettings(replica="b", peer_timeout_s=0), hooks, clock=clock
+    )
+    listener.applier.apply_event(assign("r1", clock.t, address="x:1"))
+    listener._check_peers(clock.t)  # logs once, raises nothing
+    listener._check_peers(clock.t + 0.1)
+    assert listener.metrics.peers_alive._value.get() == 1
+    assert sum("setting the peer rank failed" in r.message for r in caplog.records) == 1
+    assert hooks.calls[0][:3] == ("assigned", "r1", "x:1")  # the event itself was applied
+
+
+def test_a_nonsense_unseen_estimate_means_a_full_margin():
+    s = build_scheduler("default", rng=random.Random(1))
+    s.set_peer_rank(1, 2, float("nan"))
+    assert s.peer_unseen == 1.0
+    s.set_peer_rank(1, 2, -3.0)
+    assert s.peer_unseen == 1.0
