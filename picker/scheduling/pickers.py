@@ -92,13 +92,8 @@ class MaxScorePicker(Picker):
         self, ctx: Context, group: Group, totals: list[float] | None, m: int, margin: float
     ) -> list[int]:
         """This replica's rank among the near-best, in an order every replica computes alike."""
-        rank = ctx.peer_index
         if totals is None:  # every endpoint scored the same: all of them are near-best
             near: Sequence[int] = range(len(group))
-
-            def key(i: int) -> tuple[float, str]:
-                return (0.0, group[i].address)
-
         else:
             # Totals are in units of the first scorer's weight (see ScoringSelector._rank).
             best = max(totals)
@@ -112,14 +107,10 @@ class MaxScorePicker(Picker):
                     need = max(held.get(i, 0) for i in near if totals[i] == best)
                     near = [i for i in near if held.get(i, 0) >= need]
 
-            def key(i: int) -> tuple[float, str]:
-                return (-totals[i], group[i].address)
+        def key(i: int) -> tuple[float, str]:
+            return (-totals[i] if totals is not None else 0.0, group[i].address)
 
-        if len(near) > 1:
-            ordered = heapq.nsmallest(rank % len(near) + 1, near, key=key)
-            choice = ordered[-1]
-        else:
-            choice = near[0]
+        choice = heapq.nsmallest(ctx.peer_index % len(near) + 1, near, key=key)[-1]
         if m == 1:
             return [choice]
         rest = [i for i in self._max(ctx, len(group), totals, m) if i != choice]

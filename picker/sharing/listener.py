@@ -65,11 +65,12 @@ class UnseenEstimate:
 
     def update(self, count: int, lag: float, now: float) -> float:
         """``count``: live assignments applied so far; returns the current estimate."""
-        if self._at is not None and now > self._at:
+        if self._at is None:
+            self._count, self._at = count, now
+        elif now > self._at:
             dt = now - self._at
             alpha = dt / self.tau if dt < self.tau else 1.0
             self.rate += ((count - self._count) / dt - self.rate) * alpha
-        if self._at is None or now > self._at:
             self._count, self._at = count, now
         return self.rate * lag
 
@@ -263,14 +264,14 @@ class PeerListener:
         names = sorted({*alive, self.replica})
         rank = (names.index(self.replica), len(names))
         self.metrics.peer_unseen.set(unseen)
+        changed = rank != self._rank
+        self._rank = rank
+        self.metrics.peer_rank.set(rank[0])
         try:
             self.applier.hooks.set_peer_rank(rank[0], rank[1], unseen)
         except Exception:  # a scheduler bug must not stop the liveness watch
-            if rank != self._rank:
+            if changed:
                 log.exception("setting the peer rank failed", extra={"rank": rank[0], "replicas": rank[1]})
-            self._rank = rank
             return
-        if rank != self._rank:
-            self._rank = rank
-            self.metrics.peer_rank.set(rank[0])
+        if changed:
             log.info("peer rank", extra={"rank": rank[0], "replicas": rank[1]})
