@@ -47,14 +47,9 @@ EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
 def make_scheduler(profile: str, config_path: str | None = None) -> Scheduler:
-    """The scheduling package's profile; the built-in least-load one if it is unavailable."""
-    try:
-        from .scheduling import build_scheduler
-    except ImportError:  # pragma: no cover - only before picker.scheduling landed
-        from .fallback import LeastLoadScheduler
+    """The scheduling package's profile, built from the profiles file (the built-in one by default)."""
+    from .scheduling import build_scheduler
 
-        log.warning("picker.scheduling.build_scheduler unavailable; using the least-load fallback")
-        return LeastLoadScheduler()
     return build_scheduler(profile, config_path)
 
 

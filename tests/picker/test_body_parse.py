@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 
 from picker.body import BodyError, flatten_messages, parse_request, path_kind
 from picker.core import Core, Rejected, RequestHeaders, Routed
-from picker.fallback import LeastLoadScheduler
 from picker.metrics import PickerMetrics
 from picker.models import ModelTable
 from picker.response import ResponseRewriter
 from picker.testing import snapshot
 from picker.view import PoolView
+from tests.support.least_load import LeastLoadScheduler
 
 
 def test_reads_only_what_it_needs_and_keeps_the_bytes():

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from picker.core import Core
 from picker.extproc import BUFFERED, FULL_DUPLEX, STREAMED, Exchange
-from picker.fallback import LeastLoadScheduler
 from picker.metrics import PickerMetrics
 from picker.models import ModelTable
 from picker.testing import snapshot
 from picker.view import PoolView
+from tests.support.least_load import LeastLoadScheduler
 
 GOOD = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
 

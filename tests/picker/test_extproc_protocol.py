@@ -10,11 +10,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from picker.config import PickerConfig
 from picker.extproc import MAX_CHUNK
-from picker.fallback import LeastLoadScheduler
 from picker.models import ModelTable
 from picker.server import Picker
 from picker.testing import EnvoyStream, headers_of, snapshot
 from shared.crds import InferenceModel, TargetModel
+from tests.support.least_load import LeastLoadScheduler
 
 DEST = "x-gateway-destination-endpoint"
 

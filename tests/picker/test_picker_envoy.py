@@ -12,12 +12,12 @@ from picker.config import PickerConfig
 from picker.envoy.bootstrap import build_bootstrap
 from picker.envoy.options import BootstrapOptions
 from picker.envoy.process import EnvoyProcess
-from picker.fallback import LeastLoadScheduler
 from picker.models import ModelTable
 from picker.server import Picker
 from picker.testing import snapshot
 from shared.crds import InferenceModel, TargetModel
 from shared.natsd import free_port
+from tests.support.least_load import LeastLoadScheduler
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e

@@ -6,9 +6,9 @@ from collector.core import Collector, CollectorConfig
 from collector.fakepod import FakePods
 from collector.targets import Target
 from picker.config import PickerConfig
-from picker.fallback import LeastLoadScheduler
 from picker.server import Picker
 from shared.natsconn import NatsOptions
+from tests.support.least_load import LeastLoadScheduler
 from tests.support.waiting import wait_until
 
 

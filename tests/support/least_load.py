@@ -1,23 +1,25 @@
-"""A minimal scheduler, used only when ``picker.scheduling.build_scheduler`` is unavailable.
+"""A minimal least-load scheduler: a deterministic test double for the picker's protocol tests.
 
-It keeps the picker runnable on its own (and gives the protocol tests a deterministic
-scheduler): candidates restricted, ready endpoints first, then fresh metrics, then the
-least ``waiting + running + in-flight``; Sheddable requests get 429 when every candidate
-is saturated (queue > 5, KV > 0.8, or metrics older than ``staleness``).
+It lets the ext_proc, view and service tests run the picker without depending on the
+scheduling profiles: candidates restricted, ready endpoints first, then fresh metrics,
+then the least ``waiting + running + in-flight``; Sheddable requests get 429 when every
+candidate is saturated (queue > 5, KV > 0.8, or metrics older than ``staleness``). It
+lived in ``picker/fallback.py`` until test doubles left the production packages (#15).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from picker.scheduling.api import Decision, EndpointView, RequestInfo
 from shared.schemas import EndpointSnapshot
-
-from .scheduling.api import Decision, EndpointView, RequestInfo
 
 __all__ = ["LeastLoadScheduler"]
 
 
 class LeastLoadScheduler:
+    """Least ``waiting + running + in-flight`` first; the scheduler interface, nothing more."""
+
     name = "least-load"
 
     def __init__(self, staleness: float = 0.2, queue: int = 5, kv: float = 0.8, fallbacks: int = 2) -> None:
