@@ -8,7 +8,8 @@ import math
 import pytest
 
 from bench.des import PointResult
-from bench.sweep import main, median_result
+from bench.sweep import main
+from bench.sweep.replicas_report import median_result
 
 
 def test_median_result_takes_each_figure_s_median_and_skips_missing_ones():
