@@ -143,7 +143,7 @@ def _start_pods_process(n: int, kind: str, load_rps: float) -> tuple[subprocess.
 async def bench_cpu(
     n: int, hz: float, seconds: float, kind: str, load_rps: float, heartbeat: float = 1.0
 ) -> dict:
-    from collector.core import Collector, CollectorConfig
+    from collector.service import Collector, CollectorConfig
     from collector.targets import Target
     from shared.natsconn import NatsOptions
     from shared.natsd import NatsServer

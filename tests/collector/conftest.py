@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 
-from collector.core import Collector, CollectorConfig
+from collector.service import Collector, CollectorConfig
 from collector.fakepod import FakePods
 from collector.targets import Target
 from shared import schemas

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from collector.__main__ import build_parser, config_from_args
-from collector.core import Collector, CollectorConfig
+from collector.service import Collector, CollectorConfig
 from collector.fakepod import FakePods
 from collector.targets import Target
 from shared.natsconn import NatsOptions

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector.core import Collector, CollectorConfig
+from collector.service import Collector, CollectorConfig
 from collector.fakepod import FakePods
 from collector.targets import Target
 from picker.config import PickerConfig
