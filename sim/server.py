@@ -22,7 +22,7 @@ from shared.errors import error_body
 from shared.hashing import prefix_block_hashes
 from shared.tokens import estimate_tokens
 from sim.engine import ABORTED, FINISHED, Engine, EngineConfig, SimRequest
-from sim.metrics import VllmMetrics
+from sim.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class SimPod:
 
     def _reset_engine(self) -> None:
         self.engine = Engine(self.cfg)
-        self.metrics = VllmMetrics(
+        self.metrics = ServerMetrics(
             self.model,
             {
                 "block_size": str(self.cfg.block_size),

@@ -11,11 +11,11 @@ import nats
 import pytest
 
 from collector.service import Collector, CollectorConfig
-from collector.fakepod import FakePods
 from collector.targets import Target
 from shared import schemas
 from shared.natsconn import NatsOptions
 from shared.subjects import Subjects
+from tests.support.fakepod import FakePods
 
 try:  # the simulator's in-process API, when it is there
     from sim.server import SimCluster

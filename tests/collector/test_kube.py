@@ -11,9 +11,9 @@ import contextlib
 
 import pytest
 
-from collector.fakepod import FakePod
 from shared import schemas
 from shared.natsd import free_port
+from tests.support.fakepod import FakePod
 from tests.support.kubeapi import pod
 from tests.support.waiting import wait_until
 

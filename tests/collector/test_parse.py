@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector import parse as P
-from collector.vllmpage import EngineState, PageState, page_of_size, render
+from sim.vllm_page import EngineState, PageState, page_of_size, render
 
 # ---------------------------------------------------------------------------------------
 # page generator

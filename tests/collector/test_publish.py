@@ -8,10 +8,10 @@ import time
 import nats
 from nats.js.api import DeliverPolicy
 
-from collector.fakepod import FakePods
 from shared import schemas
 from shared.subjects import Subjects
 from tests.collector.conftest import Subscriber, model_servers, targets_of
+from tests.support.fakepod import FakePods
 from tests.support.waiting import wait_until
 
 
@@ -310,7 +310,7 @@ async def test_ip_reuse_and_address_change_keep_receivers_ordering_per_address(m
         assert subscriber.last("pod-b").address == tomb.address
         assert subscriber.snapshots("pod-b")[0].seq == tomb.seq + 1
         # pod-b keeps its name but moves to another address: the old one is tombstoned first
-        from collector.fakepod import FakePod
+        from tests.support.fakepod import FakePod
 
         other_ip = await FakePod("moved", pods[0].port, host="127.0.0.2").start()
         moved = Target("default", "pool", "pod-b", "127.0.0.2", pods[0].port)  # same key, new IP

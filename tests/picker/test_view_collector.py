@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collector.service import Collector, CollectorConfig
-from collector.fakepod import FakePods
 from collector.targets import Target
 from picker.config import PickerConfig
 from picker.fallback import LeastLoadScheduler
 from picker.server import Picker
 from shared.natsconn import NatsOptions
+from tests.support.fakepod import FakePods
 from tests.support.waiting import wait_until
 
 
