@@ -1,10 +1,12 @@
-"""A narrow, fast parser for the few vLLM ``/metrics`` families a scheduler needs.
+"""A narrow, fast parser for the few vLLM and SGLang ``/metrics`` families a scheduler needs.
 
 A vLLM page is tens of kilobytes, mostly histogram buckets nobody here reads;
 ``prometheus_client.parser`` takes ~18 ms for one, too slow for 16 pods at 20 Hz. This
 module finds only the sample lines of the wanted families with one regular expression
-over the raw bytes (its literal prefix ``\\nvllm:`` lets the regex engine skip ahead in
-C), and parses labels and values only on those few lines.
+over the raw bytes (an alternation grouped under the literal prefixes ``vllm:`` and
+``sglang:``, so the regex engine rejects other lines after a character or two), and
+parses labels and values only on those few lines. The engine (vLLM or SGLang) is
+detected from the families found; see :func:`summarize`.
 
 Two layers:
 
@@ -87,7 +89,14 @@ WANTED: tuple[str, ...] = VLLM_FAMILIES + SGLANG_FAMILIES
 _VLLM_CORE = frozenset((RUNNING, WAITING, KV_USAGE, KV_USAGE_LEGACY))
 _SGLANG_CORE = frozenset((SGL_RUNNING, SGL_WAITING, SGL_KV_USAGE))
 
-_ALT = b"|".join(re.escape(n.encode()) for n in WANTED)
+
+def _alternation(prefix: str, names: tuple[str, ...]) -> bytes:
+    """``prefix(?:rest1|rest2|...)``: one literal prefix per engine keeps the regex fast."""
+    rests = b"|".join(re.escape(n[len(prefix) :].encode()) for n in names)
+    return re.escape(prefix.encode()) + b"(?:" + rests + b")"
+
+
+_ALT = _alternation("vllm:", VLLM_FAMILIES) + b"|" + _alternation("sglang:", SGLANG_FAMILIES)
 # A wanted sample line: after a newline and optional blanks, the exact family name, then
 # "{" or a blank (so "vllm:num_requests_running_created" and "..._foo" never match).
 _LINE = re.compile(rb"\n[ \t]*(" + _ALT + rb")([ \t]*\{[^\n]*|[ \t][^\n]*)")
