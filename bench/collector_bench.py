@@ -40,7 +40,7 @@ def bench_parse(repeats: int = 7) -> dict:
     from prometheus_client.parser import text_string_to_metric_families
 
     from collector.parse import parse
-    from collector.vllmpage import page_of_size
+    from sim.vllm_page import page_of_size
 
     results = {}
     for engines in (1, 4):
@@ -100,7 +100,7 @@ async def _serve_pods(n: int, kind: str, load_rps: float) -> None:
         await cluster.start()
         pods = cluster.pods
     else:
-        from collector.fakepod import FakePods
+        from tests.support.fakepod import FakePods  # test double; --pod-kind fake only
 
         fake = FakePods(n)
         await fake.__aenter__()
@@ -143,7 +143,7 @@ def _start_pods_process(n: int, kind: str, load_rps: float) -> tuple[subprocess.
 async def bench_cpu(
     n: int, hz: float, seconds: float, kind: str, load_rps: float, heartbeat: float = 1.0
 ) -> dict:
-    from collector.core import Collector, CollectorConfig
+    from collector.service import Collector, CollectorConfig
     from collector.targets import Target
     from shared.natsconn import NatsOptions
     from shared.natsd import NatsServer

@@ -14,7 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from collector.core import DEFAULT_OPS_PORT, Collector, CollectorConfig
+from collector.config import DEFAULT_OPS_PORT, CollectorConfig
+from collector.service import Collector
 from collector.targets import TargetsError, parse_target_flag
 from shared import natsconn
 from shared.config import EnvArgumentParser

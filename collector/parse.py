@@ -1,10 +1,12 @@
-"""A narrow, fast parser for the few vLLM ``/metrics`` families a scheduler needs.
+"""A narrow, fast parser for the few vLLM and SGLang ``/metrics`` families a scheduler needs.
 
 A vLLM page is tens of kilobytes, mostly histogram buckets nobody here reads;
 ``prometheus_client.parser`` takes ~18 ms for one, too slow for 16 pods at 20 Hz. This
 module finds only the sample lines of the wanted families with one regular expression
-over the raw bytes (its literal prefix ``\\nvllm:`` lets the regex engine skip ahead in
-C), and parses labels and values only on those few lines.
+over the raw bytes (an alternation grouped under the literal prefixes ``vllm:`` and
+``sglang:``, so the regex engine rejects other lines after a character or two), and
+parses labels and values only on those few lines. The engine (vLLM or SGLang) is
+detected from the families found; see :func:`summarize`.
 
 Two layers:
 
@@ -51,7 +53,18 @@ PREEMPTIONS = "vllm:num_preemptions_total"
 CACHE_CONFIG = "vllm:cache_config_info"
 LORA_INFO = "vllm:lora_requests_info"
 
-WANTED: tuple[str, ...] = (
+# SGLang (``python/sglang/srt/metrics/collector.py``): scheduler gauges labelled
+# ``model_name``, ``engine_type``, ``tp_rank``, ``pp_rank`` and, with data parallelism,
+# ``dp_rank``; tokenizer counters labelled ``model_name`` (plus e.g. ``cache_source``).
+SGL_RUNNING = "sglang:num_running_reqs"
+SGL_WAITING = "sglang:num_queue_reqs"
+SGL_KV_USAGE = "sglang:token_usage"
+SGL_KV_CAPACITY = "sglang:max_total_num_tokens"
+SGL_PROMPT_TOKENS = "sglang:prompt_tokens_total"
+SGL_CACHED_TOKENS = "sglang:cached_tokens_total"
+SGL_RETRACTIONS = "sglang:num_retracted_requests_total"
+
+VLLM_FAMILIES: tuple[str, ...] = (
     RUNNING,
     WAITING,
     KV_USAGE,
@@ -62,14 +75,33 @@ WANTED: tuple[str, ...] = (
     CACHE_CONFIG,
     LORA_INFO,
 )
+SGLANG_FAMILIES: tuple[str, ...] = (
+    SGL_RUNNING,
+    SGL_WAITING,
+    SGL_KV_USAGE,
+    SGL_KV_CAPACITY,
+    SGL_PROMPT_TOKENS,
+    SGL_CACHED_TOKENS,
+    SGL_RETRACTIONS,
+)
+WANTED: tuple[str, ...] = VLLM_FAMILIES + SGLANG_FAMILIES
 
-_PREFIX = "vllm:"
-_ALT = b"|".join(re.escape(n[len(_PREFIX) :].encode()) for n in WANTED)
+_VLLM_CORE = frozenset((RUNNING, WAITING, KV_USAGE, KV_USAGE_LEGACY))
+_SGLANG_CORE = frozenset((SGL_RUNNING, SGL_WAITING, SGL_KV_USAGE))
+
+
+def _alternation(prefix: str, names: tuple[str, ...]) -> bytes:
+    """``prefix(?:rest1|rest2|...)``: one literal prefix per engine keeps the regex fast."""
+    rests = b"|".join(re.escape(n[len(prefix) :].encode()) for n in names)
+    return re.escape(prefix.encode()) + b"(?:" + rests + b")"
+
+
+_ALT = _alternation("vllm:", VLLM_FAMILIES) + b"|" + _alternation("sglang:", SGLANG_FAMILIES)
 # A wanted sample line: after a newline and optional blanks, the exact family name, then
 # "{" or a blank (so "vllm:num_requests_running_created" and "..._foo" never match).
-_LINE = re.compile(rb"\n[ \t]*vllm:(" + _ALT + rb")([ \t]*\{[^\n]*|[ \t][^\n]*)")
-_FIRST_LINE = re.compile(rb"[ \t]*vllm:(" + _ALT + rb")([ \t]*\{[^\n]*|[ \t][^\n]*)")
-_NAMES = {n[len(_PREFIX) :].encode(): n for n in WANTED}
+_LINE = re.compile(rb"\n[ \t]*(" + _ALT + rb")([ \t]*\{[^\n]*|[ \t][^\n]*)")
+_FIRST_LINE = re.compile(rb"[ \t]*(" + _ALT + rb")([ \t]*\{[^\n]*|[ \t][^\n]*)")
+_NAMES = {n.encode(): n for n in WANTED}
 
 _LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"[ \t]*')
 _ESCAPE = re.compile(r'\\[\\n"]')
@@ -202,6 +234,7 @@ class PageMetrics:
     lora_waiting: list[str] = field(default_factory=list)
     max_lora: int = 0
     engines: int = 0
+    engine: str = ""  # the model server's kind: "vllm" or "sglang"
     error: str = ""
 
 
@@ -225,8 +258,23 @@ def _adapters(raw: str) -> list[str]:
 
 
 def summarize(samples: list[Sample]) -> PageMetrics:
-    """Aggregate raw samples (from :func:`scan`, or from the oracle in tests)."""
-    pm = PageMetrics()
+    """Aggregate raw samples (from :func:`scan`, or from the oracle in tests).
+
+    The engine is detected from the page: vLLM's load families make it a vLLM page (only
+    its families are then read), else SGLang's make it an SGLang page.
+    """
+    if any(s.name in _VLLM_CORE for s in samples):
+        return _summarize_vllm(samples)
+    if any(s.name in _SGLANG_CORE for s in samples):
+        return _summarize_sglang(samples)
+    return PageMetrics(
+        error="no vLLM or SGLang load metrics (vllm:num_requests_running/waiting, "
+        "vllm:kv_cache_usage_perc, sglang:num_running_reqs/num_queue_reqs/token_usage) in page"
+    )
+
+
+def _summarize_vllm(samples: list[Sample]) -> PageMetrics:
+    pm = PageMetrics(engine="vllm")
     running = waiting = 0.0
     kv_new: list[tuple[str | None, float]] = []
     kv_old: list[tuple[str | None, float]] = []
@@ -234,25 +282,22 @@ def summarize(samples: list[Sample]) -> PageMetrics:
     block_size: int | None = None
     lora: Sample | None = None
     engines: set[str | None] = set()
-    found_core = False
     for s in samples:
         name, labels, v = s.name, s.labels, s.value
+        if not name.startswith("vllm:"):
+            continue
         if not pm.model and labels.get("model_name"):
             pm.model = labels["model_name"]
         if name == RUNNING:
             running += _finite(v)
-            found_core = True
             engines.add(labels.get("engine"))
         elif name == WAITING:
             waiting += _finite(v)
-            found_core = True
             engines.add(labels.get("engine"))
         elif name == KV_USAGE:
             kv_new.append((labels.get("engine"), v))
-            found_core = True
         elif name == KV_USAGE_LEGACY:
             kv_old.append((labels.get("engine"), v))
-            found_core = True
         elif name == PREFIX_QUERIES:
             pm.prefix_queries += _finite(v)
         elif name == PREFIX_HITS:
@@ -270,9 +315,6 @@ def summarize(samples: list[Sample]) -> PageMetrics:
             lora is None or (not math.isnan(v) and (math.isnan(lora.value) or v >= lora.value))
         ):
             lora = s
-    if not found_core:
-        pm.error = "no vLLM load metrics (num_requests_running/waiting, kv_cache_usage_perc) in page"
-        return pm
     pm.running = int(max(0.0, running))
     pm.waiting = int(max(0.0, waiting))
     pm.engines = max(1, len(engines))
@@ -291,6 +333,55 @@ def summarize(samples: list[Sample]) -> PageMetrics:
         pm.lora_running = _adapters(lora.labels.get("running_lora_adapters", ""))
         pm.lora_waiting = _adapters(lora.labels.get("waiting_lora_adapters", ""))
         pm.max_lora = _int_label(lora.labels, "max_lora") or 0
+    return pm
+
+
+def _summarize_sglang(samples: list[Sample]) -> PageMetrics:
+    """SGLang: one scheduler per ``dp_rank``; its tensor/pipeline ranks repeat its values.
+
+    Gauges and the retraction counter are taken once per ``dp_rank`` (the largest of the
+    rank series, which normally agree) and summed over ranks; KV use is the
+    capacity-weighted mean over ranks when every rank reports ``max_total_num_tokens``,
+    else the plain mean. The tokenizer's prompt/cached token counters (one process) are
+    summed over all their series: they are the prefix-cache queries and hits.
+    """
+    pm = PageMetrics(engine="sglang")
+    per_rank: dict[str, dict[str | None, float]] = {}
+    for s in samples:
+        name, labels, v = s.name, s.labels, s.value
+        if not name.startswith("sglang:"):
+            continue
+        if not pm.model and labels.get("model_name"):
+            pm.model = labels["model_name"]
+        if name == SGL_PROMPT_TOKENS:
+            pm.prefix_queries += _finite(v)
+        elif name == SGL_CACHED_TOKENS:
+            pm.prefix_hits += _finite(v)
+        else:
+            ranks = per_rank.setdefault(name, {})
+            rank = labels.get("dp_rank")
+            if name == SGL_KV_USAGE and not math.isfinite(v):
+                continue  # usage ignores non-finite values
+            v = v if name == SGL_KV_USAGE else _finite(v)
+            prev = ranks.get(rank)
+            ranks[rank] = v if prev is None else max(prev, v)
+    pm.running = int(max(0.0, sum(per_rank.get(SGL_RUNNING, {}).values())))
+    pm.waiting = int(max(0.0, sum(per_rank.get(SGL_WAITING, {}).values())))
+    pm.preemptions = sum(per_rank.get(SGL_RETRACTIONS, {}).values())
+    capacity = {r: int(c) for r, c in per_rank.get(SGL_KV_CAPACITY, {}).items() if c > 0}
+    pm.kv_capacity_tokens = sum(capacity.values())
+    usage = per_rank.get(SGL_KV_USAGE, {})
+    if usage:
+        caps = [capacity.get(r, 0) for r in usage]
+        if all(c > 0 for c in caps):
+            u = sum(usage[r] * capacity[r] for r in usage) / sum(caps)
+        else:
+            u = sum(usage.values()) / len(usage)
+        pm.kv_usage = min(1.0, max(0.0, u))
+    ranks = set()
+    for name in (SGL_RUNNING, SGL_WAITING):
+        ranks.update(per_rank.get(name, {}))
+    pm.engines = max(1, len(ranks))
     return pm
 
 

@@ -51,6 +51,7 @@ class EndpointSnapshot(_Message, tag="snap"):
     scrape_error: str = ""
     consecutive_failures: int = 0
     model: str = ""  # the base model the server reports
+    engine: str = ""  # the model server's kind, from its metrics page: "vllm", "sglang" ("" = unknown)
     waiting: int = 0
     running: int = 0
     kv_usage: float = 0.0  # 0..1

@@ -97,6 +97,12 @@ class Supervisor:
                 await asyncio.sleep(backoff)
                 backoff = min(max_backoff, backoff * 2)
 
+    def cancel(self, name: str) -> None:
+        """Cancel task ``name`` and forget it (its name can be reused at once); no-op if unknown."""
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
     def running(self, name: str) -> bool:
         task = self._tasks.get(name)
         return task is not None and not task.done()

@@ -1,4 +1,4 @@
-"""``infergate-sim`` / ``python -m sim``: run simulated vLLM pods, or calibrate the engine.
+"""``infergate-sim`` / ``python -m sim``: run simulated vLLM (or SGLang) pods, or calibrate the engine.
 
 Subcommands: ``serve`` (default) and ``calibrate``. See ``sim/README.md``.
 """
@@ -37,9 +37,17 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--base-port", type=int, default=8000, help="port of the first pod; the others follow")
     p.add_argument("--pods", type=int, default=1, help="number of pods (ignored with --ports or --pods-file)")
     p.add_argument("--ports", type=_csv, default=[], help="comma-separated ports, one pod each")
-    p.add_argument("--pods-file", default="", help="YAML/JSON list of pods: name, port, model, lora_adapters")
+    p.add_argument(
+        "--pods-file", default="", help="YAML/JSON list of pods (name, port, model, lora_adapters, engine)"
+    )
     p.add_argument("--name-prefix", default="sim", help="pod names are <prefix>-<i>")
     p.add_argument("--model", default="meta-llama/Llama-2-7b-hf", help="served base model")
+    p.add_argument(
+        "--engine",
+        default="vllm",
+        choices=["vllm", "sglang"],
+        help="model server to imitate: its /metrics page (and SGLang's /get_model_info, /get_load)",
+    )
     p.add_argument("--lora-adapters", type=_csv, default=[], help="comma-separated adapters to preload")
     p.add_argument(
         "--time-scale",
@@ -113,6 +121,7 @@ def pod_specs(args: argparse.Namespace) -> list[PodSpec]:
                     lora_adapters=list(loras),
                     engine=engine_config(args, model),
                     time_scale=float(it.get("time_scale", args.time_scale)),
+                    flavor=str(it.get("engine", args.engine)),
                 )
             )
         return specs
@@ -126,6 +135,7 @@ def pod_specs(args: argparse.Namespace) -> list[PodSpec]:
             lora_adapters=list(args.lora_adapters),
             engine=engine_config(args, args.model),
             time_scale=args.time_scale,
+            flavor=args.engine,
         )
         for i, port in enumerate(ports)
     ]

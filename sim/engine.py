@@ -47,211 +47,40 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
 from itertools import count
 
-# Request states
-PENDING, WAITING, PREFILL, DECODE, FINISHED, ABORTED = range(6)
-STATE_NAMES = ("pending", "waiting", "prefill", "decode", "finished", "aborted")
+from sim.config import DEFAULT_LORA_ENABLED_FACTOR, DEFAULT_SLOWDOWN, EngineConfig
+from sim.kvcache import KVCache
+from sim.lora import LoraSlots
+from sim.request import (
+    ABORTED,
+    DECODE,
+    FINISHED,
+    PENDING,
+    PREFILL,
+    STATE_NAMES,
+    WAITING,
+    EngineStats,
+    SimRequest,
+    StepResult,
+)
 
-# Calibrated factors (sim/README.md "Calibration"; `infergate-sim calibrate`):
-# SLOWDOWN fits the measured vLLM v1 points (no LoRA); LORA_ENABLED_FACTOR is what the
-# upstream benchmark deployment (LoRA enabled, older vLLM) adds, fit to 26 req/s on ShareGPT.
-DEFAULT_SLOWDOWN = 0.79
-DEFAULT_LORA_ENABLED_FACTOR = 1.82
-
-
-@dataclass
-class EngineConfig:
-    """Engine parameters. Defaults: Llama-2-7B on one H100 80 GB (design.md §5)."""
-
-    model: str = "meta-llama/Llama-2-7b-hf"
-    kv_capacity_tokens: int = 119_408  # 7,463 blocks x 16
-    block_size: int = 16
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    max_model_len: int = 4096
-    enable_prefix_caching: bool = True
-    scheduling_policy: str = "fcfs"  # or "priority" (lower value first; preemption stays newest-first)
-    # LoRA
-    enable_lora: bool = True
-    max_loras: int = 4
-    max_cpu_loras: int = 12
-    lora_load_s: float = 0.050  # disk -> CPU cache (rank-16 q/k/v/o adapter of a 7B model, ~30-70 MB)
-    lora_activate_s: float = 0.002  # CPU cache -> a GPU slot
-    lora_enabled_factor: float = DEFAULT_LORA_ENABLED_FACTOR  # step-time factor when enable_lora
-    # Timing
-    slowdown: float = DEFAULT_SLOWDOWN
-    api_overhead_s: float = 0.010
-    step_base_s: float = 0.0005
-    step_floor_s: float = 0.0056
-    step_n_base_s: float = 0.0010
-    step_per_token_s: float = 20e-6
-    step_per_ctx_s: float = 0.196e-6
-
-    @property
-    def num_gpu_blocks(self) -> int:
-        return self.kv_capacity_tokens // self.block_size
-
-    def validate(self) -> None:
-        if self.max_num_batched_tokens < self.max_num_seqs:
-            raise ValueError("max_num_batched_tokens must be >= max_num_seqs (as vLLM requires)")
-        if self.block_size <= 0 or self.num_gpu_blocks <= 0:
-            raise ValueError("block_size and kv_capacity_tokens must be positive")
-        if self.max_loras < 1 or self.max_cpu_loras < self.max_loras:
-            raise ValueError("need 1 <= max_loras <= max_cpu_loras")
-        if self.scheduling_policy not in ("fcfs", "priority"):
-            raise ValueError("scheduling_policy must be 'fcfs' or 'priority'")
-
-    def step_time(self, n_tokens: int, ctx_tokens: int) -> float:
-        """Duration of one step scheduling ``n_tokens`` over ``ctx_tokens`` of context."""
-        busy = self.step_n_base_s + self.step_per_token_s * n_tokens
-        if busy < self.step_floor_s:
-            busy = self.step_floor_s
-        return self.factor * (self.step_base_s + busy + self.step_per_ctx_s * ctx_tokens)
-
-    @property
-    def factor(self) -> float:
-        """The total step-time multiplier: slowdown, times lora_enabled_factor with LoRA on."""
-        return self.slowdown * (self.lora_enabled_factor if self.enable_lora else 1.0)
-
-
-class SimRequest:
-    """One request. Inputs are set by the caller; the rest is engine state (read-only)."""
-
-    __slots__ = (
-        "_gen",
-        "arrival",
-        "block_hashes",
-        "c0",
-        "computed",
-        "ctx",
-        "held_blocks",
-        "held_hashes",
-        "id",
-        "k0",
-        "kf",
-        "lora",
-        "max_tokens",
-        "num_preemptions",
-        "out",
-        "out0",
-        "prefix_hit_tokens",
-        "priority",
-        "prompt_tokens",
-        "ready_at",
-        "seq",
-        "state",
-        "t_finished",
-        "t_first_token",
-        "t_scheduled",
-    )
-
-    def __init__(
-        self,
-        id: str,
-        prompt_tokens: int,
-        max_tokens: int,
-        block_hashes: list[int] | None = None,
-        lora: str | None = None,
-        arrival: float = 0.0,
-        priority: int = 0,
-        ctx: object = None,
-    ) -> None:
-        if prompt_tokens < 1 or max_tokens < 1:
-            raise ValueError("prompt_tokens and max_tokens must be >= 1")
-        self.id = id
-        self.prompt_tokens = prompt_tokens
-        self.max_tokens = max_tokens
-        self.block_hashes = block_hashes if block_hashes is not None else []
-        self.lora = lora or None
-        self.arrival = arrival
-        self.priority = priority
-        self.ctx = ctx  # free slot for the caller (HTTP handler state, DES bookkeeping)
-        self.state = PENDING
-        self.ready_at = arrival
-        self.seq = 0
-        self.computed = 0  # tokens whose KV is computed (valid unless state == DECODE)
-        self.out = 0  # output tokens generated (valid unless state == DECODE)
-        self.held_blocks = 0  # valid unless state == DECODE
-        self.held_hashes: list[int] = []
-        self.k0 = 0  # DECODE: first decode step
-        self.c0 = 0  # DECODE: computed tokens before step k0
-        self.out0 = 0  # DECODE: output tokens before step k0
-        self.kf = -1  # DECODE: step in which the last token is produced
-        self._gen = 0
-        self.num_preemptions = 0
-        self.prefix_hit_tokens = 0  # of the latest admission
-        self.t_scheduled = -1.0  # first time scheduled (queue time = t_scheduled - ready_at)
-        self.t_first_token = -1.0
-        self.t_finished = -1.0
-
-    @property
-    def state_name(self) -> str:
-        return STATE_NAMES[self.state]
-
-    def __repr__(self) -> str:
-        return f"SimRequest({self.id!r}, p={self.prompt_tokens}, m={self.max_tokens}, {self.state_name})"
-
-
-_EMPTY: tuple = ()
-
-
-class StepResult:
-    """What one step did. Events in the lists happen at ``end`` (= start + duration)."""
-
-    __slots__ = (
-        "ctx_tokens",
-        "duration",
-        "end",
-        "finished",
-        "first_token",
-        "num_decode",
-        "preempted",
-        "start",
-        "tokens",
-    )
-
-    def __init__(self, start, duration, tokens, ctx_tokens, num_decode, first_token, finished, preempted):
-        self.start = start
-        self.duration = duration
-        self.end = start + duration
-        self.tokens = tokens  # N: tokens scheduled (prefill chunks + one per decoding request)
-        self.ctx_tokens = ctx_tokens  # C
-        self.num_decode = num_decode  # decoding requests that produced a token this step
-        self.first_token = first_token  # requests whose first token was produced
-        self.finished = finished  # requests that produced their last token
-        self.preempted = preempted  # requests preempted (back to waiting)
-
-    def __repr__(self) -> str:
-        return (
-            f"StepResult(start={self.start:.6f}, dur={self.duration * 1e3:.3f}ms, N={self.tokens}, "
-            f"C={self.ctx_tokens}, first={len(self.first_token)}, fin={len(self.finished)}, "
-            f"pre={len(self.preempted)})"
-        )
-
-
-@dataclass
-class EngineStats:
-    """What vLLM's /metrics reports, plus a few simulator counters."""
-
-    waiting: int
-    running: int
-    pending: int
-    kv_usage: float
-    num_gpu_blocks: int
-    free_blocks: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    preemptions: int
-    running_lora_adapters: list[str] = field(default_factory=list)
-    waiting_lora_adapters: list[str] = field(default_factory=list)
-    steps: int = 0
-    finished: int = 0
-    aborted: int = 0
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    busy_time: float = 0.0
+__all__ = [
+    "ABORTED",
+    "DECODE",
+    "DEFAULT_LORA_ENABLED_FACTOR",
+    "DEFAULT_SLOWDOWN",
+    "FINISHED",
+    "PENDING",
+    "PREFILL",
+    "STATE_NAMES",
+    "WAITING",
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "SimRequest",
+    "StepResult",
+]
 
 
 class Engine:
@@ -266,7 +95,6 @@ class Engine:
         self.total_blocks = cfg.num_gpu_blocks
         self.k = 0  # index of the next step
         self._seq = count()
-        self._anon = count(1)
         # queues
         self._pending: list = []  # heap (ready_at, seq, req)
         self._waiting: deque[SimRequest] = deque()  # FCFS; lazily skips aborted entries
@@ -279,18 +107,13 @@ class Engine:
         self._dec_ctx_base = 0  # sum over decoding of (c0 - k0): their context before step k = base + n*k
         self._phase = [0] * self.bs  # decoding requests by (c0 - k0) mod bs
         self._fin_heap: list = []  # (kf, seq, gen, req)
-        # KV blocks
-        self.num_free = self.total_blocks
-        self._cached: dict[int, int] = {}  # block hash -> ref count
-        self._fq: OrderedDict[int, int] = OrderedDict()  # free queue: hash -> 1 or -id -> run length
-        if cfg.enable_prefix_caching:
-            self._fq[-next(self._anon)] = self.total_blocks
+        # KV blocks and the prefix cache
+        self.kv = KVCache(self.total_blocks, self.bs, cfg.enable_prefix_caching)
+        self._cached = self.kv.cached  # the same dict: callers may seed or inspect the cache
         # LoRA
-        self._run_lora: dict[str, int] = {}
-        self._wait_lora: dict[str, int] = {}
-        self._cpu_loras: OrderedDict[str, None] = OrderedDict()
-        self._gpu_loras: OrderedDict[str, None] = OrderedDict()
-        self.lora_loads = 0
+        self.lora = LoraSlots(cfg)
+        self._run_lora = self.lora.running  # the same dicts, bound for the hot paths
+        self._wait_lora = self.lora.waiting
         # counters
         self.prefix_queries = 0
         self.prefix_hits = 0
@@ -350,13 +173,7 @@ class Engine:
         """Leading tokens of a prompt with these block hashes that are in the prefix cache now
         (blocks in use or free-but-cached); what a new request would hit, before the
         one-token recompute cap. O(hit blocks). 0 with prefix caching disabled."""
-        cached = self._cached
-        n = 0
-        for h in block_hashes:
-            if h not in cached:
-                break
-            n += 1
-        return n * self.bs
+        return self.kv.cached_prefix_tokens(block_hashes)
 
     def get(self, req_id: str) -> SimRequest | None:
         return self._by_id.get(req_id)
@@ -379,7 +196,7 @@ class Engine:
             self._unwait(req)
         elif st in (PREFILL, DECODE):
             self._remove_running(req)
-            self._free_blocks(req)
+            self.kv.free(req)
         else:
             return False
         req.state = ABORTED
@@ -393,7 +210,7 @@ class Engine:
             pending=len(self._pending),
             kv_usage=self.kv_usage,
             num_gpu_blocks=self.total_blocks,
-            free_blocks=self.num_free,
+            free_blocks=self.kv.num_free,
             prefix_cache_queries=self.prefix_queries,
             prefix_cache_hits=self.prefix_hits,
             preemptions=self.preemptions,
@@ -409,7 +226,15 @@ class Engine:
 
     @property
     def kv_usage(self) -> float:
-        return 1.0 - self.num_free / self.total_blocks
+        return self.kv.usage
+
+    @property
+    def num_free(self) -> int:
+        return self.kv.num_free
+
+    @property
+    def lora_loads(self) -> int:
+        return self.lora.loads
 
     @property
     def running_loras(self) -> list[str]:
@@ -421,16 +246,15 @@ class Engine:
 
     @property
     def cpu_loras(self) -> list[str]:
-        return list(self._cpu_loras)
+        return list(self.lora.cpu)
 
     def evict_lora(self, name: str) -> None:
         """Drop an adapter from the CPU cache and GPU slots (on unload)."""
-        self._cpu_loras.pop(name, None)
-        self._gpu_loras.pop(name, None)
+        self.lora.evict(name)
 
     def preload_lora(self, name: str) -> None:
         """Put an adapter in the CPU cache without a load delay (vLLM's startup ``--lora-modules``)."""
-        self._touch_cpu_lora(name)
+        self.lora.touch_cpu(name)
 
     # ------------------------------------------------------------------ the step
 
@@ -452,10 +276,10 @@ class Engine:
         # 1. decoding requests (the head of `running`): one token each
         if self.n_dec:
             need = self._phase[(-k) % bs]
-            if need > self.num_free:
+            if need > self.kv.num_free:
                 need = self._preempt_until(need, preempted, k)
             if need:
-                self._alloc(need)
+                self.kv.alloc(need)
         n_dec = self.n_dec
         tokens = n_dec
         ctx = self._dec_ctx_base + n_dec * (k + 1)
@@ -487,7 +311,7 @@ class Engine:
             tokens += n
             ctx += c
         elif self._run_lora and cfg.enable_lora:
-            lora_extra = self._lora_step_cost()
+            lora_extra = self.lora.step_cost()
 
         # 4. decode completions of this step
         fh = self._fin_heap
@@ -522,7 +346,7 @@ class Engine:
         req.state = WAITING
         self.n_waiting += 1
         if req.lora:
-            self._wait_lora[req.lora] = self._wait_lora.get(req.lora, 0) + 1
+            LoraSlots.inc(self._wait_lora, req.lora)
         if self.cfg.scheduling_policy == "priority":
             heapq.heappush(self._waiting_heap, (req.priority, req.arrival, req.seq, req))
         elif front:
@@ -534,25 +358,17 @@ class Engine:
         """Bookkeeping when a request leaves the waiting queue (entry removed lazily or by caller)."""
         self.n_waiting -= 1
         if req.lora:
-            n = self._wait_lora[req.lora] - 1
-            if n:
-                self._wait_lora[req.lora] = n
-            else:
-                del self._wait_lora[req.lora]
+            LoraSlots.dec(self._wait_lora, req.lora)
 
     def _add_running(self, req: SimRequest) -> None:
         self.running[req.seq] = req
         if req.lora:
-            self._run_lora[req.lora] = self._run_lora.get(req.lora, 0) + 1
+            LoraSlots.inc(self._run_lora, req.lora)
 
     def _remove_running(self, req: SimRequest) -> None:
         del self.running[req.seq]
         if req.lora:
-            n = self._run_lora[req.lora] - 1
-            if n:
-                self._run_lora[req.lora] = n
-            else:
-                del self._run_lora[req.lora]
+            LoraSlots.dec(self._run_lora, req.lora)
         if req.state == DECODE:
             self._materialize(req)
             self.n_dec -= 1
@@ -570,74 +386,13 @@ class Engine:
         req.out = req.out0 + steps
         req.held_blocks = -(-req.computed // self.bs)
 
-    # KV blocks ---------------------------------------------------------
-
-    def _alloc(self, n: int) -> None:
-        self.num_free -= n
-        if not self.cfg.enable_prefix_caching:
-            return
-        fq = self._fq
-        cached = self._cached
-        while n > 0:
-            key, cnt = fq.popitem(last=False)
-            if key >= 0:  # a cached block: evict its hash
-                del cached[key]
-                n -= 1
-            elif cnt > n:
-                fq[key] = cnt - n
-                fq.move_to_end(key, last=False)
-                n = 0
-            else:
-                n -= cnt
-
-    def _free_blocks(self, req: SimRequest) -> None:
-        held = req.held_blocks
-        req.held_blocks = 0
-        if not self.cfg.enable_prefix_caching:
-            self.num_free += held
-            return
-        hashes = req.held_hashes
-        fq = self._fq
-        anon = held - len(hashes)
-        freed = anon
-        if anon > 0:
-            fq[-next(self._anon)] = anon
-        cached = self._cached
-        for h in reversed(hashes):
-            r = cached[h] - 1
-            cached[h] = r
-            if r == 0:  # shared blocks stay in use until their last holder leaves
-                fq[h] = 1
-                freed += 1
-        self.num_free += freed
-        req.held_hashes = []
-
-    def _register_blocks(self, req: SimRequest) -> None:
-        """Cache the prompt's newly completed full blocks under their hashes."""
-        hashes = req.block_hashes
-        if not hashes:
-            return
-        full = min(req.computed // self.bs, len(hashes), req.prompt_tokens // self.bs)
-        held = req.held_hashes
-        i = len(held)  # blocks [0, len(held)) are hashed (a prefix of the prompt)
-        if i >= full:
-            return
-        cached = self._cached
-        while i < full:
-            h = hashes[i]
-            if h in cached:
-                break  # a duplicate computed concurrently elsewhere: the rest stays anonymous
-            cached[h] = 1
-            held.append(h)
-            i += 1
-
     # preemption --------------------------------------------------------
 
     def _preempt_until(self, need: int, preempted: list, k: int) -> int:
         """Preempt the newest running requests until ``need`` decode blocks fit; returns the new need."""
         bs = self.bs
         key = (-k) % bs
-        while need > self.num_free and self.running:
+        while need > self.kv.num_free and self.running:
             victim = next(reversed(self.running.values()))
             if victim.state == DECODE and (victim.c0 - victim.k0) % bs == key:
                 need -= 1
@@ -646,7 +401,7 @@ class Engine:
 
     def _preempt(self, req: SimRequest, preempted: list) -> None:
         self._remove_running(req)
-        self._free_blocks(req)
+        self.kv.free(req)
         req.computed = 0
         req.num_preemptions += 1
         self.preemptions += 1
@@ -661,17 +416,17 @@ class Engine:
         if n > budget:
             n = budget
         need = -(-(req.computed + n) // self.bs) - req.held_blocks
-        while need > self.num_free:
+        while need > self.kv.num_free:
             victim = next(reversed(self.running.values()))
             self._preempt(victim, preempted)
             if victim is req:
                 return 0
         if need > 0:
-            self._alloc(need)
+            self.kv.alloc(need)
             req.held_blocks += need
         req.computed += n
         if self.cfg.enable_prefix_caching:
-            self._register_blocks(req)
+            self.kv.register(req)
         return n
 
     def _finish_prefill(self, req: SimRequest, k: int, now: float, first: list, finished: list) -> None:
@@ -701,7 +456,7 @@ class Engine:
 
     def _complete(self, req: SimRequest, end: float) -> None:
         self._remove_running(req)  # materializes
-        self._free_blocks(req)
+        self.kv.free(req)
         req.state = FINISHED
         req.t_finished = end
         self.finished += 1
@@ -722,7 +477,7 @@ class Engine:
         tokens = 0
         ctx = 0
         caching = cfg.enable_prefix_caching
-        cached = self._cached
+        kv = self.kv
         while budget > 0 and len(self.running) < max_seqs:
             if prio:
                 if not wh:
@@ -748,25 +503,16 @@ class Engine:
                 continue
             num_tokens = req.prompt_tokens + req.out
             # prefix cache lookup (a full hit still recomputes the last token)
-            hit_blocks = 0
-            evictable = 0
             if caching and req.block_hashes:
-                limit = (num_tokens - 1) // bs
-                for h in req.block_hashes:
-                    if hit_blocks >= limit:
-                        break
-                    r = cached.get(h)
-                    if r is None:
-                        break
-                    if r == 0:
-                        evictable += 1
-                    hit_blocks += 1
+                hit_blocks, evictable = kv.lookup(req.block_hashes, (num_tokens - 1) // bs)
+            else:
+                hit_blocks = evictable = 0
             hit_tokens = hit_blocks * bs
             n = num_tokens - hit_tokens
             if n > budget:
                 n = budget
             need = -(-(hit_tokens + n) // bs) - hit_blocks
-            if need + evictable > self.num_free:
+            if need + evictable > kv.num_free:
                 break  # KV full: stop admitting (FCFS)
             # admit
             if prio:
@@ -774,18 +520,10 @@ class Engine:
             else:
                 wq.popleft()
             self._unwait(req)
-            held = req.held_hashes
             if hit_blocks:
-                fq = self._fq
-                for h in req.block_hashes[:hit_blocks]:
-                    r = cached[h]
-                    if r == 0:
-                        del fq[h]
-                        self.num_free -= 1
-                    cached[h] = r + 1
-                    held.append(h)
+                kv.acquire(req, hit_blocks)
             if need:
-                self._alloc(need)
+                kv.alloc(need)
             req.held_blocks = hit_blocks + need
             req.computed = hit_tokens + n
             req.prefix_hit_tokens = hit_tokens
@@ -795,7 +533,7 @@ class Engine:
                 req.t_scheduled = now
                 self.prompt_tokens_total += req.prompt_tokens
             if caching:
-                self._register_blocks(req)
+                kv.register(req)
             req.state = PREFILL
             self._add_running(req)
             self._prefilling.append(req)
@@ -812,42 +550,8 @@ class Engine:
                     heapq.heappush(wh, (req.priority, req.arrival, req.seq, req))
             else:
                 wq.extendleft(reversed(skipped))
-        lora_extra = self._lora_step_cost() if (lora_on and self._run_lora) else 0.0
+        lora_extra = self.lora.step_cost() if (lora_on and self._run_lora) else 0.0
         return tokens, ctx, lora_extra
-
-    # LoRA --------------------------------------------------------------
-
-    def _touch_cpu_lora(self, name: str) -> bool:
-        """Make ``name`` CPU-resident; True if it had to be loaded from disk."""
-        cpu = self._cpu_loras
-        if name in cpu:
-            cpu.move_to_end(name)
-            return False
-        cpu[name] = None
-        while len(cpu) > self.cfg.max_cpu_loras:
-            old, _ = cpu.popitem(last=False)
-            self._gpu_loras.pop(old, None)
-        return True
-
-    def _lora_step_cost(self) -> float:
-        """Extra step time to make the batch's adapters GPU-resident (LRU slots)."""
-        cfg = self.cfg
-        gpu = self._gpu_loras
-        extra = 0.0
-        for name in self._run_lora:
-            if name in gpu:
-                gpu.move_to_end(name)
-                continue
-            if self._touch_cpu_lora(name):
-                extra += cfg.lora_load_s
-                self.lora_loads += 1
-            else:
-                self._cpu_loras.move_to_end(name)
-            extra += cfg.lora_activate_s
-            gpu[name] = None
-            while len(gpu) > cfg.max_loras:
-                gpu.popitem(last=False)
-        return extra
 
     # ------------------------------------------------------------------ testing aid
 
@@ -869,12 +573,9 @@ class Engine:
                 refs[h] = refs.get(h, 0) + 1
         held += len(refs)
         assert n_dec == self.n_dec
-        assert held + self.num_free == self.total_blocks, (held, self.num_free, self.total_blocks)
-        if self.cfg.enable_prefix_caching:
-            assert sum(self._fq.values()) == self.num_free
-            for h, r in self._cached.items():
-                assert refs.get(h, 0) == r, (h, r, refs.get(h))
-                assert (r == 0) == (h in self._fq)
+        free = self.kv.num_free
+        assert held + free == self.total_blocks, (held, free, self.total_blocks)
+        self.kv.check(refs)
         waiting = sum(1 for r in self._waiting if r.state == WAITING) + sum(
             1 for e in self._waiting_heap if e[3].state == WAITING
         )

@@ -21,7 +21,7 @@ from kubernetes_asyncio import client
 
 from autoscaler.quantity import parse_quantity
 from autoscaler.service import Autoscaler, AutoscalerConfig
-from collector.core import Collector, CollectorConfig
+from collector.service import Collector, CollectorConfig
 from collector.targets import Target
 from picker.config import PickerConfig
 from picker.server import Picker

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 
-from collector.core import Collector, CollectorConfig
-from collector.fakepod import FakePods
+from collector.service import Collector, CollectorConfig
 from collector.targets import Target
 from shared import schemas
 from shared.natsconn import NatsOptions
 from shared.subjects import Subjects
+from tests.support.fakepod import FakePods
 
 try:  # the simulator's in-process API, when it is there
     from sim.server import SimCluster

@@ -13,12 +13,12 @@ import aiohttp
 import pytest
 
 from collector.__main__ import build_parser, config_from_args
-from collector.core import Collector, CollectorConfig
-from collector.fakepod import FakePods
+from collector.service import Collector, CollectorConfig
 from collector.targets import Target
 from shared.natsconn import NatsOptions
 from shared.natsd import free_port
 from tests.collector.conftest import Subscriber, targets_of
+from tests.support.fakepod import FakePods
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

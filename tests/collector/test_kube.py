@@ -11,9 +11,9 @@ import contextlib
 
 import pytest
 
-from collector.fakepod import FakePod
 from shared import schemas
 from shared.natsd import free_port
+from tests.support.fakepod import FakePod
 from tests.support.kubeapi import pod
 from tests.support.waiting import wait_until
 
@@ -196,7 +196,7 @@ async def test_watch_relist_after_compaction_tombstones_missed_deletes(kube_api,
 
 
 def test_kubernetes_discovery_needs_a_node_name():
-    from collector.core import Collector, CollectorConfig
+    from collector.service import Collector, CollectorConfig
 
     with pytest.raises(ValueError, match="node-name"):
         Collector(CollectorConfig(node_name="", kube_api_server="http://127.0.0.1:1"))

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector import parse as P
-from collector.vllmpage import EngineState, PageState, page_of_size, render
+from sim import sglang_page
+from sim.vllm_page import EngineState, PageState, page_of_size, render
 
 # ---------------------------------------------------------------------------------------
 # page generator
@@ -203,6 +204,7 @@ def page_states(draw) -> PageState:
             prefix_queries=float(draw(st.integers(0, 10**9))),
             prefix_hits=float(draw(st.integers(0, 10**9))),
             preemptions=float(draw(st.integers(0, 10**6))),
+            prompt_tokens=float(draw(st.integers(0, 10**9))),
             num_gpu_blocks=draw(st.integers(1, 100_000)),
             block_size=16,
         )
@@ -448,3 +450,83 @@ def test_label_cache_reuse_keeps_values_and_errors_exact():
     # the same page twice: identical results (cached label dicts are not mutated)
     page = page_of_size(50_000).encode()
     assert P.parse(page) == P.parse(page)
+
+
+# ---------------------------------------------------------------------------------------
+# SGLang pages
+# ---------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(page_states())
+def test_realistic_sglang_pages_against_oracle_and_state(state):
+    """SGLang's dialect of the same state (sim/sglang_page.py): same oracle, same numbers."""
+    text = sglang_page.render(state)
+    got = ours(text)
+    assert same(got, oracle_samples(text))
+    assert any(n.startswith("sglang:") for n, _, _ in got)
+    pm = P.parse(text.encode())
+    assert pm.error == "" and pm.engine == "sglang"
+    assert pm.model == state.model
+    assert pm.running == sum(e.running for e in state.engines)
+    assert pm.waiting == sum(e.waiting for e in state.engines)
+    caps = [e.num_gpu_blocks * e.block_size for e in state.engines]
+    assert pm.kv_capacity_tokens == sum(caps)
+    weighted = sum(e.kv_usage * c for e, c in zip(state.engines, caps, strict=True)) / sum(caps)
+    assert math.isclose(pm.kv_usage, weighted, rel_tol=1e-9, abs_tol=1e-12)
+    assert pm.prefix_queries == sum(e.prompt_tokens for e in state.engines)
+    assert pm.prefix_hits == sum(e.prefix_hits for e in state.engines)
+    assert pm.preemptions == sum(e.preemptions for e in state.engines)
+    assert pm.engines == len(state.engines)
+    assert (pm.lora_running, pm.lora_waiting, pm.max_lora) == ([], [], 0)
+
+
+def test_vllm_pages_say_vllm():
+    assert P.parse(page_of_size(20_000)).engine == "vllm"
+
+
+def test_sglang_tensor_ranks_count_once_and_data_parallel_ranks_add_up():
+    def line(name, value, **labels):
+        lab = ",".join(f'{k}="{v}"' for k, v in {"model_name": "m", **labels}.items())
+        return f"{name}{{{lab}}} {value}"
+
+    page = "\n".join(
+        [
+            # dp rank 0 with two tensor ranks reporting the same scheduler state
+            line("sglang:num_running_reqs", 5, tp_rank="0", dp_rank="0"),
+            line("sglang:num_running_reqs", 5, tp_rank="1", dp_rank="0"),
+            line("sglang:num_queue_reqs", 7, tp_rank="0", dp_rank="0"),
+            line("sglang:num_queue_reqs", 7, tp_rank="1", dp_rank="0"),
+            line("sglang:token_usage", 0.5, tp_rank="0", dp_rank="0"),
+            line("sglang:max_total_num_tokens", 1000, tp_rank="0", dp_rank="0"),
+            # dp rank 1
+            line("sglang:num_running_reqs", 1, tp_rank="0", dp_rank="1"),
+            line("sglang:num_queue_reqs", 0, tp_rank="0", dp_rank="1"),
+            line("sglang:token_usage", 0.0, tp_rank="0", dp_rank="1"),
+            line("sglang:max_total_num_tokens", 3000, tp_rank="0", dp_rank="1"),
+            line("sglang:num_retracted_requests_total", 2, tp_rank="0", dp_rank="1"),
+            # tokenizer counters: summed over their series
+            line("sglang:prompt_tokens_total", 100),
+            line("sglang:cached_tokens_total", 30, cache_source="device"),
+            line("sglang:cached_tokens_total", 10, cache_source="host"),
+            line("sglang:num_running_reqs_offline_batch", 99, tp_rank="0"),  # a look-alike
+        ]
+    )
+    pm = P.parse(page)
+    assert (pm.engine, pm.model, pm.running, pm.waiting, pm.engines) == ("sglang", "m", 6, 7, 2)
+    assert pm.kv_capacity_tokens == 4000 and math.isclose(pm.kv_usage, 0.125)
+    assert (pm.prefix_queries, pm.prefix_hits, pm.preemptions) == (100.0, 40.0, 2.0)
+
+
+def test_a_page_with_both_engines_is_read_as_vllm():
+    text = render(PageState(engines=[EngineState(waiting=3)])) + sglang_page.render(
+        PageState(engines=[EngineState(waiting=50)])
+    )
+    pm = P.parse(text)
+    assert (pm.engine, pm.waiting) == ("vllm", 3)
+
+
+def test_sglang_usage_ignores_non_finite_values_and_no_core_metrics_is_an_error():
+    pm = P.parse('sglang:token_usage{model_name="m"} NaN\nsglang:num_queue_reqs{model_name="m"} 2\n')
+    assert (pm.engine, pm.kv_usage, pm.waiting) == ("sglang", 0.0, 2)
+    assert "SGLang" in P.parse('sglang:max_total_num_tokens{model_name="m"} 5\n').error

@@ -8,10 +8,10 @@ import time
 import nats
 from nats.js.api import DeliverPolicy
 
-from collector.fakepod import FakePods
 from shared import schemas
 from shared.subjects import Subjects
 from tests.collector.conftest import Subscriber, model_servers, targets_of
+from tests.support.fakepod import FakePods
 from tests.support.waiting import wait_until
 
 
@@ -240,7 +240,7 @@ async def test_stop_closes_nats_without_tombstones(make_collector, nats_server):
         await c.wait_ready()
         sub = await Subscriber().start(nats_server.url)
         await wait_until(lambda: sub.last("pod-0") and sub.last("pod-1"))
-        nc = c.publisher.nc
+        nc = c.link.nc
         await c.stop()
         assert nc.is_closed
         assert all(s.task.done() for s in c.scrapers.values())
@@ -310,7 +310,7 @@ async def test_ip_reuse_and_address_change_keep_receivers_ordering_per_address(m
         assert subscriber.last("pod-b").address == tomb.address
         assert subscriber.snapshots("pod-b")[0].seq == tomb.seq + 1
         # pod-b keeps its name but moves to another address: the old one is tombstoned first
-        from collector.fakepod import FakePod
+        from tests.support.fakepod import FakePod
 
         other_ip = await FakePod("moved", pods[0].port, host="127.0.0.2").start()
         moved = Target("default", "pool", "pod-b", "127.0.0.2", pods[0].port)  # same key, new IP
@@ -325,12 +325,13 @@ async def test_ip_reuse_and_address_change_keep_receivers_ordering_per_address(m
 
 
 async def test_publisher_ordering_rules_without_a_server():
-    from collector.core import Publisher
     from collector.metrics import CollectorMetrics
-    from shared.natsconn import StreamSettings
+    from collector.publisher import Publisher
 
-    class FakeNats:
-        is_connected = True
+    class FakeLink:
+        """An in-memory stand-in for the NATS link (unit test only)."""
+
+        connected = True
 
         def __init__(self):
             self.sent = []
@@ -338,8 +339,11 @@ async def test_publisher_ordering_rules_without_a_server():
         async def publish(self, subject, data):
             self.sent.append((subject, schemas.endpoint_decoder().decode(data)))
 
-    pub = Publisher(Subjects(), "e1", "n/c", CollectorMetrics(), StreamSettings())
-    pub.nc = FakeNats()
+        async def ensure_streams(self):
+            pass
+
+    link = FakeLink()
+    pub = Publisher(link, Subjects(), "e1", "n/c", CollectorMetrics())
     key = ("ns", "p", "pod", 8000)
 
     def snap(addr, waiting):
@@ -349,21 +353,21 @@ async def test_publisher_ordering_rules_without_a_server():
     pub.offer(key, snap("10.0.0.1:8000", 1), "change")
     pub.offer(key, snap("10.0.0.1:8000", 2), "change")
     await pub.drain()
-    assert [m.waiting for _, m in pub.nc.sent] == [2]
+    assert [m.waiting for _, m in link.sent] == [2]
     # removal drops an unpublished snapshot; a tombstone then a newer snapshot both go out, in order
     pub.offer(key, snap("10.0.0.1:8000", 3), "change")
     pub.remove(key, schemas.Tombstone(namespace="ns", pool="p", pod="pod", address="10.0.0.1:8000"))
     pub.offer(key, snap("10.0.0.9:8000", 4), "change")
     await pub.drain()
-    kinds = [(type(m).__name__, m.address, m.seq) for _, m in pub.nc.sent[1:]]
+    kinds = [(type(m).__name__, m.address, m.seq) for _, m in link.sent[1:]]
     assert kinds == [("Tombstone", "10.0.0.1:8000", 2), ("EndpointSnapshot", "10.0.0.9:8000", 1)]
-    assert all(m.epoch == "e1" and m.collector == "n/c" for _, m in pub.nc.sent)
+    assert all(m.epoch == "e1" and m.collector == "n/c" for _, m in link.sent)
     # while disconnected nothing is handed to the client, and only the latest is kept
-    pub.nc.is_connected = False
+    link.connected = False
     for w in range(5, 50):
         pub.offer(key, snap("10.0.0.9:8000", w), "change")
     await pub.drain()
-    assert len(pub.nc.sent) == 3 and pub.backlog == 1
-    pub.nc.is_connected = True
+    assert len(link.sent) == 3 and pub.backlog == 1
+    link.connected = True
     await pub.drain()
-    assert pub.nc.sent[-1][1].waiting == 49 and pub.nc.sent[-1][1].seq == 2
+    assert link.sent[-1][1].waiting == 49 and link.sent[-1][1].seq == 2

@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-from collector.fakepod import FakePods
 from collector.targets import (
     StaticDiscovery,
     Target,
@@ -18,6 +17,7 @@ from collector.targets import (
     parse_target_flag,
 )
 from shared import schemas
+from tests.support.fakepod import FakePods
 from tests.support.waiting import wait_until
 
 

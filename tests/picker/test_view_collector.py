@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collector.core import Collector, CollectorConfig
-from collector.fakepod import FakePods
+from collector.service import Collector, CollectorConfig
 from collector.targets import Target
 from picker.config import PickerConfig
 from picker.server import Picker
 from shared.natsconn import NatsOptions
+from tests.support.fakepod import FakePods
 from tests.support.least_load import LeastLoadScheduler
 from tests.support.waiting import wait_until
 

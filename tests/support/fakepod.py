@@ -1,6 +1,7 @@
-"""Stand-in vLLM pods that serve only ``/metrics``: for tests, the benchmark and quick runs.
+"""Stand-in vLLM pods that serve only ``/metrics``: a test double for the collector's tests.
 
-Each :class:`FakePod` serves a page rendered from its :class:`~collector.vllmpage.PageState`
+Each :class:`FakePod` serves a page rendered from its :class:`~sim.vllm_page.PageState`
+(by the simulator's own page renderer, :func:`sim.vllm_page.render`)
 (change ``pod.state`` and the next scrape sees it). It can be slowed down (``delay_s``),
 made to answer garbage or an HTTP error, and stopped and restarted on the same port,
 which is what the collector's failure handling is tested against. The simulator
@@ -8,7 +9,7 @@ which is what the collector's failure handling is tested against. The simulator
 
 Run standalone (the benchmark uses this to keep the pods' CPU out of the collector's)::
 
-    python -m collector.fakepod --pods 16 --base-port 38000
+    python -m tests.support.fakepod --pods 16 --base-port 38000
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 
 from aiohttp import web
 
-from collector.vllmpage import EngineState, PageState, page_of_size, render
+from sim.vllm_page import EngineState, PageState, page_of_size, render
 
 
 class FakePod:
