@@ -5,8 +5,7 @@
 1. **Parse**: time to parse a ~50 KB vLLM v1 page with ``collector.parse`` and with
    ``prometheus_client.parser`` (the oracle), in the same run, and their ratio.
    Budget: <= 0.5 ms per page.
-2. **CPU per scrape**: N model servers (simulated vLLM pods from ``sim/`` when available,
-   else ``collector.fakepod``) run in a **child process** with a load driver so their
+2. **CPU per scrape**: N simulated vLLM pods (``sim/``) run in a **child process** with a load driver so their
    metrics keep changing; a real ``nats-server`` runs as another process; the collector
    runs in this process (uvloop, as in production) and its CPU time
    (``time.process_time()``, which excludes child processes) is divided by the number of
@@ -83,45 +82,26 @@ def _best_per_call(fn, n: int, repeats: int) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-async def _serve_pods(n: int, kind: str, load_rps: float) -> None:
-    """Child process: start n pods, print their addresses as JSON, drive load forever."""
-    if kind == "auto":
-        try:
-            import sim.server  # noqa: F401
+async def _serve_pods(n: int, load_rps: float) -> None:
+    """Child process: start n simulated pods, print their addresses as JSON, drive load forever."""
+    from sim.engine import SimRequest
+    from sim.server import SimCluster
 
-            kind = "sim"
-        except ImportError:
-            kind = "fake"
-    if kind == "sim":
-        from sim.engine import SimRequest
-        from sim.server import SimCluster
-
-        cluster = SimCluster(n=n)
-        await cluster.start()
-        pods = cluster.pods
-    else:
-        from tests.support.fakepod import FakePods  # test double; --pod-kind fake only
-
-        fake = FakePods(n)
-        await fake.__aenter__()
-        pods = fake.pods
-    print(json.dumps({"kind": kind, "pods": [[p.name, p.port] for p in pods]}), flush=True)
+    cluster = SimCluster(n=n)
+    await cluster.start()
+    pods = cluster.pods
+    print(json.dumps({"kind": "sim", "pods": [[p.name, p.port] for p in pods]}), flush=True)
     rng = random.Random(1)
     i = 0
     while True:  # Poisson arrivals per pod, so queue/running/KV keep changing
         await asyncio.sleep(rng.expovariate(load_rps * n))
-        p = pods[rng.randrange(n)]
         i += 1
-        if kind == "sim":
-            p.submit(SimRequest(f"b{i}", rng.randint(50, 800), rng.randint(20, 300)))
-        else:
-            e = p.state.engines[0]
-            e.running, e.waiting, e.kv_usage = rng.randint(0, 64), rng.randint(0, 8), rng.random()
+        pods[rng.randrange(n)].submit(SimRequest(f"b{i}", rng.randint(50, 800), rng.randint(20, 300)))
 
 
-def _start_pods_process(n: int, kind: str, load_rps: float) -> tuple[subprocess.Popen, dict]:
+def _start_pods_process(n: int, load_rps: float) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.collector_bench", "--serve-pods", str(n), "--pod-kind", kind,
+        [sys.executable, "-m", "bench.collector_bench", "--serve-pods", str(n),
          "--load-rps", str(load_rps)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -140,16 +120,14 @@ def _start_pods_process(n: int, kind: str, load_rps: float) -> tuple[subprocess.
 # ---------------------------------------------------------------------------------------
 
 
-async def bench_cpu(
-    n: int, hz: float, seconds: float, kind: str, load_rps: float, heartbeat: float = 1.0
-) -> dict:
+async def bench_cpu(n: int, hz: float, seconds: float, load_rps: float, heartbeat: float = 1.0) -> dict:
     from collector.service import Collector, CollectorConfig
     from collector.targets import Target
     from shared.natsconn import NatsOptions
     from shared.natsd import NatsServer
 
     nats = NatsServer().start()
-    proc, info = await asyncio.to_thread(_start_pods_process, n, kind, load_rps)
+    proc, info = await asyncio.to_thread(_start_pods_process, n, load_rps)
     try:
         targets = [Target("bench", "pool", name, "127.0.0.1", port) for name, port in info["pods"]]
         c = Collector(
@@ -258,7 +236,6 @@ def main() -> None:
     p.add_argument("--pods", type=int, default=16)
     p.add_argument("--hz", type=float, default=20.0)
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--pod-kind", default="auto", choices=["auto", "sim", "fake"])
     p.add_argument(
         "--load-rps", type=float, default=4.0, help="requests/s per pod driven in the pods' process"
     )
@@ -275,14 +252,12 @@ def main() -> None:
     install_uvloop()
     if args.serve_pods:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve_pods(args.serve_pods, args.pod_kind, args.load_rps))
+            asyncio.run(_serve_pods(args.serve_pods, args.load_rps))
         return
     parse_res = bench_parse()
     cpu_res = None
     if not args.parse_only:
-        cpu_res = asyncio.run(
-            bench_cpu(args.pods, args.hz, args.seconds, args.pod_kind, args.load_rps, args.heartbeat)
-        )
+        cpu_res = asyncio.run(bench_cpu(args.pods, args.hz, args.seconds, args.load_rps, args.heartbeat))
     print(report(parse_res, cpu_res))
     over = parse_res[1]["ours_s"] > PARSE_BUDGET_S or (
         cpu_res is not None and cpu_res["core_fraction"] > CPU_BUDGET_CORE
