@@ -22,7 +22,7 @@ def test_builtin_config_ships_every_profile():
 
 def test_gie_v1_profile_has_the_upstream_weights():
     s = build_scheduler("gie-v1")
-    weights = {sc.name: w for sc, w in s.selector.scorers}
+    weights = {sc.type_name: w for sc, w in s.selector.scorers}
     assert weights == {"queue": 2.0, "kv-cache": 2.0, "prefix-cache": 3.0}
 
 
