@@ -478,3 +478,23 @@ def test_version_1_keeps_its_type_names_and_refuses_a_plugin_in_the_wrong_list()
         ConfigError, match=r"^profiles\.p\.filters\[0\]\.type: 'queue' is a scorer, not a filter"
     ):
         load_config({"profiles": {"p": {"filters": [{"type": "queue"}]}}})
+
+
+def test_the_readme_example_config_loads():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).parents[2] / "picker" / "scheduling" / "README.md").read_text()
+    section = readme[readme.index("## Config file") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    cfg = load_config(yaml.safe_load(block))
+    assert cfg.names() == ["my-profile", "my-profile-no-bonus"]
+    child = build_scheduler("my-profile-no-bonus", cfg)
+    assert child.thresholds.include_inflight and child.thresholds.kv == 0.8
+    assert [sc.name for sc, _ in child.selector.scorers] == ["load", "lora"]
+    assert child.selector.filters == []  # its plugins list replaced the parent's
+    parent = build_scheduler("my-profile", cfg)
+    assert [f.name for f in parent.selector.filters] == ["gentle-queue"]
+    assert [sc.name for sc, _ in parent.selector.scorers] == ["load", "lora", "bonus"]
