@@ -79,7 +79,7 @@ class ScoringSelector:
         self.filters = list(filters)
         # Weight 0 adds nothing to the totals; such a scorer is kept only when it produces
         # data (the loader drops it when no plugin of the profile consumes that data).
-        self.scorers = [(s, float(w)) for s, w in scorers if w > 0 or s.produces]
+        self.scorers = [(s, float(w)) for s, w in scorers if w > 0 or getattr(s, "produces", ())]
         self.picker = picker or MaxScorePicker()
         self.on_error = on_error or _ErrorLog()
         self.profile = profile
