@@ -166,7 +166,8 @@ def _uses(profile: ProfileSpec) -> list[_Use]:
     if selectors and len(out) > 1:
         other = next(u for u in out if u.role != "selector")
         name = selectors[0].ref.plugin.name
-        raise ConfigError(other.ref.where, f"a profile with the selector {name!r} has no {other.role}s")
+        problem = f"a {other.role} cannot join the selector {name!r}: it works alone"
+        raise ConfigError(other.ref.where, problem)
     return out
 
 
