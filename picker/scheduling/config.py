@@ -1,33 +1,17 @@
-"""Scheduling profiles from YAML: validation with field paths, and ``build_scheduler``.
+"""Scheduling profiles from YAML: ``load_config`` and ``build_scheduler``.
 
-The file shape (every field is optional unless said otherwise)::
+The shapes are read by :mod:`.spec`; here each profile's plugins are built from the open
+registry (:mod:`.plugin`), checked (role, weight, one picker), put in data order
+(every consumer after its producer, see :func:`_order`) and composed with the profile's
+own settings into a :class:`~.framework.ProfileScheduler`.
 
-    version: 1
-    profiles:
-      <name>:
-        type: scoring | decision-tree          # default scoring
-        filters:  [{type: <filter>, ...params}]          # scoring only
-        scorers:  [{type: <scorer>, weight: <w>, ...params}]  # scoring only
-        picker:   {type: max-score | random | round-robin}     # scoring only
-        tree:     {queue_critical, kv_threshold, lora_queue_threshold,
-                   lora_affinity_probability}              # decision-tree only
-        saturation: {queue_threshold: 5, kv_threshold: 0.8, staleness_ms: 200,
-                     include_inflight: false}
-        shed: [Sheddable]                     # criticalities refused (429) when saturated
-        sheddable_unsaturated_only: false     # route shed-able requests to unsaturated pods only
-        require_served_model: true            # adapters only to pods whose /v1/models lists them
-        fallbacks: 2
-        inflight: {ttl_s: 60, propagation_ms: 20}
-        prefix: {default_capacity_blocks: 8192}
-        default_output_tokens: 200            # when a request gives no max_tokens
-        max_candidates: 0                     # >0: score a random window of that many (+ holders)
-
-Every profile is built once at load time, so a bad file fails at startup with the
-path of the offending field (``profiles.default.scorers[1].weight: must be >= 0``).
+Every profile is built once at load time, so a bad file fails at startup with the path
+of the offending field (``schedulingProfiles[2].plugins[1].weight: must be >= 0.0``).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,28 +19,37 @@ from typing import Any
 
 import yaml
 
+from . import filters as _filters  # noqa: F401  (import registers the built-in plugin types)
+from . import pickers as _pickers  # noqa: F401
+from . import scorers as _scorers  # noqa: F401
 from .api import CRITICALITIES
-from .filters import FILTERS, Filter
+from .filters import Filter
 from .framework import ProfileScheduler, ScoringSelector, _ErrorLog
 from .inflight import InflightTracker
 from .params import ConfigError, Params
-from .pickers import PICKERS
+from .pickers import Picker
+from .plugin import factory_of, producers_of, registered
 from .prefix import DEFAULT_CAPACITY_BLOCKS, PrefixIndex
-from .scorers import SCORERS, Scorer
+from .scorers import Scorer
+from .spec import ConfigSpec, PluginRef, PluginSpec, ProfileSpec, parse
 from .state import Thresholds
 from .tree import DecisionTreeSelector
 
 __all__ = ["BUILTIN_CONFIG", "SchedulingConfig", "build_scheduler", "load_config"]
 
+log = logging.getLogger("picker.scheduling")
+
 BUILTIN_CONFIG = Path(__file__).with_name("profiles.yaml")
+_PHASES = {"filter": 0, "scorer": 1, "selector": 1, "picker": 2}  # the order roles run in
 
 
 @dataclass(frozen=True)
 class SchedulingConfig:
-    """A validated config: profile name -> its raw mapping (built anew per scheduler)."""
+    """A validated config: its profiles (built anew per scheduler) and plugin declarations."""
 
-    profiles: dict[str, dict[str, Any]]
+    profiles: dict[str, ProfileSpec]
     source: str = "<dict>"
+    plugins: dict[str, PluginSpec] | None = None
 
     def names(self) -> list[str]:
         return list(self.profiles)
@@ -79,22 +72,12 @@ def load_config(source: str | Path | dict[str, Any] | SchedulingConfig | None = 
         name = str(path)
     else:
         data, name = source, "<dict>"
-    top = Params(data, "config")
-    version = top.integer("version", 1)
-    if version != 1:
-        raise ConfigError("version", f"unsupported version {version} (this build reads 1)")
-    profiles = top.raw("profiles")
-    if not isinstance(profiles, dict) or not profiles:
-        raise ConfigError("profiles", "must be a non-empty mapping of profile name -> profile")
-    top.where = ""
-    top.done()
-    out: dict[str, dict[str, Any]] = {}
-    for pname, raw in profiles.items():
-        if not isinstance(pname, str) or not pname:
-            raise ConfigError("profiles", f"profile names must be non-empty strings, got {pname!r}")
-        _build(pname, raw, random.Random(0))  # validate now, fail at startup
-        out[pname] = raw
-    return SchedulingConfig(out, name)
+    spec: ConfigSpec = parse(data, name)
+    for decl in spec.plugins.values():  # a declared plugin fails here even when no profile uses it
+        _instance(decl)
+    for profile in spec.profiles.values():
+        _build(profile, random.Random(0))
+    return SchedulingConfig(spec.profiles, name, spec.plugins)
 
 
 def build_scheduler(
@@ -102,44 +85,162 @@ def build_scheduler(
     config: str | Path | dict[str, Any] | SchedulingConfig | None = None,
     rng: random.Random | None = None,
 ) -> ProfileScheduler:
-    """A fresh scheduler for ``profile_name`` (its own in-flight and prefix state).
+    """A fresh scheduler for ``profile_name`` (its own plugin instances, in-flight and prefix state).
 
     Pass a seeded ``random.Random`` for reproducible decisions (the simulation does).
     """
     cfg = load_config(config)
-    raw = cfg.profiles.get(profile_name)
-    if raw is None:
+    spec = cfg.profiles.get(profile_name)
+    if spec is None:
         raise ConfigError(
             "profile", f"unknown profile {profile_name!r} (known: {', '.join(sorted(cfg.profiles))})"
         )
-    return _build(profile_name, raw, rng or random.Random())
+    return _build(spec, rng or random.Random())
 
 
-def _list(value: Any, where: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError(where, f"must be a list, got {type(value).__name__}")
-    return value
+# -- plugins -----------------------------------------------------------------------------
 
 
-def _plugin_type(p: Params, known: dict[str, Any], kind: str) -> Any:
-    t = p.string("type") if p.has("type") else None
-    if t is None:
-        raise ConfigError(p.field("type"), f"missing {kind} type")
-    cls = known.get(t)
-    if cls is None:
-        raise ConfigError(p.field("type"), f"unknown {kind} {t!r} (known: {', '.join(sorted(known))})")
-    return cls
+def _instance(decl: PluginSpec) -> Any:
+    make = factory_of(decl.type)
+    if make is None:
+        known = ", ".join(registered())
+        raise ConfigError(f"{decl.where}.type", f"unknown plugin type {decl.type!r} (known: {known})")
+    p = Params(decl.params, decl.params_where)
+    plugin = make(p)
+    p.done()
+    try:
+        plugin.name = decl.name
+    except AttributeError:  # a plugin with slots and no name: errors use its type
+        pass
+    return plugin
 
 
-def _build(name: str, raw: Any, rng: random.Random) -> ProfileScheduler:
-    where = f"profiles.{name}"
-    p = Params(raw, where)
-    kind = p.raw("type", "scoring")
-    if kind not in ("scoring", "decision-tree"):
-        raise ConfigError(p.field("type"), f"must be 'scoring' or 'decision-tree', got {kind!r}")
+def _role(plugin: Any) -> str | None:
+    if isinstance(plugin, Scorer):
+        return "scorer"
+    if isinstance(plugin, Filter):
+        return "filter"
+    if isinstance(plugin, Picker):
+        return "picker"
+    if isinstance(plugin, DecisionTreeSelector) or callable(getattr(plugin, "select", None)):
+        return "selector"
+    return None
 
+
+@dataclass
+class _Use:
+    """One built plugin of a profile, with where its reference is written."""
+
+    ref: PluginRef
+    plugin: Any
+    role: str
+    weight: float
+    index: int  # position in the profile, for a stable order
+
+
+def _uses(profile: ProfileSpec) -> list[_Use]:
+    out: list[_Use] = []
+    picker: _Use | None = None
+    for k, ref in enumerate(profile.refs):
+        plugin = _instance(ref.plugin)
+        role = _role(plugin)
+        t = ref.plugin.type
+        if role is None:
+            raise ConfigError(ref.where, f"plugin type {t!r} is not a filter, scorer, picker or selector")
+        if ref.role is not None and ref.role != role:
+            raise ConfigError(f"{ref.plugin.where}.type", f"{t!r} is a {role}, not a {ref.role}")
+        weight = 0.0
+        if role == "scorer":
+            if ref.weight is None:
+                raise ConfigError(f"{ref.where}.weight", "missing (a number >= 0)")
+            weight = Params({"weight": ref.weight}, ref.where).number("weight", 1.0, lo=0.0)
+        elif ref.weight is not None:
+            raise ConfigError(f"{ref.where}.weight", f"only scorers take a weight ({t!r} is a {role})")
+        if role == "picker" and picker is not None:
+            raise ConfigError(ref.where, f"a profile has one picker (already {picker.ref.where})")
+        use = _Use(ref, plugin, role, weight, k)
+        picker = use if role == "picker" else picker
+        out.append(use)
+    selectors = [u for u in out if u.role == "selector"]
+    if selectors and len(out) > 1:
+        other = next(u for u in out if u.role != "selector")
+        name = selectors[0].ref.plugin.name
+        problem = f"a {other.role} cannot join the selector {name!r}: it works alone"
+        raise ConfigError(other.ref.where, problem)
+    return out
+
+
+def _order(profile: ProfileSpec, uses: list[_Use]) -> list[_Use]:
+    """Every consumer after the producer of each key it consumes, or a ConfigError naming both.
+
+    Roles run in phases (filters, then scorers, then the picker), so a producer must be in
+    the consumer's phase or an earlier one. Within a phase the declared order is kept
+    unless a consumer is listed before its producer: then the consumer moves just after
+    it (a stable topological order), and a cycle is refused.
+    """
+    producer: dict[str, _Use] = {}
+    for u in uses:
+        for key in sorted(getattr(u.plugin, "produces", ())):
+            if key in producer:
+                first = producer[key].ref.plugin.name
+                raise ConfigError(
+                    u.ref.where,
+                    f"{u.ref.plugin.name!r} and {first!r} both produce {key!r}: "
+                    "a consumer could not tell which it reads",
+                )
+            producer[key] = u
+    deps: dict[int, set[int]] = {}
+    for u in uses:
+        need: set[int] = set()
+        for key in sorted(getattr(u.plugin, "consumes", ())):
+            src = producer.get(key)
+            label = f"{u.ref.plugin.name!r} ({u.ref.plugin.type})"
+            if src is None:
+                hint = ", ".join(producers_of(key)) or "none registered"
+                raise ConfigError(
+                    u.ref.where,
+                    f"{label} consumes {key!r}, which no plugin of profile {profile.name!r} produces "
+                    f"(types that produce it: {hint})",
+                )
+            if _PHASES[src.role] > _PHASES[u.role]:
+                raise ConfigError(
+                    u.ref.where,
+                    f"{label} consumes {key!r} from {src.ref.plugin.name!r}, a {src.role}, "
+                    f"which runs after this {u.role}",
+                )
+            if src is not u:
+                need.add(src.index)
+        deps[u.index] = need
+    by_index = {u.index: u for u in uses}
+    done: list[_Use] = []
+    placed: set[int] = set()
+    pending = sorted(by_index)
+    while pending:
+        ready = next((i for i in pending if deps[i] <= placed), None)
+        if ready is None:
+            names = " -> ".join(by_index[i].ref.plugin.name for i in pending)
+            raise ConfigError(f"{profile.where}.plugins", f"the data dependencies form a cycle: {names}")
+        pending.remove(ready)
+        placed.add(ready)
+        done.append(by_index[ready])
+    moved = [u.ref.plugin.name for u, v in zip(done, uses, strict=True) if u is not v]
+    if moved:
+        log.info("scheduling profile %r: plugins reordered for their data: %s", profile.name, moved)
+    consumed = {k for u in uses for k in getattr(u.plugin, "consumes", ())}
+    # A weight-0 scorer adds nothing: keep it only while its data is consumed.
+    return [
+        u
+        for u in done
+        if u.role != "scorer" or u.weight > 0 or consumed & set(getattr(u.plugin, "produces", ()))
+    ]
+
+
+# -- profiles ----------------------------------------------------------------------------
+
+
+def _build(profile: ProfileSpec, rng: random.Random) -> ProfileScheduler:
+    p = Params(profile.settings, profile.where)
     sat = Params(p.raw("saturation"), p.field("saturation"))
     thresholds = Thresholds(
         queue=sat.integer("queue_threshold", 5, lo=0),
@@ -149,7 +250,11 @@ def _build(name: str, raw: Any, rng: random.Random) -> ProfileScheduler:
     )
     sat.done()
 
-    shed_raw = _list(p.raw("shed", ["Sheddable"]), p.field("shed"))
+    shed_raw = p.raw("shed", ["Sheddable"])
+    if shed_raw is None:
+        shed_raw = []
+    if not isinstance(shed_raw, list):
+        raise ConfigError(p.field("shed"), f"must be a list, got {type(shed_raw).__name__}")
     for i, c in enumerate(shed_raw):
         if c not in CRITICALITIES:
             known = ", ".join(CRITICALITIES)
@@ -171,35 +276,24 @@ def _build(name: str, raw: Any, rng: random.Random) -> ProfileScheduler:
     require_served = p.boolean("require_served_model", True)
     default_out = p.integer("default_output_tokens", 200, lo=0)
     max_candidates = p.integer("max_candidates", 0, lo=0)
+    p.done()
     on_error = _ErrorLog()
 
-    if kind == "decision-tree":
-        for key in ("filters", "scorers", "picker"):
-            if p.has(key):
-                raise ConfigError(p.field(key), "not used by a decision-tree profile")
-        selector: Any = DecisionTreeSelector.from_params(Params(p.raw("tree"), p.field("tree")))
+    uses = _order(profile, _uses(profile))
+    selector: Any
+    if uses and uses[0].role == "selector":
+        selector = uses[0].plugin
     else:
-        if p.has("tree"):
-            raise ConfigError(p.field("tree"), "only used by a decision-tree profile")
-        filters: list[Filter] = []
-        for i, entry in enumerate(_list(p.raw("filters"), p.field("filters"))):
-            fp = Params(entry, f"{where}.filters[{i}]")
-            filters.append(_plugin_type(fp, FILTERS, "filter").from_params(fp))
-        scorers: list[tuple[Scorer, float]] = []
-        for i, entry in enumerate(_list(p.raw("scorers"), p.field("scorers"))):
-            sp = Params(entry, f"{where}.scorers[{i}]")
-            cls = _plugin_type(sp, SCORERS, "scorer")
-            if not sp.has("weight"):
-                raise ConfigError(sp.field("weight"), "missing (a number >= 0)")
-            weight = sp.number("weight", 1.0, lo=0.0)
-            scorers.append((cls.from_params(sp), weight))
-        pp = Params(p.raw("picker", {"type": "max-score"}), p.field("picker"))
-        picker = _plugin_type(pp, PICKERS, "picker").from_params(pp)
-        pp.done()
-        selector = ScoringSelector(filters, scorers, picker, on_error=on_error, profile=name)
-    p.done()
+        pickers = [u.plugin for u in uses if u.role == "picker"]
+        selector = ScoringSelector(
+            [u.plugin for u in uses if u.role == "filter"],
+            [(u.plugin, u.weight) for u in uses if u.role == "scorer"],
+            pickers[0] if pickers else None,
+            on_error=on_error,
+            profile=profile.name,
+        )
     return ProfileScheduler(
-        name,
+        profile.name,
         selector,
         thresholds=thresholds,
         shed=frozenset(shed_raw),

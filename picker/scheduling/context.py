@@ -1,9 +1,10 @@
-"""What one decision carries to its plugins."""
+"""What one decision carries to its plugins, including the data they pass each other."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 from .api import RequestInfo
 from .inflight import InflightTracker
@@ -17,11 +18,10 @@ class Context:
     """The request, the clock, the rng and the shared indexes; lazily computed per-request facts."""
 
     __slots__ = (
+        "_data",
         "_hits",
         "_hits_of",
         "_matches",
-        "_work",
-        "_work_of",
         "base_models",
         "inflight",
         "now",
@@ -62,8 +62,7 @@ class Context:
         self.peer_unseen = peer_unseen  # peers' assignments not heard of yet, typically
         self.score_unit = 1.0  # score points per unit of the totals a picker sees (set by the selector)
         self._matches: dict[str, int] | None = None
-        self._work: list[float] | None = None
-        self._work_of: object = None
+        self._data: dict[str, tuple[object, Any]] | None = None
         self._hits: list[tuple[int, int]] | None = None
         self._hits_of: object = None
 
@@ -74,14 +73,30 @@ class Context:
             self._matches = self.prefix.match(hashes) if hashes else {}
         return self._matches
 
-    def remember_work(self, group: object, scores: list[float] | None) -> None:
-        """The expected-work scores of ``group`` (None: all equal), for load-gated scorers."""
-        self._work = scores
-        self._work_of = group
+    def put(self, key: str, group: object, value: Any) -> None:
+        """Publish ``value`` under ``key`` for ``group``: a producer plugin's output.
 
-    def work_scores(self, group: object) -> tuple[bool, list[float] | None]:
-        """(known, scores) for ``group``, as remembered by the expected-work scorer."""
-        return (self._work_of is group, self._work)
+        Keyed by the group object too: a decision ranks several groups (fresh, the
+        filters' rest, stale), and a consumer must read what was computed for its own.
+        The key must be in the producer's ``produces`` (the loader orders by it).
+        """
+        data = self._data
+        if data is None:
+            self._data = data = {}
+        data[key] = (group, value)
+
+    def get(self, key: str, group: object) -> tuple[bool, Any]:
+        """``(known, value)``: what the producer of ``key`` published for ``group``.
+
+        ``known`` is False when the producer did not run on this group (it failed):
+        consumers degrade gracefully instead of raising.
+        """
+        data = self._data
+        if data is not None:
+            entry = data.get(key)
+            if entry is not None and entry[0] is group:
+                return True, entry[1]
+        return False, None
 
     def prefix_hits(self, group: Sequence[EndpointState]) -> list[tuple[int, int]]:
         """(index in ``group``, leading request blocks held) for the endpoints with a hit.

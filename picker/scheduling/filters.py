@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 from .context import Context
 from .params import Params
+from .plugin import Plugin, register
 from .scorers import serves_base
 from .state import EndpointState
 
 __all__ = [
-    "FILTERS",
     "Filter",
     "LoraAffinityFilter",
     "LowQueueFilter",
@@ -79,24 +79,16 @@ def lora_soft_affinity(
     return affinity or available or list(group)
 
 
-class Filter:
+class Filter(Plugin):
     """Base class: return the endpoints of ``group`` that pass, or ``group`` when none does."""
-
-    name = "filter"
 
     def filter(self, ctx: Context, group: Group) -> Sequence[EndpointState]:  # pragma: no cover
         raise NotImplementedError
 
-    @classmethod
-    def from_params(cls, p: Params) -> Filter:
-        p.done()
-        return cls()
 
-
+@register("lora-affinity-filter")
 class LoraAffinityFilter(Filter):
     """Keep pods that have the adapter or a free slot for it."""
-
-    name = "lora-affinity"
 
     def filter(self, ctx: Context, group: Group) -> Sequence[EndpointState]:
         target = ctx.request.target_model
@@ -106,10 +98,9 @@ class LoraAffinityFilter(Filter):
         return lora_low_cost(group, target)
 
 
+@register("low-queue")
 class LowQueueFilter(Filter):
     """Keep pods whose waiting count (plus in-flight) is below ``threshold``."""
-
-    name = "low-queue"
 
     def __init__(self, threshold: int = 128) -> None:
         self.threshold = threshold
@@ -124,6 +115,3 @@ class LowQueueFilter(Filter):
         out = cls(threshold=p.integer("threshold", 128, lo=0))
         p.done()
         return out
-
-
-FILTERS: dict[str, type[Filter]] = {cls.name: cls for cls in (LoraAffinityFilter, LowQueueFilter)}

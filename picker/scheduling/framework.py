@@ -77,7 +77,9 @@ class ScoringSelector:
         from .pickers import MaxScorePicker
 
         self.filters = list(filters)
-        self.scorers = [(s, float(w)) for s, w in scorers if w > 0]
+        # Weight 0 adds nothing to the totals; such a scorer is kept only when it produces
+        # data (the loader drops it when no plugin of the profile consumes that data).
+        self.scorers = [(s, float(w)) for s, w in scorers if w > 0 or getattr(s, "produces", ())]
         self.picker = picker or MaxScorePicker()
         self.on_error = on_error or _ErrorLog()
         self.profile = profile
@@ -88,7 +90,7 @@ class ScoringSelector:
             try:
                 out = f.filter(ctx, narrowed)
             except Exception:
-                self.on_error(f"filter:{f.name}", self.profile)
+                self.on_error(f"filter:{_label(f)}", self.profile)
                 continue
             if out:
                 narrowed = out
@@ -108,12 +110,14 @@ class ScoringSelector:
             try:
                 s = scorer.score(ctx, group)
             except Exception:
-                self.on_error(f"scorer:{scorer.name}", self.profile)
+                self.on_error(f"scorer:{_label(scorer)}", self.profile)
                 continue
             if s is None:
                 continue
             if len(s) != n:
-                self.on_error(f"scorer:{scorer.name}:length", self.profile)
+                self.on_error(f"scorer:{_label(scorer)}:length", self.profile)
+                continue
+            if not w:  # run for the data it produces only
                 continue
             if totals is None:
                 # A ranking does not change under a positive scale: take the first scores
@@ -127,7 +131,7 @@ class ScoringSelector:
         try:
             idx = self.picker.pick(ctx, group, totals, m)
         except Exception:
-            self.on_error(f"picker:{self.picker.name}", self.profile)
+            self.on_error(f"picker:{_label(self.picker)}", self.profile)
             idx = ctx.rng.sample(range(n), min(m, n))
         return [group[i] for i in idx]
 
@@ -388,6 +392,11 @@ class ProfileScheduler:
 
     def endpoint_state(self, address: str) -> EndpointState | None:
         return self._states.get(address)
+
+
+def _label(plugin: object) -> str:
+    """A plugin's instance name, else its type name (plugins built outside the loader)."""
+    return getattr(plugin, "name", "") or getattr(plugin, "type_name", "") or type(plugin).__name__
 
 
 def _unsaturated(fresh: list[EndpointState], th: Thresholds) -> list[EndpointState]:

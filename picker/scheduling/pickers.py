@@ -11,24 +11,22 @@ from collections.abc import Sequence
 
 from .context import Context
 from .params import Params
+from .plugin import Plugin, register
 from .state import EndpointState
 
-__all__ = ["PICKERS", "MaxScorePicker", "Picker", "RandomPicker", "RoundRobinPicker"]
+__all__ = ["MaxScorePicker", "Picker", "RandomPicker", "RoundRobinPicker"]
 
 Group = Sequence[EndpointState]
 
 
-class Picker:
-    name = "picker"
+class Picker(Plugin):
+    """Base class: up to ``m`` distinct indexes into ``group``, best first (``totals``: None = all equal)."""
 
     def pick(self, ctx: Context, group: Group, totals: list[float] | None, m: int) -> list[int]:
         raise NotImplementedError  # pragma: no cover
 
-    @classmethod
-    def from_params(cls, p: Params) -> Picker:
-        return cls()
 
-
+@register("max-score")
 class MaxScorePicker(Picker):
     """Highest total first; equal totals are ordered at random.
 
@@ -51,8 +49,6 @@ class MaxScorePicker(Picker):
     same window, a replica gives up little for a collision that rarely happens. With
     one replica it is plain max-score.
     """
-
-    name = "max-score"
 
     def __init__(self, peer_margin: float = 0.0) -> None:
         self.peer_margin = peer_margin
@@ -118,22 +114,22 @@ class MaxScorePicker(Picker):
 
     @classmethod
     def from_params(cls, p: Params) -> MaxScorePicker:
-        return cls(peer_margin=p.number("peer_margin", 0.0, lo=0.0))
+        out = cls(peer_margin=p.number("peer_margin", 0.0, lo=0.0))
+        p.done()
+        return out
 
 
+@register("random")
 class RandomPicker(Picker):
     """Uniformly random endpoints, scores ignored: the simplest baseline."""
-
-    name = "random"
 
     def pick(self, ctx: Context, group: Group, totals: list[float] | None, m: int) -> list[int]:
         return ctx.rng.sample(range(len(group)), min(m, len(group)))
 
 
+@register("round-robin")
 class RoundRobinPicker(Picker):
     """The next endpoint in the group's order each time, scores ignored: the classic baseline."""
-
-    name = "round-robin"
 
     def __init__(self) -> None:
         self._next = 0
@@ -145,6 +141,3 @@ class RoundRobinPicker(Picker):
         start = self._next % n
         self._next = start + 1
         return [(start + k) % n for k in range(min(m, n))]
-
-
-PICKERS: dict[str, type[Picker]] = {cls.name: cls for cls in (MaxScorePicker, RandomPicker, RoundRobinPicker)}

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 from .context import Context
 from .params import Params
+from .plugin import Plugin, register
 from .state import EndpointState
 
 __all__ = [
-    "SCORERS",
     "ExpectedWorkScorer",
     "InflightScorer",
     "KVCacheScorer",
@@ -27,19 +27,18 @@ __all__ = [
 
 Group = Sequence[EndpointState]
 
+# Data key: the expected-work scores of a group (None when all equal), for load-gated scorers.
+WORK_SCORES = "expected-work"
 
-class Scorer:
-    """Base class: ``score`` must return ``len(group)`` floats in [0, 1], or ``None`` for uniform."""
 
-    name = "scorer"
+class Scorer(Plugin):
+    """Base class: ``score`` must return ``len(group)`` floats in [0, 1], or ``None`` for uniform.
+
+    A profile references a scorer with a ``weight``; the totals are the weighted sums.
+    """
 
     def score(self, ctx: Context, group: Group) -> list[float] | None:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    @classmethod
-    def from_params(cls, p: Params) -> Scorer:
-        p.done()
-        return cls()
 
 
 def _minmax_low_is_best(values: list[float], floor: float = 0.0) -> list[float] | None:
@@ -54,14 +53,13 @@ def _minmax_low_is_best(values: list[float], floor: float = 0.0) -> list[float] 
     return [(hi - v) / span for v in values]
 
 
+@register("queue")
 class QueueScorer(Scorer):
     """Fewer waiting requests is better: ``(max - q) / (max - min)``, 1 when all equal.
 
     ``q`` is the pod's reported ``waiting``, plus, with ``include_inflight``, the requests
     sent to it since its last snapshot (upstream v1 has no such term).
     """
-
-    name = "queue"
 
     def __init__(self, include_inflight: bool = True) -> None:
         self.include_inflight = include_inflight
@@ -77,10 +75,9 @@ class QueueScorer(Scorer):
         return out
 
 
+@register("kv-cache")
 class KVCacheScorer(Scorer):
     """Free KV cache is better: ``1 - usage`` (with in-flight tokens added, when asked)."""
-
-    name = "kv-cache"
 
     def __init__(self, include_inflight: bool = True) -> None:
         self.include_inflight = include_inflight
@@ -118,10 +115,9 @@ def lora_affinity(state: EndpointState, target: str) -> float:
     return 0.0
 
 
+@register("lora-affinity")
 class LoraAffinityScorer(Scorer):
     """Prefer pods where the request's adapter is already loaded, then pods that can load it."""
-
-    name = "lora-affinity"
 
     def score(self, ctx: Context, group: Group) -> list[float] | None:
         target = ctx.request.target_model
@@ -145,10 +141,9 @@ class LoraAffinityScorer(Scorer):
         ]
 
 
+@register("prefix-cache")
 class PrefixCacheScorer(Scorer):
     """Longest prefix of the request's blocks the pod probably caches / the request's blocks."""
-
-    name = "prefix-cache"
 
     def score(self, ctx: Context, group: Group) -> list[float] | None:
         hashes = ctx.request.prefix_hashes
@@ -164,17 +159,19 @@ class PrefixCacheScorer(Scorer):
         return out
 
 
+@register("prefix-affinity")
 class PrefixAffinityScorer(Scorer):
     """The prefix-cache score gated by load: ``matched fraction x expected-work score``.
 
     A prefix hit is worth most on a pod that also has room; on the busiest pod it is
     worth nothing, so a hot prefix (one system prompt for every request) spreads over
     the pool instead of herding, while many small prefix groups keep their affinity.
-    Reads the expected-work scores of the same decision (list it after that scorer);
-    without them, it is the plain prefix-cache score.
+    Consumes the ``expected-work`` scores of the same group (the loader runs the
+    profile's expected-work scorer first, or refuses a profile without one); should that
+    scorer fail on a decision, it is the plain prefix-cache score.
     """
 
-    name = "prefix-affinity"
+    consumes = frozenset({WORK_SCORES})
 
     def score(self, ctx: Context, group: Group) -> list[float] | None:
         hashes = ctx.request.prefix_hashes
@@ -184,7 +181,7 @@ class PrefixAffinityScorer(Scorer):
         if not hits:
             return None
         inv_total = 1.0 / len(hashes)
-        known, work = ctx.work_scores(group)
+        known, work = ctx.get(WORK_SCORES, group)
         out = [0.0] * len(group)
         if not known:
             for i, m in hits:
@@ -198,15 +195,15 @@ class PrefixAffinityScorer(Scorer):
         return out
 
 
+@register("inflight")
 class InflightScorer(Scorer):
     """Fewer requests sent since the last snapshot is better (min-max, like the queue scorer)."""
-
-    name = "inflight"
 
     def score(self, ctx: Context, group: Group) -> list[float] | None:
         return _minmax_low_is_best([s.load.n for s in group])  # type: ignore[arg-type]
 
 
+@register("expected-work")
 class ExpectedWorkScorer(Scorer):
     """InferGate's load estimate: the pod's token demand after this request, as a share of its KV.
 
@@ -223,9 +220,11 @@ class ExpectedWorkScorer(Scorer):
     Scored ``(max - d) / max(max - min, floor)``: the ``floor`` (a share of KV capacity)
     keeps differences smaller than it from swinging the whole [0, 1] range, so near-equal
     pods are left to the other scorers (prefix, LoRA) instead of to noise.
+
+    Produces its scores of each group (``expected-work``) for load-gated scorers.
     """
 
-    name = "expected-work"
+    produces = frozenset({WORK_SCORES})
 
     def __init__(
         self,
@@ -254,7 +253,7 @@ class ExpectedWorkScorer(Scorer):
                 saved = m * s.block_size
                 ds[i] -= pw * (saved if saved < prompt else prompt) * s.inv_cap
         scores = _minmax_low_is_best(ds, self.floor)
-        ctx.remember_work(group, scores)
+        ctx.put(WORK_SCORES, group, scores)
         return scores
 
     @classmethod
@@ -267,17 +266,3 @@ class ExpectedWorkScorer(Scorer):
         )
         p.done()
         return out
-
-
-SCORERS: dict[str, type[Scorer]] = {
-    cls.name: cls
-    for cls in (
-        QueueScorer,
-        KVCacheScorer,
-        LoraAffinityScorer,
-        PrefixCacheScorer,
-        PrefixAffinityScorer,
-        InflightScorer,
-        ExpectedWorkScorer,
-    )
-}

@@ -21,12 +21,16 @@ import heapq
 from .context import Context
 from .filters import least_kv, least_queue, lora_low_cost, lora_soft_affinity
 from .params import Params
+from .plugin import Plugin, register
 from .state import EndpointState
 
 __all__ = ["DecisionTreeSelector"]
 
 
-class DecisionTreeSelector:
+@register("decision-tree")
+class DecisionTreeSelector(Plugin):
+    """A selector plugin: it orders a group by itself, so its profile has no filters, scorers or picker."""
+
     def __init__(
         self,
         queue_critical: int = 5,

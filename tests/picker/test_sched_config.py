@@ -1,4 +1,8 @@
-"""The YAML profile loader: the built-in file, custom files, and errors that name the field."""
+"""The YAML profile loader: the built-in file, custom files, and errors that name the field.
+
+Version 2 (plugins declared once, profiles referring to them) is the shape; version 1
+(inline plugins) still loads, deprecated, and keeps its own field paths in errors.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ def test_builtin_config_ships_every_profile():
 
 def test_gie_v1_profile_has_the_upstream_weights():
     s = build_scheduler("gie-v1")
-    weights = {sc.name: w for sc, w in s.selector.scorers}
+    weights = {sc.type_name: w for sc, w in s.selector.scorers}
     assert weights == {"queue": 2.0, "kv-cache": 2.0, "prefix-cache": 3.0}
 
 
@@ -30,14 +34,15 @@ def test_custom_yaml_file(tmp_path):
     path = tmp_path / "sched.yaml"
     path.write_text(
         """
-version: 1
-profiles:
-  kv-only:
-    scorers:
-      - type: kv-cache
-        weight: 1
-        include_inflight: false
-    picker: {type: max-score}
+version: 2
+plugins:
+  - {name: kv, type: kv-cache, parameters: {include_inflight: false}}
+  - {type: max-score}
+schedulingProfiles:
+  - name: kv-only
+    plugins:
+      - {pluginRef: kv, weight: 1}
+      - {pluginRef: max-score}
     fallbacks: 1
     shed: []
 """
@@ -82,7 +87,7 @@ profiles:
         ("not a mapping", "profiles.p"),
     ],
 )
-def test_errors_name_the_field(profile, field):
+def test_version_1_errors_name_the_field(profile, field):
     with pytest.raises(ConfigError) as err:
         load_config({"version": 1, "profiles": {"p": profile}})
     assert err.value.field == field
@@ -93,7 +98,11 @@ def test_top_level_errors():
     with pytest.raises(ConfigError, match=r"^profiles:"):
         load_config({"version": 1})
     with pytest.raises(ConfigError, match=r"^version:"):
+        load_config({"version": 3, "schedulingProfiles": [{"name": "p"}]})
+    with pytest.raises(ConfigError, match=r"^profiles: the version-1 shape"):
         load_config({"version": 2, "profiles": {"p": {}}})
+    with pytest.raises(ConfigError, match=r"^schedulingProfiles:"):
+        load_config({"version": 2, "plugins": []})
     with pytest.raises(ConfigError, match=r"^profile:"):
         build_scheduler("zzz", config={"profiles": {"p": {}}})
     with pytest.raises(ConfigError, match=r"^extra:"):
