@@ -3,7 +3,9 @@
 Tests, the demo and the CLI all run the same object; ports given as 0 are bound to free
 ports, readable afterwards (``grpc_port``, ``health_port``, ``metrics_port``). It wires:
 
-* the ext_proc gRPC server (plaintext, or TLS with ``secure_serving``), which also
+* the ext_proc gRPC server (plaintext, or TLS with ``secure_serving``: then the gRPC
+  server listens on a private Unix socket behind :class:`~picker.tlsfront.TlsFront`,
+  which accepts clients without ALPN, as Envoy's health checker is), which also
   serves ``grpc.health.v1`` (upstream's Envoy config health-checks the ext_proc port);
 * a separate gRPC health server (``grpc.health.v1``) on the health port: the same
   statuses, from the same servicer;
@@ -25,6 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
 from typing import Any
 
 import grpc
@@ -119,6 +124,8 @@ class Picker:
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self._health_servicer: Any = None
+        self._tls_front: Any = None
+        self._socket_dir: str | None = None
         self._ops: OpsServer | None = None
         self._serving: bool | None = None
         self.grpc_port = cfg.grpc_port
@@ -177,16 +184,23 @@ class Picker:
         # One health servicer, on the ext_proc port and on the health port alike.
         self._health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
-        bind = f"{cfg.grpc_host}:{cfg.grpc_port}"
         if cfg.secure_serving:
-            from .tls import server_credentials
+            from .tls import key_pair
+            from .tlsfront import TlsFront, server_context
 
-            creds, self.certificate = server_credentials(cfg.cert_file, cfg.key_file)
-            self.grpc_port = server.add_secure_port(bind, creds)
+            self.certificate, key = key_pair(cfg.cert_file, cfg.key_file)
+            self._socket_dir = tempfile.mkdtemp(prefix="infergate-picker-")
+            backend = os.path.join(self._socket_dir, "extproc.sock")
+            server.add_insecure_port(f"unix:{backend}")
+            await server.start()
+            self._server = server
+            front = TlsFront(server_context(self.certificate, key), backend)
+            self._tls_front = await front.start(cfg.grpc_host, cfg.grpc_port)
+            self.grpc_port = front.port
         else:
-            self.grpc_port = server.add_insecure_port(bind)
-        await server.start()
-        self._server = server
+            self.grpc_port = server.add_insecure_port(f"{cfg.grpc_host}:{cfg.grpc_port}")
+            await server.start()
+            self._server = server
 
         hs = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, hs)
@@ -275,8 +289,12 @@ class Picker:
         await self._set_serving(False)
         if self._health_servicer is not None:
             await self._health_servicer.set(HEALTH_LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._tls_front is not None:
+            await self._tls_front.stop()  # no new TLS connections; open ones drain below
         if self._server is not None:
             await self._server.stop(grace)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
         self.core.close_all(499)
         if self.sharing is not None:
             try:
