@@ -129,7 +129,9 @@ class Core:
         # Put the whole list in x-gateway-destination-endpoint, not only the choice.
         self.destination_header_list = destination_header_list
         self.inflight: dict[str, Inflight] = {}
-        self.created = int(time.time())  # the "created" of /v1/models entries: stable per process
+        # The "created" of /v1/models entries: a constant, so that every replica (each with
+        # its own start time) gives the same answer for the same view.
+        self.created = 0
 
     # -- errors -----------------------------------------------------------------------------
     def reject(
@@ -315,7 +317,7 @@ class Core:
 
         First the client-facing names of the configuration (InferenceModels, rewrite
         rules), then the base models and the adapters that some ready pod serves, each
-        group sorted and every name once. ``created`` is the picker's start time.
+        group sorted and every name once. ``created`` is 0 (the same on every replica).
         """
         names_of = getattr(self.models, "client_names", None)
         client = names_of() if names_of is not None else list(self.models.by_model)
