@@ -1,12 +1,15 @@
 """Prometheus metrics under today's upstream names (so existing dashboards work) plus InferGate's own.
 
-Each request-level measurement is recorded under three families at once:
+Each request-level measurement is exposed under three families:
 
 * ``inference_model_*`` (GIE v1alpha2 era; the bundled Grafana dashboard reads these),
 * ``inference_objective_*`` (GIE v1.1+ renamed them), both labelled
   ``{model_name, target_model_name}``,
 * ``llm_d_epp_request_*`` (llm-d-router's canonical prefix), labelled
   ``{model_name, target_model_name, fairness_id, priority}``.
+
+It is recorded once, under llm-d's names; GIE's are sums of those over ``fairness_id``
+and ``priority``, computed at scrape time (:class:`_GieCollector`).
 
 Label values that come from client input (model names, rewrite targets, fairness ids)
 are bounded by :class:`LabelCap`: the configured names always appear as themselves, other
@@ -25,7 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .protocol import DEFAULT_FAIRNESS_ID
@@ -78,7 +81,7 @@ class LabelCap:
 
 
 class RequestLabels:
-    """The label children of one (model, target, fairness id, priority), in every family."""
+    """The label children of one (model, target, fairness id, priority)."""
 
     __slots__ = (
         "duration",
@@ -92,24 +95,77 @@ class RequestLabels:
     )
 
     def __init__(self, m: PickerMetrics, model: str, target: str, fairness: str, priority: str) -> None:
-        mt = (model, target)
         full = (model, target, fairness, priority)
         self.values = full
-        self.requests = (m.requests.labels(*mt), m.obj_requests.labels(*mt), m.llmd_requests.labels(*full))
-        self.duration = (m.duration.labels(*mt), m.obj_duration.labels(*mt), m.llmd_duration.labels(*full))
-        self.input_tokens = (
-            m.input_tokens.labels(*mt),
-            m.obj_input_tokens.labels(*mt),
-            m.llmd_input_tokens.labels(*full),
-        )
-        self.output_tokens = (
-            m.output_tokens.labels(*mt),
-            m.obj_output_tokens.labels(*mt),
-            m.llmd_output_tokens.labels(*full),
-        )
-        self.ntpot = (m.ntpot.labels(*mt), m.obj_ntpot.labels(*mt), m.llmd_ntpot.labels(*full))
-        self.ttft = m.ttft.labels(*mt)
-        self.running = (m.running.labels(model), m.obj_running.labels(model), m.llmd_running.labels(*full))
+        self.requests = m.requests.labels(*full)
+        self.duration = m.duration.labels(*full)
+        self.input_tokens = m.input_tokens.labels(*full)
+        self.output_tokens = m.output_tokens.labels(*full)
+        self.ntpot = m.ntpot.labels(*full)
+        self.running = m.running.labels(*full)
+        self.ttft = m.ttft.labels(model, target)
+
+
+# llm-d's request family -> GIE's suffix (after inference_model_ / inference_objective_).
+_GIE_SUFFIX = {
+    "llm_d_epp_request": "request",
+    "llm_d_epp_request_error": "request_error",
+    "llm_d_epp_request_duration_seconds": "request_duration_seconds",
+    "llm_d_epp_request_input_tokens": "input_tokens",
+    "llm_d_epp_request_output_tokens": "output_tokens",
+    "llm_d_epp_request_ntpot_seconds": "normalized_time_per_output_token_seconds",
+    "llm_d_epp_request_running": "running_requests",
+}
+_DROP = ("fairness_id", "priority")
+
+
+class _GieCollector(Collector):
+    """GIE's names, summed over llm-d's finer labels at scrape time.
+
+    The request path records each measurement once, under ``llm_d_epp_*``; counters,
+    histograms and the in-flight gauge are sums, so ``inference_model_*`` and
+    ``inference_objective_*`` (labels without ``fairness_id`` and ``priority``; the
+    running gauge by ``model_name`` only) are those series added up. Scrape cost grows
+    with the (bounded) number of series; the request path pays nothing for the copies.
+    """
+
+    def __init__(self, m: PickerMetrics) -> None:
+        self.sources = (m.requests, m.errors, m.duration, m.input_tokens, m.output_tokens, m.ntpot, m.running)
+        self.scheduler = m.scheduler_e2e
+
+    def collect(self):
+        for source in self.sources:
+            for fam in source.collect():
+                yield from self._derive(fam)
+        for fam in self.scheduler.collect():
+            out = HistogramMetricFamily(
+                "inference_extension_scheduler_e2e_duration_seconds", fam.documentation
+            )
+            out.samples = [
+                s._replace(name=s.name.replace(fam.name, out.name, 1))
+                for s in fam.samples
+                if not s.name.endswith("_created")
+            ]
+            yield out
+
+    def _derive(self, fam):
+        suffix = _GIE_SUFFIX[fam.name]
+        running = fam.type == "gauge"
+        sums: dict[tuple, float] = {}
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            if running:
+                key = (s.name, (("model_name", s.labels["model_name"]),))
+            else:
+                key = (s.name, tuple((k, v) for k, v in s.labels.items() if k not in _DROP))
+            sums[key] = sums.get(key, 0.0) + s.value
+        for prefix in ("inference_model_", "inference_objective_"):
+            name = prefix + suffix
+            out = Metric(name, fam.documentation, fam.type)
+            for (sample_name, labels), value in sums.items():
+                out.add_sample(name + sample_name[len(fam.name) :], dict(labels), value)
+            yield out
 
 
 def _gauge(
@@ -214,67 +270,59 @@ class PickerMetrics:
         self.registry = r = registry or CollectorRegistry()
         mt = ["model_name", "target_model_name"]
         full = [*mt, "fairness_id", "priority"]
-
-        def families(kind: type, suffix: str, doc: str, **kw: Any) -> tuple[Any, Any, Any]:
-            """``inference_model_<suffix>``, ``inference_objective_<suffix>`` and llm-d's name."""
-            llmd = {
-                "request": "request",
-                "request_error": "request_error",
-                "request_duration_seconds": "request_duration_seconds",
-                "input_tokens": "request_input_tokens",
-                "output_tokens": "request_output_tokens",
-                "normalized_time_per_output_token_seconds": "request_ntpot_seconds",
-            }[suffix]
-            extra = ["error_code"] if suffix == "request_error" else []
-            return (
-                kind(f"inference_model_{suffix}", doc, [*mt, *extra], registry=r, **kw),
-                kind(f"inference_objective_{suffix}", doc, [*mt, *extra], registry=r, **kw),
-                kind(f"llm_d_epp_{llmd}", doc, [*full, *extra], registry=r, **kw),
-            )
-
-        self.requests, self.obj_requests, self.llmd_requests = families(Counter, "request", "Requests routed")
-        self.errors, self.obj_errors, self.llmd_errors = families(
-            Counter, "request_error", "Requests that failed"
+        # Recorded once, under llm-d-router's names; GIE's are derived at scrape time.
+        self.requests = Counter("llm_d_epp_request", "Requests routed", full, registry=None)
+        self.errors = Counter(
+            "llm_d_epp_request_error", "Requests that failed", [*full, "error_code"], registry=None
         )
-        self.duration, self.obj_duration, self.llmd_duration = families(
-            Histogram, "request_duration_seconds", "End-to-end latency", buckets=_LATENCY
+        self.duration = Histogram(
+            "llm_d_epp_request_duration_seconds", "End-to-end latency", full, buckets=_LATENCY, registry=None
         )
-        self.input_tokens, self.obj_input_tokens, self.llmd_input_tokens = families(
-            Histogram, "input_tokens", "Prompt tokens per request", buckets=_TOKENS
+        self.input_tokens = Histogram(
+            "llm_d_epp_request_input_tokens",
+            "Prompt tokens per request",
+            full,
+            buckets=_TOKENS,
+            registry=None,
         )
-        self.output_tokens, self.obj_output_tokens, self.llmd_output_tokens = families(
-            Histogram, "output_tokens", "Output tokens per request", buckets=_TOKENS
+        self.output_tokens = Histogram(
+            "llm_d_epp_request_output_tokens",
+            "Output tokens per request",
+            full,
+            buckets=_TOKENS,
+            registry=None,
         )
-        self.ntpot, self.obj_ntpot, self.llmd_ntpot = families(
-            Histogram,
-            "normalized_time_per_output_token_seconds",
+        self.ntpot = Histogram(
+            "llm_d_epp_request_ntpot_seconds",
             "Latency divided by output tokens",
+            full,
             buckets=_NTPOT,
+            registry=None,
         )
+        self.running = Gauge("llm_d_epp_request_running", "In-flight requests", full, registry=None)
+        self.scheduler_e2e = Histogram(
+            "llm_d_epp_scheduler_e2e_duration_seconds",
+            "Time the scheduler takes per decision",
+            buckets=_SCHED,
+            registry=None,
+        )
+        for own in (
+            self.requests,
+            self.errors,
+            self.duration,
+            self.input_tokens,
+            self.output_tokens,
+            self.ntpot,
+            self.running,
+            self.scheduler_e2e,
+        ):
+            r.register(own)
+        r.register(_GieCollector(self))
         self.ttft = Histogram(
             "infergate_picker_ttft_seconds",
             "Time to the first response body byte",
             mt,
             buckets=_LATENCY,
-            registry=r,
-        )
-        self.running = Gauge(
-            "inference_model_running_requests", "In-flight requests", ["model_name"], registry=r
-        )
-        self.obj_running = Gauge(
-            "inference_objective_running_requests", "In-flight requests", ["model_name"], registry=r
-        )
-        self.llmd_running = Gauge("llm_d_epp_request_running", "In-flight requests", full, registry=r)
-        self.scheduler_e2e = Histogram(
-            "inference_extension_scheduler_e2e_duration_seconds",
-            "Time the scheduler takes per decision",
-            buckets=_SCHED,
-            registry=r,
-        )
-        self.llmd_scheduler_e2e = Histogram(
-            "llm_d_epp_scheduler_e2e_duration_seconds",
-            "Time the scheduler takes per decision",
-            buckets=_SCHED,
             registry=r,
         )
         self.picker_cpu = Histogram(
@@ -319,10 +367,8 @@ class PickerMetrics:
         return c
 
     def assigned(self, lbl: RequestLabels) -> None:
-        for child in lbl.requests:
-            child.inc()
-        for g in lbl.running:
-            g.inc()
+        lbl.requests.inc()
+        lbl.running.inc()
 
     def completed(
         self,
@@ -333,26 +379,20 @@ class PickerMetrics:
         output_tokens: int,
         ttft: float,
     ) -> None:
-        for g in lbl.running:
-            g.dec()
+        lbl.running.dec()
         if status >= 400 or status == 0:
             self._error(lbl.values, status)
             return
-        for h in lbl.duration:
-            h.observe(latency)
-        for h in lbl.input_tokens:
-            h.observe(input_tokens)
+        lbl.duration.observe(latency)
+        lbl.input_tokens.observe(input_tokens)
         if output_tokens > 0:
-            for h in lbl.output_tokens:
-                h.observe(output_tokens)
-            for h in lbl.ntpot:
-                h.observe(latency / output_tokens)
+            lbl.output_tokens.observe(output_tokens)
+            lbl.ntpot.observe(latency / output_tokens)
         if ttft:
             lbl.ttft.observe(ttft)
 
     def decision(self, seconds: float) -> None:
         self.scheduler_e2e.observe(seconds)
-        self.llmd_scheduler_e2e.observe(seconds)
 
     def error(
         self, model: str, target: str, code: int | str, fairness_id: str = "", priority: int = 0
@@ -360,7 +400,4 @@ class PickerMetrics:
         self._error(self._bound(model, target, fairness_id, priority), code)
 
     def _error(self, values: tuple[str, str, str, str], code: int | str) -> None:
-        code = str(code)
-        self.errors.labels(values[0], values[1], code).inc()
-        self.obj_errors.labels(values[0], values[1], code).inc()
-        self.llmd_errors.labels(*values, code).inc()
+        self.errors.labels(*values, str(code)).inc()

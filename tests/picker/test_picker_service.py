@@ -271,7 +271,8 @@ async def test_cli_subprocess_serves_and_exits_on_sigterm(nats_server, tmp_path)
 
 
 async def test_with_the_real_default_scheduler():
-    p = Picker(local_cfg())  # picker.scheduling.build_scheduler("default")
+    # picker.scheduling.build_scheduler("default"); the test pins with the conformance header
+    p = Picker(local_cfg(conformance_test_hooks=True))
     assert type(p.scheduler).__name__ != "LeastLoadScheduler"
     async with p:
         for i in range(1, 4):
