@@ -33,8 +33,9 @@ __all__ = ["Answered", "Core", "Inflight", "Rejected", "RequestHeaders", "Routed
 log = logging.getLogger(__name__)
 reqlog = logging.getLogger("picker.requests")
 
-# Criticality -> priority while models.Resolution has no ``priority`` of its own.
-_PRIORITY = {"Critical": 1, "Standard": 0, "Sheddable": -1}
+# Criticality -> priority while models.Resolution has no ``priority`` of its own (the
+# same mapping as picker.models.CRITICALITY_PRIORITY).
+_PRIORITY = {"Critical": 100, "Standard": 0, "Sheddable": -100}
 _DROPPED = {
     400: Dropped.BAD_REQUEST,
     404: Dropped.UNKNOWN_MODEL,
