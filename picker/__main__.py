@@ -56,6 +56,20 @@ def build_parser() -> EnvArgumentParser:
         choices=["FULL_DUPLEX_STREAMED", "STREAMED", "BUFFERED"],
         help="request/response body mode assumed when Envoy sends no protocol_config",
     )
+    srv.add_argument(
+        "--destination-header-list",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="put the whole endpoint list (choice, fallbacks) in x-gateway-destination-endpoint; "
+        "default: the choice only (the list always goes in the envoy.lb metadata)",
+    )
+    srv.add_argument(
+        "--conformance-test-hooks",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="conformance tests only: honour test-epp-endpoint-selection and echo "
+        "x-conformance-test-served-endpoint (lets any client pin itself to a pod)",
+    )
     sch = p.add_argument_group("scheduling")
     sch.add_argument("--profile", default="default", help="scheduler profile name")
     sch.add_argument("--scheduler-config", default=None, help="scheduler YAML (profiles); built-in if unset")
@@ -140,6 +154,8 @@ def config_from_args(args: argparse.Namespace) -> PickerConfig:
         grace_period=args.grace_period,
         config_poll_interval=args.config_poll_interval,
         default_body_mode=args.default_body_mode,
+        destination_header_list=args.destination_header_list,
+        conformance_test_hooks=args.conformance_test_hooks,
     )
 
 

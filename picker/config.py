@@ -60,6 +60,12 @@ class PickerConfig:
     grace_period: float = 10.0
     config_poll_interval: float = 1.0
     default_body_mode: str = "FULL_DUPLEX_STREAMED"
+    # The whole ordered list in x-gateway-destination-endpoint (default: the choice only;
+    # the list always goes in the envoy.lb dynamic metadata).
+    destination_header_list: bool = False
+    # Conformance test hooks: honour test-epp-endpoint-selection and echo the served
+    # endpoint as x-conformance-test-served-endpoint. Off: any client could pin a pod.
+    conformance_test_hooks: bool = False
     # picker.sharing.SharingSettings: peer sharing over the same NATS connection (None: off)
     sharing: Any = None
 

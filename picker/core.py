@@ -5,10 +5,12 @@ Envoy messages. The core owns the request-side policy (readiness, model resoluti
 candidate restriction, the scheduler call, accounting) and the in-flight registry:
 every assignment it makes is released exactly once through :meth:`Core.complete`,
 which the protocol layer calls on response end, error status, cancel or shutdown.
+It also answers the gateway's own ``GET /v1/models`` from the view (:meth:`Core.models_list`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -20,18 +22,27 @@ from shared.tokens import estimate_tokens
 
 from .body import BodyError, ParsedRequest, parse_request
 from .hooks import EventSink
-from .metrics import PickerMetrics
+from .metrics import PickerMetrics, RequestLabels
 from .models import ModelTable, UnknownModel
+from .protocol import MODELS_PATH, Dropped
 from .scheduling.api import RequestInfo, Scheduler
 from .view import PoolView
 
-__all__ = ["Core", "Inflight", "Rejected", "RequestHeaders", "Routed"]
+__all__ = ["Answered", "Core", "Inflight", "Rejected", "RequestHeaders", "Routed"]
 
 log = logging.getLogger(__name__)
 reqlog = logging.getLogger("picker.requests")
 
-DESTINATION = "x-gateway-destination-endpoint"
-SELECTION = "test-epp-endpoint-selection"
+# Criticality -> priority while models.Resolution has no ``priority`` of its own (the
+# same mapping as picker.models.CRITICALITY_PRIORITY).
+_PRIORITY = {"Critical": 100, "Standard": 0, "Sheddable": -100}
+_DROPPED = {
+    400: Dropped.BAD_REQUEST,
+    404: Dropped.UNKNOWN_MODEL,
+    413: Dropped.BAD_REQUEST,
+    429: Dropped.SATURATED,
+    503: Dropped.NO_ENDPOINTS,
+}
 
 
 @dataclass(slots=True)
@@ -45,7 +56,7 @@ class RequestHeaders:
     rewrite: str | None = None
     objective: str | None = None
     fairness_id: str | None = None
-    selection: str | None = None
+    selection: str | None = None  # test-epp-endpoint-selection (used only with the hooks on)
     content_length: int | None = None
     strip: list[str] = field(default_factory=list)  # client-sent x-gateway-destination-endpoint* keys
 
@@ -55,6 +66,15 @@ class Rejected:
     status: int
     body: bytes
     reason: str
+    dropped: str = Dropped.INTERNAL  # the x-llm-d-request-dropped-reason value
+
+
+@dataclass(slots=True)
+class Answered:
+    """A request the picker answers itself (``GET /v1/models``): an ImmediateResponse."""
+
+    status: int
+    body: bytes
 
 
 @dataclass(slots=True)
@@ -65,6 +85,7 @@ class Inflight:
     address: str
     destination: str
     started: float  # perf_counter
+    labels: RequestLabels | None = None
     decision_s: float = 0.0
     fairness_id: str = ""
     first_byte: float = 0.0
@@ -73,7 +94,7 @@ class Inflight:
 
 @dataclass(slots=True)
 class Routed:
-    destination: str  # "ip:port[,ip:port…]"
+    destination: str  # "ip:port[,ip:port…]": the choice, then the fallbacks
     body: bytes
     inflight: Inflight
     client_model: str
@@ -92,6 +113,8 @@ class Core:
         replica: str = "",
         max_body_bytes: int = 8 * 1024 * 1024,
         is_ready=lambda: True,
+        conformance_hooks: bool = False,
+        destination_header_list: bool = False,
     ) -> None:
         self.view = view
         self.scheduler = scheduler
@@ -101,7 +124,15 @@ class Core:
         self.replica = replica
         self.max_body_bytes = max_body_bytes
         self.is_ready = is_ready
+        # Honour test-epp-endpoint-selection and echo the served endpoint (conformance only:
+        # otherwise any client could pin itself to a pod).
+        self.conformance_hooks = conformance_hooks
+        # Put the whole list in x-gateway-destination-endpoint, not only the choice.
+        self.destination_header_list = destination_header_list
         self.inflight: dict[str, Inflight] = {}
+        # The "created" of /v1/models entries: a constant, so that every replica (each with
+        # its own start time) gives the same answer for the same view.
+        self.created = 0
 
     # -- errors -----------------------------------------------------------------------------
     def reject(
@@ -112,8 +143,12 @@ class Core:
         target: str = "",
         param: str | None = None,
         request_id: str = "",
+        dropped: str | None = None,
+        fairness_id: str = "",
+        priority: int = 0,
     ) -> Rejected:
-        self.metrics.error(model, target, status)
+        self.metrics.error(model, target, status, fairness_id, priority)
+        dropped = dropped or _DROPPED.get(status, Dropped.INTERNAL)
         if reqlog.isEnabledFor(logging.INFO):
             reqlog.info(
                 "request rejected",
@@ -123,9 +158,15 @@ class Core:
                     "target_model": target,
                     "status": status,
                     "reason": message,
+                    "dropped": dropped,
                 },
             )
-        return Rejected(status, error_body(status, message, param=param), message)
+        return Rejected(status, error_body(status, message, param=param), message, dropped)
+
+    def not_ready(self, request_id: str, model: str = "") -> Rejected:
+        return self.reject(
+            503, "the endpoint picker is not ready", model, request_id=request_id, dropped=Dropped.NOT_READY
+        )
 
     # -- candidates -------------------------------------------------------------------------
     def _restrict(self, entries: list[str], into: set[str] | None) -> set[str]:
@@ -145,14 +186,18 @@ class Core:
         allowed: set[str] | None = None
         if subset is not None:
             allowed = self._restrict(subset, None)
-        if hdr.selection is not None:
+        if hdr.selection is not None and self.conformance_hooks:
             allowed = self._restrict(hdr.selection.split(","), allowed)
         return None if allowed is None else frozenset(allowed)
 
     # -- routing ----------------------------------------------------------------------------
-    def route(self, hdr: RequestHeaders, body: bytes, subset: list[str] | None) -> Routed | Rejected:
+    def route(
+        self, hdr: RequestHeaders, body: bytes, subset: list[str] | None
+    ) -> Routed | Rejected | Answered:
         """Decide for a request with a body. Never raises: a bug becomes a 500."""
         try:
+            if is_models_request(hdr):
+                return self.models_answer(hdr)
             return self._route(hdr, body, subset)
         except Exception:
             log.exception("routing failed", extra={"request_id": hdr.request_id})
@@ -169,7 +214,7 @@ class Core:
         except BodyError as exc:
             return self.reject(exc.status, exc.message, param=exc.param, request_id=hdr.request_id)
         if not self.is_ready():
-            return self.reject(503, "the endpoint picker is not ready", req.model, request_id=hdr.request_id)
+            return self.not_ready(hdr.request_id, req.model)
         try:
             res = self.models.resolve(req.model, hdr.rewrite, hdr.objective)
         except UnknownModel:
@@ -180,6 +225,10 @@ class Core:
                 param="model",
                 request_id=hdr.request_id,
             )
+        priority = getattr(res, "priority", None)
+        if priority is None:
+            priority = _PRIORITY.get(res.criticality, 0)
+        fairness = hdr.fairness_id or ""
         cands = self.candidates(hdr, subset)
         if cands is not None and not cands:
             return self.reject(
@@ -188,22 +237,33 @@ class Core:
                 req.model,
                 res.target,
                 request_id=hdr.request_id,
+                fairness_id=fairness,
+                priority=priority,
             )
         info = self._info(hdr, req, res.target, res.criticality, cands)
+        info.priority = priority
         now = time.time()
         s0 = time.perf_counter()
         decision = self.scheduler.schedule(info, self.view.list(), now)
         decision_s = time.perf_counter() - s0
-        self.metrics.scheduler_e2e.observe(decision_s)
+        self.metrics.decision(decision_s)
         if not decision.ok:
             status = decision.status if decision.status in (429, 503) else 503
             reason = decision.reason or ("pool saturated" if status == 429 else "no candidate endpoints")
-            return self.reject(status, reason, req.model, res.target, request_id=hdr.request_id)
+            return self.reject(
+                status,
+                reason,
+                req.model,
+                res.target,
+                request_id=hdr.request_id,
+                fairness_id=fairness,
+                priority=priority,
+            )
         out = req.with_model(res.target)
         destination = ",".join(decision.endpoints)
         inflight = self._assign(info, decision.endpoints[0], destination, now)
         inflight.decision_s = decision_s
-        inflight.fairness_id = hdr.fairness_id or ""
+        inflight.fairness_id = fairness
         self.metrics.picker_cpu.observe(time.perf_counter() - t0)
         return Routed(destination, out, inflight, req.model, res.target)
 
@@ -228,10 +288,12 @@ class Core:
             prefix_hashes=prefix_block_hashes(target, text) if text else [],
             expected_output_tokens=req.max_tokens,
             candidates=cands,
+            fairness_id=hdr.fairness_id or "",
         )
 
     def _assign(self, info: RequestInfo, address: str, destination: str, now: float) -> Inflight:
-        inflight = Inflight(info, address, destination, time.perf_counter())
+        labels = self.metrics.labels(info.model, info.target_model, info.fairness_id, info.priority)
+        inflight = Inflight(info, address, destination, time.perf_counter(), labels)
         self.inflight[info.request_id] = inflight
         try:
             self.scheduler.on_assigned(info, address, now, replica=self.replica)
@@ -242,20 +304,60 @@ class Core:
                 self.sink.on_local_assignment(info, address, now)
             except Exception:
                 log.exception("event sink failed on assignment", extra={"request_id": info.request_id})
-        self.metrics.model(info.model, info.target_model).requests.inc()
-        self.metrics.running_of(info.model).inc()
+        self.metrics.assigned(labels)
         return inflight
 
-    def route_headers_only(self, hdr: RequestHeaders, subset: list[str] | None) -> tuple[str, str] | Rejected:
-        """A request without a body (``GET /v1/models``, ``/health``): any ready endpoint.
+    # -- the gateway's own GET /v1/models -------------------------------------------------------
+    def models_answer(self, hdr: RequestHeaders) -> Answered | Rejected:
+        if not self.is_ready():
+            return self.not_ready(hdr.request_id)
+        return Answered(200, self.models_list())
+
+    def models_list(self) -> bytes:
+        """OpenAI's model list from the picker's view, in a stable order.
+
+        First the client-facing names of the configuration (InferenceModels, rewrite
+        rules), then the base models and the adapters that some ready pod serves, each
+        group sorted and every name once. ``created`` is 0 (the same on every replica).
+        """
+        names_of = getattr(self.models, "client_names", None)
+        client = names_of() if names_of is not None else list(self.models.by_model)
+        bases: set[str] = set()
+        adapters: dict[str, str] = {}  # adapter -> a base model serving it
+        for ev in self.view.list():
+            s = ev.snapshot
+            if not (s.ready and s.healthy):
+                continue
+            if s.model:
+                bases.add(s.model)
+            for name in (*s.served_models, *s.lora.running):
+                if name and name != s.model:
+                    adapters.setdefault(name, s.model)
+        cards: dict[str, dict] = {}
+        base = {"object": "model", "created": self.created, "owned_by": "infergate"}
+        for name in sorted(client):
+            cards.setdefault(name, {"id": name, **base})
+        for name in sorted(bases):
+            cards.setdefault(name, {"id": name, **base, "root": name})
+        for name in sorted(adapters):
+            parent = adapters[name]
+            cards.setdefault(name, {"id": name, **base, "root": name, "parent": parent or None})
+        return json.dumps({"object": "list", "data": list(cards.values())}, separators=(",", ":")).encode()
+
+    def route_headers_only(
+        self, hdr: RequestHeaders, subset: list[str] | None
+    ) -> tuple[str, str] | Rejected | Answered:
+        """A request without a body: ``GET /v1/models`` is answered here; others go to any ready endpoint.
 
         No model work is involved, so the scheduler and the accounting are bypassed: the
         least busy ready candidate (fresh metrics first) answers. Returns the
         (destination, address) pair.
         """
         try:
+            if is_models_request(hdr):
+                return self.models_answer(hdr)
             if not self.is_ready():
-                return self.reject(503, "the endpoint picker is not ready", request_id=hdr.request_id)
+                return self.not_ready(hdr.request_id)
             cands = self.candidates(hdr, subset)
             now = time.time()
             best = None
@@ -314,19 +416,12 @@ class Core:
                 )
             except Exception:
                 log.exception("event sink failed on completion", extra={"request_id": info.request_id})
-        m = self.metrics
-        m.running_of(info.model).dec()
-        children = m.model(info.model, info.target_model)
-        if status >= 400 or status == 0:
-            m.error(info.model, info.target_model, status)
-        else:
-            children.duration.observe(latency)
-            children.input_tokens.observe(prompt_tokens or info.prompt_tokens)
-            if output_tokens > 0:
-                children.output_tokens.observe(output_tokens)
-                children.ntpot.observe(latency / output_tokens)
-            if ttft:
-                children.ttft.observe(ttft)
+        labels = inflight.labels or self.metrics.labels(
+            info.model, info.target_model, info.fairness_id, info.priority
+        )
+        self.metrics.completed(
+            labels, status, latency, prompt_tokens or info.prompt_tokens, output_tokens, ttft
+        )
         if not reqlog.isEnabledFor(logging.INFO):
             return
         reqlog.info(
@@ -336,6 +431,7 @@ class Core:
                 "model": info.model,
                 "target_model": info.target_model,
                 "criticality": info.criticality,
+                "priority": info.priority,
                 "fairness_id": inflight.fairness_id,
                 "endpoint": inflight.address,
                 "status": status,
@@ -355,3 +451,8 @@ class Core:
 
 def new_request_id() -> str:
     return str(uuid.uuid4())
+
+
+def is_models_request(hdr: RequestHeaders) -> bool:
+    """``GET /v1/models`` (query string and a trailing slash ignored)."""
+    return hdr.method == "GET" and hdr.path.split("?", 1)[0].rstrip("/") == MODELS_PATH

@@ -6,8 +6,9 @@ The Endpoint Picker protocol (design.md §2) on top of :mod:`picker.core`:
   ``send_body_without_waiting_for_header_response``, or no ``protocol_config`` at all,
   as with upstream's Envoy config): the request headers are answered only once the
   whole body arrived (``end_of_stream``). The headers response sets
-  ``x-gateway-destination-endpoint`` and ``Content-Length`` with ``clear_route_cache``
-  and carries the ``envoy.lb`` dynamic metadata; the (possibly rewritten) body follows
+  ``x-gateway-destination-endpoint`` (the choice: one ``ip:port``) and ``Content-Length``
+  with ``clear_route_cache`` and carries the ``envoy.lb`` dynamic metadata (the choice
+  and the fallbacks, comma-separated); the (possibly rewritten) body follows
   as streamed chunks of at most 62,000 bytes (FULL_DUPLEX_STREAMED), or as one body
   response per received chunk (STREAMED: the earlier chunks cleared, the last carrying
   the whole body).
@@ -15,12 +16,14 @@ The Endpoint Picker protocol (design.md §2) on top of :mod:`picker.core`:
   Envoy will not send the body before the headers are answered, so they get a plain
   CONTINUE, and the routing mutations ride on the body response instead (Envoy holds
   the headers until then in BUFFERED mode).
-* **Headers-only requests** (``end_of_stream`` on the headers): routed at once to the
-  least busy candidate, without accounting.
+* **Headers-only requests** (``end_of_stream`` on the headers): ``GET /v1/models`` is
+  answered by the picker itself; others are routed at once to the least busy
+  candidate, without accounting.
 
 A second ``end_of_stream`` after the decision (an Envoy bug with bodies over 1 MB) is
 ignored in duplex mode and answered with an empty CONTINUE in the 1:1 modes. Errors
-are ImmediateResponses with an OpenAI-style JSON body. On the response path the
+are ImmediateResponses with an OpenAI-style JSON body and ``x-llm-d-request-dropped-reason``.
+On the response path the
 client-facing model name is restored and tokens counted; the assignment is released
 at the end of the response, on an error status, or when the stream ends early.
 """
@@ -38,7 +41,22 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
-from .core import DESTINATION, SELECTION, Core, Inflight, Rejected, RequestHeaders, Routed, new_request_id
+from .core import Answered, Core, Inflight, Rejected, RequestHeaders, Routed, new_request_id
+from .protocol import (
+    CONFORMANCE_SELECTION,
+    CONFORMANCE_SERVED,
+    CONFORMANCE_SERVED_MISSING,
+    DESTINATION,
+    DESTINATION_SERVED,
+    DESTINATION_SUBSET,
+    DROPPED_REASON,
+    FAIRNESS_ID,
+    LB_NAMESPACE,
+    MODEL_REWRITE,
+    OBJECTIVE,
+    REQUEST_ID,
+    SUBSET_NAMESPACE,
+)
 from .response import ResponseRewriter
 
 __all__ = ["MAX_CHUNK", "Exchange", "ExtProcServicer"]
@@ -46,8 +64,13 @@ __all__ = ["MAX_CHUNK", "Exchange", "ExtProcServicer"]
 log = logging.getLogger(__name__)
 
 MAX_CHUNK = 62_000
-SUBSET_NAMESPACE = "envoy.lb.subset_hint"
-SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+# Control headers of both families -> the RequestHeaders field they fill, and whether the
+# name is llm-d's (read first when a request carries both).
+_CONTROL = {
+    **{name: ("rewrite", i == 0) for i, name in enumerate(MODEL_REWRITE)},
+    **{name: ("objective", i == 0) for i, name in enumerate(OBJECTIVE)},
+    **{name: ("fairness_id", i == 0) for i, name in enumerate(FAIRNESS_ID)},
+}
 
 _Mode = processing_mode_pb2.ProcessingMode
 NONE, STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX = (
@@ -79,6 +102,7 @@ def _value(h: base_pb2.HeaderValue) -> str:
 
 def read_request_headers(msg: ep.HttpHeaders) -> RequestHeaders:
     hdr = RequestHeaders()
+    llmd: set[str] = set()  # fields already set from an x-llm-d-* header
     for h in msg.headers.headers:
         k = h.key.lower()
         if not k:
@@ -89,18 +113,18 @@ def read_request_headers(msg: ep.HttpHeaders) -> RequestHeaders:
             elif k == ":method":
                 hdr.method = _value(h)
         elif k.startswith("x-"):
-            if k == "x-request-id":
+            if k == REQUEST_ID:
                 hdr.request_id = _value(h).strip()
-            elif k.startswith("x-gateway-"):
-                if k == "x-gateway-model-name-rewrite":
-                    hdr.rewrite = _value(h).strip() or None
-                elif k == "x-gateway-inference-objective":
-                    hdr.objective = _value(h).strip() or None
-                elif k == "x-gateway-inference-fairness-id":
-                    hdr.fairness_id = _value(h)
-                elif k.startswith(DESTINATION) and k != DESTINATION:
-                    hdr.strip.append(k)
-        elif k == SELECTION:
+            elif k in _CONTROL:
+                name, canonical = _CONTROL[k]
+                value = _value(h).strip() or None
+                if value is not None and (canonical or name not in llmd):
+                    setattr(hdr, name, value)
+                    if canonical:
+                        llmd.add(name)
+            elif k.startswith(DESTINATION) and k != DESTINATION:
+                hdr.strip.append(k)
+        elif k == CONFORMANCE_SELECTION:
             hdr.selection = _value(h)
     if not hdr.request_id:
         hdr.request_id = new_request_id()
@@ -114,9 +138,9 @@ def read_subset(req: ep.ProcessingRequest) -> list[str] | None:
     if SUBSET_NAMESPACE not in fm:
         return None
     fields = fm[SUBSET_NAMESPACE].fields
-    if SUBSET_KEY not in fields:
+    if DESTINATION_SUBSET not in fields:
         return None
-    v = fields[SUBSET_KEY]
+    v = fields[DESTINATION_SUBSET]
     kind = v.WhichOneof("kind")
     if kind == "list_value":
         return [x.string_value for x in v.list_value.values if x.string_value]
@@ -125,13 +149,31 @@ def read_subset(req: ep.ProcessingRequest) -> list[str] | None:
     return []
 
 
-def immediate(rej: Rejected, request_id: str) -> ep.ProcessingResponse:
+def read_served(req: ep.ProcessingRequest) -> str | None:
+    """The endpoint the gateway says served the request (``envoy.lb`` response metadata)."""
+    fm = req.metadata_context.filter_metadata
+    if LB_NAMESPACE not in fm:
+        return None
+    v = fm[LB_NAMESPACE].fields.get(DESTINATION_SERVED)
+    if v is None or v.WhichOneof("kind") != "string_value":
+        return None
+    return v.string_value
+
+
+def immediate(answer: Rejected | Answered, request_id: str) -> ep.ProcessingResponse:
+    """An ImmediateResponse: a rejection (with its dropped reason) or the picker's own answer."""
+    headers = [_JSON, _hv(REQUEST_ID, request_id)]
+    if isinstance(answer, Rejected):
+        headers.append(_hv(DROPPED_REASON, answer.dropped))
+        details = answer.reason[:200]
+    else:
+        details = "answered_by_endpoint_picker"
     return ep.ProcessingResponse(
         immediate_response=ep.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=rej.status),  # type: ignore[arg-type]
-            headers=ep.HeaderMutation(set_headers=[_JSON, _hv("x-request-id", request_id)]),
-            body=rej.body,
-            details=rej.reason[:200],
+            status=http_status_pb2.HttpStatus(code=answer.status),  # type: ignore[arg-type]
+            headers=ep.HeaderMutation(set_headers=headers),
+            body=answer.body,
+            details=details,
         )
     )
 
@@ -151,8 +193,9 @@ def _streamed(chunk: bytes, end: bool, response: bool = False) -> ep.ProcessingR
 
 
 def _lb_metadata(destination: str) -> struct_pb2.Struct:
+    """``{"envoy.lb": {"x-gateway-destination-endpoint": "choice,fallback1,..."}}``."""
     md = struct_pb2.Struct()
-    md.fields["envoy.lb"].struct_value.fields[DESTINATION].string_value = destination
+    md.fields[LB_NAMESPACE].struct_value.fields[DESTINATION].string_value = destination
     return md
 
 
@@ -173,6 +216,7 @@ class Exchange:
         "resp_status",
         "rewriter",
         "routed",
+        "served",
         "subset",
         "without_waiting",
     )
@@ -193,6 +237,7 @@ class Exchange:
         self.routed: Routed | None = None
         self.rewriter: ResponseRewriter | None = None
         self.resp_status = 0
+        self.served: str | None = None  # from the response metadata (conformance hooks)
         if default_mode is not None:
             self.req_mode = self.resp_mode = default_mode
 
@@ -207,6 +252,9 @@ class Exchange:
             subset = read_subset(req)
             if subset is not None:
                 self.subset = subset
+            served = read_served(req)
+            if served is not None:
+                self.served = served
         which = req.WhichOneof("request")
         if which == "request_body":
             return self._request_body(req.request_body)
@@ -250,7 +298,7 @@ class Exchange:
         if msg.end_of_stream:
             self.done_request = True
             picked = self.core.route_headers_only(hdr, self.subset)
-            if isinstance(picked, Rejected):
+            if isinstance(picked, (Rejected, Answered)):
                 return [immediate(picked, hdr.request_id)]
             destination, _ = picked
             mutation = self._routing_mutation(destination, None)
@@ -268,7 +316,7 @@ class Exchange:
         if hdr.request_id_generated or hdr.strip:
             mutation = ep.HeaderMutation(remove_headers=hdr.strip)
             if hdr.request_id_generated:
-                mutation.set_headers.append(_hv("x-request-id", hdr.request_id))
+                mutation.set_headers.append(_hv(REQUEST_ID, hdr.request_id))
             return [
                 ep.ProcessingResponse(
                     request_headers=ep.HeadersResponse(response=ep.CommonResponse(header_mutation=mutation))
@@ -279,11 +327,13 @@ class Exchange:
     def _routing_mutation(self, destination: str, content_length: int | None) -> ep.HeaderMutation:
         hdr = self.hdr
         assert hdr is not None
-        sets = [_hv(DESTINATION, destination)]
+        # One ip:port (the choice) unless --destination-header-list; the list is in the metadata.
+        header = destination if self.core.destination_header_list else destination.split(",", 1)[0]
+        sets = [_hv(DESTINATION, header)]
         if content_length is not None:
             sets.append(_hv("content-length", str(content_length)))
         if hdr.request_id_generated:
-            sets.append(_hv("x-request-id", hdr.request_id))
+            sets.append(_hv(REQUEST_ID, hdr.request_id))
         return ep.HeaderMutation(set_headers=sets, remove_headers=hdr.strip)
 
     def _request_body(self, msg: ep.HttpBody, body_ends: bool = True) -> list[ep.ProcessingResponse]:
@@ -321,7 +371,7 @@ class Exchange:
         body = self.body_chunks[0] if len(self.body_chunks) == 1 else b"".join(self.body_chunks)
         self.body_chunks = []
         result = self.core.route(self.hdr, body, self.subset)
-        if isinstance(result, Rejected):
+        if isinstance(result, (Rejected, Answered)):
             return [immediate(result, self.hdr.request_id)]
         self.inflight = result.inflight
         self.routed = result
@@ -372,6 +422,7 @@ class Exchange:
     def _response_headers(self, msg: ep.HttpHeaders) -> list[ep.ProcessingResponse]:
         status = 0
         sse = False
+        served_header = None
         for h in msg.headers.headers:
             k = h.key.lower()
             if k == ":status":
@@ -381,6 +432,8 @@ class Exchange:
                     status = 0
             elif k == "content-type":
                 sse = "text/event-stream" in _value(h).lower()
+            elif k == DESTINATION_SERVED:
+                served_header = _value(h)
         self.resp_status = status
         inflight = self.inflight
         routed = self.routed
@@ -392,12 +445,17 @@ class Exchange:
                 remove.append("content-length")  # the restored name changes the length
             if status >= 400 or msg.end_of_stream or self.resp_mode == NONE:
                 self.core.complete(inflight, status)
-        if remove:
+        sets = []
+        if self.core.conformance_hooks:
+            # The gateway's word (envoy.lb metadata; InferGate's Envoy adds a response header),
+            # never the picker's own choice: a gateway that ignores the choice must fail.
+            served = self.served or served_header or CONFORMANCE_SERVED_MISSING
+            sets.append(_hv(CONFORMANCE_SERVED, served))
+        if remove or sets:
+            mutation = ep.HeaderMutation(set_headers=sets, remove_headers=remove)
             return [
                 ep.ProcessingResponse(
-                    response_headers=ep.HeadersResponse(
-                        response=ep.CommonResponse(header_mutation=ep.HeaderMutation(remove_headers=remove))
-                    )
+                    response_headers=ep.HeadersResponse(response=ep.CommonResponse(header_mutation=mutation))
                 )
             ]
         return [ep.ProcessingResponse(response_headers=ep.HeadersResponse())]

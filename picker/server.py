@@ -3,22 +3,33 @@
 Tests, the demo and the CLI all run the same object; ports given as 0 are bound to free
 ports, readable afterwards (``grpc_port``, ``health_port``, ``metrics_port``). It wires:
 
-* the ext_proc gRPC server (plaintext, or TLS with ``secure_serving``);
-* a separate gRPC health server (``grpc.health.v1``), SERVING only while ready;
+* the ext_proc gRPC server (plaintext, or TLS with ``secure_serving``: then the gRPC
+  server listens on a private Unix socket behind :class:`~picker.tlsfront.TlsFront`,
+  which accepts clients without ALPN, as Envoy's health checker is), which also
+  serves ``grpc.health.v1`` (upstream's Envoy config health-checks the ext_proc port);
+* a separate gRPC health server (``grpc.health.v1``) on the health port: the same
+  statuses, from the same servicer;
 * the ops HTTP server (``/metrics``, ``/healthz``, ``/readyz``);
 * the pool view fed by NATS (or fed in-process when ``config.nats`` is None);
 * the InferenceModel source (none, YAML files, or Kubernetes).
 
 Ready means: the view has bootstrapped (every endpoint's last value consumed) and the
-configuration has loaded once. ``stop()`` is graceful: health goes NOT_SERVING, no new
-streams are accepted, in-flight streams get ``grace_period`` to finish, and whatever is
-still in flight after that is released from the accounting.
+configuration has loaded once. Health services ``""``, ``readiness`` and
+``envoy.service.ext_proc.v3.ExternalProcessor`` are SERVING exactly while ready;
+``liveness`` is SERVING from start to stop (a picker waiting for NATS is alive).
+
+``stop()`` is graceful: health goes NOT_SERVING, no new streams are accepted, in-flight
+streams get ``grace_period`` to finish, and whatever is still in flight after that is
+released from the accounting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
 from typing import Any
 
 import grpc
@@ -36,6 +47,7 @@ from .extproc import ExtProcServicer
 from .hooks import EventSink
 from .metrics import PickerMetrics
 from .models import ModelTable
+from .protocol import EXT_PROC_SERVICE, HEALTH_LIVENESS, HEALTH_READINESS
 from .scheduling.api import Scheduler
 from .view import NatsFeed, PoolView
 
@@ -43,7 +55,8 @@ __all__ = ["Picker", "make_scheduler"]
 
 log = logging.getLogger(__name__)
 
-EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+# Services that follow readiness; liveness follows the process.
+_READY_SERVICES = ("", HEALTH_READINESS, EXT_PROC_SERVICE)
 
 
 def make_scheduler(profile: str, config_path: str | None = None) -> Scheduler:
@@ -79,8 +92,10 @@ class Picker:
             replica=cfg.replica_name,
             max_body_bytes=cfg.max_body_bytes,
             is_ready=self.is_ready,
+            conformance_hooks=cfg.conformance_test_hooks,
+            destination_header_list=cfg.destination_header_list,
         )
-        self.metrics.add_pool_collector(cfg.pool_name, self.view.stats, self._view_counters)
+        self.metrics.add_pool_collector(cfg.pool_name, self.view.stats, self._view_counters, self.view.list)
         if cfg.kube or cfg.kubeconfig or cfg.kube_host:
             self.source: Any = KubeSource(cfg, self._set_models)
         elif cfg.config_files:
@@ -104,6 +119,8 @@ class Picker:
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self._health_servicer: Any = None
+        self._tls_front: Any = None
+        self._socket_dir: str | None = None
         self._ops: OpsServer | None = None
         self._serving: bool | None = None
         self.grpc_port = cfg.grpc_port
@@ -127,6 +144,8 @@ class Picker:
         self.models = table
         if hasattr(self, "core"):
             self.core.models = table
+        names_of = getattr(table, "client_names", None)
+        self.metrics.set_known_models(names_of() if names_of is not None else table.by_model)
 
     def _view_counters(self) -> dict:
         return {
@@ -157,23 +176,33 @@ class Picker:
         ]
         server = grpc.aio.server(options=options)
         ep_grpc.add_ExternalProcessorServicer_to_server(self.servicer, server)
-        bind = f"{cfg.grpc_host}:{cfg.grpc_port}"
+        # One health servicer, on the ext_proc port and on the health port alike.
+        self._health_servicer = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
         if cfg.secure_serving:
-            from .tls import server_credentials
+            from .tls import key_pair
+            from .tlsfront import TlsFront, server_context
 
-            creds, self.certificate = server_credentials(cfg.cert_file, cfg.key_file)
-            self.grpc_port = server.add_secure_port(bind, creds)
+            self.certificate, key = key_pair(cfg.cert_file, cfg.key_file)
+            self._socket_dir = tempfile.mkdtemp(prefix="infergate-picker-")
+            backend = os.path.join(self._socket_dir, "extproc.sock")
+            server.add_insecure_port(f"unix:{backend}")
+            await server.start()
+            self._server = server
+            front = TlsFront(server_context(self.certificate, key), backend)
+            self._tls_front = await front.start(cfg.grpc_host, cfg.grpc_port)
+            self.grpc_port = front.port
         else:
-            self.grpc_port = server.add_insecure_port(bind)
-        await server.start()
-        self._server = server
+            self.grpc_port = server.add_insecure_port(f"{cfg.grpc_host}:{cfg.grpc_port}")
+            await server.start()
+            self._server = server
 
         hs = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        self._health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, hs)
         self.health_port = hs.add_insecure_port(f"{cfg.grpc_host}:{cfg.grpc_health_port}")
         await hs.start()
         self._health_server = hs
+        await self._health_servicer.set(HEALTH_LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._set_serving(False)
 
         self._ops = OpsServer(cfg.metrics_host, cfg.metrics_port, self.registry, self.health)
@@ -232,7 +261,7 @@ class Picker:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", EXT_PROC_SERVICE):
+        for name in _READY_SERVICES:
             await self._health_servicer.set(name, status)
         log.info("health status", extra={"serving": serving})
 
@@ -253,8 +282,14 @@ class Picker:
         self._stop.set()
         grace = self.config.grace_period if grace is None else grace
         await self._set_serving(False)
+        if self._health_servicer is not None:
+            await self._health_servicer.set(HEALTH_LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._tls_front is not None:
+            await self._tls_front.stop()  # no new TLS connections; open ones drain below
         if self._server is not None:
             await self._server.stop(grace)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
         self.core.close_all(499)
         if self.sharing is not None:
             try:

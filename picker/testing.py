@@ -19,6 +19,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from shared.schemas import EndpointSnapshot, now
 
+from .protocol import DESTINATION_SERVED, DESTINATION_SUBSET, LB_NAMESPACE, SUBSET_NAMESPACE
+
 __all__ = ["EnvoyStream", "headers_of", "snapshot"]
 
 Mode = processing_mode_pb2.ProcessingMode
@@ -105,8 +107,8 @@ class EnvoyStream:
             request_headers=ep.HttpHeaders(headers=_headers(items), end_of_stream=end_of_stream)
         )
         if subset is not None:
-            st = req.metadata_context.filter_metadata["envoy.lb.subset_hint"]
-            lv = st.fields["x-gateway-destination-endpoint-subset"].list_value
+            st = req.metadata_context.filter_metadata[SUBSET_NAMESPACE]
+            lv = st.fields[DESTINATION_SUBSET].list_value
             for a in subset:
                 lv.values.add().string_value = a
         self._send(req)
@@ -120,13 +122,17 @@ class EnvoyStream:
         content_type: str = "application/json",
         end_of_stream: bool = False,
         extra: dict[str, str] | None = None,
+        served: str | None = None,
     ) -> None:
+        """``served``: the gateway's ``envoy.lb`` / ``x-gateway-destination-endpoint-served`` metadata."""
         items = [(":status", str(status)), ("content-type", content_type), *(extra or {}).items()]
-        self._send(
-            ep.ProcessingRequest(
-                response_headers=ep.HttpHeaders(headers=_headers(items), end_of_stream=end_of_stream)
-            )
+        req = ep.ProcessingRequest(
+            response_headers=ep.HttpHeaders(headers=_headers(items), end_of_stream=end_of_stream)
         )
+        if served is not None:
+            lb = req.metadata_context.filter_metadata[LB_NAMESPACE]
+            lb.fields[DESTINATION_SERVED].string_value = served
+        self._send(req)
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> None:
         self._send(ep.ProcessingRequest(response_body=ep.HttpBody(body=chunk, end_of_stream=end_of_stream)))

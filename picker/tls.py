@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["self_signed", "server_credentials"]
+__all__ = ["key_pair", "self_signed", "server_credentials"]
 
 
 def self_signed(common_name: str | None = None, days: int = 365) -> tuple[bytes, bytes]:
@@ -44,13 +44,18 @@ def self_signed(common_name: str | None = None, days: int = 365) -> tuple[bytes,
     )
 
 
-def server_credentials(cert_file: str | None, key_file: str | None) -> tuple[grpc.ServerCredentials, bytes]:
-    """Credentials from files, or self-signed when none are given; also returns the cert PEM."""
+def key_pair(cert_file: str | None, key_file: str | None) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) from files, or self-signed when none are given."""
     if cert_file and key_file:
         with open(cert_file, "rb") as f:
             cert = f.read()
         with open(key_file, "rb") as f:
             key = f.read()
-    else:
-        cert, key = self_signed()
+        return cert, key
+    return self_signed()
+
+
+def server_credentials(cert_file: str | None, key_file: str | None) -> tuple[grpc.ServerCredentials, bytes]:
+    """Credentials from files, or self-signed when none are given; also returns the cert PEM."""
+    cert, key = key_pair(cert_file, key_file)
     return grpc.ssl_server_credentials([(key, cert)]), cert

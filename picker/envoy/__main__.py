@@ -131,6 +131,12 @@ def build_parser() -> EnvArgumentParser:
         default=_DEFAULTS.access_log,
         help="one JSON access-log line per request on Envoy's stdout",
     )
+    p.add_argument(
+        "--inference-paths",
+        nargs="+",
+        default=list(_DEFAULTS.inference_paths),
+        help="the only paths served (exact); every other path is a 404 from Envoy",
+    )
     p.add_argument("--format", choices=["json", "yaml"], default="yaml")
     p.add_argument("--output", default="-", help="file to write, - for stdout")
     p.add_argument(
@@ -169,6 +175,7 @@ def options_from_args(args: argparse.Namespace) -> BootstrapOptions:
         health_check_interval_s=args.health_check_interval,
         served_header=args.served_header,
         access_log=args.access_log,
+        inference_paths=tuple(args.inference_paths),
     )
 
 

@@ -1,4 +1,4 @@
-"""The HTTP filter chain: cap the body, ask the picker, split its list, route.
+"""The HTTP filter chain: cap the body, ask the picker, split its endpoint list, route.
 
 Before the chain, ``strip_headers`` (an HCM early header mutation, which runs before
 route selection) removes client-sent ``x-gateway-destination-endpoint`` and the
@@ -10,9 +10,13 @@ Order matters and each step has one job:
 
 1. ``buffer`` (when ``max_request_bytes`` > 0) answers 413 for an oversized body before
    the picker spends work on it, and keeps the body so a fallback retry can replay it.
-2. ``ext_proc`` talks to the picker.
-3. ``lua`` splits the picker's ``ip:port,ip:port`` list into one header per attempt
-   (see clusters.py for why ORIGINAL_DST needs that).
+2. ``ext_proc`` talks to the picker, and accepts the ``envoy.lb`` dynamic metadata it
+   sends (``metadata_options.receiving_namespaces``): the picker's ordered list
+   ``choice,fallback1,...``. The ``x-gateway-destination-endpoint`` header carries the
+   choice only, as upstream's protocol says.
+3. ``lua`` splits that list (from the metadata; from the header when the metadata is
+   absent, e.g. a picker run with ``--destination-header-list``) into one header per
+   attempt (see clusters.py for why ORIGINAL_DST needs that).
 4. ``router``.
 """
 
@@ -28,6 +32,8 @@ from envoy_data_plane.envoy.config.core.v3 import (
 from envoy_data_plane.envoy.extensions.filters.http.buffer.v3 import Buffer
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     ExternalProcessor,
+    MetadataOptions,
+    MetadataOptionsMetadataNamespaces,
     ProcessingMode,
     ProcessingModeBodySendMode,
     ProcessingModeHeaderSendMode,
@@ -45,6 +51,7 @@ from picker.envoy.clusters import PICKER_CLUSTER, attempt_header, seconds
 from picker.envoy.options import (
     ATTEMPT_HEADER_PREFIX,
     DESTINATION_HEADER,
+    LB_NAMESPACE,
     BootstrapOptions,
     FailureMode,
     Mode,
@@ -58,9 +65,18 @@ _SKIP = ProcessingModeHeaderSendMode.SKIP
 _SPLIT_LUA = """\
 -- Split the picker's "ip:port,ip:port,..." into one header per attempt, because an
 -- ORIGINAL_DST cluster parses exactly one address. Attempt i reads {prefix}i.
+-- The list comes from the ext_proc dynamic metadata {namespace}/{destination}; the
+-- header (the choice alone, or the list with --destination-header-list) is the fallback.
 function envoy_on_request(handle)
   local headers = handle:headers()
-  local list = headers:get("{destination}")
+  local list = nil
+  local lb = handle:streamInfo():dynamicMetadata():get("{namespace}")
+  if lb ~= nil then
+    list = lb["{destination}"]
+  end
+  if list == nil then
+    list = headers:get("{destination}")
+  end
   if list == nil then
     return
   end
@@ -118,6 +134,11 @@ def ext_proc_filter(opts: BootstrapOptions) -> HttpFilter:
         message_timeout=seconds(opts.message_timeout_s),
         max_message_timeout=seconds(max(opts.message_timeout_s, 60.0)),
         status_on_error=HttpStatus(code=StatusCode.ServiceUnavailable),
+        # Keep the picker's envoy.lb metadata (the endpoint list): Envoy drops namespaces
+        # that are not listed here.
+        metadata_options=MetadataOptions(
+            receiving_namespaces=MetadataOptionsMetadataNamespaces(untyped=[LB_NAMESPACE])
+        ),
     )
     return _filter(EXT_PROC_FILTER, config)
 
@@ -125,6 +146,7 @@ def ext_proc_filter(opts: BootstrapOptions) -> HttpFilter:
 def split_filter(opts: BootstrapOptions) -> HttpFilter:
     source = (
         _SPLIT_LUA.replace("{destination}", DESTINATION_HEADER)
+        .replace("{namespace}", LB_NAMESPACE)
         .replace("{prefix}", ATTEMPT_HEADER_PREFIX)
         .replace("{attempts}", str(opts.max_endpoint_attempts))
     )

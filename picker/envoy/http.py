@@ -2,12 +2,18 @@
 
 Routing on the destination header is what makes FailOpen work: before the picker
 answers, and whenever it never answers, the request has no ``x-gateway-destination-endpoint``
-header and matches the catch-all route; once the picker sets the header with
+header and matches the ``unpicked`` route; once the picker sets the header with
 ``clear_route_cache: true`` Envoy re-matches and picks the ``picked`` route, whose
-cluster walks the picker's list. In FailClose the catch-all is a 503.
+cluster walks the picker's list. In FailClose ``unpicked`` is a 503.
+
+Only the inference API paths (``BootstrapOptions.inference_paths``) match those routes;
+every other path falls to ``not_found``, a 404 from Envoy itself with the picker switched
+off for it, so no client reaches a model server's admin endpoints through the gateway.
 """
 
 from __future__ import annotations
+
+import re
 
 from envoy_data_plane.envoy.config.accesslog.v3 import (
     AccessLog,
@@ -40,6 +46,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
 )
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import ExtProcPerRoute
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
@@ -47,10 +54,11 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     ResponseMapper,
 )
 from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
+from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher
 from envoy_data_plane.google.protobuf import Any, Struct
 
 from picker.envoy.clusters import MODEL_SERVERS_CLUSTER, POOL_CLUSTER, seconds
-from picker.envoy.filters import http_filters, strip_headers
+from picker.envoy.filters import EXT_PROC_FILTER, http_filters, strip_headers
 from picker.envoy.options import DESTINATION_HEADER, SERVED_HEADER, BootstrapOptions, FailureMode, Mode
 from shared.errors import error_dict
 
@@ -60,6 +68,7 @@ RETRY_ON = "connect-failure,refused-stream,reset"
 
 PICKER_DOWN_MESSAGE = "the endpoint picker is unavailable, so no model server was chosen for this request"
 NO_DESTINATION_MESSAGE = "the endpoint picker did not choose a model server for this request"
+NOT_FOUND_MESSAGE = "not found: this gateway serves the inference API only"
 
 # Statuses Envoy itself may answer with; each gets an OpenAI-style error of the right type.
 _LOCAL_STATUSES = (400, 404, 408, 413, 429, 431, 500, 502, 503, 504)
@@ -113,12 +122,28 @@ def _body_limit(opts: BootstrapOptions) -> int | None:
     return opts.max_request_bytes or None
 
 
+def _inference_match(opts: BootstrapOptions, headers: list[HeaderMatcher] | None = None) -> RouteMatch:
+    """The inference API paths, exactly (Envoy matches the path without its query string)."""
+    alternatives = "|".join(re.escape(p) for p in sorted(set(opts.inference_paths)))
+    return RouteMatch(safe_regex=RegexMatcher(regex=f"^({alternatives})$"), headers=headers or [])
+
+
+def _not_found() -> Route:
+    """Every other path: a 404 from Envoy, without consulting the picker."""
+    return Route(
+        name="not_found",
+        match=RouteMatch(prefix="/"),
+        direct_response=DirectResponseAction(status=404, body=DataSource(inline_string=NOT_FOUND_MESSAGE)),
+        typed_per_filter_config={EXT_PROC_FILTER: Any.pack(ExtProcPerRoute(disabled=True))},
+    )
+
+
 def _pool_route(opts: BootstrapOptions, name: str) -> Route:
     """Round robin over the pool; a refused connection is retried on another server."""
     retries = max(0, min(opts.max_endpoint_attempts, len(opts.pool_endpoints)) - 1)
     return Route(
         name=name,
-        match=RouteMatch(prefix="/"),
+        match=_inference_match(opts),
         route=_forward(opts, POOL_CLUSTER, _retry_policy(retries, other_hosts=True)),
         response_headers_to_add=_served_header(opts),
         request_body_buffer_limit=_body_limit(opts),
@@ -127,10 +152,10 @@ def _pool_route(opts: BootstrapOptions, name: str) -> Route:
 
 def routes(opts: BootstrapOptions) -> list[Route]:
     if opts.mode is Mode.ROUND_ROBIN:
-        return [_pool_route(opts, "round_robin")]
+        return [_pool_route(opts, "round_robin"), _not_found()]
     picked = Route(
         name="picked",
-        match=RouteMatch(prefix="/", headers=[HeaderMatcher(name=DESTINATION_HEADER, present_match=True)]),
+        match=_inference_match(opts, [HeaderMatcher(name=DESTINATION_HEADER, present_match=True)]),
         route=_forward(
             opts, MODEL_SERVERS_CLUSTER, _retry_policy(opts.max_endpoint_attempts - 1, other_hosts=False)
         ),
@@ -138,15 +163,15 @@ def routes(opts: BootstrapOptions) -> list[Route]:
         request_body_buffer_limit=_body_limit(opts),
     )
     if opts.failure_mode is FailureMode.FAIL_OPEN:
-        return [picked, _pool_route(opts, "unpicked_round_robin")]
+        return [picked, _pool_route(opts, "unpicked_round_robin"), _not_found()]
     unpicked = Route(
         name="unpicked_unavailable",
-        match=RouteMatch(prefix="/"),
+        match=_inference_match(opts),
         direct_response=DirectResponseAction(
             status=503, body=DataSource(inline_string=NO_DESTINATION_MESSAGE)
         ),
     )
-    return [picked, unpicked]
+    return [picked, unpicked, _not_found()]
 
 
 def _error_format(status: int, message: str = "%LOCAL_REPLY_BODY%") -> SubstitutionFormatString:

@@ -11,11 +11,23 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-SERVED_HEADER = "x-gateway-destination-endpoint-served"
-# One header per attempt, written by the split filter (see filters.py) because an
-# ORIGINAL_DST cluster parses a single address and rejects a comma-separated list.
-ATTEMPT_HEADER_PREFIX = "x-infergate-endpoint-"
+from picker.protocol import ATTEMPT_HEADER_PREFIX, INFERENCE_PATHS, LB_NAMESPACE
+from picker.protocol import DESTINATION as DESTINATION_HEADER
+from picker.protocol import DESTINATION_SERVED as SERVED_HEADER
+
+__all__ = [
+    "ATTEMPT_HEADER_PREFIX",
+    "DESTINATION_HEADER",
+    "INFERENCE_PATHS",
+    "LB_NAMESPACE",
+    "SERVED_HEADER",
+    "BootstrapOptions",
+    "FailureMode",
+    "HostPort",
+    "Mode",
+    "RequestBodyMode",
+    "ResponseBodyMode",
+]
 
 
 class Mode(enum.StrEnum):
@@ -111,6 +123,9 @@ class BootstrapOptions:
     served_header: bool = True
     # One JSON line per request on Envoy's stdout (upstream host, flags, timings).
     access_log: bool = False
+    # The only paths served (exact, query string aside); everything else is a 404 from
+    # Envoy, so no client reaches a model server's admin API (/v1/load_lora_adapter, /metrics).
+    inference_paths: tuple[str, ...] = INFERENCE_PATHS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -126,6 +141,7 @@ class BootstrapOptions:
         object.__setattr__(self, "response_body_mode", ResponseBodyMode(self.response_body_mode))
         object.__setattr__(self, "pickers", _hostports(self.pickers))
         object.__setattr__(self, "pool_endpoints", _hostports(self.pool_endpoints))
+        object.__setattr__(self, "inference_paths", tuple(self.inference_paths))
         self.validate()
 
     def validate(self) -> None:
@@ -154,6 +170,8 @@ class BootstrapOptions:
             raise ValueError("max_endpoint_attempts must be at least 1")
         if self.max_request_bytes < 0:
             raise ValueError("max_request_bytes must be >= 0 (0 = unlimited)")
+        if not self.inference_paths or not all(p.startswith("/") for p in self.inference_paths):
+            raise ValueError("inference_paths must be absolute paths, at least one")
 
     @property
     def uses_pool_cluster(self) -> bool:

@@ -31,6 +31,10 @@ class RequestInfo:
     expected_output_tokens: int = 0  # max_tokens when given, else 0 (unknown)
     # Restriction from the subset hint or the conformance header: None means every endpoint.
     candidates: frozenset[str] | None = None
+    # The flow the request belongs to (x-llm-d-/x-gateway-inference-fairness-id), for flow
+    # control; "" when the client named none. Priority: the InferenceObjective's (0 = unset).
+    fairness_id: str = ""
+    priority: int = 0
 
 
 @dataclass(slots=True)

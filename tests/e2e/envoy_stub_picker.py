@@ -1,10 +1,13 @@
 """A minimal Endpoint Picker for testing the Envoy bootstrap, not the real picker.
 
 It speaks just enough ext_proc to prove the routing: it names the destination list it
-is told to (``stub.destination``), answering the request headers after the body in
-FULL_DUPLEX_STREAMED mode (as the protocol says) or on the buffered body in BUFFERED
-mode, and passes response bodies through. grpc.health.v1 is served on its own port so
-Envoy's health check of the picker cluster can be exercised.
+is told to (``stub.destination``) as the protocol says, the choice alone in the
+``x-gateway-destination-endpoint`` header and the whole list in the ``envoy.lb``
+metadata (``header_list=True``: the list in the header and no metadata), answering the
+request headers after the body in FULL_DUPLEX_STREAMED mode (as the protocol says) or
+on the buffered body in BUFFERED mode, and passes response bodies through.
+grpc.health.v1 is served on its own port so Envoy's health check of the picker cluster
+can be exercised.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-DESTINATION = "x-gateway-destination-endpoint"
+from picker.protocol import DESTINATION, LB_NAMESPACE
 
 
 def _headers_mutation(destination: str, content_length: int | None) -> pb.HeaderMutation:
@@ -40,7 +43,7 @@ def _headers_mutation(destination: str, content_length: int | None) -> pb.Header
 
 def _metadata(destination: str) -> struct_pb2.Struct:
     md = struct_pb2.Struct()
-    md.update({"envoy.lb": {DESTINATION: destination}})
+    md.update({LB_NAMESPACE: {DESTINATION: destination}})
     return md
 
 
@@ -57,8 +60,16 @@ def _immediate(status: int, body: bytes) -> pb.ImmediateResponse:
 
 
 class StubPicker(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, destination: str = "", *, full_duplex: bool = True, response_full_duplex: bool = True):
+    def __init__(
+        self,
+        destination: str = "",
+        *,
+        full_duplex: bool = True,
+        response_full_duplex: bool = True,
+        header_list: bool = False,
+    ):
         self.destination = destination
+        self.header_list = header_list
         self.full_duplex = full_duplex
         self.response_full_duplex = response_full_duplex
         # When set, every request is refused with this (status, JSON body), as the real
@@ -73,9 +84,13 @@ class StubPicker(pb_grpc.ExternalProcessorServicer):
 
     def _pick(self, body: bytes, content_length: int | None) -> pb.CommonResponse:
         self.bodies.append(body)
+        header = self.destination if self.header_list else self.destination.split(",", 1)[0].strip()
         return pb.CommonResponse(
-            header_mutation=_headers_mutation(self.destination, content_length), clear_route_cache=True
+            header_mutation=_headers_mutation(header, content_length), clear_route_cache=True
         )
+
+    def _md(self) -> struct_pb2.Struct | None:
+        return None if self.header_list else _metadata(self.destination)
 
     async def Process(  # the gRPC method's name
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
@@ -92,7 +107,7 @@ class StubPicker(pb_grpc.ExternalProcessorServicer):
                 if req.request_headers.end_of_stream:
                     yield pb.ProcessingResponse(
                         request_headers=pb.HeadersResponse(response=self._pick(b"", None)),
-                        dynamic_metadata=_metadata(self.destination),
+                        dynamic_metadata=self._md(),
                     )
                 elif not self.full_duplex:
                     yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
@@ -103,7 +118,7 @@ class StubPicker(pb_grpc.ExternalProcessorServicer):
                 if self.full_duplex:
                     yield pb.ProcessingResponse(
                         request_headers=pb.HeadersResponse(response=self._pick(body, len(body))),
-                        dynamic_metadata=_metadata(self.destination),
+                        dynamic_metadata=self._md(),
                     )
                     yield pb.ProcessingResponse(
                         request_body=pb.BodyResponse(
@@ -117,7 +132,7 @@ class StubPicker(pb_grpc.ExternalProcessorServicer):
                 else:
                     yield pb.ProcessingResponse(
                         request_body=pb.BodyResponse(response=self._pick(body, None)),
-                        dynamic_metadata=_metadata(self.destination),
+                        dynamic_metadata=self._md(),
                     )
             elif kind == "request_trailers":
                 yield pb.ProcessingResponse(request_trailers=pb.TrailersResponse())

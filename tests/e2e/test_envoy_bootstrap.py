@@ -104,10 +104,10 @@ def _dead_address() -> str:
 
 
 async def _post(
-    http: aiohttp.ClientSession, port: int, body: object = None, **kw: object
+    http: aiohttp.ClientSession, port: int, body: object = None, path: str = "/v1/completions", **kw: object
 ) -> tuple[int, dict, str]:
     payload = body if body is not None else {"model": "m", "prompt": "hello"}
-    async with http.post(f"http://127.0.0.1:{port}/v1/completions", json=payload, **kw) as resp:
+    async with http.post(f"http://127.0.0.1:{port}{path}", json=payload, **kw) as resp:
         return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.text()
 
 
@@ -243,6 +243,9 @@ async def test_round_robin_alternates_between_upstreams(
         assert Counter(served) == {"a": 3, "b": 3}
         assert all(x != y for x, y in itertools.pairwise(served)), served
         assert (await envoy.stats("cluster.infergate_pool."))["cluster.infergate_pool.upstream_rq_total"] == 6
+        # The baseline exposes the inference API only, too.
+        status, _, text = await _post(http, opts.listen_port, path="/v1/unload_lora_adapter")
+        assert status == 404, text
 
         # Envoy's own errors come back as OpenAI-style JSON too.
         status, headers, text = await _post(http, opts.listen_port, {"prompt": "x" * 100_000})
@@ -290,6 +293,24 @@ async def test_picker_full_duplex_routes_to_named_endpoint_and_walks_fallbacks(
             # The retry replays the whole body, not only its first chunk.
             status, _, text = await _post(http, opts.listen_port, big)
             assert (status, json.loads(text)) == (200, {"server": "a", "bytes": len(json.dumps(big))})
+
+            # A picker that puts the whole list in the header (--destination-header-list)
+            # and sends no metadata: the walk reads the header instead.
+            stub.header_list = True
+            stub.destination = f"{_dead_address()},{b.address}"
+            status, headers, text = await _post(http, opts.listen_port)
+            assert (status, _server(text), headers[SERVED]) == (200, "b", b.address)
+            stub.header_list = False
+
+            # Only the inference API goes through; the picker is not even asked for the rest.
+            streams = stub.streams
+            for path in ("/metrics", "/v1/load_lora_adapter", "/v1/completions/../../metrics", "/"):
+                async with http.post(f"http://127.0.0.1:{opts.listen_port}{path}", json={}) as resp:
+                    assert resp.status == 404, path
+                    assert (await resp.json())["error"]["type"] == "NotFoundError"
+            assert stub.streams == streams
+            status, _, text = await _post(http, opts.listen_port, path="/v1/completions?x=1")
+            assert status == 200
 
             # Every named endpoint dead: an OpenAI-style 503, not a hang.
             stub.destination = _dead_address()

@@ -23,7 +23,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack() -> AsyncIterator[Stack]:
-    async with Stack(StackConfig(pickers=2, autoscaler=False, round_robin_envoy=False)) as s:
+    # The tests pin requests to pods with test-epp-endpoint-selection: conformance hooks on.
+    hooks = ("--conformance-test-hooks",)
+    async with Stack(
+        StackConfig(pickers=2, autoscaler=False, round_robin_envoy=False, picker_args=hooks)
+    ) as s:
         yield s
 
 
@@ -151,14 +155,49 @@ async def test_conformance_selection_header_is_honoured(stack: Stack) -> None:
         for _ in range(3):
             r = await post(stack.gateway_url, completion(), headers={SELECT: pod.address})
             assert r.status == 200 and r.served == pod.address, (pod.plan.name, str(r))
+            assert r.headers["x-conformance-test-served-endpoint"] == pod.address
     nothing = await post(stack.gateway_url, completion(), headers={SELECT: "127.0.0.2:1"})
     assert_openai_error(nothing, 503)
+    assert nothing.headers["x-llm-d-request-dropped-reason"] == "rejected-no-endpoints"
 
 
 async def test_unknown_model_is_404(stack: Stack) -> None:
     r = await post(stack.gateway_url, completion("no-such-model"))
     assert_openai_error(r, 404)
     assert not r.served
+    assert r.headers["x-llm-d-request-dropped-reason"] == "rejected-unknown-model"
+
+
+async def test_gateway_models_list_is_the_pickers_view(stack: Stack) -> None:
+    """GET /v1/models: the client-facing names, then the base model and the adapters pods serve."""
+    async with aiohttp.ClientSession() as session:
+        bodies = []
+        for _ in range(4):  # both picker replicas, the same answer
+            async with session.get(stack.gateway_url + "/v1/models") as resp:
+                assert resp.status == 200
+                bodies.append(await resp.json())
+    assert all(b == bodies[0] for b in bodies)
+    ids = [m["id"] for m in bodies[0]["data"]]
+    assert ids[:4] == sorted(["batch", "chat", "summarize", BASE_MODEL])
+    assert {"chat-lora-v1", "chat-lora-v2", "summarize-lora"} <= set(ids)
+    assert len(ids) == len(set(ids))
+
+
+async def test_admin_paths_are_not_reachable_through_the_gateway(stack: Stack) -> None:
+    holder = stack.pod("vllm-2")  # the only pod with summarize-lora
+    async with aiohttp.ClientSession() as session:
+        for method, path, body in (
+            ("POST", "/v1/unload_lora_adapter", {"lora_name": "summarize-lora"}),
+            ("POST", "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/x"}),
+            ("GET", "/metrics", None),
+            ("GET", "/health", None),
+            ("POST", "/reset_prefix_cache", None),
+        ):
+            async with session.request(method, stack.gateway_url + path, json=body) as resp:
+                assert resp.status == 404, path
+                assert (await resp.json())["error"]["code"] == 404
+    served = await post(stack.gateway_url, completion("summarize"))
+    assert served.status == 200 and served.served == holder.address, str(served)
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,11 @@ STALE = "infergate_picker_view_stale_endpoints"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack() -> AsyncIterator[Stack]:
-    async with Stack(StackConfig(pickers=2, autoscaler=False, round_robin_envoy=False)) as s:
+    # The tests pin requests to pods with test-epp-endpoint-selection: conformance hooks on.
+    hooks = ("--conformance-test-hooks",)
+    async with Stack(
+        StackConfig(pickers=2, autoscaler=False, round_robin_envoy=False, picker_args=hooks)
+    ) as s:
         yield s
 
 

@@ -32,6 +32,8 @@ async def stack() -> AsyncIterator[Stack]:
         autoscaler=False,
         round_robin_envoy=False,
         sim_args=("--kv-capacity-tokens", "2048"),
+        # The tests pin requests to pods with test-epp-endpoint-selection: conformance hooks on.
+        picker_args=("--conformance-test-hooks",),
     )
     async with Stack(config) as s:
         yield s

@@ -180,22 +180,38 @@ async def test_large_body_reaches_the_model_server_intact(stack):
 
 
 async def test_conformance_header_and_errors_through_envoy(stack):
-    http = stack["http"]
+    http, p = stack["http"], stack["picker"]
     b_addr = stack["b"][0]
-    async with http.post(
-        stack["url"] + "/v1/chat/completions",
-        json=chat(),
-        headers={"test-epp-endpoint-selection": b_addr.split(":")[0] + ":" + b_addr.split(":")[1]},
-    ) as r:
-        assert (await r.json())["server"] == "b"
+    pin = {"test-epp-endpoint-selection": b_addr}
+    # Off by default: the test header pins nothing, and no served endpoint is echoed.
+    async with http.post(stack["url"] + "/v1/chat/completions", json=chat(), headers=pin) as r:
+        assert (await r.json())["server"] == "a"
+        assert "x-conformance-test-served-endpoint" not in r.headers
+    p.core.conformance_hooks = True  # --conformance-test-hooks
+    try:
+        async with http.post(stack["url"] + "/v1/chat/completions", json=chat(), headers=pin) as r:
+            assert (await r.json())["server"] == "b"
+            # The gateway's word for who served (this Envoy reports it in a response header).
+            assert r.headers["x-conformance-test-served-endpoint"] == b_addr
+    finally:
+        p.core.conformance_hooks = False
     async with http.post(stack["url"] + "/v1/chat/completions", json=chat("nope")) as r:
         assert r.status == 404
         assert (await r.json())["error"]["type"] == "NotFoundError"
+        assert r.headers["x-llm-d-request-dropped-reason"] == "rejected-unknown-model"
     async with http.post(
         stack["url"] + "/v1/chat/completions", data=b"{oops", headers={"content-type": "application/json"}
     ) as r:
         assert r.status == 400
         assert (await r.json())["error"]["code"] == 400
+        assert r.headers["x-llm-d-request-dropped-reason"] == "rejected-bad-request"
+    # The gateway's own model list, from the picker's view (not one pod's answer).
     async with http.get(stack["url"] + "/v1/models") as r:
-        assert r.status == 200 and (await r.json())["server"] == "a"
+        assert r.status == 200
+        assert [m["id"] for m in (await r.json())["data"]] == ["chat", "base"]
+    # Nothing but the inference API goes through: no pod's /metrics or admin endpoints.
+    for method, path in (("GET", "/metrics"), ("POST", "/v1/unload_lora_adapter"), ("GET", "/health")):
+        async with http.request(method, stack["url"] + path, json={"lora_name": "x"}) as r:
+            assert r.status == 404, path
+            assert (await r.json())["error"]["code"] == 404
     await wait_until(lambda: not stack["picker"].core.inflight, 5)

@@ -273,6 +273,7 @@ async def test_cli_subprocess_serves_and_exits_on_sigterm(nats_server, tmp_path)
 async def test_with_the_real_default_scheduler():
     p = Picker(local_cfg())  # picker.scheduling.build_scheduler("default")
     assert type(p.scheduler).__name__ != "LeastLoadScheduler"
+    p.core.conformance_hooks = True  # the test pins requests with test-epp-endpoint-selection
     async with p:
         for i in range(1, 4):
             p.view.apply(snapshot(f"10.0.0.{i}:8000", pool="pool", kv_capacity_tokens=119_408))
