@@ -156,7 +156,8 @@ class EventBatcher:
         self.drop_stale()
         buf = self._buf
         if not buf:
-            if heartbeat and self.clock() - self.last_publish >= self.heartbeat_interval:
+            # the same comparison as due(): a heartbeat is due exactly when due() says so
+            if heartbeat and self.clock() >= self.last_publish + self.heartbeat_interval:
                 return [(EventBatch(replica=self.replica, events=[], ts=self.clock()), 0)]
             return []
         out: list[tuple[Message, int]] = []
