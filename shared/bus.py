@@ -147,8 +147,8 @@ class MemoryBus:
     """A :class:`Bus` in one process: the stream semantics of NATS + JetStream, a delay model.
 
     Every publish is stored at once (the last value per endpoint subject; the history of
-    event subjects for ``event_max_age_s``, by ``clock``) and delivered to the matching
-    subscriptions ``delay`` seconds later (a number, or a function of the subject), in
+    event subjects for ``event_max_age_s``, by ``clock``) and delivered to the subscriptions
+    that match it at publish time (and still exist) ``delay`` seconds later (a number, or a function of the subject), in
     publish order for equal delays. ``call_later(delay, fn)`` schedules a delivery: the
     running asyncio loop's by default, a simulation's event heap in the DES. With no delay
     delivery is synchronous. :meth:`set_connected` simulates an outage for tests.
@@ -225,13 +225,17 @@ class MemoryBus:
             self._history.append((now, subject, data))
             while self._history and self._history[0][0] < now - self._event_max_age:
                 self._history.popleft()
+        # Like core NATS: delivered to the subscriptions that exist now (and still do then).
+        targets = [sub for sub in self._subs if subject_matches(sub.pattern, subject)]
+        if not targets:
+            return
         delay = self._delay(subject) if callable(self._delay) else self._delay
         if delay <= 0:
-            self._deliver(subject, data)
+            self._deliver(targets, subject, data)
         elif self._call_later is not None:
-            self._call_later(delay, lambda: self._deliver(subject, data))
+            self._call_later(delay, lambda: self._deliver(targets, subject, data))
         else:
-            asyncio.get_running_loop().call_later(delay, self._deliver, subject, data)
+            asyncio.get_running_loop().call_later(delay, self._deliver, targets, subject, data)
 
     def subscribe_nowait(self, subject: str, handler: Handler) -> _Sub:
         sub = _Sub(self, subject, handler)
@@ -257,9 +261,9 @@ class MemoryBus:
         if not self._connected:
             raise BusError("disconnected")
 
-    def _deliver(self, subject: str, data: bytes) -> None:
-        for sub in list(self._subs):
-            if subject_matches(sub.pattern, subject):
+    def _deliver(self, targets: list[_Sub], subject: str, data: bytes) -> None:
+        for sub in targets:
+            if sub in self._subs:
                 sub.handler(subject, data)
 
 
