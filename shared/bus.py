@@ -147,11 +147,12 @@ class MemoryBus:
     """A :class:`Bus` in one process: the stream semantics of NATS + JetStream, a delay model.
 
     Every publish is stored at once (the last value per endpoint subject; the history of
-    event subjects for ``event_max_age_s``, by ``clock``) and delivered to the subscriptions
-    that match it at publish time (and still exist) ``delay`` seconds later (a number, or a function of the subject), in
-    publish order for equal delays. ``call_later(delay, fn)`` schedules a delivery: the
-    running asyncio loop's by default, a simulation's event heap in the DES. With no delay
-    delivery is synchronous. :meth:`set_connected` simulates an outage for tests.
+    event subjects for ``event_max_age_s``, by ``clock``) and delivered ``delay`` seconds
+    later (a number, or a function of the subject) to the subscriptions that match it at
+    publish time and still exist then, in publish order for equal delays.
+    ``call_later(delay, fn)`` schedules a delivery: the running asyncio loop's by default,
+    a simulation's event heap in the DES. With no delay delivery is synchronous.
+    :meth:`set_connected` simulates an outage for tests.
 
     The ``*_nowait`` methods are the synchronous faces of the async interface, for code
     that runs without an event loop (the DES).
