@@ -31,6 +31,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 from shared.natsconn import StreamSettings
@@ -109,6 +110,7 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
+@lru_cache(maxsize=8192)  # few patterns x the subjects of one pool; bounded all the same
 def subject_matches(pattern: str, subject: str) -> bool:
     """NATS subject matching: ``*`` is one token, a trailing ``>`` one or more."""
     p, s = pattern.split("."), subject.split(".")
