@@ -9,15 +9,17 @@ the ``model_name`` label is the client-facing name declared by the InferenceMode
 
 Rules, each chosen so that the HPA never acts on a number it should not trust:
 
-* **Snapshots** are kept per endpoint (pod x port). A reordered one (same collector
-  epoch, lower ``seq``) is dropped; one older than ``staleness`` (by its collector
-  ``ts``) stops counting; a tombstone removes the endpoint, and a snapshot older than
-  the tombstone cannot resurrect it.
-* **In-flight** = assignments minus completions, idempotent by ``request_id`` (a replayed
-  or duplicated event counts once; a completion that overtakes its assignment cancels
-  it; completed ids are remembered for ``done_ttl``, longer than the event stream's 30 s
-  replay). Entries expire ``inflight_ttl`` after they were seen, so the requests of a picker
-  that died without publishing completions do not pin replicas up forever.
+* **Snapshots and events** follow :mod:`shared.feed`'s rulebook, the same the pickers
+  apply: per endpoint ``(namespace, pool, address)``, a reordered snapshot, a stale
+  epoch's or one older than a tombstone is dropped (:class:`~shared.feed.SnapshotOrder`);
+  per request ``(replica, request_id)``, a replayed or duplicated event counts once, a
+  completion that overtakes its assignment cancels it, and a later assignment under a
+  completed id is a new request (:class:`~shared.feed.EventLedger`; ids are remembered for
+  ``done_ttl``, longer than the event stream's 30 s replay). A snapshot older than
+  ``staleness`` (by its collector ``ts``) stops counting.
+* **In-flight** = applied assignments minus completions. Entries expire ``inflight_ttl``
+  after they were seen, so the requests of a picker that died without publishing
+  completions do not pin replicas up forever.
 * **Waiting** is the ``waiting`` of the ready, healthy pods serving the model. A pod that
   serves several models has one queue; it is split between them in proportion to the
   requests the pickers have in flight on that pod per model (the best available proxy
@@ -43,7 +45,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from shared.feed import EndpointKey, EventLedger, SnapshotOrder, endpoint_key, event_time, events_of
 from shared.schemas import Assignment, Completion, EndpointSnapshot, EventBatch, Tombstone
+from shared.subjects import Origin
 
 INFLIGHT = "infergate-inflight-requests"
 WAITING = "infergate-waiting-requests"
@@ -74,9 +78,6 @@ class Series(NamedTuple):
     labels: dict[str, str]
     value: float
     ts: float
-
-
-EndpointKey = tuple[str, str, str, str]  # namespace, pool, pod, address
 
 
 @dataclass(slots=True)
@@ -129,11 +130,10 @@ class Aggregator:
         self.done_ttl = max(done_ttl, window)
         self.clock = clock
         self._endpoints: dict[EndpointKey, EndpointSnapshot] = {}
-        self._tombstones: dict[EndpointKey, float] = {}
-        self._flights: dict[str, _Flight] = {}
-        self._done: dict[str, float] = {}  # request_id -> when its completion was seen
-        self._expiry: deque[tuple[float, str]] = deque()  # (seen, request_id) of assignments
-        self._done_expiry: deque[tuple[float, str]] = deque()  # (seen, request_id) of completions
+        self._order = SnapshotOrder()
+        self._ledger = EventLedger(self.done_ttl)
+        self._flights: dict[tuple[str, str], _Flight] = {}  # (replica, request_id) -> open request
+        self._expiry: deque[tuple[float, tuple[str, str]]] = deque()  # (seen, key) of assignments
         self._inflight: dict[ModelKey, int] = {}
         self._inflight_at: dict[str, dict[ModelKey, int]] = {}  # address -> per-model in flight
         self._windows: dict[ModelKey, _Window] = {}
@@ -152,23 +152,14 @@ class Aggregator:
     # ---- endpoint snapshots -------------------------------------------------------------
 
     def on_endpoint(self, msg: EndpointSnapshot | Tombstone, now: float | None = None) -> None:
-        key = (msg.namespace, msg.pool, msg.pod, msg.address)
+        now = self.clock() if now is None else now
+        if not self._order.admit(msg, now):
+            self.counters["reordered"] += 1
+            return
+        key = endpoint_key(msg)
         if isinstance(msg, Tombstone):
             self.counters["tombstones"] += 1
             self._endpoints.pop(key, None)
-            self._tombstones[key] = max(msg.ts, self._tombstones.get(key, 0.0))
-            return
-        gone = self._tombstones.get(key)
-        if gone is not None:
-            if msg.ts <= gone:
-                self.counters["reordered"] += 1
-                return
-            del self._tombstones[key]
-        old = self._endpoints.get(key)
-        if old is not None and (
-            (old.epoch == msg.epoch and msg.seq <= old.seq) or (old.epoch != msg.epoch and msg.ts < old.ts)
-        ):
-            self.counters["reordered"] += 1
             return
         self.counters["snapshots"] += 1
         self._endpoints[key] = msg
@@ -180,46 +171,46 @@ class Aggregator:
         msg: Assignment | Completion | EventBatch,
         now: float | None = None,
         *,
-        namespace: str = "",
-        pool: str = "",
+        origin: Origin | None = None,
     ) -> None:
-        """Apply one event or a batch; ``namespace``/``pool`` (from the subject) fill events without them."""
+        """Apply one event or a batch; ``origin`` (the parsed subject) fills what batched events omit."""
         now = self.clock() if now is None else now
-        events: Iterable[Assignment | Completion] = msg.events if isinstance(msg, EventBatch) else (msg,)
-        for ev in events:
+        for ev in events_of(msg, origin):
             if isinstance(ev, Assignment):
-                self._assign(ev, now, namespace, pool)
+                self._assign(ev, now)
             else:
-                self._complete(ev, now, namespace, pool)
+                self._complete(ev, now)
         self._expire(now)
 
-    def _assign(self, ev: Assignment, now: float, namespace: str, pool: str) -> None:
-        if ev.request_id in self._flights or ev.request_id in self._done:
-            self.counters["duplicates"] += 1
-            return
+    def _assign(self, ev: Assignment, now: float) -> None:
         target = ev.target_model or ev.model
         if not target:  # nothing to attribute it to
             return
+        if not self._ledger.assign(ev.replica, ev.request_id, event_time(ev, now)):
+            self.counters["duplicates"] += 1
+            return
         self.counters["assignments"] += 1
-        key = ModelKey(ev.namespace or namespace, ev.pool or pool, target)
+        rkey = (ev.replica, ev.request_id)
+        old = self._flights.pop(rkey, None)
+        if old is not None:  # the same id assigned again while open: the old request is over
+            self._release(old)
+        key = ModelKey(ev.namespace, ev.pool, target)
         if ev.model:
             self._names[key] = ev.model
-        self._flights[ev.request_id] = _Flight(key, ev.address, now)
-        self._expiry.append((now, ev.request_id))
+        self._flights[rkey] = _Flight(key, ev.address, now)
+        self._expiry.append((now, rkey))
         self._inflight[key] = self._inflight.get(key, 0) + 1
         at = self._inflight_at.setdefault(ev.address, {})
         at[key] = at.get(key, 0) + 1
         w = self._window(key)
         w.arrivals.append(w.place(ev.ts, now, self.window))
 
-    def _complete(self, ev: Completion, now: float, namespace: str, pool: str) -> None:
-        if ev.request_id in self._done:
+    def _complete(self, ev: Completion, now: float) -> None:
+        if not self._ledger.complete(ev.replica, ev.request_id, event_time(ev, now)):
             self.counters["duplicates"] += 1
             return
         self.counters["completions"] += 1
-        self._done[ev.request_id] = now
-        self._done_expiry.append((now, ev.request_id))
-        flight = self._flights.pop(ev.request_id, None)
+        flight = self._flights.pop((ev.replica, ev.request_id), None)
         if flight is not None:
             key = flight.key
             self._release(flight)
@@ -227,7 +218,7 @@ class Aggregator:
             target = ev.target_model or ev.model
             if not target:
                 return
-            key = ModelKey(ev.namespace or namespace, ev.pool or pool, target)
+            key = ModelKey(ev.namespace, ev.pool, target)
         w = self._window(key)
         t = w.place(ev.ts, now, self.window)
         if ev.output_tokens > 0:
@@ -248,13 +239,13 @@ class Aggregator:
                 del self._inflight_at[flight.address]
 
     def _expire(self, now: float) -> None:
-        cutoff = now - self.done_ttl
-        while self._done_expiry and self._done_expiry[0][0] < cutoff:
-            self._done.pop(self._done_expiry.popleft()[1], None)
+        self._ledger.expire(now)
         cutoff = now - self.inflight_ttl
         while self._expiry and self._expiry[0][0] < cutoff:
-            flight = self._flights.pop(self._expiry.popleft()[1], None)
-            if flight is not None:
+            seen, rkey = self._expiry.popleft()
+            flight = self._flights.get(rkey)
+            if flight is not None and flight.seen <= seen:
+                del self._flights[rkey]
                 self.counters["expired"] += 1
                 self._release(flight)
 
@@ -288,9 +279,9 @@ class Aggregator:
         limit = now - self.staleness
         for key in [k for k, snap in self._endpoints.items() if snap.ts < limit - 5 * self.staleness]:
             del self._endpoints[key]  # long silent (a collector that died without tombstones)
-        for key, ts in list(self._tombstones.items()):
-            if ts < limit:  # an older snapshot would be stale anyway: forget the tombstone
-                del self._tombstones[key]
+            self._order.forget(key)
+        # A snapshot older than a tombstone this old would be stale anyway: forget the marks.
+        self._order.forget_tombstones(limit)
 
     def series(self, now: float | None = None) -> list[Series]:
         """Every metric of every model with fresh input, computed now (cheap: O(endpoints + models))."""

@@ -1,4 +1,11 @@
-"""The autoscaler service in-process: NATS subscriptions, the HTTPS metrics API, the ops server.
+"""The autoscaler service in-process: bus feeds, the HTTPS metrics API, the ops server.
+
+The bus side is :mod:`shared.feed`'s, the same the pickers use: a
+:class:`~shared.feed.LastValueFeed` per endpoint subject (bootstrap from the stored last
+values, re-subscribed after every reconnect) and an :class:`~shared.feed.EventFeed` per
+event subject (live, plus the last ``window`` replayed at start and the gap after every
+reconnect), both feeding the :class:`~autoscaler.aggregate.Aggregator`. Ready once every
+feed has bootstrapped.
 
 ``Autoscaler(config)`` with ``await start()`` / ``await stop()`` is what ``__main__`` runs
 and what tests and the demo embed (port 0 = a free port, read back from ``.secure_port``).
@@ -7,7 +14,6 @@ and what tests and the demo embed (port 0 = a free port, read back from ``.secur
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import socket
 import ssl
@@ -17,9 +23,6 @@ from pathlib import Path
 
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client import CollectorRegistry
 
 from autoscaler.aggregate import Aggregator
@@ -29,11 +32,13 @@ from autoscaler.metrics import AutoscalerMetrics
 from autoscaler.models import ModelWatcher, names_from_files
 from autoscaler.tls import self_signed, server_context
 from shared import schemas
+from shared.feed import EventFeed, LastValueFeed, Source
 from shared.kube import api_client
-from shared.natsconn import NatsOptions, connect, ensure_streams
+from shared.natsbus import NatsBus
+from shared.natsconn import NatsOptions
 from shared.ops import Health, OpsServer
 from shared.service import Supervisor
-from shared.subjects import untoken
+from shared.subjects import Origin
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +80,14 @@ class Autoscaler:
         self.registry = CollectorRegistry()
         self.metrics = AutoscalerMetrics(self.registry, self.aggregator)
         self.health = Health()
-        self.health.add_check("nats", lambda: self._nc is not None and self._nc.is_connected)
-        self.health.add_check("subscribed", lambda: self._subscribed)
+        self.health.add_check("nats", lambda: self.bus is not None and self.bus.connected)
+        self.health.add_check("subscribed", self._subscribed)
         self.ops = OpsServer(config.ops_host, config.ops_port, self.registry, self.health)
         self.supervisor = Supervisor("autoscaler")
         self._endpoint_decoder = schemas.endpoint_decoder(lambda data, exc: self._bad("endpoints", exc))
         self._event_decoder = schemas.event_decoder(lambda data, exc: self._bad("events", exc))
-        self._nc: NATS | None = None
-        self._subs: list = []
-        self._subscribed = False
+        self.bus: NatsBus | None = None
+        self.feeds: list[LastValueFeed | EventFeed] = []
         self._runner: web.AppRunner | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._kube: ApiClient | None = None
@@ -96,38 +100,31 @@ class Autoscaler:
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Connect (retrying until NATS answers or ``stop`` is set), subscribe, then serve."""
         cfg = self.config
-        self._nc = await connect(cfg.nats, stop=stop)
-        js = self._nc.jetstream()
-        subjects = cfg.nats.subjects
-        if cfg.create_streams:
-            await ensure_streams(js, subjects)
+        bus = self.bus = await NatsBus.connect(cfg.nats, stop=stop)
+        subjects = bus.subjects
         pools = [p.split("/", 1) for p in cfg.pools]
         endpoint_subjects = [subjects.endpoints_of_pool(ns, p) for ns, p in pools] or [
             subjects.all_endpoints()
         ]
         event_subjects = [subjects.events_of_pool(ns, p) for ns, p in pools] or [subjects.all_events()]
-        for subject in endpoint_subjects:
-            # Last value per endpoint first (the bootstrap), then live updates.
-            self._subs.append(
-                await js.subscribe(
-                    subject,
-                    cb=self._on_endpoint,
-                    ordered_consumer=True,
-                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                )
-            )
-        start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=cfg.window)
-        for subject in event_subjects:
+        if cfg.create_streams:
+            await bus.ensure_streams()
+        for i, subject in enumerate(endpoint_subjects):
+            feed = LastValueFeed(bus, subject, self._on_endpoint, manage_streams=cfg.create_streams)
+            self.feeds.append(feed)
+            self.supervisor.spawn(f"endpoints-{i}", feed.run)
+        for i, subject in enumerate(event_subjects):
             # Replaying the last window rebuilds the rates and most of the in-flight set.
-            self._subs.append(
-                await js.subscribe(
-                    subject,
-                    cb=self._on_event,
-                    ordered_consumer=True,
-                    config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
-                )
+            events = EventFeed(
+                bus,
+                subject,
+                self._on_event,
+                window_s=cfg.window,
+                manage_streams=cfg.create_streams,
+                on_replay=self._on_replay,
             )
-        self._subscribed = True
+            self.feeds.append(events)
+            self.supervisor.spawn(f"events-{i}", events.run)
         self.supervisor.spawn("housekeeping", self._housekeeping)
         if cfg.model_files:
             self.aggregator.declare_names(await asyncio.to_thread(names_from_files, cfg.model_files))
@@ -150,7 +147,6 @@ class Autoscaler:
         )
 
     async def stop(self) -> None:
-        self._subscribed = False
         await self.supervisor.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -159,18 +155,22 @@ class Autoscaler:
         if self._kube is not None:
             await self._kube.close()
             self._kube = None
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection may already be gone
-                pass
-        self._subs.clear()
-        if self._nc is not None:
-            await self._nc.close()
-            self._nc = None
+        for feed in self.feeds:
+            if isinstance(feed, EventFeed):
+                await feed.close()
+        self.feeds.clear()
+        if self.bus is not None:
+            await self.bus.close()
+            self.bus = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    def _subscribed(self) -> bool:
+        """Every feed has bootstrapped: endpoint last values read, the event window replayed."""
+        return bool(self.feeds) and all(
+            (f.ready if isinstance(f, EventFeed) else f.bootstrapped).is_set() for f in self.feeds
+        )
 
     async def _housekeeping(self) -> None:
         """Expire in-flight entries and trim windows even when nobody reads the metrics (bounded memory)."""
@@ -250,18 +250,19 @@ class Autoscaler:
         self.metrics.decode_failures.labels(stream).inc()
         log.warning("undecodable bus message", extra={"stream": stream, "error": str(exc)})
 
-    async def _on_endpoint(self, msg: Msg) -> None:
-        decoded = self._endpoint_decoder.decode(msg.data)
+    def _on_endpoint(self, subject: str, data: bytes) -> None:
+        decoded = self._endpoint_decoder.decode(data)
         if decoded is None:
             return
         self.aggregator.on_endpoint(decoded)
         self.metrics.messages.labels(decoded.__struct_config__.tag).inc()
 
-    async def _on_event(self, msg: Msg) -> None:
-        decoded = self._event_decoder.decode(msg.data)
+    def _on_event(self, origin: Origin, data: bytes, source: Source) -> None:
+        decoded = self._event_decoder.decode(data)
         if decoded is None:
             return
-        tokens = msg.subject.split(".")
-        namespace, pool = (untoken(tokens[-4]), untoken(tokens[-3])) if len(tokens) >= 5 else ("", "")
-        self.aggregator.on_event(decoded, namespace=namespace, pool=pool)
+        self.aggregator.on_event(decoded, origin=origin)
         self.metrics.messages.labels(decoded.__struct_config__.tag).inc()
+
+    def _on_replay(self, reason: str, outcome: str, n: int) -> None:
+        log.info("event replay", extra={"reason": reason, "outcome": outcome, "messages": n})

@@ -52,6 +52,7 @@ NS, POOL, PREFIX = "default", "vllm-llama2-7b", "infergate"  # realistic lengths
 async def observer(url: str) -> None:
     from picker.scheduling import build_scheduler
     from picker.sharing import PeerListener, SharingSettings
+    from shared.natsbus import NatsBus
     from shared.natsconn import NatsOptions, connect
     from shared.subjects import Subjects
 
@@ -81,7 +82,7 @@ async def observer(url: str) -> None:
 
     await nc.subscribe(subjects.events_of_pool(NS, POOL), cb=count)
     listener = PeerListener(
-        nc, subjects, NS, POOL, SharingSettings(replica="observer", peer_timeout_s=0), Recording()
+        NatsBus(nc, subjects), NS, POOL, SharingSettings(replica="observer", peer_timeout_s=0), Recording()
     )
     task = asyncio.create_task(listener.run())
     await listener.ready.wait()
@@ -135,6 +136,7 @@ async def run_scenario(url: str, replicas: int, rate: float, seconds: float, bat
     from picker.scheduling import RequestInfo
     from picker.sharing import PeerPublisher, SharingSettings
     from shared.hashing import prefix_block_hashes
+    from shared.natsbus import NatsBus
     from shared.natsconn import NatsOptions, connect, ensure_streams
     from shared.schemas import now
     from shared.subjects import Subjects
@@ -157,7 +159,10 @@ async def run_scenario(url: str, replicas: int, rate: float, seconds: float, bat
     kw = {} if batching else {"max_batch": 1, "flush_interval_s": 0.0}
     pubs = [
         PeerPublisher(
-            nc, subjects, NS, POOL, SharingSettings(replica=f"infergate-picker-7d9f8c5b6-x2k4{i}", **kw)
+            NatsBus(nc, subjects),
+            NS,
+            POOL,
+            SharingSettings(replica=f"infergate-picker-7d9f8c5b6-x2k4{i}", **kw),
         )
         for i in range(replicas)
     ]
@@ -202,7 +207,7 @@ async def run_scenario(url: str, replicas: int, rate: float, seconds: float, bat
             pub.on_local_assignment(req, addr, now())
             loop.call_later(
                 rng.uniform(*COMPLETION_DELAY_S),
-                lambda p=pub, r=rid, a=addr: p.on_local_completion(r, a, 200, 300, 200, 2.0, 0.05, now()),
+                lambda p=pub, r=req, a=addr: p.on_local_completion(r, a, 200, 300, 200, 2.0, 0.05, now()),
             )
             sent += 1
             next_at += rng.expovariate(rate)
@@ -312,6 +317,7 @@ async def bench_replay(url: str, rate: float = 1000.0, window_s: float = 30.0, p
     from picker.scheduling import build_scheduler
     from picker.sharing import PeerListener, SharingSettings
     from shared.hashing import prefix_block_hashes
+    from shared.natsbus import NatsBus
     from shared.natsconn import NatsOptions, connect, ensure_streams
     from shared.schemas import Assignment, Completion, EventBatch, encode, now
     from shared.subjects import Subjects
@@ -363,7 +369,7 @@ async def bench_replay(url: str, rate: float = 1000.0, window_s: float = 30.0, p
     await nc.flush()
     sched = build_scheduler("default", rng=random.Random(1))
     listener = PeerListener(
-        nc, subjects, NS, POOL, SharingSettings(replica="newcomer", peer_timeout_s=0), sched
+        NatsBus(nc, subjects), NS, POOL, SharingSettings(replica="newcomer", peer_timeout_s=0), sched
     )
     t0, cpu0 = time.perf_counter(), time.process_time()
     task = asyncio.create_task(listener.run())

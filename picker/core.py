@@ -405,7 +405,7 @@ class Core:
         if self.sink is not None:
             try:
                 self.sink.on_local_completion(
-                    info.request_id,
+                    info,
                     inflight.address,
                     status,
                     prompt_tokens or info.prompt_tokens,

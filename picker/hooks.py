@@ -1,16 +1,19 @@
-"""The hook through which peer sharing (``picker/sharing``) sees this replica's traffic.
+"""The two interfaces between the request path, the scheduler and peer sharing.
 
-The ext_proc path calls an optional :class:`EventSink` synchronously, on the event
-loop, right after the scheduler's own accounting:
+* :class:`EventSink` receives **this replica's own traffic**. The ext_proc path calls it
+  synchronously, on the event loop, right after the scheduler's own accounting:
+  ``on_local_assignment`` once per routed request (never for requests answered with an
+  error, nor for headers-only requests, which carry no model work), and
+  ``on_local_completion`` exactly once for every assignment, with the same
+  :class:`RequestInfo`: when the response ends, when the model server answers an error
+  status, or when the stream is cancelled or closed before the response ended (``status``
+  499 then), including at shutdown. Implementations must not block; the caller logs and
+  swallows an exception (the one guard), so a sharing bug never fails a request.
+* :class:`AccountingHooks` is the part of the scheduler's contract that **peers' traffic**
+  is applied to (:class:`picker.scheduling.api.Scheduler` implements it).
 
-* ``on_local_assignment`` once per routed request (never for requests answered with an
-  error, nor for headers-only requests, which carry no model work);
-* ``on_local_completion`` exactly once for every assignment: when the response ends,
-  when the model server answers an error status, or when the stream is cancelled or
-  closed before the response ended (``status`` 499 then), including at shutdown.
-
-Implementations must not block and should not raise; an exception is logged and
-swallowed so that a sharing bug never fails a request.
+Peer sharing (``picker/sharing``) sits between them: it publishes what the sink receives
+and applies what peers published through the hooks.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Protocol, runtime_checkable
 
 from picker.scheduling.api import RequestInfo
 
-__all__ = ["EventSink"]
+__all__ = ["AccountingHooks", "EventSink"]
 
 
 @runtime_checkable
@@ -29,7 +32,7 @@ class EventSink(Protocol):
 
     def on_local_completion(
         self,
-        request_id: str,
+        request: RequestInfo,
         address: str,
         status: int,
         prompt_tokens: int,
@@ -39,3 +42,13 @@ class EventSink(Protocol):
         now: float,
     ) -> None:
         """The request ended with HTTP ``status`` (499: cancelled/unknown) after ``latency_s``."""
+
+
+class AccountingHooks(Protocol):
+    """The scheduler hooks peers' events are applied through."""
+
+    def on_assigned(self, request: RequestInfo, address: str, now: float, *, replica: str = "") -> None: ...
+
+    def on_completed(self, request_id: str, now: float) -> None: ...
+
+    def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None: ...

@@ -237,8 +237,7 @@ class Picker:
         await self.feed.connected_event.wait()
         cfg = self.config
         self.sharing = PeerSharing(
-            self.feed.nc,
-            self.feed.subjects,
+            self.feed.bus,
             cfg.pool_namespace,
             cfg.pool_name,
             cfg.sharing,

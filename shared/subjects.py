@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
 
 DEFAULT_PREFIX = "infergate"
 
@@ -28,7 +30,24 @@ def token(name: str) -> str:
 
 def untoken(tok: str) -> str:
     """Reverse :func:`token`."""
+    if "~" not in tok:
+        return tok
     return re.sub(r"~([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), tok)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What a subject says about its message: the family, the pool, and who it is about.
+
+    ``name`` is the pod of an endpoint subject (``port`` its target port) or the replica
+    of an event subject.
+    """
+
+    kind: Literal["endpoint", "events"]
+    namespace: str
+    pool: str
+    name: str
+    port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +74,10 @@ class Subjects:
     def all_events(self) -> str:
         return f"{self.prefix}.*.*.ev.*"
 
+    def parse(self, subject: str) -> Origin | None:
+        """The :class:`Origin` of a concrete subject of this prefix; None for anything else."""
+        return _parse(self.prefix, subject)
+
     @property
     def endpoint_stream(self) -> str:
         """Keeps the last snapshot per endpoint subject, so new subscribers bootstrap."""
@@ -64,6 +87,21 @@ class Subjects:
     def event_stream(self) -> str:
         """Keeps recent picker events briefly, so a restarted replica rebuilds in-flight state."""
         return f"{_stream_token(self.prefix)}_EVENTS"
+
+
+@lru_cache(maxsize=4096)  # subjects repeat (one per pod and replica); bounded all the same
+def _parse(prefix: str, subject: str) -> Origin | None:
+    head = prefix + "."
+    if not subject.startswith(head):
+        return None
+    tokens = subject[len(head) :].split(".")
+    if len(tokens) == 5 and tokens[2] == "ep" and tokens[4].isdigit():
+        ns, pool, _, pod, port = tokens
+        return Origin("endpoint", untoken(ns), untoken(pool), untoken(pod), int(port))
+    if len(tokens) == 4 and tokens[2] == "ev":
+        ns, pool, _, replica = tokens
+        return Origin("events", untoken(ns), untoken(pool), untoken(replica))
+    return None
 
 
 def _stream_token(prefix: str) -> str:

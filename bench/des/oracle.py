@@ -6,7 +6,7 @@ propagation delay), and knows every request's remaining work, which no real pick
 * ``work[i]`` - the replica's outstanding work in decode-token equivalents: every live
   request's remaining output tokens, plus ``PREFILL_WEIGHT`` x its prompt tokens still
   to compute. The DES keeps it exactly as the engines progress (see
-  :class:`bench.des.core.Cluster`): added on assignment, taken off per step, put back
+  :class:`bench.des.cluster.Cluster`): added on assignment, taken off per step, put back
   on preemption (recompute), reset when the engine drains;
 * this request's own uncached prompt on each replica: its prompt minus what that
   replica's prefix cache holds right now (read from the engine's block table).

@@ -1,9 +1,8 @@
 """Following every peer's events and applying them to the local scheduler.
 
-Live events come through a core NATS subscription on the pool's event subjects
-(lowest latency, and it keeps working if JetStream is unavailable). History comes from
-the JetStream stream: once at start, before :attr:`PeerListener.ready` is set, and after
-every reconnect for the time this replica was away. All payloads go through one
+A :class:`shared.feed.EventFeed` brings the events: live over the bus, and from the
+event stream once at start (before :attr:`PeerListener.ready` is set) and after every
+reconnect for the time this replica was away. All payloads go through one
 :class:`~shared.schemas.SafeDecoder` (bad ones are counted and dropped) and one
 :class:`~.applier.EventApplier` (duplicates are ignored), so the three paths can
 overlap freely.
@@ -18,7 +17,8 @@ Liveness: every replica publishes at least a heartbeat per second. A peer not he
 for ``peer_timeout`` while this replica was connected is declared gone and its open
 requests are released at once, instead of at the scheduler's TTL. The live replicas,
 ordered by name, also give each replica its rank, which the scheduler uses to keep
-near-simultaneous decisions of different replicas apart.
+near-simultaneous decisions of different replicas apart. :meth:`PeerListener.check_peers`
+is synchronous, so a simulation can call it in virtual time.
 """
 
 from __future__ import annotations
@@ -26,27 +26,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
-import nats.errors
-import nats.js.errors
-
-from shared.natsconn import StreamSettings, ensure_streams
-from shared.schemas import Assignment, Completion, EventBatch, event_decoder
+from picker.hooks import AccountingHooks
+from shared.bus import Bus, raise_if_cancelling
+from shared.feed import EventFeed, Source
+from shared.schemas import event_decoder
 from shared.schemas import now as wall_now
-from shared.subjects import Subjects
+from shared.subjects import Origin
 
 from .applier import EventApplier
 from .metrics import SharingMetrics
-from .replay import raise_if_cancelling, replay_events
 from .settings import SharingSettings
-from .sink import AccountingHooks
 
 __all__ = ["PeerListener", "UnseenEstimate"]
 
 log = logging.getLogger(__name__)
-
-_RECONNECT_MARGIN_S = 2.0  # replay from this long before the last moment we knew we were connected
 
 
 class UnseenEstimate:
@@ -78,8 +72,7 @@ class UnseenEstimate:
 class PeerListener:
     def __init__(
         self,
-        nc: Any,
-        subjects: Subjects,
+        bus: Bus,
         namespace: str,
         pool: str,
         settings: SharingSettings,
@@ -88,154 +81,93 @@ class PeerListener:
         metrics: SharingMetrics | None = None,
         clock: Callable[[], float] = wall_now,
         manage_streams: bool = True,
-        stream_settings: StreamSettings | None = None,
         watch_interval_s: float = 0.1,
     ) -> None:
-        self.nc = nc
-        self.subjects = subjects
+        self.bus = bus
         self.settings = settings
         self.replica = settings.replica
-        self.subject = subjects.events_of_pool(namespace, pool)
-        self.own_subject = subjects.events(namespace, pool, settings.replica)
+        self.subject = bus.subjects.events_of_pool(namespace, pool)
         self.metrics = metrics or SharingMetrics()
         self.clock = clock
         self.applier = EventApplier(hooks, ttl=settings.dedup_ttl_s, clock=clock, metrics=self.metrics)
         self.decoder = event_decoder(self._on_decode_error)
-        self.manage_streams = manage_streams
-        self.stream_settings = stream_settings
+        self.feed = EventFeed(
+            bus,
+            self.subject,
+            self.on_message,
+            window_s=settings.replay_window_s,
+            ready_timeout_s=settings.ready_timeout_s,
+            manage_streams=manage_streams,
+            on_replay=self._on_replay,
+            clock=clock,
+            watch_interval_s=watch_interval_s,
+        )
         self.watch_interval = watch_interval_s
-        self.ready = asyncio.Event()
-        self._sub: Any = None
-        self._reconnects = 0
-        self._last_connected = 0.0  # wall time this replica was last seen connected
-        self._connected_since = 0.0  # wall time of the current connection's start
-        self.replayed = 0  # messages read from the stream, all replays together
         self._rank = (0, 1)  # (index, count) last given to the scheduler
         self.unseen = UnseenEstimate()
 
     @property
+    def ready(self) -> asyncio.Event:
+        return self.feed.ready
+
+    @property
     def is_ready(self) -> bool:
-        return self.ready.is_set()
+        return self.feed.ready.is_set()
+
+    @property
+    def replayed(self) -> int:
+        return self.feed.replayed
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Subscribe, replay history, report ready, then watch reconnects and peers' liveness.
+        """Follow the events (replay, then live) until cancelled; run it under a Supervisor."""
+        await self.feed.run()
 
-        Run it under a :class:`~shared.service.Supervisor`; a restart after a crash keeps the
-        subscription and the applied state.
-        """
-        if self._sub is None:
-            self._sub = await self.nc.subscribe(self.subject, cb=self._on_msg)
-        self._reconnects = self._reconnect_count()
-        self._connected_since = self._last_connected = self.clock()
-        if not self.ready.is_set():
-            await self._initial_replay()
+    async def watch_peers(self) -> None:
+        """Check the peers' liveness every ``watch_interval`` once ready, until cancelled."""
+        await self.feed.ready.wait()
         while True:
             await asyncio.sleep(self.watch_interval)
-            await self._watch()
+            if self.bus.connected:
+                self.check_peers(self.clock())
             raise_if_cancelling()
 
     async def close(self) -> None:
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:
-                pass
-            self._sub = None
+        await self.feed.close()
 
-    async def _initial_replay(self) -> None:
-        since = self.clock() - self.settings.replay_window_s
-        try:
-            await asyncio.wait_for(
-                self._replay(since, include_own=True, reason="start"), self.settings.ready_timeout_s
-            )
-        except TimeoutError:
-            self.metrics.replays.labels("start", "timeout").inc()
-            log.warning(
-                "event replay did not finish in time; ready with a partial view",
-                extra={"timeout_s": self.settings.ready_timeout_s},
-            )
-        self.ready.set()
-        self.metrics.ready.set(1)
+    def _on_replay(self, reason: str, outcome: str, n: int) -> None:
+        self.metrics.replays.labels(reason, outcome).inc()
+        if reason == "start":  # whatever the outcome, the feed reports ready right after
+            self.metrics.ready.set(1)
 
-    async def _replay(self, since: float, *, include_own: bool, reason: str) -> None:
-        if self.manage_streams:
-            try:
-                js = self.nc.jetstream()
-                await ensure_streams(js, self.subjects, self.stream_settings)
-            except Exception as exc:
-                log.warning("could not ensure the event stream", extra={"error": repr(exc)})
+    # -- events ---------------------------------------------------------------------------
 
-        def handle(subject: str, data: bytes) -> None:
-            if include_own or subject != self.own_subject:
-                self._apply_payload(data, "replay")
-
-        try:
-            n = await replay_events(
-                self.nc.jetstream(), self.subjects.event_stream, self.subject, since, handle
-            )
-        except nats.js.errors.NotFoundError:
-            self.metrics.replays.labels(reason, "no_stream").inc()
-            log.warning("no event stream to replay from", extra={"stream": self.subjects.event_stream})
-            return
-        except (nats.errors.Error, OSError) as exc:
-            self.metrics.replays.labels(reason, "error").inc()
-            log.warning("event replay failed", extra={"error": repr(exc), "reason": reason})
-            return
-        self.replayed += n
-        self.metrics.replays.labels(reason, "ok").inc()
-        log.info("replayed peer events", extra={"messages": n, "reason": reason, "since": since})
-
-    # -- live events ----------------------------------------------------------------------
-
-    async def _on_msg(self, msg: Any) -> None:
-        if msg.subject == self.own_subject:
-            return
-        self._apply_payload(msg.data, "live")
-
-    def _apply_payload(self, data: bytes, source: str) -> None:
+    def on_message(self, origin: Origin, data: bytes, source: Source) -> None:
+        """Apply one payload from the feed (live, or one of the replays)."""
+        if source != "start" and origin.name == self.replica:
+            return  # our own traffic, already applied (a start replay rebuilds it after a restart)
         message = self.decoder.decode(data)
         if message is None:
             return
-        if isinstance(message, EventBatch):
-            if message.replica == self.replica and source == "live":
-                return
-            self.applier.apply_batch(message, source=source)
-        elif isinstance(message, Assignment | Completion):
-            if message.replica == self.replica and source == "live":
-                return
-            self.applier.apply_event(message, source=source)
+        if source == "live" and message.replica == self.replica:
+            return
+        src = "live" if source == "live" else "replay"
+        if hasattr(message, "events"):
+            self.applier.apply_batch(message, source=src)
+        else:
+            self.applier.apply_event(message, source=src)
 
     def _on_decode_error(self, data: bytes, exc: Exception) -> None:
         self.metrics.decode_errors.inc()
         log.debug("undecodable peer event dropped", extra={"bytes": len(data), "error": str(exc)})
 
-    # -- reconnects and liveness ------------------------------------------------------------
+    # -- liveness ---------------------------------------------------------------------------
 
-    def _reconnect_count(self) -> int:
-        try:
-            return int(self.nc.stats.get("reconnects", 0))
-        except Exception:
-            return 0
-
-    async def _watch(self) -> None:
-        now = self.clock()
-        if not getattr(self.nc, "is_connected", False):
-            return
-        count = self._reconnect_count()
-        if count != self._reconnects:
-            self._reconnects = count
-            since = max(self._last_connected - _RECONNECT_MARGIN_S, now - self.settings.replay_window_s)
-            self._connected_since = now
-            await self._replay(since, include_own=False, reason="reconnect")
-            now = self.clock()
-        self._last_connected = now
-        self._check_peers(now)
-
-    def _check_peers(self, now: float) -> None:
+    def check_peers(self, now: float) -> None:
+        """Release silent peers' open requests; tell the scheduler its rank and unseen estimate."""
         timeout = self.settings.peer_timeout_s
-        if timeout > 0 and now - self._connected_since >= timeout:
+        if timeout > 0 and now - self.feed.connected_since >= timeout:
             gone = [
                 peer
                 for peer, last in self.applier.last_seen.items()

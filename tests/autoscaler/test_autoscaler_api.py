@@ -477,3 +477,32 @@ async def test_pools_flag_follows_only_the_named_pools(nats_server, bus):
             assert {i["metricLabels"]["pool"] for i in items} == {POOL}
     finally:
         await scaler.stop()
+
+
+async def test_after_a_nats_restart_the_autoscaler_follows_again(nats_server, bus):
+    """The restarted server lost its memory streams: the feeds re-subscribe (and recreate them)."""
+    scaler = await start_autoscaler(nats_server.url, staleness=30.0, window=10.0)
+    try:
+        async with kube_client(scaler) as api:
+            await bus.snapshot("pod-0", waiting=1)
+            await wait_until_value(api, "infergate-waiting-requests", 1)
+            nats_server.stop()
+            await poll_until(lambda: _false_when(scaler.bus.connected), "the outage noticed")
+            nats_server.start()
+            await poll_until(
+                lambda: _false_when(not (scaler.bus.connected and bus.nc.is_connected)), "reconnected"
+            )
+
+            async def followed() -> bool:  # collectors republish every endpoint after a reconnect
+                await bus.snapshot("pod-0", waiting=6)
+                return await metric_sum(api, "infergate-waiting-requests") == 6
+
+            await poll_until(followed, "a snapshot published after the restart to count")
+            await bus.events(assignment("after"))
+            await wait_until_value(api, "infergate-inflight-requests", 1)
+    finally:
+        await scaler.stop()
+
+
+async def _false_when(value: bool) -> bool:
+    return not value

@@ -28,9 +28,9 @@ from picker.server import Picker
 from picker.sharing.service import PeerSharing
 from picker.sharing.settings import SharingSettings
 from picker.testing import EnvoyStream, headers_of
-from shared.natsconn import NatsOptions, connect
+from shared.natsbus import NatsBus
+from shared.natsconn import NatsOptions
 from shared.service import Supervisor
-from shared.subjects import Subjects
 from sim.engine import EngineConfig
 from sim.server import SimCluster
 
@@ -135,10 +135,8 @@ async def test_served_load_follows_a_burst_through_the_real_stack(nats_server, t
             unknown_model_policy="reject",
         )
     )
-    sharing_nc = await connect(NatsOptions(servers=[url]))
-    sharing = PeerSharing(
-        sharing_nc, Subjects(), NS, POOL, SharingSettings(replica="picker-0"), picker.scheduler
-    )
+    sharing_bus = await NatsBus.connect(NatsOptions(servers=[url]))
+    sharing = PeerSharing(sharing_bus, NS, POOL, SharingSettings(replica="picker-0"), picker.scheduler)
     supervisor = Supervisor("test-sharing")
     scaler = Autoscaler(
         AutoscalerConfig(
@@ -201,6 +199,6 @@ async def test_served_load_follows_a_burst_through_the_real_stack(nats_server, t
         await picker.stop(grace=0.5)
         await sharing.close()
         await supervisor.close()
-        await sharing_nc.close()
+        await sharing_bus.close()
         await collector.stop()
         await cluster.stop()

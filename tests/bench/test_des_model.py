@@ -19,7 +19,7 @@ class SpyCluster(Cluster):
         self.seen_ages: list[float] = []
         self.assigned: dict[int, int] = {}
         self.completed: dict[int, int] = {}
-        self.ranks: dict[int, tuple[int, int]] = {}
+        self.ranks: dict[int, list[tuple[float, int, int, float]]] = {}  # (time, index, count, unseen)
         super().__init__(cfg)
 
     def _make_scheduler(self, p: int):
@@ -48,7 +48,7 @@ class SpyCluster(Cluster):
                 inner.on_endpoint_removed(address, now)
 
             def set_peer_rank(self, index, count, unseen=1.0):
-                spy.ranks[p] = (index, count, unseen)
+                spy.ranks.setdefault(p, []).append((spy.now, index, count, unseen))
                 inner.set_peer_rank(index, count, unseen)
 
         return Spy()
@@ -76,7 +76,7 @@ def test_snapshots_carry_the_engine_state_at_scrape_time():
     c = Cluster(small(qps=200, duration_s=2.0))
     c.run()
     for pk in c.pickers:
-        for addr, view in pk.views.items():
+        for addr, view in pk.view.endpoints.items():
             assert view.received_at - view.snapshot.ts == pytest.approx(c.cfg.metrics_delay_s)
             assert view.snapshot.address == addr
             assert view.snapshot.kv_capacity_tokens == c.engines[addr].total_blocks * 16
@@ -93,12 +93,36 @@ def test_shared_view_applies_peer_traffic_to_every_replica_and_unshared_does_not
     assert alone.assigned[0] < shared.assigned[0]
 
 
-def test_shared_replicas_know_their_ranks_and_lone_ones_do_not():
+def test_shared_replicas_learn_their_ranks_from_the_sharing_layer_and_lone_ones_do_not():
     shared = SpyCluster(small(picker_replicas=3, shared_view=True, qps=60, share_delay_s=0.005))
-    # Each replica misses its two peers' assignments (40/s) for 5 ms: 0.2 unseen.
-    assert shared.ranks == {i: (i, 3, pytest.approx(0.2)) for i in range(3)}
-    assert SpyCluster(small(picker_replicas=3, shared_view=False)).ranks == {}
-    assert SpyCluster(small(picker_replicas=1)).ranks == {}
+    shared.run()
+    for i in range(3):
+        # Each replica misses its two peers' assignments (40/s) for 5 ms: 0.2 unseen, as the
+        # listener's estimate tells it once it has measured the rate (late in the window).
+        late = [u for t, idx, n, u in shared.ranks[i] if 4.0 <= t < 5.0 and (idx, n) == (i, 3)]
+        assert len(late) >= 8
+        assert sorted(late)[len(late) // 2] == pytest.approx(0.2, rel=0.35)
+    lone = SpyCluster(small(picker_replicas=3, shared_view=False))
+    lone.run()
+    assert lone.ranks == {}
+    one = SpyCluster(small(picker_replicas=1))
+    one.run()
+    assert one.ranks == {}
+
+
+def test_shared_replicas_exchange_real_batches_over_the_bus():
+    c = Cluster(small(picker_replicas=2, shared_view=True))
+    r = c.run()
+    a, b = c.pickers
+    # every request's assignment and completion went out (the run stops at the last
+    # completion, which may still be on its way), and the peer applied each event once
+    assert a.batcher.published_events + b.batcher.published_events >= 2 * r.served - 1
+    for me, peer in ((a, b), (b, a)):
+        assert me.batcher.dropped == 0 and me.listener.decoder.failures == 0
+        assert me.listener.applier.duplicates == 0
+        assert (
+            peer.batcher.published_events - 2 <= me.listener.applier.applied <= peer.batcher.published_events
+        )
 
 
 def test_shed_requests_are_counted_not_served():
@@ -136,7 +160,7 @@ def test_oracle_prefers_least_work_then_cached_prefix():
     a, b, d = c.addresses
     c.work.update({a: 500.0, b: 100.0, d: 900.0})
     req = RequestInfo("x", "m", "m", prompt_tokens=160, prefix_hashes=list(range(1, 11)))
-    views = c.pickers[0].view_list
+    views = c.pickers[0].view.list()
     assert sched.schedule(req, views, 0.0).endpoints == [b]
     # a's cache holds the whole prompt: 160 tokens saved outweighs 400 tokens of extra work? no
     c.engines[a]._cached.update(dict.fromkeys(range(1, 11), 0))

@@ -28,9 +28,9 @@ class RecordingSink:
         self.assigned.append((request.request_id, address))
 
     def on_local_completion(
-        self, request_id, address, status, prompt_tokens, output_tokens, latency_s, ttft_s, now
+        self, request, address, status, prompt_tokens, output_tokens, latency_s, ttft_s, now
     ):
-        self.completed.append((request_id, address, status, prompt_tokens, output_tokens))
+        self.completed.append((request.request_id, address, status, prompt_tokens, output_tokens))
 
 
 @pytest.fixture

@@ -31,9 +31,9 @@ class Sink:
         pass
 
     def on_local_completion(
-        self, request_id, address, status, prompt_tokens, output_tokens, latency_s, ttft_s, now
+        self, request, address, status, prompt_tokens, output_tokens, latency_s, ttft_s, now
     ):
-        self.completed.append((request_id, address, status, output_tokens))
+        self.completed.append((request.request_id, address, status, output_tokens))
 
 
 async def start_server(name: str):

@@ -181,6 +181,7 @@ def test_unseen_estimate_is_peer_rate_times_delay():
 def test_a_scheduler_failing_to_take_its_rank_does_not_stop_the_liveness_watch(caplog):
     from picker.sharing import SharingSettings
     from picker.sharing.listener import PeerListener
+    from shared.bus import MemoryBus
     from shared.subjects import Subjects
 
     class Broken(Recorder):
@@ -190,11 +191,16 @@ def test_a_scheduler_failing_to_take_its_rank_does_not_stop_the_liveness_watch(c
     clock = Clock()
     hooks = Broken()
     listener = PeerListener(
-        None, Subjects("t"), "ns", "pool", SharingSettings(replica="b", peer_timeout_s=0), hooks, clock=clock
+        MemoryBus(Subjects("t")),
+        "ns",
+        "pool",
+        SharingSettings(replica="b", peer_timeout_s=0),
+        hooks,
+        clock=clock,
     )
     listener.applier.apply_event(assign("r1", clock.t, address="x:1"))
-    listener._check_peers(clock.t)  # logs once, raises nothing
-    listener._check_peers(clock.t + 0.1)
+    listener.check_peers(clock.t)  # logs once, raises nothing
+    listener.check_peers(clock.t + 0.1)
     assert listener.metrics.peers_alive._value.get() == 1
     assert sum("setting the peer rank failed" in r.message for r in caplog.records) == 1
     assert hooks.calls[0][:3] == ("assigned", "r1", "x:1")  # the event itself was applied

@@ -13,7 +13,8 @@ import pytest
 
 from picker.scheduling import EndpointView, RequestInfo, build_scheduler
 from picker.sharing import PeerSharing, SharingSettings
-from shared.natsconn import NatsOptions, connect
+from shared.natsbus import NatsBus
+from shared.natsconn import NatsOptions
 from shared.schemas import Assignment, EndpointSnapshot, EventBatch, encode, now
 from shared.service import Supervisor
 from shared.subjects import Subjects
@@ -70,11 +71,12 @@ class Replica:
         self.supervisor = Supervisor(name)
 
     async def start(self, wait_ready: bool = True) -> Replica:
-        self.nc = await connect(
+        self.bus = await NatsBus.connect(
             NatsOptions(servers=[self.url], name=self.name, subject_prefix="t", reconnect_wait=0.1)
         )
+        self.nc = self.bus.nc  # the raw client, to publish by hand and to kill the connection
         self.sharing = PeerSharing(
-            self.nc, SUBJECTS, NS, POOL, self.settings, self.scheduler, manage_streams=self.manage_streams
+            self.bus, NS, POOL, self.settings, self.scheduler, manage_streams=self.manage_streams
         )
         self.sharing.start(self.supervisor)
         if wait_ready:
@@ -98,7 +100,7 @@ class Replica:
     def finish(self, rid: str, address: str) -> None:
         t = now()
         self.scheduler.on_completed(rid, t)
-        self.sharing.sink.on_local_completion(rid, address, 200, 500, 100, 1.0, 0.1, t)
+        self.sharing.sink.on_local_completion(request(rid), address, 200, 500, 100, 1.0, 0.1, t)
 
     async def stop(self) -> None:
         """Graceful: flush our last events, then leave."""
@@ -241,7 +243,7 @@ async def test_duplicate_delivery_is_applied_once(replicas, nats_server):
     await wait_until(lambda: b.applier.duplicates == 3, what="duplicates seen")
     assert b.scheduler.inflight.extra(X)[0] == 1
     # a replay overlapping live traffic reads the four stored copies again: none counts
-    await b.sharing.listener._replay(t - 5, include_own=False, reason="test")
+    await b.sharing.listener.feed.replay(t - 5, "reconnect")
     assert b.applier.duplicates == 3 + 4 and b.applier.applied == 1
     assert b.scheduler.inflight.extra(X)[0] == 1
 

@@ -5,23 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from picker.scheduling import RequestInfo
-from picker.sharing import PeerPublisher, SharingSettings
+from picker.sharing import EventBatcher, PeerPublisher, SharingSettings
+from shared.bus import BusError, MemoryBus
 from shared.schemas import Assignment, Completion, EventBatch, event_decoder
 from shared.subjects import Subjects
 from tests.support.waiting import wait_until
 
 
-class FakeNats:
-    """Just what the publisher uses of a nats-py client: ``is_connected`` and ``publish``."""
+class FakeNats(MemoryBus):
+    """The in-memory bus, recording what the publisher sends; ``is_connected`` toggles outages."""
 
     def __init__(self) -> None:
-        self.is_connected = True
+        super().__init__(Subjects())
         self.sent: list[tuple[str, bytes]] = []
         self.decoder = event_decoder()
+        self.subscribe_nowait(">", lambda s, d: self.sent.append((s, d)))
 
-    async def publish(self, subject: str, data: bytes) -> None:
-        self.sent.append((subject, data))
+    @property
+    def is_connected(self) -> bool:
+        return self.connected
+
+    @is_connected.setter
+    def is_connected(self, value: bool) -> None:
+        self.set_connected(value)
 
     def messages(self) -> list:
         return [self.decoder.decode(d) for _, d in self.sent]
@@ -57,7 +66,7 @@ def settings(**kw) -> SharingSettings:
 
 async def test_a_burst_goes_out_in_full_batches_on_the_replicas_subject():
     nc = FakeNats()
-    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings(max_batch=128, flush_interval_s=0.005))
+    pub = PeerPublisher(nc, "ns", "pool", settings(max_batch=128, flush_interval_s=0.005))
     async with running(pub):
         await wait_until(lambda: len(nc.sent) >= 1, what="heartbeat at start")
         nc.sent.clear()
@@ -76,11 +85,11 @@ async def test_a_burst_goes_out_in_full_batches_on_the_replicas_subject():
 
 async def test_a_lone_event_is_published_after_the_linger():
     nc = FakeNats()
-    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings(flush_interval_s=0.005))
+    pub = PeerPublisher(nc, "ns", "pool", settings(flush_interval_s=0.005))
     async with running(pub):
         await wait_until(lambda: len(nc.sent) >= 1)
         pub.on_local_assignment(request(1), "10.0.0.1:8000", 1000.0)
-        pub.on_local_completion("r1", "10.0.0.1:8000", 200, 100, 20, 0.5, 0.1, 1000.5)
+        pub.on_local_completion(request(1), "10.0.0.1:8000", 200, 100, 20, 0.5, 0.1, 1000.5)
         await wait_until(lambda: len(nc.events()) == 2, what="the two events published")
     a, c = nc.events()
     assert isinstance(c, Completion) and c.model == "m" and c.output_tokens == 20
@@ -89,7 +98,7 @@ async def test_a_lone_event_is_published_after_the_linger():
 
 async def test_without_batching_each_event_is_its_own_message():
     nc = FakeNats()
-    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings(max_batch=1, flush_interval_s=0.0))
+    pub = PeerPublisher(nc, "ns", "pool", settings(max_batch=1, flush_interval_s=0.0))
     async with running(pub):
         await wait_until(lambda: len(nc.sent) >= 1)
         nc.sent.clear()
@@ -103,7 +112,7 @@ async def test_without_batching_each_event_is_its_own_message():
 async def test_while_disconnected_the_oldest_events_are_dropped_and_counted():
     nc = FakeNats()
     nc.is_connected = False
-    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings(buffer_events=4), offline_poll_s=0.01)
+    pub = PeerPublisher(nc, "ns", "pool", settings(buffer_events=4), offline_poll_s=0.01)
     async with running(pub):
         for i in range(10):
             pub.on_local_assignment(request(i), "10.0.0.1:8000", 1000.0 + i)
@@ -125,7 +134,6 @@ async def test_events_too_old_for_the_stream_are_not_published():
     nc.is_connected = False
     pub = PeerPublisher(
         nc,
-        Subjects(),
         "ns",
         "pool",
         settings(max_event_age_s=30.0),
@@ -143,20 +151,59 @@ async def test_events_too_old_for_the_stream_are_not_published():
 
 async def test_an_idle_replica_sends_heartbeats():
     nc = FakeNats()
-    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings(heartbeat_interval_s=0.05))
+    pub = PeerPublisher(nc, "ns", "pool", settings(heartbeat_interval_s=0.05))
     async with running(pub):
         await wait_until(lambda: len(nc.sent) >= 3, what="three heartbeats")
     assert all(isinstance(m, EventBatch) and m.events == [] and m.replica == "a" for m in nc.messages())
 
 
-async def test_the_request_path_never_raises():
+async def test_publish_failures_are_counted_never_raised_to_the_request_path():
     class Broken(FakeNats):
         async def publish(self, subject: str, data: bytes) -> None:
-            raise ConnectionError("gone")
+            raise BusError("gone")
 
     nc = Broken()
-    pub = PeerPublisher(nc, Subjects(), "ns", "pool", settings())
-    pub.on_local_assignment(None, "x", 1.0)  # type: ignore[arg-type]  # a caller bug: logged, not raised
-    pub.on_local_assignment(request(1), "10.0.0.1:8000", 1000.0)
+    pub = PeerPublisher(nc, "ns", "pool", settings())
+    pub.on_local_assignment(request(1), "10.0.0.1:8000", 1000.0)  # only buffers: nothing to fail
     async with running(pub):
         await wait_until(lambda: pub.dropped >= 1, what="publish failure counted")
+    assert (
+        pub.metrics.registry.get_sample_value(
+            "infergate_sharing_dropped_events_total", {"reason": "publish_error"}
+        )
+        == pub.dropped
+    )
+
+
+def test_the_completion_carries_the_request_so_nothing_is_remembered_per_request():
+    pub = EventBatcher(Subjects(), "ns", "pool", settings(max_batch=1), clock=lambda: 1000.0)
+    req = RequestInfo("r1", "client-model", "target-model", prompt_tokens=10)
+    pub.on_local_completion(req, "10.0.0.1:8000", 200, 10, 5, 0.5, 0.1, 1000.0)
+    ((done, n),) = pub.take()
+    assert n == 1 and (done.model, done.target_model, done.request_id) == (
+        "client-model",
+        "target-model",
+        "r1",
+    )
+    assert not [k for k, v in vars(pub).items() if isinstance(v, dict) and v]
+
+
+def test_due_follows_the_linger_the_batch_size_and_the_heartbeat():
+    clock = [1000.0]
+    pub = EventBatcher(
+        Subjects(),
+        "ns",
+        "pool",
+        settings(max_batch=3, flush_interval_s=0.005, heartbeat_interval_s=1.0),
+        clock=lambda: clock[0],
+    )
+    assert [m.events for m, _ in pub.take()] == [[]]  # nothing ever sent: a heartbeat at once
+    pub.sent(EventBatch(replica="a"), 10, 0)
+    assert pub.due() == 1001.0
+    clock[0] = 1000.2
+    pub.on_local_assignment(request(1), "x:1", 1000.2)
+    assert pub.due() == pytest.approx(1000.205)  # the linger
+    pub.on_local_assignment(request(2), "x:1", 1000.2)
+    pub.on_local_assignment(request(3), "x:1", 1000.2)
+    assert pub.due() == 1000.2  # a full batch: now
+    assert [n for _, n in pub.take()] == [3]

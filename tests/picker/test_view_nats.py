@@ -188,6 +188,6 @@ async def test_peer_sharing_is_wired_on_the_same_connection(nats_server, nc):
     try:
         await p.wait_ready(15)
         assert p.sharing is not None and p.sink is p.sharing.sink
-        assert p.sharing._nc is p.feed.nc
+        assert p.sharing.bus is p.feed.bus
     finally:
         await p.stop(grace=0.1)

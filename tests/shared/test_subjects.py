@@ -27,3 +27,31 @@ def test_wildcards_and_streams():
     assert s.endpoints_of_pool("ns", "pool") == "acme.prod.ns.pool.ep.>"
     assert s.events("ns", "pool", "picker-0") == "acme.prod.ns.pool.ev.picker-0"
     assert s.endpoint_stream == "ACME_PROD_ENDPOINTS"
+
+
+@pytest.mark.parametrize("prefix", ["infergate", "acme.prod"])
+def test_parse_reverses_every_builder(prefix):
+    s = Subjects(prefix)
+    ep = s.parse(s.endpoint("ns.1", "pool*x", "vllm.pod.a", 8000))
+    assert (ep.kind, ep.namespace, ep.pool, ep.name, ep.port) == (
+        "endpoint",
+        "ns.1",
+        "pool*x",
+        "vllm.pod.a",
+        8000,
+    )
+    ev = s.parse(s.events("ns", "pool", "picker 0"))
+    assert (ev.kind, ev.namespace, ev.pool, ev.name) == ("events", "ns", "pool", "picker 0")
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "other.ns.pool.ev.r",
+        "infergate.ns.pool.xx.r",
+        "infergate.ns.pool.ep.pod",
+        "infergate.ns.pool.ep.pod.x",
+    ],
+)
+def test_parse_refuses_what_is_not_ours(subject):
+    assert Subjects().parse(subject) is None

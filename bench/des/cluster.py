@@ -1,25 +1,36 @@
 """The discrete-event simulation: N calibrated engines, M picker replicas, virtual time.
 
-One event heap orders everything by virtual time (ties by insertion order, so a run is
-a pure function of its seed):
+The picker side is the **real code** over an in-memory bus: every replica is a
+:class:`picker.view.PoolView` fed by a last-value subscription, its scheduler, and, with
+the shared view, the sharing layer's :class:`~picker.sharing.EventBatcher` (its own
+traffic) and :class:`~picker.sharing.PeerListener` (its peers'), connected by a
+:class:`shared.bus.MemoryBus` whose deliveries are events on the simulation's heap. One
+event heap orders everything by virtual time (ties by insertion order, so a run is a
+pure function of its seed):
 
 * **arrival** - Poisson; the request goes to a picker replica (round-robin or random),
   whose scheduler decides from the endpoint views *that replica has received*; a 429/503
   decision is counted as shed, not served; otherwise ``on_assigned`` runs on that
-  replica at once and, with the shared view, on every peer ``share_delay_s`` later
-  (shared replicas also know their rank among the replicas, as the sharing layer's
-  liveness watch tells them);
+  replica at once and, with the shared view, the replica's batcher publishes it;
 * **step end** - one engine step (``Engine.step`` commits at its start, the DES reveals
-  it at ``end``): finished requests are recorded and ``on_completed`` is applied (own
-  replica at once, peers after ``share_delay_s`` when shared); the next step starts;
+  it at ``end``): finished requests are recorded, ``on_completed`` runs on the assigning
+  replica and its batcher publishes the completion; the next step starts;
 * **wake** - an idle engine has a request coming out of its API overhead;
 * **scrape** - every ``scrape_interval_s`` per engine (phases staggered at random), an
-  ``EndpointSnapshot`` is built from ``engine.stats()`` with ``ts`` = scrape time;
-* **snapshot delivery** - ``metrics_delay_s`` later (collector -> NATS -> picker), every
-  picker replica stores it as its view of that endpoint and calls ``on_snapshot``.
+  ``EndpointSnapshot`` is built from ``engine.stats()`` with ``ts`` = scrape time and
+  published on the endpoint's subject, as the collector does;
+* **bus delivery** - the bus delivers a message ``metrics_delay_s`` (endpoint subjects)
+  or ``share_delay_s`` (event subjects) after its publish, to the subscriptions that
+  existed at publish time;
+* **flush** - a replica's batcher is due (its linger, or a heartbeat when idle);
+* **watch** - every 0.1 s each replica's listener checks its peers and tells its
+  scheduler its rank and unseen estimate, as the sharing layer's liveness watch does.
 
 So schedulers always decide from metrics between ``metrics_delay_s`` and
-``scrape_interval_s + metrics_delay_s`` old, as in the real deployment.
+``scrape_interval_s + metrics_delay_s`` old, as in the real deployment. ``share_delay_s``
+is the measured publish-to-apply p50 over NATS *including* the default 5-ms linger
+(bench/results/sharing-bus.md), so the DES's batchers publish without a linger by
+default (``sharing``: the settings every replica's sharing layer uses).
 
 Measurement: requests arriving in ``[warmup_s, warmup_s + duration_s)`` are measured;
 arrivals stop at the end of that window and the run drains until every measured request
@@ -39,8 +50,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from picker.scheduling import EndpointView, RequestInfo, build_scheduler
-from shared.schemas import EndpointSnapshot, LoraState
+from picker.scheduling import RequestInfo, build_scheduler
+from picker.sharing import EventBatcher, PeerListener, SharingMetrics, SharingSettings
+from picker.view import PoolView
+from shared.bus import MemoryBus
+from shared.schemas import EndpointSnapshot, LoraState, encode
+from shared.subjects import Subjects
 from sim.engine import Engine, EngineConfig, SimRequest
 from sim.workloads import percentile, poisson_arrivals
 
@@ -50,8 +65,16 @@ from .workload import Sampler, WorkloadSpec
 POLICIES = ("round-robin", "random", "gie-v0", "gie-v1", "default", "oracle")
 MODEL = "meta-llama/Llama-2-7b-hf"
 
+NAMESPACE, POOL = "bench", "pool"
+WATCH_INTERVAL_S = 0.1  # the sharing layer's liveness watch period
+
 # event kinds (ints: cheap to compare in heap tuples)
-ARRIVAL, STEP_END, WAKE, SCRAPE, SNAP, SHARE_ASSIGN, SHARE_DONE = range(7)
+ARRIVAL, STEP_END, WAKE, SCRAPE, DELIVER, FLUSH, WATCH = range(7)
+
+
+def des_sharing() -> SharingSettings:
+    """The sharing settings of a DES replica: no linger (it is part of ``share_delay_s``)."""
+    return SharingSettings(flush_interval_s=0.0)
 
 
 @dataclass
@@ -71,6 +94,7 @@ class DESConfig:
     scrape_interval_s: float = 0.050
     metrics_delay_s: float = 0.005
     share_delay_s: float = 0.005  # measured publish-to-apply p50 over NATS (bench/results/sharing-bus.md)
+    sharing: SharingSettings = field(default_factory=des_sharing)  # each replica's (name set per replica)
     criticality: str = "Standard"
     sheddable_fraction: float = 0.0  # share of requests sent as "Sheddable"
     seed: int = 0
@@ -84,6 +108,7 @@ class DESConfig:
         d["workload"] = self.workload.name
         d.pop("engine")
         d.pop("scheduler_config")
+        d.pop("sharing")
         return d
 
 
@@ -121,16 +146,18 @@ class PointResult:
 
 
 class _Picker:
-    """One picker replica: its scheduler and its own (possibly stale) view of the endpoints."""
+    """One picker replica: its scheduler, its own view of the endpoints, and its sharing layer."""
 
-    __slots__ = ("index", "name", "sched", "view_list", "views")
+    __slots__ = ("batcher", "flush_at", "index", "listener", "name", "sched", "view")
 
-    def __init__(self, index: int, sched: Any) -> None:
+    def __init__(self, index: int, sched: Any, view: PoolView) -> None:
         self.index = index
         self.name = f"picker-{index}"
         self.sched = sched
-        self.views: dict[str, EndpointView] = {}
-        self.view_list: list[EndpointView] = []
+        self.view = view
+        self.batcher: EventBatcher | None = None  # with the shared view
+        self.listener: PeerListener | None = None
+        self.flush_at: float | None = None  # when the planned flush runs
 
 
 class Cluster:
@@ -161,18 +188,19 @@ class Cluster:
         # What /v1/models would list: every server has every adapter loaded (max_cpu_loras 12).
         self.served_models = [MODEL, *self.sampler.adapters]
         self.is_oracle = cfg.policy == "oracle"
-        self.pickers = [_Picker(p, self._make_scheduler(p)) for p in range(cfg.picker_replicas)]
-        if cfg.shared_view and cfg.picker_replicas > 1:  # what picker/sharing's liveness watch tells them
-            # Peers' assignments not heard of yet: their arrival rate times the delay.
-            unseen = cfg.qps * (cfg.picker_replicas - 1) / cfg.picker_replicas * cfg.share_delay_s
-            for pk in self.pickers:
-                pk.sched.set_peer_rank(pk.index, cfg.picker_replicas, unseen)
         self._heap: list[tuple] = []
         self._seq = 0
+        self.now = 0.0
+        self.subjects = Subjects()
+        self.bus = MemoryBus(
+            self.subjects, delay=self._bus_delay, clock=lambda: self.now, call_later=self._call_later
+        )
+        self._endpoint_subject = {
+            a: self.subjects.endpoint(NAMESPACE, POOL, f"pod-{a}", 8000) for a in self.addresses
+        }
         self._busy: dict[str, bool] = dict.fromkeys(self.addresses, False)
         self._snap_seq = 0
         self._rr = 0
-        self.now = 0.0
         # measurement
         self.records: list[tuple[float, float, int]] = []  # (ttft, e2e, output tokens) of measured requests
         self.last_finish = 0.0
@@ -183,8 +211,32 @@ class Cluster:
         self.events = 0
         self._prefix_base: tuple[float, float] | None = None
         self._preempt_base = 0
-        for a in self.addresses:  # the pickers start with a view of every (idle) pod, scraped earlier
-            self._deliver(self._snapshot(a, -cfg.metrics_delay_s), 0.0)
+        for a in self.addresses:  # scraped before the start: the stream holds every (idle) pod
+            self._publish_snapshot(a, -cfg.metrics_delay_s)
+        self.shared = cfg.shared_view and cfg.picker_replicas > 1
+        self.pickers = [self._make_picker(p) for p in range(cfg.picker_replicas)]
+
+    def _make_picker(self, p: int) -> _Picker:
+        sched = self._make_scheduler(p)
+        view = PoolView(NAMESPACE, POOL, sched, clock=lambda: self.now)
+        pk = _Picker(p, sched, view)
+        # The pickers start by reading the last value of every endpoint, then follow live.
+        self.bus.follow_last_values_nowait(self.subjects.endpoints_of_pool(NAMESPACE, POOL), view.on_message)
+        if self.shared:
+            settings = replace(self.cfg.sharing, replica=pk.name)
+            metrics = SharingMetrics()
+            clock = lambda: self.now  # noqa: E731
+            pk.batcher = EventBatcher(
+                self.subjects, NAMESPACE, POOL, settings, metrics=metrics, clock=clock,
+                on_wake=lambda: self._plan_flush(pk),
+            )  # fmt: skip
+            pk.listener = PeerListener(
+                self.bus, NAMESPACE, POOL, settings, sched, metrics=metrics, clock=clock, manage_streams=False
+            )
+            self.bus.subscribe_nowait(pk.listener.subject, pk.listener.feed.live)
+            self._plan_flush(pk)  # the first heartbeat: peers learn of each other
+            self._push(WATCH_INTERVAL_S, WATCH, pk)
+        return pk
 
     def _make_scheduler(self, p: int) -> Any:
         rng = random.Random(self._rng_sched.getrandbits(64))
@@ -197,6 +249,43 @@ class Cluster:
     def _push(self, t: float, kind: int, a: Any = None, b: Any = None) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, kind, a, b))
+
+    # ------------------------------------------------------------------ the bus
+
+    def _call_later(self, delay: float, fn: Any) -> None:
+        self._push(self.now + delay, DELIVER, fn)
+
+    def _bus_delay(self, subject: str) -> float:
+        origin = self.subjects.parse(subject)
+        return (
+            self.cfg.metrics_delay_s
+            if origin is not None and origin.kind == "endpoint"
+            else self.cfg.share_delay_s
+        )
+
+    def _publish_snapshot(self, address: str, now: float) -> None:
+        """What the collector does after a scrape."""
+        self.bus.publish_nowait(self._endpoint_subject[address], encode(self._snapshot(address, now)))
+
+    def _plan_flush(self, pk: _Picker) -> None:
+        """Run the replica's batcher when it is due (earlier than planned: plan again)."""
+        assert pk.batcher is not None
+        due = max(pk.batcher.due(), self.now)
+        if pk.flush_at is None or due < pk.flush_at:
+            pk.flush_at = due
+            self._push(due, FLUSH, pk, due)
+
+    def _flush(self, pk: _Picker, planned: float) -> None:
+        if pk.flush_at != planned:
+            return  # superseded by an earlier plan
+        pk.flush_at = None
+        batcher = pk.batcher
+        assert batcher is not None
+        for message, n in batcher.take():
+            data = encode(message)
+            self.bus.publish_nowait(batcher.subject, data)
+            batcher.sent(message, len(data), n)
+        self._plan_flush(pk)
 
     def _snapshot(self, address: str, now: float) -> EndpointSnapshot:
         st = self.engines[address].stats()
@@ -224,12 +313,6 @@ class Cluster:
             epoch="des",
             collector="des",
         )
-
-    def _deliver(self, snap: EndpointSnapshot, now: float) -> None:
-        for pk in self.pickers:
-            pk.views[snap.address] = EndpointView(snap.address, snap, now)
-            pk.view_list = list(pk.views.values())
-            pk.sched.on_snapshot(snap, now)
 
     def _kick(self, address: str, now: float) -> None:
         """Start the engine's next step if it is idle and has (or will have) work."""
@@ -264,7 +347,6 @@ class Cluster:
 
     def _finish(self, address: str, finished: list[SimRequest], now: float) -> None:
         cfg = self.cfg
-        shared = cfg.shared_view and len(self.pickers) > 1
         t_lo, t_hi = cfg.warmup_s, cfg.warmup_s + cfg.duration_s
         for r in finished:
             info, p, measured = r.ctx
@@ -275,9 +357,13 @@ class Cluster:
                 self.open_measured -= 1
                 if r.t_finished > self.last_finish:
                     self.last_finish = r.t_finished
-            self.pickers[p].sched.on_completed(info.request_id, now)
-            if shared:
-                self._push(now + cfg.share_delay_s, SHARE_DONE, (info.request_id, p, now))
+            pk = self.pickers[p]
+            pk.sched.on_completed(info.request_id, now)
+            if pk.batcher is not None:
+                pk.batcher.on_local_completion(
+                    info, address, 200, r.prompt_tokens, r.max_tokens, r.t_finished - r.arrival,
+                    r.t_first_token - r.arrival, now,
+                )  # fmt: skip
 
     def _on_step_end(self, address: str, res: Any, now: float) -> None:
         eng = self.engines[address]
@@ -312,14 +398,14 @@ class Cluster:
             prefix_hashes=item.block_hashes,
             expected_output_tokens=item.output_tokens,
         )
-        decision = pk.sched.schedule(info, pk.view_list, now)
+        decision = pk.sched.schedule(info, pk.view.list(), now)
         if not decision.ok:
             self.shed += measured
             return
         address = decision.endpoints[0]
         pk.sched.on_assigned(info, address, now, replica=pk.name)
-        if cfg.shared_view and len(self.pickers) > 1:
-            self._push(now + cfg.share_delay_s, SHARE_ASSIGN, (info, address, p, now))
+        if pk.batcher is not None:
+            pk.batcher.on_local_assignment(info, address, now)
         eng = self.engines[address]
         cached = cached_prefix_tokens(eng, item.block_hashes) if self.is_oracle else 0
         self.work[address] += PREFILL_WEIGHT * (item.prompt_tokens - cached) + item.output_tokens
@@ -374,27 +460,18 @@ class Cluster:
                 else:
                     stopped = True
             elif kind == SCRAPE:
-                snap = self._snapshot(a, t)
-                self._push(t + cfg.metrics_delay_s, SNAP, snap)
+                self._publish_snapshot(a, t)
                 self._push(t + cfg.scrape_interval_s, SCRAPE, a)
-            elif kind == SNAP:
-                self._deliver(a, t)
+            elif kind == DELIVER:
+                a()
             elif kind == WAKE:
                 self._busy[a] = False
                 self._kick(a, t)
-            elif kind == SHARE_ASSIGN:
-                # Peers learn of it late, but with the time it was made, as picker/sharing's
-                # applier passes the event's own ts: the in-flight tracker then knows which
-                # snapshots already include it.
-                info, address, src, made_at = a
-                for pk in self.pickers:
-                    if pk.index != src:
-                        pk.sched.on_assigned(info, address, made_at, replica=self.pickers[src].name)
-            elif kind == SHARE_DONE:
-                rid, src, made_at = a
-                for pk in self.pickers:
-                    if pk.index != src:
-                        pk.sched.on_completed(rid, made_at)
+            elif kind == FLUSH:
+                self._flush(a, b)
+            elif kind == WATCH:
+                a.listener.check_peers(t)
+                self._push(t + WATCH_INTERVAL_S, WATCH, a)
             if stopped and self.open_measured <= 0:
                 break
             if t > deadline:
