@@ -16,7 +16,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from picker.config import PickerConfig
-from picker.fallback import LeastLoadScheduler
 from picker.metrics import OTHER, LabelCap, PickerMetrics
 from picker.models import ModelTable
 from picker.protocol import (
@@ -33,6 +32,7 @@ from picker.server import Picker
 from picker.testing import EnvoyStream, headers_of, snapshot
 from shared.crds import InferenceModel, TargetModel
 from shared.schemas import LoraState
+from tests.support.least_load import LeastLoadScheduler
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
 
