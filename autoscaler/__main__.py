@@ -93,13 +93,15 @@ def build_parser() -> EnvArgumentParser:
         "--config-files",
         type=_names,
         default=[],
-        help="comma-separated InferenceModel YAML files/directories naming the targets (model_name label)",
+        help="comma-separated YAML files/dirs (InferenceModelRewrite, InferenceModel) naming the targets "
+        "(model_name label)",
     )
     agg.add_argument(
         "--watch-inference-models",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="watch InferenceModels (inference.networking.x-k8s.io/v1alpha2) for the model_name label",
+        help="watch InferenceModelRewrites (x-k8s.io and llm-d.ai v1alpha2) and InferenceModels for the "
+        "model_name label",
     )
     agg.add_argument(
         "--namespaces", type=_names, default=[], help="namespaces of the InferenceModel watch (empty = all)"

@@ -134,9 +134,7 @@ class Autoscaler:
             )
             for i, lw in enumerate(watcher.watchers):
                 self.supervisor.spawn(f"inferencemodels-{i}", lw.run)
-            self.health.add_check(
-                "inferencemodels", lambda: all(lw.synced.is_set() for lw in watcher.watchers)
-            )
+            self.health.add_check("inferencemodels", watcher.is_synced)
         if cfg.authentication_from_cluster:
             await self._load_cluster_authentication()
         await self._start_api()

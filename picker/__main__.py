@@ -75,9 +75,10 @@ def build_parser() -> EnvArgumentParser:
     sch.add_argument("--scheduler-config", default=None, help="scheduler YAML (profiles); built-in if unset")
     sch.add_argument(
         "--unknown-model-policy",
-        default="sheddable",
-        choices=["sheddable", "reject"],
-        help="models without an InferenceModel: pass through as Sheddable, or 404",
+        default="route",
+        choices=["route", "sheddable", "reject"],
+        help="models no rewrite rule or InferenceModel names: route at priority 0 (upstream v1), "
+        "route as Sheddable (priority -100), or 404",
     )
     sch.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="larger bodies get 413")
     sch.add_argument(

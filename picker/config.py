@@ -1,13 +1,15 @@
-"""The picker's settings and where its InferenceModels come from (files or Kubernetes).
+"""The picker's settings and where its model configuration comes from (files or Kubernetes).
 
 A config source keeps a :class:`~picker.models.ModelTable` current and says when it has
-loaded once (a readiness condition). Three sources:
+loaded once (a readiness condition). The model configuration is InferenceObjective and
+InferenceModelRewrite (``inference.networking.x-k8s.io/v1alpha2`` and ``llm-d.ai/v1alpha2``)
+plus the deprecated InferenceModel (v1alpha2). Three sources:
 
-* none: no InferenceModels at all (every model follows the unknown-model policy);
+* none: no configuration at all (every model follows the unknown-model policy);
 * YAML files (``--config-files``, no Kubernetes): polled for changes; a file that does
   not parse or validate keeps the previous configuration and logs the error;
 * Kubernetes (``--kube``/``--kubeconfig``): list+watch of InferencePool (v1 and
-  v1alpha2) and InferenceModel in the pool's namespace.
+  v1alpha2) and of the five model-configuration collections in the pool's namespace.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class PickerConfig:
     kube: bool = False
     kubeconfig: str | None = None
     kube_host: str | None = None  # a plain API URL (tests)
-    unknown_model_policy: str = "sheddable"
+    unknown_model_policy: str = "route"  # picker.models.POLICIES
     max_body_bytes: int = 8 * 1024 * 1024
     replica_name: str = field(default_factory=socket.gethostname)
     refresh_metrics_interval: float = 0.05
@@ -74,13 +76,13 @@ ModelsChanged = Callable[[ModelTable], None]
 
 
 class StaticSource:
-    """No InferenceModels: loaded at once."""
+    """No configuration files or cluster: loaded at once."""
 
-    def __init__(
-        self, cfg: PickerConfig, on_change: ModelsChanged, models: list[crds.InferenceModel] | None = None
-    ):
+    def __init__(self, cfg: PickerConfig, on_change: ModelsChanged, resources: list[Any] | None = None):
         self.loaded = True
-        on_change(ModelTable(models or [], cfg.pool_name, cfg.unknown_model_policy))
+        on_change(
+            ModelTable(resources or [], cfg.pool_name, cfg.unknown_model_policy, namespace=cfg.pool_namespace)
+        )
 
     async def run(self) -> None:
         return None
@@ -99,14 +101,7 @@ class FileSource:
         self.last_error = ""
 
     def _files(self) -> list[Path]:
-        out: list[Path] = []
-        for p in self.cfg.config_files:
-            path = Path(p)
-            if path.is_dir():
-                out.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]))
-            else:
-                out.append(path)
-        return out
+        return crds.yaml_files(self.cfg.config_files)
 
     def _current_stamp(self) -> tuple:
         stamp = []
@@ -141,11 +136,20 @@ class FileSource:
         pools = [p for p in crds.pools_of(resources) if p.name == self.cfg.pool_name]
         if not pools:
             log.warning("no InferencePool named %s in the config files", self.cfg.pool_name)
-        models = [m for m in crds.models_of(resources) if m.namespace == self.cfg.pool_namespace]
-        self.on_change(ModelTable(models, self.cfg.pool_name, self.cfg.unknown_model_policy))
+        table = ModelTable(
+            resources, self.cfg.pool_name, self.cfg.unknown_model_policy, namespace=self.cfg.pool_namespace
+        )
+        self.on_change(table)
         self.loaded = True
         self.reloads += 1
-        log.info("config loaded", extra={"models": len(models), "files": len(stamp)})
+        log.info(
+            "config loaded",
+            extra={
+                "models": len(table.client_names()),
+                "objectives": len(table.objectives),
+                "files": len(stamp),
+            },
+        )
         return True
 
     def load_once(self) -> bool:
@@ -160,39 +164,51 @@ class FileSource:
 
 
 class KubeSource:
-    """InferencePool (v1, v1alpha2) and InferenceModel list+watch in the pool namespace."""
+    """List+watch, in the pool namespace, of InferencePool (v1, v1alpha2) and the model config.
+
+    The model configuration is InferenceObjective and InferenceModelRewrite in both API groups
+    plus InferenceModel v1alpha2 (``kube.MODEL_CONFIG_COLLECTIONS``). A cluster need not have
+    every CRD: a collection whose list keeps failing (no such CRD) stops blocking readiness
+    after two attempts, and every model then follows what the other kinds say.
+    """
 
     def __init__(self, cfg: PickerConfig, on_change: ModelsChanged) -> None:
         self.cfg = cfg
         self.on_change = on_change
         self.watchers: list[Any] = []
-        self.models_watcher: Any = None
+        self.config_watchers: list[Any] = []
         self.pool: crds.InferencePool | None = None
         self.errors = 0
 
     @property
     def loaded(self) -> bool:
-        mw = self.models_watcher
-        if mw is None:
+        if not self.config_watchers:
             return False
-        if mw.synced.is_set():
-            return True
-        # No InferenceModel CRD (a v1-only install): the list keeps failing; once a pool
-        # list works, go ready without models (every model follows the unknown policy).
-        return mw.relists >= 2 and any(w.synced.is_set() for w in self.watchers[1:])
+        settled = all(w.synced.is_set() or w.relists >= 2 for w in self.config_watchers)
+        return settled and any(w.synced.is_set() for w in self.watchers)
 
     def _rebuild(self, *_: Any) -> None:
-        models = []
-        for obj in self.models_watcher.objects.values():
-            try:
-                res = crds.from_object(obj, self.cfg.pool_namespace)
-            except crds.CRDValidationError as exc:
-                self.errors += 1
-                log.error("invalid InferenceModel ignored", extra={"error": str(exc)})
-                continue
-            if isinstance(res, crds.InferenceModel):
-                models.append(res)
-        self.on_change(ModelTable(models, self.cfg.pool_name, self.cfg.unknown_model_policy))
+        resources: list[Any] = []
+        for watcher in self.config_watchers:
+            for obj in watcher.objects.values():
+                try:
+                    res = crds.from_object(obj, self.cfg.pool_namespace)
+                except crds.CRDValidationError as exc:
+                    self.errors += 1
+                    log.error("invalid %s ignored", exc.kind, extra={"error": str(exc)})
+                    continue
+                if res is not None:
+                    resources.append(res)
+        labels = self.pool.labels if self.pool is not None else None
+        self.on_change(
+            ModelTable(
+                resources,
+                self.cfg.pool_name,
+                self.cfg.unknown_model_policy,
+                namespace=self.cfg.pool_namespace,
+                pool_labels=labels,
+            )
+        )
 
     def _pool_event(self, kind: str, obj: dict) -> None:
         if (obj.get("metadata") or {}).get("name") != self.cfg.pool_name:
@@ -206,18 +222,22 @@ class KubeSource:
             log.error("invalid InferencePool", extra={"error": str(exc)})
             return
         if isinstance(res, crds.InferencePool):
+            labels_changed = self.pool is None or self.pool.labels != res.labels
             self.pool = res
+            if labels_changed and self.config_watchers:  # objectives may select the pool by label
+                self._rebuild()
 
     async def run(self) -> None:
         from shared import kube
 
         api = await kube.api_client(self.cfg.kubeconfig, self.cfg.kube_host)
         ns = self.cfg.pool_namespace
-        self.models_watcher = kube.ListWatcher(
-            api, kube.custom(api, *kube.INFERENCE_MODEL_V1ALPHA2, namespace=ns), self._rebuild
-        )
+        self.config_watchers = [
+            kube.ListWatcher(api, kube.custom(api, *coll, namespace=ns), self._rebuild)
+            for coll in kube.MODEL_CONFIG_COLLECTIONS
+        ]
         self.watchers = [
-            self.models_watcher,
+            *self.config_watchers,
             kube.ListWatcher(api, kube.custom(api, *kube.INFERENCE_POOL_V1, namespace=ns), self._pool_event),
             kube.ListWatcher(
                 api, kube.custom(api, *kube.INFERENCE_POOL_V1ALPHA2, namespace=ns), self._pool_event
@@ -225,8 +245,6 @@ class KubeSource:
         ]
         tasks = [asyncio.create_task(w.run(), name=f"watch-{i}") for i, w in enumerate(self.watchers)]
         try:
-            await self.models_watcher.synced.wait()
-            self._rebuild()
             await asyncio.gather(*tasks)
         finally:
             for t in tasks:

@@ -1,33 +1,65 @@
-"""Model resolution: from the client's ``model`` to a criticality and a target model.
+"""Model resolution: from the client's ``model`` and headers to a priority and a target model.
 
-An InferenceModel maps a client-facing ``modelName`` to a criticality and to one or
-more target models (base models or LoRA adapters) with weights: a weighted random
-split (no weights: equal shares). The picker rewrites the request's ``model`` to the
-target and restores the client-facing name on the response.
+Three kinds configure it (see the README's "APIs" section), all scoped to the picker's pool:
 
-Precedence, documented in the README:
+- **InferenceObjective** (``inference.networking.x-k8s.io`` or ``llm-d.ai``, v1alpha2): a
+  named ``priority``; a request picks one with the objective header, by ``metadata.name``.
+- **InferenceModelRewrite** (same groups): rules mapping a client-facing model to a weighted
+  split over target models. Precedence, as upstream defines it: a rule with an ``Exact``
+  match for the model beats a generic rule (no ``matches``); among equals the oldest
+  resource (``metadata.creationTimestamp``; objects without one, as in files, count as
+  newest; then ``metadata.name``) wins, and inside one resource the first rule.
+- **InferenceModel** (v1alpha2, deprecated upstream, still supported): its ``modelName`` is
+  an Exact rewrite rule over ``targetModels`` (none: the model itself) and its criticality
+  a priority, :data:`CRITICALITY_PRIORITY`: Critical 100, Standard 0, Sheddable -100. When
+  an InferenceModelRewrite has an Exact rule for the same model, the newer API decides the
+  target (the InferenceModel still gives the model's default priority, which the rewrite
+  API has no field for). An InferenceModel still beats a generic rewrite rule.
 
-1. ``x-gateway-model-name-rewrite`` names the target directly and overrides the split
-   (the gateway's own routing decided it); the request is never rejected as unknown.
-2. ``x-gateway-inference-objective`` names an InferenceModel (by ``metadata.name`` or
-   ``modelName``) whose criticality the request takes, whatever its ``model``.
-3. An unknown ``model`` follows ``--unknown-model-policy``: ``sheddable`` (default, as
-   upstream v1: pass through at the lowest priority, target = the requested name) or
-   ``reject`` (404, as upstream v0.x).
+Per request:
+
+1. Target: the ``x-gateway-model-name-rewrite`` header names it directly (never unknown);
+   else the Exact rewrite rule, else the InferenceModel, else the generic rewrite rule.
+2. Priority: the objective header names an InferenceObjective (or, as before, an
+   InferenceModel by ``metadata.name`` or ``modelName``); else the requested model's
+   InferenceModel; else 0. Criticality, which the scheduler uses, follows the priority:
+   positive Critical, 0 Standard, negative Sheddable.
+3. A model nothing matches follows ``--unknown-model-policy``: ``route`` (default, as
+   upstream v1: priority 0, routed under its own name, never shed), ``sheddable``
+   (InferGate's earlier default: priority -100) or ``reject`` (404, as upstream v0.x).
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from shared.crds import InferenceModel
+from shared import crds
 
-__all__ = ["ModelTable", "Resolution", "UnknownModel"]
+__all__ = [
+    "CRITICALITY_PRIORITY",
+    "DEFAULT_POLICY",
+    "POLICIES",
+    "ModelTable",
+    "Resolution",
+    "UnknownModel",
+    "criticality_of",
+]
 
-POLICIES = ("sheddable", "reject")
+log = logging.getLogger(__name__)
+
+POLICIES = ("route", "sheddable", "reject")
+DEFAULT_POLICY = "route"
+CRITICALITY_PRIORITY = {"Critical": 100, "Standard": 0, "Sheddable": -100}
+
+
+def criticality_of(priority: int) -> str:
+    """The scheduler's three bands from a priority: >0 Critical, 0 Standard, <0 Sheddable."""
+    return "Critical" if priority > 0 else "Standard" if priority == 0 else "Sheddable"
 
 
 class UnknownModel(Exception):
@@ -40,72 +72,149 @@ class Resolution:
     target: str
     criticality: str
     known: bool
+    priority: int = 0
+    # The InferenceObjective (or InferenceModel) whose priority applies, by metadata.name;
+    # None when the default applies. Always a configured name: safe as a metric label.
+    objective: str | None = None
 
 
 class _Split:
-    """A weighted choice over target names, O(log n) per draw."""
+    """A weighted choice over target names, O(log n) per draw; no targets keeps the model."""
 
     __slots__ = ("cumulative", "names", "total")
 
-    def __init__(self, im: InferenceModel) -> None:
-        targets = im.target_models
-        self.names = [t.name for t in targets] or [im.model_name]
-        weights = [t.weight if t.weight is not None else 1 for t in targets] or [1]
+    def __init__(self, targets: Sequence[tuple[str, int | None]]) -> None:
+        self.names = [name for name, _ in targets]
         self.cumulative: list[int] = []
         acc = 0
-        for w in weights:
-            acc += w
+        for _, weight in targets:
+            acc += weight if weight is not None else 1
             self.cumulative.append(acc)
         self.total = acc
 
-    def pick(self, rng: random.Random) -> str:
+    def pick(self, model: str, rng: random.Random) -> str:
+        if not self.names:
+            return model
         if len(self.names) == 1:
             return self.names[0]
         return self.names[bisect.bisect_right(self.cumulative, rng.random() * self.total)]
 
 
+def _age_key(res: Any) -> tuple[bool, float, str]:
+    """Oldest first; objects without a creationTimestamp last; then by name (stable)."""
+    created = getattr(res, "created", None)
+    return (created is None, created or 0.0, res.name)
+
+
 class ModelTable:
-    """The pool's InferenceModels, indexed for the hot path; replaced wholesale on config change."""
+    """The pool's objectives, rewrite rules and InferenceModels, indexed for the hot path.
+
+    Built from any mix of parsed resources (other kinds are ignored); replaced wholesale on
+    every configuration change.
+    """
 
     def __init__(
         self,
-        models: Iterable[InferenceModel] = (),
+        resources: Iterable[Any] = (),
         pool_name: str | None = None,
-        policy: str = "sheddable",
+        policy: str = DEFAULT_POLICY,
         rng: random.Random | None = None,
+        *,
+        namespace: str | None = None,
+        pool_labels: Mapping[str, str] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown-model policy must be one of {POLICIES}, got {policy!r}")
         self.policy = policy
         self.rng = rng or random.Random()
-        self.by_model: dict[str, InferenceModel] = {}
-        self.by_name: dict[str, InferenceModel] = {}
-        self._splits: dict[str, _Split] = {}
-        for im in models:
-            if pool_name is not None and im.pool_ref != pool_name:
-                continue
-            self.by_model[im.model_name] = im
-            self.by_name[im.name] = im
-            self._splits[im.model_name] = _Split(im)
+        items = [r for r in resources if namespace is None or getattr(r, "namespace", namespace) == namespace]
+        if pool_labels is None:  # the pool itself may be among the resources (files)
+            pool = next((p for p in crds.pools_of(items) if p.name == pool_name), None)
+            pool_labels = pool.labels if pool is not None else None
+
+        def ours(ref: str) -> bool:
+            return pool_name is None or ref == pool_name
+
+        models = sorted((m for m in crds.models_of(items) if ours(m.pool_ref)), key=_age_key)
+        objectives = sorted(
+            (o for o in crds.objectives_of(items) if o.applies_to(pool_name, pool_labels)), key=_age_key
+        )
+        rewrites = sorted((r for r in crds.rewrites_of(items) if ours(r.pool_ref)), key=_age_key)
+        self.by_model: dict[str, crds.InferenceModel] = {}  # modelName -> the oldest InferenceModel
+        self.by_name: dict[str, crds.InferenceModel] = {}
+        self.objectives: dict[str, crds.InferenceObjective] = {}
+        self.exact: dict[str, _Split] = {}  # model -> the winning Exact rewrite rule's split
+        self.generic: _Split | None = None
+        self._im_splits: dict[str, _Split] = {}
+        for m in models:
+            self.by_model.setdefault(m.model_name, m)
+            self.by_name.setdefault(m.name, m)
+        for m in self.by_model.values():
+            self._im_splits[m.model_name] = _Split([(t.name, t.weight) for t in m.target_models])
+        for o in objectives:
+            self.objectives.setdefault(o.name, o)
+        for r in rewrites:
+            for rule in r.rules:
+                split = _Split([(t.model, t.weight) for t in rule.targets])
+                if rule.generic:
+                    self.generic = self.generic or split
+                for value in rule.matches:
+                    self.exact.setdefault(value, split)
+        self.overridden = sorted(set(self.exact) & set(self.by_model))
+        if models:
+            log.warning(
+                "InferenceModel is deprecated upstream: use InferenceObjective and InferenceModelRewrite",
+                extra={"inference_models": len(models), "overridden_by_rewrites": self.overridden},
+            )
+
+    @classmethod
+    def from_resources(
+        cls,
+        resources: Iterable[Any],
+        pool_name: str | None,
+        policy: str = DEFAULT_POLICY,
+        *,
+        namespace: str | None = None,
+        pool_labels: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
+    ) -> ModelTable:
+        return cls(resources, pool_name, policy, rng, namespace=namespace, pool_labels=pool_labels)
 
     def __len__(self) -> int:
-        return len(self.by_model)
+        """Client-facing model names plus objectives: how much configuration was loaded."""
+        return len(self.client_names()) + len(self.objectives)
 
-    def objective(self, name: str) -> InferenceModel | None:
-        return self.by_name.get(name) or self.by_model.get(name)
+    def client_names(self) -> list[str]:
+        """Sorted client-facing names: rewrite rules' Exact matches and InferenceModels' modelName."""
+        return sorted(set(self.exact) | set(self.by_model))
+
+    def _priority(self, model: str, objective: str | None) -> tuple[int | None, str | None]:
+        if objective:
+            ob = self.objectives.get(objective)
+            if ob is not None:
+                return ob.effective_priority, ob.name
+            im = self.by_name.get(objective) or self.by_model.get(objective)
+            if im is not None:
+                return CRITICALITY_PRIORITY[im.criticality], im.name
+        im = self.by_model.get(model)
+        if im is not None:
+            return CRITICALITY_PRIORITY[im.criticality], im.name
+        return None, None
 
     def resolve(self, model: str, rewrite: str | None = None, objective: str | None = None) -> Resolution:
-        """Criticality and target for ``model``; raises :class:`UnknownModel` under ``reject``."""
-        im = self.by_model.get(model)
-        criticality = im.criticality if im is not None else None
-        if objective:
-            ob = self.objective(objective)
-            if ob is not None:
-                criticality = ob.criticality
+        """Priority and target for ``model``; raises :class:`UnknownModel` under ``reject``."""
+        priority, source = self._priority(model, objective)
+        split = self.exact.get(model) or self._im_splits.get(model) or self.generic
+        known = split is not None
         if rewrite:
-            return Resolution(model, rewrite, criticality or "Standard", im is not None)
-        if im is None:
+            target = rewrite
+        elif split is not None:
+            target = split.pick(model, self.rng)
+        else:
             if self.policy == "reject":
                 raise UnknownModel(model)
-            return Resolution(model, model, criticality or "Sheddable", False)
-        return Resolution(model, self._splits[model].pick(self.rng), criticality or "Standard", True)
+            target = model
+            if priority is None and self.policy == "sheddable":
+                priority = CRITICALITY_PRIORITY["Sheddable"]
+        prio = priority if priority is not None else 0
+        return Resolution(model, target, criticality_of(prio), known, prio, source)

@@ -197,6 +197,19 @@ def custom(
 INFERENCE_POOL_V1 = ("inference.networking.k8s.io", "v1", "inferencepools")
 INFERENCE_POOL_V1ALPHA2 = ("inference.networking.x-k8s.io", "v1alpha2", "inferencepools")
 INFERENCE_MODEL_V1ALPHA2 = ("inference.networking.x-k8s.io", "v1alpha2", "inferencemodels")
+# InferenceObjective and InferenceModelRewrite: the same kinds in GIE's group and in llm-d's.
+INFERENCE_OBJECTIVE_V1ALPHA2 = ("inference.networking.x-k8s.io", "v1alpha2", "inferenceobjectives")
+INFERENCE_OBJECTIVE_LLMD = ("llm-d.ai", "v1alpha2", "inferenceobjectives")
+INFERENCE_MODEL_REWRITE_V1ALPHA2 = ("inference.networking.x-k8s.io", "v1alpha2", "inferencemodelrewrites")
+INFERENCE_MODEL_REWRITE_LLMD = ("llm-d.ai", "v1alpha2", "inferencemodelrewrites")
+# Everything that decides a request's priority and target model, watched together.
+MODEL_CONFIG_COLLECTIONS = (
+    INFERENCE_OBJECTIVE_V1ALPHA2,
+    INFERENCE_OBJECTIVE_LLMD,
+    INFERENCE_MODEL_REWRITE_V1ALPHA2,
+    INFERENCE_MODEL_REWRITE_LLMD,
+    INFERENCE_MODEL_V1ALPHA2,
+)
 
 
 async def api_client(kubeconfig: str | None = None, host: str | None = None) -> client.ApiClient:

@@ -52,13 +52,15 @@ def test_apiservice_points_at_the_service_and_hpa_uses_served_metrics():
     assert api["metadata"]["name"] == "v1beta1.external.metrics.k8s.io"
     assert api["spec"]["service"]["name"] == d["Service"]["metadata"]["name"]
     assert api["spec"]["service"]["port"] in {p["port"] for p in d["Service"]["spec"]["ports"]}
-    # Only what the code uses: list/watch InferenceModels, get the one authentication ConfigMap.
+    # Only what the code uses: list/watch InferenceModels and InferenceModelRewrites (both
+    # groups), get the one authentication ConfigMap.
     assert d["ClusterRole"]["rules"] == [
         {
             "apiGroups": ["inference.networking.x-k8s.io"],
-            "resources": ["inferencemodels"],
+            "resources": ["inferencemodels", "inferencemodelrewrites"],
             "verbs": ["list", "watch"],
         },
+        {"apiGroups": ["llm-d.ai"], "resources": ["inferencemodelrewrites"], "verbs": ["list", "watch"]},
         {
             "apiGroups": [""],
             "resources": ["configmaps"],

@@ -19,9 +19,9 @@ from tests.support.kustomize import containers, render
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-TREES = ["base", "overlays/dev", "overlays/production"]
+TREES = ["base", "overlays/dev", "overlays/production", "overlays/envoy-gateway-legacy"]
 K8S_VERSION = kubernetes_validate.latest_version()
-OWN_CRD_GROUPS = {"inference.networking.k8s.io", "inference.networking.x-k8s.io"}
+OWN_CRD_GROUPS = {"inference.networking.k8s.io", "inference.networking.x-k8s.io", "llm-d.ai"}
 GATEWAY_GROUPS = {"gateway.networking.k8s.io", "gateway.envoyproxy.io"}
 SERVICES = {
     "infergate-collector": "collector",
@@ -79,7 +79,13 @@ def test_crds_are_structural_and_have_status_and_printer_columns():
         ("inference.networking.k8s.io", "v1", "InferencePool"),
         ("inference.networking.x-k8s.io", "v1alpha2", "InferencePool"),
         ("inference.networking.x-k8s.io", "v1alpha2", "InferenceModel"),
+        ("inference.networking.x-k8s.io", "v1alpha2", "InferenceObjective"),
+        ("inference.networking.x-k8s.io", "v1alpha2", "InferenceModelRewrite"),
+        ("llm-d.ai", "v1alpha2", "InferenceObjective"),
+        ("llm-d.ai", "v1alpha2", "InferenceModelRewrite"),
     }
+    listed = yaml.safe_load((DEPLOY / "crds" / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted(p.name for p in (DEPLOY / "crds").glob("*_*.yaml"))
     for path in (DEPLOY / "crds").glob("*.yaml"):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc["kind"] == "CustomResourceDefinition":
@@ -111,22 +117,62 @@ def test_own_kinds_validate_against_our_crds_and_our_parser(tree):
         jsonschema.validate(obj, schemas[(group, version, obj["kind"])])
         assert crds.from_object(obj) is not None
         seen += 1
-    assert seen >= 2
+    assert seen >= 10
+    kinds = {(group_of(o), o["kind"]) for o in tree if group_of(o) in OWN_CRD_GROUPS}
+    for kind in ("InferenceObjective", "InferenceModelRewrite"):  # examples of every kind, both groups
+        assert {("inference.networking.x-k8s.io", kind), ("llm-d.ai", kind)} <= kinds
 
 
 @pytest.mark.parametrize(
-    ("kind", "doc", "bad_path"),
+    ("kind", "doc", "bad_path", "bad"),
     [
-        ("InferenceModel", "examples/inferencemodels.yaml", ("spec", "targetModels", 0, "weight")),
-        ("InferencePool", "examples/inferencepool.yaml", ("spec", "targetPorts", 0, "number")),
+        ("InferenceModel", "examples/inferencemodels.yaml", ("spec", "targetModels", 0, "weight"), 0),
+        ("InferencePool", "examples/inferencepool.yaml", ("spec", "targetPorts", 0, "number"), 0),
+        ("InferencePool", "examples/inferencepool.yaml", ("spec", "appProtocol"), "grpc"),
+        (
+            "InferencePool",
+            "examples/inferencepool.yaml",
+            ("spec", "endpointPickerRef", "failureMode"),
+            "Open",
+        ),
+        (
+            "InferencePool",
+            "examples/inferencepool.yaml",
+            ("spec", "targetPorts"),
+            [{"number": 8000 + i} for i in range(9)],
+        ),
+        ("InferenceObjective", "examples/inferenceobjectives.yaml", ("spec", "priority"), "high"),
+        ("InferenceObjective", "examples/inferenceobjectives.yaml", ("spec", "poolRef", "name"), ""),
+        (
+            "InferenceModelRewrite",
+            "examples/inferencemodelrewrites.yaml",
+            ("spec", "rules", 0, "targets", 0, "weight"),
+            1_000_001,
+        ),
+        (
+            "InferenceModelRewrite",
+            "examples/inferencemodelrewrites.yaml",
+            ("spec", "rules", 0, "matches", 0, "model", "type"),
+            "Prefix",
+        ),
+        (
+            "InferenceModelRewrite",
+            "examples/inferencemodelrewrites.yaml",
+            ("spec", "rules", 0, "targets"),
+            [],
+        ),
+        ("InferenceModelRewrite", "examples/inferencemodelrewrites.yaml", ("spec", "rules"), None),
     ],
 )
-def test_crd_schema_rejects_what_upstream_rejects(kind, doc, bad_path):
+def test_crd_schema_rejects_what_upstream_rejects(kind, doc, bad_path, bad):
     obj = next(d for d in yaml.safe_load_all((DEPLOY / doc).read_text()) if d["kind"] == kind)
     target = obj
     for key in bad_path[:-1]:
         target = target[key]
-    target[bad_path[-1]] = 0
+    if bad is None:
+        del target[bad_path[-1]]
+    else:
+        target[bad_path[-1]] = bad
     group, version = group_of(obj), obj["apiVersion"].split("/")[-1]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(obj, crd_schemas()[(group, version, kind)])
@@ -146,6 +192,15 @@ def test_gateway_resources_reference_each_other(tree):
         for rule in route["spec"]["rules"]:
             for ref in rule["backendRefs"]:
                 assert ref["kind"] == "InferencePool" and ref["name"] in by_kind["InferencePool"]
+    pool = by_kind["InferencePool"]["vllm-llama2-7b"]
+    picker_service = by_kind["Service"][pool["spec"]["endpointPickerRef"]["name"]]
+    assert pool["spec"]["endpointPickerRef"]["port"]["number"] in {
+        p["port"] for p in picker_service["spec"]["ports"]
+    }
+    # A second ext_proc only where the gateway cannot wire the pool's picker in itself.
+    if "EnvoyExtensionPolicy" not in by_kind:
+        return
+    assert any(o["kind"] == "EnvoyExtensionPolicy" for o in render(DEPLOY / "overlays/envoy-gateway-legacy"))
     policy = by_kind["EnvoyExtensionPolicy"]["infergate-picker"]
     for target in policy["spec"]["targetRefs"]:
         assert target["name"] in by_kind[target["kind"]]
@@ -153,11 +208,49 @@ def test_gateway_resources_reference_each_other(tree):
     assert ext["processingMode"]["request"]["body"] == "FullDuplexStreamed"
     service = by_kind["Service"][ext["backendRefs"][0]["name"]]
     assert ext["backendRefs"][0]["port"] in {p["port"] for p in service["spec"]["ports"]}
-    pool = by_kind["InferencePool"]["vllm-llama2-7b"]
-    picker_service = by_kind["Service"][pool["spec"]["endpointPickerRef"]["name"]]
-    assert pool["spec"]["endpointPickerRef"]["port"]["number"] in {
-        p["port"] for p in picker_service["spec"]["ports"]
-    }
+
+
+def test_only_the_legacy_overlay_adds_a_second_ext_proc():
+    for tree in ("base", "overlays/dev", "overlays/production"):
+        assert not [o for o in render(DEPLOY / tree) if o["kind"] == "EnvoyExtensionPolicy"], tree
+    legacy = [
+        o for o in render(DEPLOY / "overlays/envoy-gateway-legacy") if o["kind"] == "EnvoyExtensionPolicy"
+    ]
+    assert len(legacy) == 1
+    assert "harmless" not in (DEPLOY / "overlays/envoy-gateway-legacy/envoyextensionpolicy.yaml").read_text()
+
+
+ADMIN_PATHS = ["/v1/unload_lora_adapter", "/v1/load_lora_adapter", "/metrics", "/health", "/v1/"]
+INFERENCE_PATHS = [("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models")]
+
+
+def _route_matches(route: dict[str, Any], method: str, path: str) -> bool:
+    """Gateway API HTTPRoute path matching (Exact, PathPrefix on segment boundaries) and method."""
+    for rule in route["spec"]["rules"]:
+        for m in rule.get("matches") or [{"path": {"type": "PathPrefix", "value": "/"}}]:
+            p = m.get("path") or {"type": "PathPrefix", "value": "/"}
+            value = p["value"]
+            if p["type"] == "Exact":
+                hit = path == value
+            elif p["type"] == "PathPrefix":
+                prefix = value.rstrip("/")
+                hit = path == prefix or path.startswith(prefix + "/") or prefix == ""
+            else:
+                raise AssertionError(f"unexpected path match type {p['type']}")
+            if hit and m.get("method", method) == method:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("tree_name", TREES)
+def test_http_route_exposes_only_the_inference_api(tree_name):
+    routes = [o for o in render(DEPLOY / tree_name) if o["kind"] == "HTTPRoute"]
+    assert routes
+    for method, path in INFERENCE_PATHS:
+        assert any(_route_matches(r, method, path) for r in routes), path
+    for path in ADMIN_PATHS:
+        for method in ("GET", "POST"):
+            assert not any(_route_matches(r, method, path) for r in routes), (method, path)
 
 
 def test_workloads_are_non_root_with_read_only_root_fs(tree):
@@ -195,12 +288,35 @@ def test_picker_is_highly_available():
 
 # -- RBAC: derived from the code's API calls --------------------------------------------
 
-_KUBE_CALL = re.compile(r"kube\.(pods|custom)\(([^)]*)\)")
+_KUBE_CALL = re.compile(r"(?<![\w.])(?:kube\.)?(pods|custom)\(([^)]*)\)")  # kube.custom( or custom(
 _CONSTANTS = {
     "INFERENCE_POOL_V1": ("inference.networking.k8s.io", "inferencepools"),
     "INFERENCE_POOL_V1ALPHA2": ("inference.networking.x-k8s.io", "inferencepools"),
     "INFERENCE_MODEL_V1ALPHA2": ("inference.networking.x-k8s.io", "inferencemodels"),
+    "INFERENCE_OBJECTIVE_V1ALPHA2": ("inference.networking.x-k8s.io", "inferenceobjectives"),
+    "INFERENCE_OBJECTIVE_LLMD": ("llm-d.ai", "inferenceobjectives"),
+    "INFERENCE_MODEL_REWRITE_V1ALPHA2": ("inference.networking.x-k8s.io", "inferencemodelrewrites"),
+    "INFERENCE_MODEL_REWRITE_LLMD": ("llm-d.ai", "inferencemodelrewrites"),
 }
+# Tuples of constants in shared/kube.py that code iterates over.
+_COLLECTION_GROUPS = {
+    "MODEL_CONFIG_COLLECTIONS": [
+        "INFERENCE_OBJECTIVE_V1ALPHA2",
+        "INFERENCE_OBJECTIVE_LLMD",
+        "INFERENCE_MODEL_REWRITE_V1ALPHA2",
+        "INFERENCE_MODEL_REWRITE_LLMD",
+        "INFERENCE_MODEL_V1ALPHA2",
+    ]
+}
+
+
+def test_collection_groups_match_shared_kube():
+    from shared import kube
+
+    for name, members in _COLLECTION_GROUPS.items():
+        assert getattr(kube, name) == tuple(getattr(kube, m) for m in members)
+    for name, (group, plural) in _CONSTANTS.items():
+        assert getattr(kube, name)[0] == group and getattr(kube, name)[2] == plural
 
 
 def kube_access_of(package: str) -> set[tuple[str, str, str]]:
@@ -211,7 +327,11 @@ def kube_access_of(package: str) -> set[tuple[str, str, str]]:
         for fn, args in _KUBE_CALL.findall(text):
             targets = [("", "pods")] if fn == "pods" else [v for k, v in _CONSTANTS.items() if k in args]
             if fn == "custom" and not targets:  # a variable holding one of the constants
-                targets = [v for k, v in _CONSTANTS.items() if re.search(rf"\b{k}\b", text)]
+                names = {k for k in _CONSTANTS if re.search(rf"\b{k}\b", text)}
+                for group, members in _COLLECTION_GROUPS.items():
+                    if re.search(rf"\b{group}\b", text):
+                        names |= set(members)
+                targets = [_CONSTANTS[k] for k in sorted(names)]
             for group, resource in targets:
                 needed |= {(group, resource, "list"), (group, resource, "watch")}
     return needed
@@ -236,12 +356,20 @@ def granted(tree: list[dict[str, Any]], account: str) -> set[tuple[str, str, str
 
 
 @pytest.mark.parametrize(
-    ("account", "package"), [("infergate-collector", "collector"), ("infergate-picker", "picker")]
+    ("account", "package"),
+    [
+        ("infergate-collector", "collector"),
+        ("infergate-picker", "picker"),
+        ("infergate-autoscaler", "autoscaler"),
+    ],
 )
 def test_rbac_grants_exactly_what_the_code_uses(account, package):
     needed = kube_access_of(package)
     assert needed, f"no Kubernetes access found in {package}/; the scan is broken"
-    assert granted(render(DEPLOY / "base"), account) == needed
+    got = granted(render(DEPLOY / "base"), account)
+    if package == "autoscaler":  # plus the one ConfigMap read through CoreV1Api (see its rbac.yaml)
+        got -= {("", "configmaps", "get")}
+    assert got == needed
 
 
 # -- flags and env names match the services' real --help ---------------------------------

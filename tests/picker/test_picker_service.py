@@ -271,7 +271,8 @@ async def test_cli_subprocess_serves_and_exits_on_sigterm(nats_server, tmp_path)
 
 
 async def test_with_the_real_default_scheduler():
-    p = Picker(local_cfg())  # picker.scheduling.build_scheduler("default")
+    # picker.scheduling.build_scheduler("default"); unknown models Sheddable (not the default)
+    p = Picker(local_cfg(unknown_model_policy="sheddable"))
     assert type(p.scheduler).__name__ != "LeastLoadScheduler"
     p.core.conformance_hooks = True  # the test pins requests with test-epp-endpoint-selection
     async with p:
@@ -288,7 +289,7 @@ async def test_with_the_real_default_scheduler():
                 ]
                 assert set(first.split(",")) <= {"10.0.0.2:8000", "10.0.0.3:8000"}
                 await s.close()
-            # Every pod saturated: a Sheddable request (an unknown model, default policy) is shed.
+            # Every pod saturated: a Sheddable request (an unknown model, policy sheddable) is shed.
             for i in range(1, 4):
                 p.view.apply(snapshot(f"10.0.0.{i}:8000", pool="pool", seq=2, waiting=50, kv_usage=0.99))
             status, _ = await route(p, "unknown-model", ch)
