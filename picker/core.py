@@ -33,9 +33,6 @@ __all__ = ["Answered", "Core", "Inflight", "Rejected", "RequestHeaders", "Routed
 log = logging.getLogger(__name__)
 reqlog = logging.getLogger("picker.requests")
 
-# Criticality -> priority while models.Resolution has no ``priority`` of its own (the
-# same mapping as picker.models.CRITICALITY_PRIORITY).
-_PRIORITY = {"Critical": 100, "Standard": 0, "Sheddable": -100}
 _DROPPED = {
     400: Dropped.BAD_REQUEST,
     404: Dropped.UNKNOWN_MODEL,
@@ -225,9 +222,7 @@ class Core:
                 param="model",
                 request_id=hdr.request_id,
             )
-        priority = getattr(res, "priority", None)
-        if priority is None:
-            priority = _PRIORITY.get(res.criticality, 0)
+        priority = res.priority
         fairness = hdr.fairness_id or ""
         cands = self.candidates(hdr, subset)
         if cands is not None and not cands:
