@@ -4,7 +4,7 @@
 
 Two processes: this one plays Envoy (grpc aio client) and a server subprocess is either
 
-* ``picker``: the real :class:`picker.server.Picker` with the default scheduler profile,
+* ``picker``: the real :class:`picker.service.Picker` with the default scheduler profile,
   eight endpoints in its view, an InferenceModel that rewrites the model name (so the
   body is re-encoded on the way in and the response restored on the way out);
 * ``echo``: a bare ext_proc server that answers every message with an empty CONTINUE,
@@ -86,7 +86,7 @@ async def serve_picker(port: int, request_log: bool) -> None:
 
     from picker.config import PickerConfig
     from picker.models import ModelTable
-    from picker.server import Picker
+    from picker.service import Picker
     from picker.testing import snapshot
     from shared.crds import InferenceModel, TargetModel
     from shared.log import setup_logging
@@ -177,7 +177,7 @@ def in_process(n: int = 5000) -> float:
     from picker.config import PickerConfig
     from picker.extproc import FULL_DUPLEX, Exchange
     from picker.models import ModelTable
-    from picker.server import Picker
+    from picker.service import Picker
     from picker.testing import snapshot
     from shared.crds import InferenceModel, TargetModel
 
@@ -239,7 +239,7 @@ def in_process(n: int = 5000) -> float:
     parse = ep.ProcessingRequest.FromString
 
     def one(i: int) -> None:
-        ex = Exchange(p.core)
+        ex = Exchange(p.director)
         first = parse(raw[0])
         first.request_headers.headers.headers[4].raw_value = str(i).encode()
         for m in (first, parse(raw[1]), parse(raw[2]), parse(raw[3])):

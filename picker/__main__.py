@@ -21,7 +21,7 @@ from shared.natsconn import add_nats_flags, options_from_args
 from shared.service import run
 
 from .config import PickerConfig
-from .server import Picker
+from .service import Picker
 from .sharing.settings import add_sharing_flags, settings_from_args
 
 log = logging.getLogger("picker")

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PickerConfig:
-    """Everything a :class:`~picker.server.Picker` needs; the CLI fills it from flags."""
+    """Everything a :class:`~picker.service.Picker` needs; the CLI fills it from flags."""
 
     pool_name: str = "default-pool"
     pool_namespace: str = "default"

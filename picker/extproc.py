@@ -1,6 +1,6 @@
 """Envoy's ``ExternalProcessor.Process`` stream: one bidirectional stream per HTTP request.
 
-The Endpoint Picker protocol (design.md §2) on top of :mod:`picker.core`:
+The Endpoint Picker protocol (design.md §2) on top of :mod:`picker.director`:
 
 * **Deferred headers** (request body mode FULL_DUPLEX_STREAMED, or STREAMED with
   ``send_body_without_waiting_for_header_response``, or no ``protocol_config`` at all,
@@ -41,7 +41,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
-from .core import Answered, Core, Inflight, Rejected, RequestHeaders, Routed, new_request_id
+from .director import Answered, Director, Inflight, Rejected, RequestHeaders, Routed, new_request_id
 from .protocol import (
     CONFORMANCE_SELECTION,
     CONFORMANCE_SERVED,
@@ -206,8 +206,8 @@ class Exchange:
         "body_chunks",
         "body_msgs",
         "body_size",
-        "core",
         "deferred",
+        "director",
         "done_request",
         "hdr",
         "inflight",
@@ -221,8 +221,8 @@ class Exchange:
         "without_waiting",
     )
 
-    def __init__(self, core: Core, default_mode: int = FULL_DUPLEX) -> None:
-        self.core = core
+    def __init__(self, director: Director, default_mode: int = FULL_DUPLEX) -> None:
+        self.director = director
         self.hdr: RequestHeaders | None = None
         self.subset: list[str] | None = None
         self.req_mode: int | None = None
@@ -285,7 +285,7 @@ class Exchange:
             rest = rw.feed(b"", True)
             if self.inflight is not None and not self.inflight.done:
                 p, o = rw.tokens()
-                self.core.complete(self.inflight, self.resp_status or 200, p, o)
+                self.director.complete(self.inflight, self.resp_status or 200, p, o)
             out.append(_streamed(rest, False, response=True))
         out.append(ep.ProcessingResponse(response_trailers=ep.TrailersResponse()))
         return out
@@ -297,7 +297,7 @@ class Exchange:
         self.deferred = mode == FULL_DUPLEX or (mode == STREAMED and self.without_waiting)
         if msg.end_of_stream:
             self.done_request = True
-            picked = self.core.route_headers_only(hdr, self.subset)
+            picked = self.director.route_headers_only(hdr, self.subset)
             if isinstance(picked, (Rejected, Answered)):
                 return [immediate(picked, hdr.request_id)]
             destination, _ = picked
@@ -328,7 +328,7 @@ class Exchange:
         hdr = self.hdr
         assert hdr is not None
         # One ip:port (the choice) unless --destination-header-list; the list is in the metadata.
-        header = destination if self.core.destination_header_list else destination.split(",", 1)[0]
+        header = destination if self.director.destination_header_list else destination.split(",", 1)[0]
         sets = [_hv(DESTINATION, header)]
         if content_length is not None:
             sets.append(_hv("content-length", str(content_length)))
@@ -347,12 +347,12 @@ class Exchange:
         if msg.body:
             self.body_size += len(msg.body)
             self.body_chunks.append(msg.body)
-            if self.body_size > self.core.max_body_bytes:
+            if self.body_size > self.director.max_body_bytes:
                 self.done_request = True
                 self.body_chunks = []
-                rej = self.core.reject(
+                rej = self.director.reject(
                     413,
-                    f"request body exceeds {self.core.max_body_bytes} bytes",
+                    f"request body exceeds {self.director.max_body_bytes} bytes",
                     request_id=self.hdr.request_id,
                 )
                 return [immediate(rej, self.hdr.request_id)]
@@ -370,7 +370,7 @@ class Exchange:
         self.done_request = True
         body = self.body_chunks[0] if len(self.body_chunks) == 1 else b"".join(self.body_chunks)
         self.body_chunks = []
-        result = self.core.route(self.hdr, body, self.subset)
+        result = self.director.route(self.hdr, body, self.subset)
         if isinstance(result, (Rejected, Answered)):
             return [immediate(result, self.hdr.request_id)]
         self.inflight = result.inflight
@@ -444,9 +444,9 @@ class Exchange:
             if restore is not None and not sse:
                 remove.append("content-length")  # the restored name changes the length
             if status >= 400 or msg.end_of_stream or self.resp_mode == NONE:
-                self.core.complete(inflight, status)
+                self.director.complete(inflight, status)
         sets = []
-        if self.core.conformance_hooks:
+        if self.director.conformance_hooks:
             # The gateway's word (envoy.lb metadata; InferGate's Envoy adds a response header),
             # never the picker's own choice: a gateway that ignores the choice must fail.
             served = self.served or served_header or CONFORMANCE_SERVED_MISSING
@@ -467,7 +467,7 @@ class Exchange:
         chunk = msg.body
         end = msg.end_of_stream
         if inflight is not None:
-            self.core.first_byte(inflight)
+            self.director.first_byte(inflight)
         if rw is None or rw.done:
             if rw is not None and rw.done and mode == FULL_DUPLEX:
                 return []  # a duplicate end_of_stream
@@ -476,7 +476,7 @@ class Exchange:
             out = rw.feed(chunk, end)
         if end and inflight is not None and not inflight.done:
             p, o = rw.tokens() if rw is not None else (0, 0)
-            self.core.complete(inflight, self.resp_status or 200, p, o)
+            self.director.complete(inflight, self.resp_status or 200, p, o)
         if mode == FULL_DUPLEX:
             if not out and not end:
                 return []
@@ -515,22 +515,22 @@ class Exchange:
             status = self.resp_status if self.resp_status else 499
             if self.rewriter is not None:
                 p, o = self.rewriter.tokens()
-                self.core.complete(inflight, status, p, o)
+                self.director.complete(inflight, status, p, o)
             else:
-                self.core.complete(inflight, status)
+                self.director.complete(inflight, status)
 
 
 class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
     """The gRPC service; each ``Process`` call drives one :class:`Exchange`."""
 
-    def __init__(self, core: Core, default_mode: str = "FULL_DUPLEX_STREAMED") -> None:
-        self.core = core
+    def __init__(self, director: Director, default_mode: str = "FULL_DUPLEX_STREAMED") -> None:
+        self.director = director
         self.default_mode = MODE_NAMES[default_mode]
         self.active = 0
         self.streams = 0
 
     async def Process(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        ex = Exchange(self.core, self.default_mode)
+        ex = Exchange(self.director, self.default_mode)
         self.active += 1
         self.streams += 1
         try:
@@ -548,7 +548,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
                             yield resp
                         continue
                     ex.done_request = True
-                    rej = self.core.reject(500, "internal error in the endpoint picker")
+                    rej = self.director.reject(500, "internal error in the endpoint picker")
                     out = [immediate(rej, ex.hdr.request_id if ex.hdr else "")]
                 for resp in out:
                     yield resp

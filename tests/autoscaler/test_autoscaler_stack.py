@@ -24,7 +24,7 @@ from autoscaler.service import Autoscaler, AutoscalerConfig
 from collector.service import Collector, CollectorConfig
 from collector.targets import Target
 from picker.config import PickerConfig
-from picker.server import Picker
+from picker.service import Picker
 from picker.sharing.service import PeerSharing
 from picker.sharing.settings import SharingSettings
 from picker.testing import EnvoyStream, headers_of

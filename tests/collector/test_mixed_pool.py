@@ -15,7 +15,7 @@ import grpc
 from collector.service import Collector, CollectorConfig
 from collector.targets import Target
 from picker.config import PickerConfig
-from picker.server import Picker
+from picker.service import Picker
 from picker.testing import EnvoyStream, headers_of
 from shared.natsconn import NatsOptions
 from sim.engine import EngineConfig, SimRequest

@@ -28,7 +28,7 @@ from picker.config import PickerConfig
 from picker.envoy.bootstrap import build_bootstrap
 from picker.envoy.options import BootstrapOptions
 from picker.envoy.process import EnvoyProcess
-from picker.server import Picker
+from picker.service import Picker
 from picker.testing import snapshot
 from shared.natsd import free_port
 from sim.server import SimCluster

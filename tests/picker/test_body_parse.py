@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from picker.body import BodyError, flatten_messages, parse_request, path_kind
-from picker.core import Core, Rejected, RequestHeaders, Routed
+from picker.director import Director, Rejected, RequestHeaders, Routed
 from picker.metrics import PickerMetrics
 from picker.models import ModelTable
 from picker.response import ResponseRewriter
@@ -107,11 +107,11 @@ def test_fuzz_only_body_errors_escape(body, path):
         assert 400 <= exc.status < 500
 
 
-def _core() -> Core:
+def _director() -> Director:
     sched = LeastLoadScheduler(staleness=3600)
     view = PoolView("default", "pool", sched)
     view.apply(snapshot("10.0.0.1:8000", pool="pool"))
-    return Core(
+    return Director(
         view=view, scheduler=sched, models=ModelTable([], "pool", "sheddable"), metrics=PickerMetrics()
     )
 
@@ -119,8 +119,8 @@ def _core() -> Core:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bodies, paths)
 def test_fuzz_every_bad_body_is_a_4xx_and_every_good_one_routes(body, path):
-    core = _core()
-    result = core.route(RequestHeaders(path=path, request_id="r"), body, None)
+    director = _director()
+    result = director.route(RequestHeaders(path=path, request_id="r"), body, None)
     try:
         parse_request(body, path)
         valid = True
@@ -128,11 +128,11 @@ def test_fuzz_every_bad_body_is_a_4xx_and_every_good_one_routes(body, path):
         valid = False
     if valid:
         assert isinstance(result, Routed)
-        core.complete(result.inflight, 200)
+        director.complete(result.inflight, 200)
     else:
         assert isinstance(result, Rejected) and 400 <= result.status < 500
         assert json.loads(result.body)["error"]["code"] == result.status
-    assert not core.inflight
+    assert not director.inflight
 
 
 @settings(max_examples=200, deadline=None)

@@ -28,7 +28,7 @@ from picker.protocol import (
     HEALTH_SERVICES,
     LB_NAMESPACE,
 )
-from picker.server import Picker
+from picker.service import Picker
 from picker.testing import EnvoyStream, headers_of, snapshot
 from shared.crds import InferenceModel, TargetModel
 from shared.schemas import LoraState
@@ -132,7 +132,7 @@ async def test_header_names_the_choice_and_metadata_the_ordered_list(picker, cha
 
 
 async def test_destination_header_list_flag_puts_the_list_in_the_header(picker, channel):
-    picker.core.destination_header_list = True  # --destination-header-list
+    picker.director.destination_header_list = True  # --destination-header-list
     h, lb, _ = await routed(channel, {})
     assert h[DESTINATION] == lb == f"{A},{B}"
 
@@ -277,7 +277,7 @@ async def test_conformance_hooks_off_by_default(picker, channel):
 
 
 async def test_conformance_hooks_on_restrict_and_echo_the_gateway_served_endpoint(channel, picker):
-    picker.core.conformance_hooks = True
+    picker.director.conformance_hooks = True
     chosen, out = await response_headers(channel, B, served=B, served_header=None)
     assert chosen == B
     assert out[CONFORMANCE_SERVED] == B  # from the envoy.lb metadata

@@ -9,7 +9,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picker.core import Core
+from picker.director import Director
 from picker.extproc import BUFFERED, FULL_DUPLEX, STREAMED, Exchange
 from picker.metrics import PickerMetrics
 from picker.models import ModelTable
@@ -68,14 +68,14 @@ def test_random_message_sequences(msgs, mode, without_waiting):
     sched = LeastLoadScheduler(staleness=3600)
     view = PoolView("default", "pool", sched)
     view.apply(snapshot("10.0.0.1:8000", pool="pool"))
-    core = Core(
+    director = Director(
         view=view,
         scheduler=sched,
         models=ModelTable([], "pool", "sheddable"),
         metrics=PickerMetrics(),
         max_body_bytes=64,
     )
-    ex = Exchange(core)
+    ex = Exchange(director)
     if msgs:
         msgs[0].protocol_config.request_body_mode = mode
         msgs[0].protocol_config.response_body_mode = mode
@@ -85,4 +85,4 @@ def test_random_message_sequences(msgs, mode, without_waiting):
             assert isinstance(out, ep.ProcessingResponse)
             out.SerializeToString()
     ex.close()
-    assert not core.inflight and not sched.inflight
+    assert not director.inflight and not sched.inflight

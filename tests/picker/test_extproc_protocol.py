@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from picker.config import PickerConfig
 from picker.extproc import MAX_CHUNK
 from picker.models import ModelTable
-from picker.server import Picker
+from picker.service import Picker
 from picker.testing import EnvoyStream, headers_of, snapshot
 from shared.crds import InferenceModel, TargetModel
 from tests.support.least_load import LeastLoadScheduler
@@ -121,7 +121,7 @@ async def test_full_duplex_defers_headers_until_end_of_body(picker, channel):
     assert out.response_body.response.body_mutation.streamed_response.end_of_stream
     await s.close()
     assert picker.sink.completed == [("req-1", "10.0.0.1:8000", 200, 4, 9)]
-    assert not picker.core.inflight and not picker.scheduler.inflight
+    assert not picker.director.inflight and not picker.scheduler.inflight
 
 
 async def test_buffered_answers_headers_then_routes_on_the_body(picker, channel):
@@ -143,7 +143,7 @@ async def test_buffered_answers_headers_then_routes_on_the_body(picker, channel)
     lb = r.dynamic_metadata.fields["envoy.lb"].struct_value.fields[DEST].string_value
     assert lb == "10.0.0.1:8000,10.0.0.2:8000"
     await s.close()
-    assert not picker.core.inflight
+    assert not picker.director.inflight
 
 
 async def test_streamed_without_waiting_defers_and_answers_every_chunk(picker, channel):
@@ -341,7 +341,7 @@ async def test_subset_hint_restricts_candidates(picker, channel):
 
 @pytest.mark.parametrize("selection", ["10.0.0.2", "10.0.0.2:8000", " 10.0.0.9 , 10.0.0.2:8000"])
 async def test_conformance_header_restricts_candidates(picker, channel, selection):
-    picker.core.conformance_hooks = True  # --conformance-test-hooks
+    picker.director.conformance_hooks = True  # --conformance-test-hooks
     s = EnvoyStream(channel).open()
     s.request_headers(headers={"test-epp-endpoint-selection": selection})
     s.request_body(chat(), True)
@@ -456,11 +456,11 @@ async def test_cancel_releases_in_flight_accounting(picker, channel):
     s.request_headers(headers={"x-request-id": "gone"})
     s.request_body(chat(), True)
     await s.recv_n(2)
-    assert "gone" in picker.core.inflight and picker.scheduler.inflight
+    assert "gone" in picker.director.inflight and picker.scheduler.inflight
     s.cancel()
     from tests.support.waiting import wait_until
 
-    await wait_until(lambda: not picker.core.inflight, 5, "in-flight entry released")
+    await wait_until(lambda: not picker.director.inflight, 5, "in-flight entry released")
     assert not picker.scheduler.inflight
     assert picker.sink.completed == [("gone", "10.0.0.1:8000", 499, picker.sink.completed[0][3], 0)]
     assert picker.registry.get_sample_value("inference_model_running_requests", {"model_name": "base"}) == 0
@@ -473,7 +473,7 @@ async def test_error_status_releases_at_response_headers(picker, channel):
     await s.recv_n(2)
     s.response_headers(status=500)
     await s.recv()
-    assert not picker.core.inflight
+    assert not picker.director.inflight
     assert picker.sink.completed[0][2] == 500
 
 
@@ -497,7 +497,7 @@ async def test_many_streams_leave_nothing_in_flight(picker, channel):
     await asyncio.gather(*(one(i) for i in range(30)))
     from tests.support.waiting import wait_until
 
-    await wait_until(lambda: not picker.core.inflight, 5, "all released")
+    await wait_until(lambda: not picker.director.inflight, 5, "all released")
     assert not picker.scheduler.inflight
     assert len(picker.sink.assigned) == len(picker.sink.completed) == 30
 
@@ -585,7 +585,7 @@ async def test_internal_errors_become_500_and_the_stream_survives(picker, channe
     await s.close()
     from tests.support.waiting import wait_until
 
-    await wait_until(lambda: not picker.core.inflight, 5, "released at stream end")
+    await wait_until(lambda: not picker.director.inflight, 5, "released at stream end")
 
 
 @pytest.mark.parametrize("mode", ["BUFFERED", "STREAMED"])

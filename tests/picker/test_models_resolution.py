@@ -335,11 +335,14 @@ async def test_kube_source_watches_objectives_rewrites_and_models_in_both_groups
     try:
         await wait_until(lambda: source.loaded, 10, "config synced")
         await wait_until(lambda: tables and tables[-1].client_names() == ["chat", "old"], 10, "all kinds")
+        # Readiness needs one synced pool collection, not the pool itself: the v1alpha2
+        # collection may sync (empty) before the v1 pool's event arrives.
+        await wait_until(lambda: source.pool is not None, 10, "pool seen")
         t = tables[-1]
         assert t.resolve("chat").target == "chat-v2"
         assert t.resolve("chat", objective="premium").priority == 7
         assert t.resolve("old").criticality == "Sheddable"
-        assert source.pool is not None and source.pool.target_ports == (8000, 8001)
+        assert source.pool.target_ports == (8000, 8001)
         await kube_api.upsert(
             obj(llmd, "InferenceObjective", "batch", {"priority": -3, "poolRef": {"name": "pool"}})
         )

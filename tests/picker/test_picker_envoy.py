@@ -13,7 +13,7 @@ from picker.envoy.bootstrap import build_bootstrap
 from picker.envoy.options import BootstrapOptions
 from picker.envoy.process import EnvoyProcess
 from picker.models import ModelTable
-from picker.server import Picker
+from picker.service import Picker
 from picker.testing import snapshot
 from shared.crds import InferenceModel, TargetModel
 from shared.natsd import free_port
@@ -146,7 +146,7 @@ async def test_json_request_is_routed_rewritten_and_restored(stack):
     _, seen = stack["a"]
     assert seen[-1]["model"] == "base-v2"
     assert seen[-1]["content_length"] in (None, seen[-1]["length"])  # chunked or exact
-    await wait_until(lambda: not p.core.inflight, 5)
+    await wait_until(lambda: not p.director.inflight, 5)
     # Envoy (an edge proxy here) replaces a client's x-request-id; the picker and the model
     # server see the same id, which is what matters for accounting across replicas.
     assert p.sink.completed[-1] == (seen[-1]["request_id"], stack["a"][0], 200, 2)
@@ -163,7 +163,7 @@ async def test_sse_stream_is_restored_and_counted(stack):
     events = [json.loads(e[6:]) for e in text.split("\n\n") if e.startswith("data: {")]
     assert len(events) == 5 and all(e["model"] == "chat" for e in events)
     assert text.rstrip().endswith("data: [DONE]")
-    await wait_until(lambda: not p.core.inflight and p.sink.completed, 5)
+    await wait_until(lambda: not p.director.inflight and p.sink.completed, 5)
     assert p.sink.completed[-1][0] == stack["a"][1][-1]["request_id"]
     assert p.sink.completed[-1][2:] == (200, 4)
 
@@ -187,14 +187,14 @@ async def test_conformance_header_and_errors_through_envoy(stack):
     async with http.post(stack["url"] + "/v1/chat/completions", json=chat(), headers=pin) as r:
         assert (await r.json())["server"] == "a"
         assert "x-conformance-test-served-endpoint" not in r.headers
-    p.core.conformance_hooks = True  # --conformance-test-hooks
+    p.director.conformance_hooks = True  # --conformance-test-hooks
     try:
         async with http.post(stack["url"] + "/v1/chat/completions", json=chat(), headers=pin) as r:
             assert (await r.json())["server"] == "b"
             # The gateway's word for who served (this Envoy reports it in a response header).
             assert r.headers["x-conformance-test-served-endpoint"] == b_addr
     finally:
-        p.core.conformance_hooks = False
+        p.director.conformance_hooks = False
     async with http.post(stack["url"] + "/v1/chat/completions", json=chat("nope")) as r:
         assert r.status == 404
         assert (await r.json())["error"]["type"] == "NotFoundError"
@@ -214,4 +214,4 @@ async def test_conformance_header_and_errors_through_envoy(stack):
         async with http.request(method, stack["url"] + path, json={"lora_name": "x"}) as r:
             assert r.status == 404, path
             assert (await r.json())["error"]["code"] == 404
-    await wait_until(lambda: not stack["picker"].core.inflight, 5)
+    await wait_until(lambda: not stack["picker"].director.inflight, 5)

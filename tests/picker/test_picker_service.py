@@ -16,7 +16,7 @@ import pytest
 
 from picker.__main__ import build_parser, config_from_args
 from picker.config import PickerConfig
-from picker.server import Picker
+from picker.service import Picker
 from picker.testing import EnvoyStream, headers_of, snapshot
 from shared.natsconn import ensure_streams
 from shared.natsd import free_port
@@ -130,7 +130,7 @@ async def test_kubernetes_source(kube_api):
                     "spec": {"modelName": "other", "poolRef": {"name": "pool"}},
                 }
             )
-            await wait_until(lambda: "other" in p.core.models.by_model, 10, "watch event")
+            await wait_until(lambda: "other" in p.director.models.by_model, 10, "watch event")
             assert (await route(p, "other", ch))[0] == 200
 
 
@@ -161,7 +161,7 @@ async def test_graceful_stop_lets_in_flight_streams_finish():
         await s.recv()
         await s.close()
         await asyncio.wait_for(stopping, 10)
-    assert not p.core.inflight
+    assert not p.director.inflight
 
 
 async def test_metrics_use_upstream_names():
@@ -274,7 +274,7 @@ async def test_with_the_real_default_scheduler():
     # picker.scheduling.build_scheduler("default"); unknown models Sheddable (not the default)
     p = Picker(local_cfg(unknown_model_policy="sheddable"))
     assert type(p.scheduler).__name__ != "LeastLoadScheduler"
-    p.core.conformance_hooks = True  # the test pins requests with test-epp-endpoint-selection
+    p.director.conformance_hooks = True  # the test pins requests with test-epp-endpoint-selection
     async with p:
         for i in range(1, 4):
             p.view.apply(snapshot(f"10.0.0.{i}:8000", pool="pool", kv_capacity_tokens=119_408))
@@ -294,7 +294,7 @@ async def test_with_the_real_default_scheduler():
                 p.view.apply(snapshot(f"10.0.0.{i}:8000", pool="pool", seq=2, waiting=50, kv_usage=0.99))
             status, _ = await route(p, "unknown-model", ch)
             assert status == 429
-        await wait_until(lambda: not p.core.inflight, 5)
+        await wait_until(lambda: not p.director.inflight, 5)
 
 
 def test_kube_mode_is_automatic_inside_a_cluster(monkeypatch):

@@ -8,7 +8,7 @@ import grpc
 import nats
 
 from picker.config import PickerConfig
-from picker.server import Picker
+from picker.service import Picker
 from picker.sharing import SharingSettings
 from picker.testing import EnvoyStream, headers_of, snapshot
 from shared.natsconn import NatsOptions, ensure_streams

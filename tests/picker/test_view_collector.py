@@ -5,7 +5,7 @@ from __future__ import annotations
 from collector.service import Collector, CollectorConfig
 from collector.targets import Target
 from picker.config import PickerConfig
-from picker.server import Picker
+from picker.service import Picker
 from shared.natsconn import NatsOptions
 from tests.support.fakepod import FakePods
 from tests.support.least_load import LeastLoadScheduler

@@ -6,7 +6,7 @@ import nats
 import pytest
 
 from picker.config import PickerConfig
-from picker.server import Picker
+from picker.service import Picker
 from picker.testing import snapshot
 from picker.view import PoolView
 from shared.natsconn import NatsOptions, ensure_streams

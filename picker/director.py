@@ -1,11 +1,11 @@
-"""The routing core: one request's headers and body in, a destination (or an error) out.
+"""The director: one request's headers and body in, a destination (or an error) out.
 
 Independent of gRPC, so the protocol layer (:mod:`picker.extproc`) only translates
-Envoy messages. The core owns the request-side policy (readiness, model resolution,
+Envoy messages. The director owns the request-side policy (readiness, model resolution,
 candidate restriction, the scheduler call, accounting) and the in-flight registry:
-every assignment it makes is released exactly once through :meth:`Core.complete`,
+every assignment it makes is released exactly once through :meth:`Director.complete`,
 which the protocol layer calls on response end, error status, cancel or shutdown.
-It also answers the gateway's own ``GET /v1/models`` from the view (:meth:`Core.models_list`).
+It also answers the gateway's own ``GET /v1/models`` from the view (:meth:`Director.models_list`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .protocol import MODELS_PATH, Dropped
 from .scheduling.api import RequestInfo, Scheduler
 from .view import PoolView
 
-__all__ = ["Answered", "Core", "Inflight", "Rejected", "RequestHeaders", "Routed"]
+__all__ = ["Answered", "Director", "Inflight", "Rejected", "RequestHeaders", "Routed"]
 
 log = logging.getLogger(__name__)
 reqlog = logging.getLogger("picker.requests")
@@ -98,7 +98,7 @@ class Routed:
     target_model: str
 
 
-class Core:
+class Director:
     def __init__(
         self,
         *,

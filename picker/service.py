@@ -42,7 +42,7 @@ from shared.ops import Health, OpsServer
 from shared.service import Supervisor
 
 from .config import FileSource, KubeSource, PickerConfig, StaticSource
-from .core import Core
+from .director import Director
 from .extproc import ExtProcServicer
 from .hooks import EventSink
 from .metrics import PickerMetrics
@@ -83,7 +83,7 @@ class Picker:
             cfg.pool_namespace, cfg.pool_name, self.scheduler, staleness=cfg.metrics_staleness_threshold
         )
         self.models = ModelTable([], cfg.pool_name, cfg.unknown_model_policy)
-        self.core = Core(
+        self.director = Director(
             view=self.view,
             scheduler=self.scheduler,
             models=self.models,
@@ -113,7 +113,7 @@ class Picker:
         self.health.add_check("config", lambda: bool(self.source.loaded))
         if self._share:
             self.health.add_check("peers", lambda: self.sharing is not None and self.sharing.is_ready())
-        self.servicer = ExtProcServicer(self.core, cfg.default_body_mode)
+        self.servicer = ExtProcServicer(self.director, cfg.default_body_mode)
         self.supervisor = Supervisor("picker")
         self._stop = asyncio.Event()
         self._server: grpc.aio.Server | None = None
@@ -133,17 +133,17 @@ class Picker:
     # -- wiring -----------------------------------------------------------------------------
     @property
     def sink(self) -> EventSink | None:
-        return self.core.sink
+        return self.director.sink
 
     @sink.setter
     def sink(self, value: EventSink | None) -> None:
         """Peer sharing attaches its EventSink here (before or after ``start``)."""
-        self.core.sink = value
+        self.director.sink = value
 
     def _set_models(self, table: ModelTable) -> None:
         self.models = table
-        if hasattr(self, "core"):
-            self.core.models = table
+        if hasattr(self, "director"):
+            self.director.models = table
         names_of = getattr(table, "client_names", None)
         self.metrics.set_known_models(names_of() if names_of is not None else table.by_model)
 
@@ -289,7 +289,7 @@ class Picker:
             await self._server.stop(grace)
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
-        self.core.close_all(499)
+        self.director.close_all(499)
         if self.sharing is not None:
             try:
                 await asyncio.wait_for(self.sharing.close(), 5)
