@@ -1,253 +1,127 @@
-"""The picker's settings and where its model configuration comes from (files or Kubernetes).
+"""The picker's settings, each declared once.
 
-A config source keeps a :class:`~picker.models.ModelTable` current and says when it has
-loaded once (a readiness condition). The model configuration is InferenceObjective and
-InferenceModelRewrite (``inference.networking.x-k8s.io/v1alpha2`` and ``llm-d.ai/v1alpha2``)
-plus the deprecated InferenceModel (v1alpha2). Three sources:
-
-* none: no configuration at all (every model follows the unknown-model policy);
-* YAML files (``--config-files``, no Kubernetes): polled for changes; a file that does
-  not parse or validate keeps the previous configuration and logs the error;
-* Kubernetes (``--kube``/``--kubeconfig``): list+watch of InferencePool (v1 and
-  v1alpha2) and of the five model-configuration collections in the pool's namespace.
+Every field made with :func:`~shared.config.setting` is also a flag of ``infergate-picker``
+(``--<field-name>`` unless named otherwise) and an ``INFERGATE_<FLAG>`` variable: its name,
+type, default, group and help are written here and nowhere else (``picker/__main__.py``
+derives the parser and the conversion). Plain fields are filled from other flag groups
+(NATS, peer sharing) or set by code and tests.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import argparse
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from shared import crds
+from shared.config import setting
 from shared.natsconn import NatsOptions
 
-from .models import ModelTable
+__all__ = ["BODY_MODES", "PickerConfig"]
 
-__all__ = ["FileSource", "KubeSource", "PickerConfig", "StaticSource"]
-
-log = logging.getLogger(__name__)
+BODY_MODES = ("FULL_DUPLEX_STREAMED", "STREAMED", "BUFFERED")
+POOL, SERVING, SCHEDULING, SOURCE = "pool", "serving", "scheduling", "configuration source"
 
 
 @dataclass
 class PickerConfig:
     """Everything a :class:`~picker.service.Picker` needs; the CLI fills it from flags."""
 
-    pool_name: str = "default-pool"
-    pool_namespace: str = "default"
-    grpc_host: str = "0.0.0.0"
-    grpc_port: int = 9002  # 0 = any free port
-    grpc_health_port: int = 9003
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = 9090
-    profile: str = "default"
-    scheduler_config: str | None = None  # path to a scheduler YAML
-    config_files: list[str] = field(default_factory=list)
-    kube: bool = False
-    kubeconfig: str | None = None
-    kube_host: str | None = None  # a plain API URL (tests)
-    unknown_model_policy: str = "route"  # picker.models.POLICIES
-    max_body_bytes: int = 8 * 1024 * 1024
-    replica_name: str = field(default_factory=socket.gethostname)
-    refresh_metrics_interval: float = 0.05
-    metrics_staleness_threshold: float = 2.0
-    nats: NatsOptions | None = None  # None: no NATS, the view is fed in-process
-    secure_serving: bool = False
-    cert_file: str | None = None
-    key_file: str | None = None
-    grace_period: float = 10.0
-    config_poll_interval: float = 1.0
-    default_body_mode: str = "FULL_DUPLEX_STREAMED"
+    # pool
+    pool_name: str = setting("default-pool", group=POOL, help="InferencePool this picker serves")
+    pool_namespace: str = setting("default", group=POOL, help="namespace of the InferencePool")
+    # serving
+    grpc_host: str = setting("0.0.0.0", group=SERVING, help="address of the ext_proc and health servers")
+    grpc_port: int = setting(9002, group=SERVING, help="ext_proc gRPC port (0 = any)")
+    grpc_health_port: int = setting(9003, group=SERVING, help="grpc.health.v1 port (0 = any)")
+    metrics_host: str = setting("0.0.0.0", group=SERVING, help="address of /metrics, /healthz, /readyz")
+    metrics_port: int = setting(9090, group=SERVING, help="Prometheus + probes port (0 = any)")
+    secure_serving: bool = setting(
+        False,
+        group=SERVING,
+        help="serve ext_proc over TLS (self-signed unless --cert-path/--cert-file are given)",
+    )
+    # cert_file/key_file default to tls.crt/tls.key in cert_path (upstream's flag)
+    cert_path: str | None = setting(
+        None, group=SERVING, help="directory with tls.crt and tls.key (as upstream)"
+    )
+    cert_file: str | None = setting(None, group=SERVING, help="TLS certificate PEM (overrides --cert-path)")
+    key_file: str | None = setting(None, group=SERVING, help="TLS private key PEM (overrides --cert-path)")
+    grace_period: float = setting(10.0, group=SERVING, help="seconds in-flight streams get on SIGTERM")
+    default_body_mode: str = setting(
+        "FULL_DUPLEX_STREAMED",
+        group=SERVING,
+        choices=BODY_MODES,
+        help="request/response body mode assumed when Envoy sends no protocol_config",
+    )
     # The whole ordered list in x-gateway-destination-endpoint (default: the choice only;
     # the list always goes in the envoy.lb dynamic metadata).
-    destination_header_list: bool = False
+    destination_header_list: bool = setting(
+        False,
+        group=SERVING,
+        help="put the whole endpoint list (choice, fallbacks) in x-gateway-destination-endpoint; "
+        "default: the choice only (the list always goes in the envoy.lb metadata)",
+    )
     # Conformance test hooks: honour test-epp-endpoint-selection and echo the served
     # endpoint as x-conformance-test-served-endpoint. Off: any client could pin a pod.
-    conformance_test_hooks: bool = False
+    conformance_test_hooks: bool = setting(
+        False,
+        group=SERVING,
+        help="conformance tests only: honour test-epp-endpoint-selection and echo "
+        "x-conformance-test-served-endpoint (lets any client pin itself to a pod)",
+    )
+    # scheduling
+    profile: str = setting("default", group=SCHEDULING, help="scheduler profile name")
+    scheduler_config: str | None = setting(
+        None, group=SCHEDULING, help="scheduler YAML (profiles); built-in if unset"
+    )
+    unknown_model_policy: str = setting(  # picker.models.POLICIES
+        "route",
+        group=SCHEDULING,
+        choices=("route", "sheddable", "reject"),
+        help="models no rewrite rule or InferenceModel names: route at priority 0 (upstream v1), "
+        "route as Sheddable (priority -100), or 404",
+    )
+    max_body_bytes: int = setting(8 * 1024 * 1024, group=SCHEDULING, help="larger bodies get 413")
+    refresh_metrics_interval: float = setting(
+        0.05,
+        group=SCHEDULING,
+        help="upstream compatibility: metrics are pushed over NATS here; accepted and reported only",
+    )
+    metrics_staleness_threshold: float = setting(
+        2.0,
+        group=SCHEDULING,
+        help="metrics older than this (s) count as stale in the view metrics and headers-only routing",
+    )
+    # configuration source
+    config_files: list[str] = setting(
+        default_factory=list, group=SOURCE, help="InferencePool/InferenceModel YAML files"
+    )
+    config_poll_interval: float = setting(1.0, group=SOURCE, help="seconds between file checks")
+    # The CLI's default is "auto" (None): on inside a cluster when no config files are given.
+    kube: bool = setting(
+        False,
+        group=SOURCE,
+        cli_default=None,
+        help="watch the CRDs in Kubernetes (default: on inside a cluster when no --config-files are given)",
+    )
+    kubeconfig: str | None = setting(None, group=SOURCE, help="kubeconfig file (implies --kube)")
+    kube_host: str | None = setting(None, group=SOURCE, help="plain Kubernetes API URL, no auth (tests)")
+    # None: no NATS, the view is fed in-process. The flag switches it; the NATS group fills it.
+    nats: NatsOptions | None = setting(
+        None,
+        group=SOURCE,
+        cli_default=True,
+        action=argparse.BooleanOptionalAction,
+        help="follow the pool view over NATS",
+    )
+    # Filled from the peer-sharing flags (picker.sharing.settings).
+    replica_name: str = field(default_factory=socket.gethostname)
     # picker.sharing.SharingSettings: peer sharing over the same NATS connection (None: off)
     sharing: Any = None
 
-
-ModelsChanged = Callable[[ModelTable], None]
-
-
-class StaticSource:
-    """No configuration files or cluster: loaded at once."""
-
-    def __init__(self, cfg: PickerConfig, on_change: ModelsChanged, resources: list[Any] | None = None):
-        self.loaded = True
-        on_change(
-            ModelTable(resources or [], cfg.pool_name, cfg.unknown_model_policy, namespace=cfg.pool_namespace)
-        )
-
-    async def run(self) -> None:
-        return None
-
-
-class FileSource:
-    """YAML files polled for changes; a broken edit keeps the last good configuration."""
-
-    def __init__(self, cfg: PickerConfig, on_change: ModelsChanged) -> None:
-        self.cfg = cfg
-        self.on_change = on_change
-        self.loaded = False
-        self.errors = 0
-        self.reloads = 0
-        self._stamp: tuple | None = None
-        self.last_error = ""
-
-    def _files(self) -> list[Path]:
-        return crds.yaml_files(self.cfg.config_files)
-
-    def _current_stamp(self) -> tuple:
-        stamp = []
-        for f in self._files():
-            try:
-                st = os.stat(f)
-                stamp.append((str(f), st.st_mtime_ns, st.st_size))
-            except OSError:
-                stamp.append((str(f), None, None))
-        return tuple(stamp)
-
-    def _read(self) -> tuple[tuple, list[crds.Resource] | None, Exception | None] | None:
-        """Blocking part (stat + read + validate); ``None`` when nothing changed."""
-        stamp = self._current_stamp()
-        if stamp == self._stamp:
-            return None
-        try:
-            return stamp, crds.load_files(self.cfg.config_files, self.cfg.pool_namespace), None
-        except (OSError, ValueError) as exc:  # CRDValidationError is a ValueError
-            return stamp, None, exc
-
-    def _apply(self, result: tuple[tuple, list[crds.Resource] | None, Exception | None] | None) -> bool:
-        if result is None:
-            return False
-        stamp, resources, exc = result
-        self._stamp = stamp
-        if resources is None:
-            self.errors += 1
-            self.last_error = str(exc)
-            log.error("config files rejected; keeping the previous configuration", extra={"error": str(exc)})
-            return False
-        pools = [p for p in crds.pools_of(resources) if p.name == self.cfg.pool_name]
-        if not pools:
-            log.warning("no InferencePool named %s in the config files", self.cfg.pool_name)
-        table = ModelTable(
-            resources, self.cfg.pool_name, self.cfg.unknown_model_policy, namespace=self.cfg.pool_namespace
-        )
-        self.on_change(table)
-        self.loaded = True
-        self.reloads += 1
-        log.info(
-            "config loaded",
-            extra={
-                "models": len(table.client_names()),
-                "objectives": len(table.objectives),
-                "files": len(stamp),
-            },
-        )
-        return True
-
-    def load_once(self) -> bool:
-        """Reload when the files changed (blocking; the first load at start-up)."""
-        return self._apply(self._read())
-
-    async def run(self) -> None:
-        while True:
-            # Stat and read are blocking I/O: keep them off the event loop.
-            self._apply(await asyncio.to_thread(self._read))
-            await asyncio.sleep(self.cfg.config_poll_interval)
-
-
-class KubeSource:
-    """List+watch, in the pool namespace, of InferencePool (v1, v1alpha2) and the model config.
-
-    The model configuration is InferenceObjective and InferenceModelRewrite in both API groups
-    plus InferenceModel v1alpha2 (``kube.MODEL_CONFIG_COLLECTIONS``). A cluster need not have
-    every CRD: a collection whose list keeps failing (no such CRD) stops blocking readiness
-    after two attempts, and every model then follows what the other kinds say.
-    """
-
-    def __init__(self, cfg: PickerConfig, on_change: ModelsChanged) -> None:
-        self.cfg = cfg
-        self.on_change = on_change
-        self.watchers: list[Any] = []
-        self.config_watchers: list[Any] = []
-        self.pool: crds.InferencePool | None = None
-        self.errors = 0
-
-    @property
-    def loaded(self) -> bool:
-        if not self.config_watchers:
-            return False
-        settled = all(w.synced.is_set() or w.relists >= 2 for w in self.config_watchers)
-        return settled and any(w.synced.is_set() for w in self.watchers)
-
-    def _rebuild(self, *_: Any) -> None:
-        resources: list[Any] = []
-        for watcher in self.config_watchers:
-            for obj in watcher.objects.values():
-                try:
-                    res = crds.from_object(obj, self.cfg.pool_namespace)
-                except crds.CRDValidationError as exc:
-                    self.errors += 1
-                    log.error("invalid %s ignored", exc.kind, extra={"error": str(exc)})
-                    continue
-                if res is not None:
-                    resources.append(res)
-        labels = self.pool.labels if self.pool is not None else None
-        self.on_change(
-            ModelTable(
-                resources,
-                self.cfg.pool_name,
-                self.cfg.unknown_model_policy,
-                namespace=self.cfg.pool_namespace,
-                pool_labels=labels,
-            )
-        )
-
-    def _pool_event(self, kind: str, obj: dict) -> None:
-        if (obj.get("metadata") or {}).get("name") != self.cfg.pool_name:
-            return
-        if kind == "DELETED":
-            self.pool = None
-            return
-        try:
-            res = crds.from_object(obj, self.cfg.pool_namespace)
-        except crds.CRDValidationError as exc:
-            log.error("invalid InferencePool", extra={"error": str(exc)})
-            return
-        if isinstance(res, crds.InferencePool):
-            labels_changed = self.pool is None or self.pool.labels != res.labels
-            self.pool = res
-            if labels_changed and self.config_watchers:  # objectives may select the pool by label
-                self._rebuild()
-
-    async def run(self) -> None:
-        from shared import kube
-
-        api = await kube.api_client(self.cfg.kubeconfig, self.cfg.kube_host)
-        ns = self.cfg.pool_namespace
-        self.config_watchers = [
-            kube.ListWatcher(api, kube.custom(api, *coll, namespace=ns), self._rebuild)
-            for coll in kube.MODEL_CONFIG_COLLECTIONS
-        ]
-        self.watchers = [
-            *self.config_watchers,
-            kube.ListWatcher(api, kube.custom(api, *kube.INFERENCE_POOL_V1, namespace=ns), self._pool_event),
-            kube.ListWatcher(
-                api, kube.custom(api, *kube.INFERENCE_POOL_V1ALPHA2, namespace=ns), self._pool_event
-            ),
-        ]
-        tasks = [asyncio.create_task(w.run(), name=f"watch-{i}") for i, w in enumerate(self.watchers)]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await api.close()
+    def __post_init__(self) -> None:
+        if self.cert_path and not self.cert_file:
+            self.cert_file = os.path.join(self.cert_path, "tls.crt")
+            self.key_file = self.key_file or os.path.join(self.cert_path, "tls.key")

@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry
 from shared.ops import Health, OpsServer
 from shared.service import Supervisor
 
-from .config import FileSource, KubeSource, PickerConfig, StaticSource
+from .config import PickerConfig
 from .director import Director
 from .extproc import ExtProcServicer
 from .hooks import EventSink
@@ -49,6 +49,7 @@ from .metrics import PickerMetrics
 from .models import ModelTable
 from .protocol import EXT_PROC_SERVICE, HEALTH_LIVENESS, HEALTH_READINESS
 from .scheduling.api import Scheduler
+from .sources import FileSource, KubeSource, StaticSource
 from .view import NatsFeed, PoolView
 
 __all__ = ["Picker", "make_scheduler"]

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, fields
+from dataclasses import field as dc_field
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 ENV_PREFIX = "INFERGATE_"
+T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -84,3 +88,111 @@ class EnvArgumentParser(argparse.ArgumentParser):
             return action.type(raw) if action.type else raw  # type: ignore[misc]
         except (TypeError, ValueError) as exc:
             self.error(f"environment variable {env}={raw!r}: {exc}")
+
+
+# --- One declaration per setting -------------------------------------------------------------
+#
+# A service's settings dataclass declares each CLI-backed field with :func:`setting`: its
+# default, help, argument group and (when the annotation does not say it) the flag's type or
+# choices. :func:`add_settings` registers the flags from those fields, :func:`from_args` builds
+# the dataclass from the parsed namespace, and :class:`EnvArgumentParser` adds the
+# ``INFERGATE_*`` fallback. The name, type, default and help are thus written exactly once.
+
+_SETTING = "infergate.setting"
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one dataclass field appears on the command line (the field's ``metadata``)."""
+
+    help: str
+    group: str | None = None  # argparse group title; None: the parser's own options
+    flag: str | None = None  # default: ``--<field-name-with-dashes>``
+    type: Callable[[str], Any] | None = None  # default: from the annotation (int, float)
+    choices: Sequence[str] | None = None
+    cli_default: Any = _UNSET  # the flag's default when it differs from the field's (tri-state)
+    kwargs: Mapping[str, Any] = dc_field(default_factory=dict)  # other add_argument keywords
+
+    def option(self, name: str) -> str:
+        return self.flag or "--" + name.replace("_", "-")
+
+    def dest(self, name: str) -> str:
+        """The namespace attribute argparse derives from the flag (``--bind-address``: bind_address)."""
+        return self.option(name).lstrip("-").replace("-", "_")
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str,
+    group: str | None = None,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    flag: str | None = None,
+    type: Callable[[str], Any] | None = None,
+    choices: Sequence[str] | None = None,
+    cli_default: Any = _UNSET,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field that is also a command-line flag (and an ``INFERGATE_*`` variable).
+
+    ``bool`` fields become ``--x/--no-x``; ``list`` fields take several values (``nargs='*'``,
+    env: comma-separated); ``int``/``float`` fields parse as such unless ``type`` is given.
+    """
+    meta = {_SETTING: Flag(help, group, flag, type, choices, cli_default, kwargs)}
+    if default_factory is not MISSING:
+        return dc_field(default_factory=default_factory, metadata=meta)
+    return dc_field(default=default, metadata=meta)
+
+
+def _declared(cls: type) -> list[tuple[Field, Flag, Any]]:
+    hints = get_type_hints(cls)
+    return [(f, f.metadata[_SETTING], hints[f.name]) for f in fields(cls) if _SETTING in f.metadata]
+
+
+def _field_default(f: Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def _argument(f: Field, spec: Flag, hint: Any) -> dict[str, Any]:
+    """``add_argument`` keywords derived from the field's annotation, default and flag spec."""
+    default = _field_default(f) if spec.cli_default is _UNSET else spec.cli_default
+    union = get_origin(hint) in (Union, UnionType)
+    base = {a for a in get_args(hint) if a is not type(None)} if union else {hint}
+    origin = {get_origin(b) or b for b in base}
+    kw: dict[str, Any] = {"default": default, "help": spec.help}
+    if origin == {bool}:
+        kw["action"] = argparse.BooleanOptionalAction
+    elif origin == {list}:
+        kw["nargs"] = "*"
+        (item,) = {a for b in base for a in get_args(b)} or {str}
+        if item is not str:
+            kw["type"] = item
+    elif origin & {int, float} and len(origin) == 1:
+        kw["type"] = next(iter(origin))
+    if spec.type is not None:
+        kw["type"] = spec.type
+    if spec.choices is not None:
+        kw["choices"] = list(spec.choices)
+    kw.update(spec.kwargs)
+    return kw
+
+
+def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Register one flag per :func:`setting` field of ``cls``, in field order, grouped by title."""
+    groups: dict[str | None, Any] = {None: parser}
+    for f, spec, hint in _declared(cls):
+        if spec.group not in groups:
+            groups[spec.group] = parser.add_argument_group(spec.group)
+        groups[spec.group].add_argument(spec.option(f.name), **_argument(f, spec, hint))
+
+
+def from_args(cls: type[T], args: argparse.Namespace, **derived: Any) -> T:
+    """``cls`` from parsed flags: every :func:`setting` field from its flag, plus ``derived``
+    values for the fields whose flag needs more than a type (composite or tri-state ones)."""
+    values = {f.name: getattr(args, s.dest(f.name)) for f, s, _ in _declared(cls) if f.name not in derived}
+    return cls(**values, **derived)

@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 
-from picker.config import KubeSource, PickerConfig
+from picker.config import PickerConfig
 from picker.models import CRITICALITY_PRIORITY, ModelTable, UnknownModel, criticality_of
+from picker.sources import KubeSource
 from shared.crds import (
     InferenceModel,
     InferenceModelRewrite,

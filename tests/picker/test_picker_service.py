@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import textwrap
+from dataclasses import replace
 
 import aiohttp
 import grpc
@@ -199,6 +200,15 @@ def test_flags_and_environment(monkeypatch):
     assert (cfg.cert_file, cfg.key_file, cfg.nats) == ("/c/tls.crt", "/c/tls.key", None)
     defaults = config_from_args(build_parser().parse_args([]))
     assert (defaults.grpc_port, defaults.grpc_health_port, defaults.metrics_port) == (9002, 9003, 9090)
+
+
+def test_every_setting_has_one_flag_and_the_same_default(monkeypatch):
+    """The flags come from PickerConfig's fields: no flag and no default can drift apart."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cfg = config_from_args(build_parser().parse_args(["--no-nats"]))
+    assert replace(cfg, replica_name="r", sharing=None) == PickerConfig(replica_name="r")
+    env = build_parser().env_vars()
+    assert env["cert_path"] == "INFERGATE_CERT_PATH" and env["nats"] == "INFERGATE_NATS"
 
 
 @pytest.mark.slow
