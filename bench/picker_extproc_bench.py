@@ -27,7 +27,8 @@ import time
 
 import grpc
 
-from picker.testing import EnvoyStream
+from picker.envoy_client import EnvoyStream
+from shared.schemas import EndpointSnapshot
 
 CHAT = json.dumps(
     {
@@ -81,13 +82,30 @@ async def serve_echo(port: int) -> None:
     await server.wait_for_termination()
 
 
+def _pod_snapshot(i: int, seq: int, ts: float) -> EndpointSnapshot:
+    """The i-th of the eight endpoints in the picker's view, with varied load."""
+    return EndpointSnapshot(
+        namespace="default",
+        pool="pool",
+        pod=f"pod-{i + 1}",
+        address=f"10.0.0.{i + 1}:8000",
+        epoch="e1",
+        seq=seq,
+        ts=ts,
+        waiting=i % 3,
+        running=4,
+        kv_usage=0.1 * (i % 5),
+        kv_capacity_tokens=119_408,
+        model="llama-2-7b",
+    )
+
+
 async def serve_picker(port: int, request_log: bool) -> None:
     import logging
 
     from picker.config import PickerConfig
     from picker.models import ModelTable
     from picker.service import Picker
-    from picker.testing import snapshot
     from shared.crds import InferenceModel, TargetModel
     from shared.log import setup_logging
 
@@ -116,18 +134,7 @@ async def serve_picker(port: int, request_log: bool) -> None:
         while True:
             seq += 1
             for i in range(8):
-                p.view.apply(
-                    snapshot(
-                        f"10.0.0.{i + 1}:8000",
-                        pool="pool",
-                        seq=seq,
-                        waiting=i % 3,
-                        running=4,
-                        kv_usage=0.1 * (i % 5),
-                        kv_capacity_tokens=119_408,
-                        model="llama-2-7b",
-                    )
-                )
+                p.view.apply(_pod_snapshot(i, seq=seq, ts=time.time()))
             await asyncio.sleep(0.05)
 
     task = asyncio.create_task(feed())
@@ -178,7 +185,6 @@ def in_process(n: int = 5000) -> float:
     from picker.extproc import FULL_DUPLEX, Exchange
     from picker.models import ModelTable
     from picker.service import Picker
-    from picker.testing import snapshot
     from shared.crds import InferenceModel, TargetModel
 
     logging.getLogger("picker.requests").setLevel(logging.WARNING)
@@ -190,18 +196,7 @@ def in_process(n: int = 5000) -> float:
         )
     )
     for i in range(8):
-        p.view.apply(
-            snapshot(
-                f"10.0.0.{i + 1}:8000",
-                pool="pool",
-                waiting=i % 3,
-                running=4,
-                kv_usage=0.1 * (i % 5),
-                kv_capacity_tokens=119_408,
-                model="llama-2-7b",
-                ts=time.time() + 3600,
-            )
-        )
+        p.view.apply(_pod_snapshot(i, seq=1, ts=time.time() + 3600))
 
     def hm(items):
         return base_pb2.HeaderMap(

@@ -1,6 +1,6 @@
 """The autoscaler fed by the real stack: simulated vLLM pods, a collector, a picker with peer sharing.
 
-Requests go through the picker exactly as Envoy sends them (``picker.testing.EnvoyStream``
+Requests go through the picker exactly as Envoy sends them (``picker.envoy_client.EnvoyStream``
 over gRPC), then to the simulated pod the picker chose; the picker publishes its
 assignments and completions, the collector the pods' queues. The External Metrics API,
 read over TLS with kubernetes-asyncio, must follow: in-flight and waiting rise under a
@@ -24,10 +24,10 @@ from autoscaler.service import Autoscaler, AutoscalerConfig
 from collector.service import Collector, CollectorConfig
 from collector.targets import Target
 from picker.config import PickerConfig
+from picker.envoy_client import EnvoyStream, headers_of
 from picker.service import Picker
 from picker.sharing.service import PeerSharing
 from picker.sharing.settings import SharingSettings
-from picker.testing import EnvoyStream, headers_of
 from shared.natsbus import NatsBus
 from shared.natsconn import NatsOptions
 from shared.service import Supervisor

@@ -15,8 +15,8 @@ import grpc
 from collector.service import Collector, CollectorConfig
 from collector.targets import Target
 from picker.config import PickerConfig
+from picker.envoy_client import EnvoyStream, headers_of
 from picker.service import Picker
-from picker.testing import EnvoyStream, headers_of
 from shared.natsconn import NatsOptions
 from sim.engine import EngineConfig, SimRequest
 from sim.server import PodSpec, SimCluster

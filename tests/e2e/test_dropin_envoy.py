@@ -29,9 +29,9 @@ from picker.envoy.bootstrap import build_bootstrap
 from picker.envoy.options import BootstrapOptions
 from picker.envoy.process import EnvoyProcess
 from picker.service import Picker
-from picker.testing import snapshot
 from shared.natsd import free_port
 from sim.server import SimCluster
+from tests.support.snapshots import snapshot
 
 pytestmark = pytest.mark.e2e
 

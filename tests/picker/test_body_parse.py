@@ -12,9 +12,9 @@ from picker.director import Director, Rejected, RequestHeaders, Routed
 from picker.metrics import PickerMetrics
 from picker.models import ModelTable
 from picker.response import ResponseRewriter
-from picker.testing import snapshot
 from picker.view import PoolView
 from tests.support.least_load import LeastLoadScheduler
+from tests.support.snapshots import snapshot
 
 
 def test_reads_only_what_it_needs_and_keeps_the_bytes():

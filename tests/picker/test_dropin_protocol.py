@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from picker.config import PickerConfig
+from picker.envoy_client import EnvoyStream, headers_of
 from picker.metrics import OTHER, LabelCap, PickerMetrics
 from picker.models import ModelTable
 from picker.protocol import (
@@ -29,10 +30,10 @@ from picker.protocol import (
     LB_NAMESPACE,
 )
 from picker.service import Picker
-from picker.testing import EnvoyStream, headers_of, snapshot
 from shared.crds import InferenceModel, TargetModel
 from shared.schemas import LoraState
 from tests.support.least_load import LeastLoadScheduler
+from tests.support.snapshots import snapshot
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
 

@@ -13,9 +13,9 @@ from picker.director import Director
 from picker.extproc import BUFFERED, FULL_DUPLEX, STREAMED, Exchange
 from picker.metrics import PickerMetrics
 from picker.models import ModelTable
-from picker.testing import snapshot
 from picker.view import PoolView
 from tests.support.least_load import LeastLoadScheduler
+from tests.support.snapshots import snapshot
 
 GOOD = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
 

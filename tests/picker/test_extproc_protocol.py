@@ -9,12 +9,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from picker.config import PickerConfig
+from picker.envoy_client import EnvoyStream, headers_of
 from picker.extproc import MAX_CHUNK
 from picker.models import ModelTable
 from picker.service import Picker
-from picker.testing import EnvoyStream, headers_of, snapshot
 from shared.crds import InferenceModel, TargetModel
 from tests.support.least_load import LeastLoadScheduler
+from tests.support.snapshots import snapshot
 
 DEST = "x-gateway-destination-endpoint"
 

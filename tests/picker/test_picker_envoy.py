@@ -14,10 +14,10 @@ from picker.envoy.options import BootstrapOptions
 from picker.envoy.process import EnvoyProcess
 from picker.models import ModelTable
 from picker.service import Picker
-from picker.testing import snapshot
 from shared.crds import InferenceModel, TargetModel
 from shared.natsd import free_port
 from tests.support.least_load import LeastLoadScheduler
+from tests.support.snapshots import snapshot
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e

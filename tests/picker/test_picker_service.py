@@ -17,13 +17,14 @@ import pytest
 
 from picker.__main__ import build_parser, config_from_args
 from picker.config import PickerConfig
+from picker.envoy_client import EnvoyStream, headers_of
 from picker.service import Picker
-from picker.testing import EnvoyStream, headers_of, snapshot
 from shared.natsconn import ensure_streams
 from shared.natsd import free_port
 from shared.schemas import encode
 from shared.subjects import Subjects
 from tests.support.least_load import LeastLoadScheduler
+from tests.support.snapshots import snapshot
 from tests.support.waiting import wait_until
 
 MODELS = """\

@@ -8,12 +8,13 @@ import grpc
 import nats
 
 from picker.config import PickerConfig
+from picker.envoy_client import EnvoyStream, headers_of
 from picker.service import Picker
 from picker.sharing import SharingSettings
-from picker.testing import EnvoyStream, headers_of, snapshot
 from shared.natsconn import NatsOptions, ensure_streams
 from shared.schemas import encode
 from shared.subjects import Subjects
+from tests.support.snapshots import snapshot
 from tests.support.waiting import wait_until
 
 SUBJ = Subjects("infergate")

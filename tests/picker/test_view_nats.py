@@ -7,12 +7,12 @@ import pytest
 
 from picker.config import PickerConfig
 from picker.service import Picker
-from picker.testing import snapshot
 from picker.view import PoolView
 from shared.natsconn import NatsOptions, ensure_streams
 from shared.schemas import Tombstone, encode
 from shared.subjects import Subjects
 from tests.support.least_load import LeastLoadScheduler
+from tests.support.snapshots import snapshot
 from tests.support.waiting import wait_until
 
 SUBJ = Subjects("infergate")

@@ -1,8 +1,9 @@
-"""Helpers to drive a picker the way Envoy does, for tests, the benchmark and demos.
+"""A client that speaks to the picker the way Envoy does (the benchmark, demos and tests).
 
 :class:`EnvoyStream` plays Envoy's side of one ``Process`` stream over a real gRPC
 channel: send request headers, body chunks (each body mode), response headers and
-body, and read the picker's answers. :func:`snapshot` builds an endpoint snapshot.
+body, and read the picker's answers; :func:`headers_of` reads a header mutation back.
+It drives a running picker without an Envoy binary, for load tests and debugging.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
-from shared.schemas import EndpointSnapshot, now
-
 from .protocol import DESTINATION_SERVED, DESTINATION_SUBSET, LB_NAMESPACE, SUBSET_NAMESPACE
 
-__all__ = ["EnvoyStream", "headers_of", "snapshot"]
+__all__ = ["MODES", "EnvoyStream", "headers_of"]
 
 Mode = processing_mode_pb2.ProcessingMode
 MODES = {
@@ -30,15 +29,6 @@ MODES = {
     "BUFFERED": Mode.BUFFERED,
     "NONE": Mode.NONE,
 }
-
-
-def snapshot(address: str, pool: str = "pool", namespace: str = "default", **kw: Any) -> EndpointSnapshot:
-    pod = kw.pop("pod", "pod-" + address.replace(".", "-").replace(":", "-"))
-    kw.setdefault("ts", now())
-    kw.setdefault("seq", 1)
-    kw.setdefault("epoch", "e1")
-    kw.setdefault("model", "base")
-    return EndpointSnapshot(namespace=namespace, pool=pool, pod=pod, address=address, **kw)
 
 
 def _headers(items: Iterable[tuple[str, str]]) -> base_pb2.HeaderMap:
