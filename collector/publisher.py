@@ -3,106 +3,41 @@
 :class:`Publisher` holds at most one pending message per endpoint (a dict: bounded by
 the number of endpoints, and updates coalesce), so scrape tasks never wait on the bus.
 Tombstones wait apart, per (endpoint, address), and go out first. ``seq`` counts per
-endpoint *address* for the life of the process. While the link is down nothing is handed
+endpoint *address* for the life of the process. While the bus is down nothing is handed
 to it; after a (re)connect the streams are (re-)created and every endpoint's latest
 snapshot is republished.
 
-Everything the publisher needs from NATS is in :class:`NatsLink` (connect, publish,
-ensure the JetStream streams, close): a bus implementation with the same members can be
-dropped in without touching the publishing rules.
+The publisher talks to a :class:`shared.bus.Bus` (``publish``, ``ensure_streams``,
+``connected``, ``on_reconnect``): :class:`shared.natsbus.NatsBus` in the service,
+:class:`shared.bus.MemoryBus` in unit tests. Messages are core publishes (no per-message
+JetStream ack on the hot path); the ``INFERGATE_ENDPOINTS`` stream captures them and keeps
+the last one per subject, which is how a starting reader bootstraps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
 
 from collector.metrics import CollectorMetrics
 from collector.targets import Key
-from shared import natsconn
-from shared.natsconn import NatsOptions, StreamSettings
+from shared.bus import Bus, raise_if_cancelling
 from shared.schemas import EndpointSnapshot, Tombstone, encode
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
 
-class Link(Protocol):
-    """What the publisher needs from the bus."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    async def publish(self, subject: str, payload: bytes) -> None: ...
-
-    async def ensure_streams(self) -> None: ...
-
-
-class NatsLink:
-    """The collector's NATS connection: core publishes plus the JetStream last-value streams.
-
-    Messages are core NATS publishes (no per-message JetStream ack on the hot path); the
-    ``INFERGATE_ENDPOINTS`` stream captures them because its subjects cover them and keeps
-    the last one per subject, which is how a starting reader bootstraps.
-    """
-
-    def __init__(self, options: NatsOptions, stream_settings: StreamSettings) -> None:
-        self.options = options
-        self.subjects = options.subjects
-        self.stream_settings = stream_settings
-        self.nc: Any = None  # nats.aio.client.Client once connected
-
-    @property
-    def connected(self) -> bool:
-        return self.nc is not None and self.nc.is_connected
-
-    async def connect(self, *, on_reconnected: Callable[[], Awaitable[None]], stop: asyncio.Event) -> bool:
-        """Connect, retrying until it works or ``stop`` is set (then False)."""
-        try:
-            nc = await natsconn.connect(
-                self.options, on_disconnected=_nothing, on_reconnected=on_reconnected, stop=stop
-            )
-        except ConnectionError:
-            return False  # stopped before NATS came up
-        if stop.is_set():
-            await nc.close()
-            return False
-        self.nc = nc
-        return True
-
-    async def publish(self, subject: str, payload: bytes) -> None:
-        await self.nc.publish(subject, payload)
-
-    async def ensure_streams(self) -> None:
-        await asyncio.wait_for(
-            natsconn.ensure_streams(self.nc.jetstream(), self.subjects, self.stream_settings), 5.0
-        )
-
-    async def close(self) -> None:
-        """Drain (flush what was handed over) and close; force-close if that hangs."""
-        nc, self.nc = self.nc, None
-        if nc is None:
-            return
-        try:
-            await asyncio.wait_for(nc.drain(), 3.0)
-        except Exception:
-            with contextlib.suppress(Exception):
-                await nc.close()
-
-
-async def _nothing() -> None:
-    """Nothing to do on a disconnect: the publisher checks the link before every publish."""
-
-
 class Publisher:
-    """Publishes the latest message per endpoint; never queues more than one per endpoint."""
+    """Publishes the latest message per endpoint; never queues more than one per endpoint.
+
+    Offers are taken from the start; the bus is :meth:`attach`-ed once it is connected
+    (until then everything waits, the latest per endpoint).
+    """
 
     def __init__(
         self,
-        link: Link,
         subjects: Subjects,
         epoch: str,
         identity: str,
@@ -110,7 +45,7 @@ class Publisher:
         *,
         spawn: Callable[[str, Callable[[], Awaitable[None]]], object] | None = None,
     ) -> None:
-        self.link = link
+        self.bus: Bus | None = None
         self.subjects = subjects
         self.epoch = epoch
         self.identity = identity
@@ -134,9 +69,15 @@ class Publisher:
         self.streams_ready = False
         self.published = 0
 
+    def attach(self, bus: Bus) -> None:
+        """Publish over ``bus`` from now on, and republish everything after each reconnect."""
+        if bus is not self.bus:  # a bus kept across a stop/start is registered once
+            self.bus = bus
+            bus.on_reconnect(self.on_reconnected)
+
     @property
     def connected(self) -> bool:
-        return self.link.connected
+        return self.bus is not None and self.bus.connected
 
     def subject(self, key: Key) -> str:
         subj = self._subject.get(key)
@@ -175,10 +116,10 @@ class Publisher:
             await self.drain()
 
     async def drain(self) -> None:
-        """Publish everything pending (tombstones first), as long as the link is up."""
-        link = self.link
+        """Publish everything pending (tombstones first), as long as the bus is up."""
+        bus = self.bus
         while self.pending_tombs or self.pending:
-            if not link.connected:
+            if bus is None or not bus.connected:
                 return  # keep the latest per endpoint; the reconnect wakes us
             if self.pending_tombs:
                 tkey = next(iter(self.pending_tombs))
@@ -191,7 +132,7 @@ class Publisher:
             seq = self.seq.get(msg.address, 0) + 1
             msg.seq, msg.epoch, msg.collector = seq, self.epoch, self.identity
             try:
-                await link.publish(self.subject(key), encode(msg))
+                await bus.publish(self.subject(key), encode(msg))
             except Exception as exc:
                 self.metrics.publish_errors.inc()
                 log.warning("publish failed; will retry", extra={"error": repr(exc), "endpoint": key})
@@ -202,6 +143,7 @@ class Publisher:
                 await asyncio.sleep(0.1)
                 self._wake.set()
                 return
+            raise_if_cancelling()  # nats-py's publish can swallow a cancellation
             self.seq[msg.address] = seq
             self.published += 1
             kind = "tombstone" if isinstance(msg, Tombstone) else "snapshot"
@@ -211,9 +153,9 @@ class Publisher:
     async def on_connected(self) -> None:
         await self.resync("connect")
 
-    async def on_reconnected(self) -> None:
-        # Do not block nats-py's callback: the streams may have gone with a restarted server,
-        # so re-create them, then republish every endpoint.
+    def on_reconnected(self) -> None:
+        # Do not block the bus's callback: the streams may have gone with a restarted server,
+        # so re-create them (a background job), then republish every endpoint.
         if not self._resyncing:
             self._resyncing = True
             self._spawn("collector-resync", self._resync_after_reconnect)
@@ -236,11 +178,12 @@ class Publisher:
         self._wake.set()
 
     async def ensure_streams(self, attempts: int = 3) -> bool:
-        if not self.link.connected:
+        bus = self.bus
+        if bus is None or not bus.connected:
             return False
         for attempt in range(attempts):
             try:
-                await self.link.ensure_streams()
+                await asyncio.wait_for(bus.ensure_streams(), 5.0)
                 self.streams_ready = True
                 return True
             except asyncio.CancelledError:

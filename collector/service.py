@@ -9,7 +9,8 @@ under one :class:`shared.service.Supervisor`):
   and hands the outcome to that endpoint's :class:`~collector.snapshots.EndpointState`,
   which decides health and whether to publish;
 * one :class:`~collector.publisher.Publisher` task publishes the latest message per
-  endpoint over a :class:`~collector.publisher.NatsLink`; endpoints that leave get a
+  endpoint onto the bus (:class:`shared.natsbus.NatsBus`, or any :class:`shared.bus.Bus`
+  passed in, such as a ``MemoryBus`` in unit tests); endpoints that leave get a
   :class:`~shared.schemas.Tombstone`.
 
 ``epoch`` is random per process; ``seq`` counts publishes per endpoint address.
@@ -29,10 +30,12 @@ from prometheus_client import CollectorRegistry
 
 from collector.config import DEFAULT_OPS_PORT, CollectorConfig
 from collector.metrics import CollectorMetrics
-from collector.publisher import NatsLink, Publisher
+from collector.publisher import Publisher
 from collector.scraper import Scraper
 from collector.snapshots import EndpointState
 from collector.targets import Key, StaticDiscovery, Target
+from shared.bus import Bus
+from shared.natsbus import NatsBus
 from shared.ops import Health, OpsServer
 from shared.schemas import Tombstone
 from shared.service import Supervisor
@@ -43,9 +46,20 @@ log = logging.getLogger(__name__)
 
 
 class Collector:
-    """In-process API: ``c = Collector(cfg); await c.start(); ...; await c.stop()``."""
+    """In-process API: ``c = Collector(cfg); await c.start(); ...; await c.stop()``.
 
-    def __init__(self, config: CollectorConfig, *, registry: CollectorRegistry | None = None) -> None:
+    Without ``bus`` the collector connects to NATS (``config.nats``) in the background and
+    owns that connection; a ``bus`` passed in (a ``MemoryBus`` in unit tests) is used as is
+    and left open.
+    """
+
+    def __init__(
+        self,
+        config: CollectorConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        bus: Bus | None = None,
+    ) -> None:
         config.validate()
         self.config = config
         self.metrics = CollectorMetrics(registry)
@@ -53,9 +67,10 @@ class Collector:
         self.identity = config.identity()
         self.subjects = config.nats.subjects
         self.supervisor = Supervisor("collector")
-        self.link = NatsLink(config.nats, config.stream_settings)
+        self.bus: Bus | None = bus
+        self._own_bus = bus is None  # we connect it, we close it
         self.publisher = Publisher(
-            self.link, self.subjects, self.epoch, self.identity, self.metrics, spawn=self._spawn_once
+            self.subjects, self.epoch, self.identity, self.metrics, spawn=self._spawn_once
         )
         self.scrapers: dict[Key, Scraper] = {}
         self.health = Health()
@@ -88,7 +103,7 @@ class Collector:
         if cfg.ops_port is not None:
             self.ops = OpsServer(cfg.ops_host, cfg.ops_port, self.metrics.registry, self.health)
             await self.ops.start()
-        self._nats_task = self.supervisor.spawn("collector-nats", self._nats_main)
+        self._nats_task = self.supervisor.spawn("collector-bus", self._bus_main)
         self.supervisor.spawn("collector-publisher", self.publisher.run)
         await self._start_discovery()
         log.info(
@@ -111,13 +126,19 @@ class Collector:
         self._stop.set()
         # A NATS connect still in progress returns by itself once ``_stop`` is set (cancelling
         # it instead could leave nats-py's connect attempt running): give it a moment first.
-        if self._nats_task is not None and not self._nats_task.done() and self.link.nc is None:
+        if self._nats_task is not None and not self._nats_task.done() and self.publisher.bus is None:
             await asyncio.wait([self._nats_task], timeout=2.0)
         await self.supervisor.close()  # discovery, scrapers, publisher, resync
-        if self.link.nc is not None:
+        if self.publisher.bus is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.publisher.drain(), 2.0)
-            await self.link.close()
+        if self._own_bus and self.bus is not None:
+            bus, self.bus = self.bus, None
+            self.publisher.bus = None
+            try:  # closing flushes what was handed over; force-close if that hangs
+                await asyncio.wait_for(bus.close(), 3.0)
+            except Exception as exc:
+                log.warning("NATS close failed", extra={"error": repr(exc)})
         if self.session is not None:
             await self.session.close()
         if self._kube_api is not None:
@@ -139,9 +160,19 @@ class Collector:
         if self.started:
             self.supervisor.spawn(name, factory, restart=False)
 
-    async def _nats_main(self) -> None:
-        if not await self.link.connect(on_reconnected=self.publisher.on_reconnected, stop=self._stop):
-            return
+    async def _bus_main(self) -> None:
+        if self.bus is None:
+            try:
+                bus = await NatsBus.connect(
+                    self.config.nats, stop=self._stop, stream_settings=self.config.stream_settings
+                )
+            except ConnectionError:
+                return  # stopped before NATS came up
+            if self._stop.is_set():
+                await bus.close()
+                return
+            self.bus = bus
+        self.publisher.attach(self.bus)
         await self.publisher.on_connected()
         # If JetStream was unavailable (disabled, or the server still starting), keep trying:
         # without the stream, new subscribers cannot bootstrap.

@@ -240,7 +240,7 @@ async def test_stop_closes_nats_without_tombstones(make_collector, nats_server):
         await c.wait_ready()
         sub = await Subscriber().start(nats_server.url)
         await wait_until(lambda: sub.last("pod-0") and sub.last("pod-1"))
-        nc = c.link.nc
+        nc = c.bus.nc
         await c.stop()
         assert nc.is_closed
         assert all(s.task.done() for s in c.scrapers.values())
@@ -324,26 +324,25 @@ async def test_ip_reuse_and_address_change_keep_receivers_ordering_per_address(m
         assert isinstance(after[-1], schemas.EndpointSnapshot) and after[-1].seq == 1  # a new address
 
 
-async def test_publisher_ordering_rules_without_a_server():
+async def test_publisher_ordering_rules_over_the_memory_bus():
     from collector.metrics import CollectorMetrics
     from collector.publisher import Publisher
+    from shared.bus import MemoryBus
 
-    class FakeLink:
-        """An in-memory stand-in for the NATS link (unit test only)."""
-
-        connected = True
-
-        def __init__(self):
-            self.sent = []
-
-        async def publish(self, subject, data):
-            self.sent.append((subject, schemas.endpoint_decoder().decode(data)))
-
-        async def ensure_streams(self):
-            pass
-
-    link = FakeLink()
-    pub = Publisher(link, Subjects(), "e1", "n/c", CollectorMetrics())
+    bus = MemoryBus(Subjects())
+    sent = []
+    await bus.subscribe(
+        ">", lambda subject, data: sent.append((subject, schemas.endpoint_decoder().decode(data)))
+    )
+    jobs = []
+    pub = Publisher(
+        Subjects(),
+        "e1",
+        "n/c",
+        CollectorMetrics(),
+        spawn=lambda name, job: jobs.append(asyncio.create_task(job())),
+    )
+    pub.attach(bus)
     key = ("ns", "p", "pod", 8000)
 
     def snap(addr, waiting):
@@ -353,21 +352,57 @@ async def test_publisher_ordering_rules_without_a_server():
     pub.offer(key, snap("10.0.0.1:8000", 1), "change")
     pub.offer(key, snap("10.0.0.1:8000", 2), "change")
     await pub.drain()
-    assert [m.waiting for _, m in link.sent] == [2]
+    assert [m.waiting for _, m in sent] == [2]
     # removal drops an unpublished snapshot; a tombstone then a newer snapshot both go out, in order
     pub.offer(key, snap("10.0.0.1:8000", 3), "change")
     pub.remove(key, schemas.Tombstone(namespace="ns", pool="p", pod="pod", address="10.0.0.1:8000"))
     pub.offer(key, snap("10.0.0.9:8000", 4), "change")
     await pub.drain()
-    kinds = [(type(m).__name__, m.address, m.seq) for _, m in link.sent[1:]]
+    kinds = [(type(m).__name__, m.address, m.seq) for _, m in sent[1:]]
     assert kinds == [("Tombstone", "10.0.0.1:8000", 2), ("EndpointSnapshot", "10.0.0.9:8000", 1)]
-    assert all(m.epoch == "e1" and m.collector == "n/c" for _, m in link.sent)
-    # while disconnected nothing is handed to the client, and only the latest is kept
-    link.connected = False
+    assert all(m.epoch == "e1" and m.collector == "n/c" for _, m in sent)
+    # while disconnected nothing is handed to the bus, and only the latest is kept
+    bus.set_connected(False)
     for w in range(5, 50):
         pub.offer(key, snap("10.0.0.9:8000", w), "change")
     await pub.drain()
-    assert len(link.sent) == 3 and pub.backlog == 1
-    link.connected = True
+    assert len(sent) == 3 and pub.backlog == 1
+    bus.set_connected(True)  # the reconnect also queues a resync (streams, then republish all)
     await pub.drain()
-    assert link.sent[-1][1].waiting == 49 and link.sent[-1][1].seq == 2
+    assert sent[-1][1].waiting == 49 and sent[-1][1].seq == 2
+    await asyncio.gather(*jobs)
+    assert len(jobs) == 1 and pub.streams_ready
+    await pub.drain()
+    assert (len(sent), sent[-1][1].waiting, sent[-1][1].seq) == (5, 49, 3)
+
+
+async def test_collector_over_the_memory_bus_publishes_and_republishes_after_an_outage():
+    """The whole service (real HTTP pods, discovery, scrapers) with the in-memory bus: the
+    snapshots, nothing handed to the bus during an outage, every pod's latest state after it
+    (the publisher's own test above proves the reconnect resync itself)."""
+    from collector.service import Collector, CollectorConfig
+    from shared.bus import MemoryBus
+
+    bus = MemoryBus(Subjects())
+    got: list = []
+    await bus.subscribe(">", lambda subject, data: got.append(schemas.endpoint_decoder().decode(data)))
+    async with FakePods(2) as pods:
+        cfg = CollectorConfig(node_name="n", collector_name="c", targets=targets_of(pods), ops_port=None)
+        c = Collector(cfg, bus=bus)
+        await c.start()
+        try:
+            await c.wait_ready()
+            await wait_until(lambda: {m.pod for m in got} == {"pod-0", "pod-1"}, what="first snapshots")
+            bus.set_connected(False)
+            await wait_until(lambda: not c.ready(), what="the outage noticed")
+            pods[0].state.engines[0].waiting = 5
+            await wait_until(lambda: c.publisher.latest[targets_of(pods)[0].key].waiting == 5)
+            assert not any(m.waiting == 5 for m in got)  # nothing handed to a bus that is down
+            n = len(got)
+            bus.set_connected(True)
+            await wait_until(lambda: {m.pod for m in got[n:]} == {"pod-0", "pod-1"}, what="publishing again")
+            assert any(m.pod == "pod-0" and m.waiting == 5 for m in got[n:])
+        finally:
+            await c.stop()
+        assert c.bus is bus  # an injected bus is the caller's: left open
+    assert not any(isinstance(m, schemas.Tombstone) for m in got)
