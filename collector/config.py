@@ -1,4 +1,10 @@
-"""The collector's settings: one dataclass, which the CLI flags map onto one to one."""
+"""The collector's settings, each declared once.
+
+Every field made with :func:`~shared.config.setting` is also a flag of
+``infergate-collector`` and an ``INFERGATE_<FLAG>`` variable: name, type, default, group and
+help are written here only (``collector/__main__.py`` derives the parser and the conversion).
+Plain fields come from other flag groups (NATS, ops server) or from code and tests.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +13,118 @@ import socket
 from dataclasses import dataclass, field
 
 from collector.targets import Target
+from shared.config import setting
 from shared.natsconn import NatsOptions, StreamSettings
 
 DEFAULT_OPS_PORT = 9091
+IDENTITY, DISCOVERY, SCRAPING, PUBLISHING = "identity", "discovery", "scraping", "publishing"
+
+
+def positive(text: str) -> float:
+    """A flag value that must be > 0 (seconds)."""
+    value = float(text)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {text}")
+    return value
+
+
+def comma_list(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 @dataclass
 class CollectorConfig:
     """Everything a collector needs; the CLI flags map onto these fields one to one."""
 
-    node_name: str = ""
-    collector_name: str = ""
-    nats: NatsOptions = field(default_factory=NatsOptions)
+    # identity
+    node_name: str = setting(
+        "",
+        group=IDENTITY,
+        cli_default_factory=lambda: os.environ.get("NODE_NAME", ""),
+        help="this node's name (Kubernetes discovery watches pods with spec.nodeName=<it>; "
+        "static targets with another node are skipped) [env fallback: NODE_NAME]",
+    )
+    collector_name: str = setting(
+        "",
+        group=IDENTITY,
+        cli_default_factory=lambda: os.environ.get("POD_NAME") or os.environ.get("HOSTNAME", ""),
+        help="this collector's name in snapshots (collector=<node>/<name>) "
+        "[env fallback: POD_NAME, HOSTNAME]",
+    )
     # discovery: "auto" = static when targets_file or targets are given, else kubernetes
-    discovery: str = "auto"
-    targets_file: str | None = None
-    targets: list[Target] = field(default_factory=list)
-    targets_poll_interval: float = 1.0
-    kubeconfig: str | None = None
-    kube_api_server: str | None = None
-    namespaces: list[str] = field(default_factory=list)
-    pool_api_version: str = "v1"
+    discovery: str = setting(
+        "auto",
+        group=DISCOVERY,
+        choices=("auto", "kubernetes", "static"),
+        help="where targets come from; auto = static when --targets-file/--target is given, else kubernetes",
+    )
+    targets_file: str | None = setting(
+        None, group=DISCOVERY, help="YAML list of {pool, namespace, pod, address, node}"
+    )
+    # parsed by collector.targets.parse_target_flag in the CLI (a clear error per bad flag)
+    targets: list[Target] = setting(
+        default_factory=list,
+        group=DISCOVERY,
+        flag="--target",
+        action="append",
+        metavar="[NS/]POOL/POD=IP:PORT",
+        help="a static target (repeatable; env: comma-separated)",
+    )
+    targets_poll_interval: float = setting(
+        1.0, group=DISCOVERY, type=positive, help="seconds between targets-file checks"
+    )
+    kubeconfig: str | None = setting(
+        None, group=DISCOVERY, help="kubeconfig file (default: in-cluster, then ~/.kube)"
+    )
+    kube_api_server: str | None = setting(
+        None,
+        group=DISCOVERY,
+        help="plain http API server URL without auth (kubectl proxy, tests); overrides --kubeconfig",
+    )
+    namespaces: list[str] = setting(
+        default_factory=list,
+        group=DISCOVERY,
+        type=comma_list,
+        cli_default="",
+        help="comma-separated namespaces to watch for InferencePools (empty = all)",
+    )
+    pool_api_version: str = setting(
+        "v1",
+        group=DISCOVERY,
+        choices=("v1", "v1alpha2"),
+        help="InferencePool API: v1 = inference.networking.k8s.io/v1, "
+        "v1alpha2 = inference.networking.x-k8s.io/v1alpha2",
+    )
     # scraping
-    scrape_interval: float = 0.05
-    scrape_timeout: float = 0.5
-    scrape_jitter: float = 0.1
-    unhealthy_after: int = 3
-    metrics_path: str = "/metrics"
-    max_page_bytes: int = 8 << 20
+    scrape_interval: float = setting(0.05, group=SCRAPING, type=positive, help="seconds between scrapes")
+    scrape_timeout: float = setting(0.5, group=SCRAPING, type=positive, help="per-scrape timeout, seconds")
+    scrape_jitter: float = setting(0.1, group=SCRAPING, help="random +/- fraction of the interval per scrape")
+    unhealthy_after: int = setting(
+        3,
+        group=SCRAPING,
+        help="consecutive failed scrapes before an endpoint is published as unhealthy",
+    )
+    metrics_path: str = setting("/metrics", group=SCRAPING, help="HTTP path of the model servers' metrics")
+    max_page_bytes: int = setting(8 << 20, group=SCRAPING, help="reject larger /metrics pages")
     # How often to read /v1/models (the loaded LoRA adapters); 0 disables it.
-    models_interval: float = 1.0
+    models_interval: float = setting(
+        1.0,
+        group=SCRAPING,
+        help="seconds between reads of /v1/models (the loaded LoRA adapters); 0 disables them",
+    )
     # publishing
     # Well under the scheduler's 200 ms staleness rule, so an idle pod's unchanged
     # metrics never read as stale (which would shed Sheddable requests for nothing).
-    heartbeat_interval: float = 0.1
+    heartbeat_interval: float = setting(
+        0.1,
+        group=PUBLISHING,
+        type=positive,
+        help="republish an unchanged endpoint after this many seconds",
+    )
+    # from the NATS flags (shared.natsconn)
+    nats: NatsOptions = field(default_factory=NatsOptions)
     stream_settings: StreamSettings = field(default_factory=StreamSettings)
-    # ops server (None = do not start one)
+    # ops server (None = do not start one), from the ops flags (shared.ops)
     ops_host: str = "0.0.0.0"
     ops_port: int | None = DEFAULT_OPS_PORT
 

@@ -112,6 +112,7 @@ class Flag:
     type: Callable[[str], Any] | None = None  # default: from the annotation (int, float)
     choices: Sequence[str] | None = None
     cli_default: Any = _UNSET  # the flag's default when it differs from the field's (tri-state)
+    cli_default_factory: Callable[[], Any] | None = None  # ...computed when the parser is built
     kwargs: Mapping[str, Any] = dc_field(default_factory=dict)  # other add_argument keywords
 
     def option(self, name: str) -> str:
@@ -132,14 +133,18 @@ def setting(
     type: Callable[[str], Any] | None = None,
     choices: Sequence[str] | None = None,
     cli_default: Any = _UNSET,
+    cli_default_factory: Callable[[], Any] | None = None,
     **kwargs: Any,
 ) -> Any:
     """A dataclass field that is also a command-line flag (and an ``INFERGATE_*`` variable).
 
     ``bool`` fields become ``--x/--no-x``; ``list`` fields take several values (``nargs='*'``,
-    env: comma-separated); ``int``/``float`` fields parse as such unless ``type`` is given.
+    env: comma-separated); ``int``/``float`` fields parse as such. An explicit ``type`` or
+    ``action`` replaces that inference. ``cli_default``/``cli_default_factory``: the flag's
+    default where it differs from the field's (a tri-state, or one read from the environment).
     """
-    meta = {_SETTING: Flag(help, group, flag, type, choices, cli_default, kwargs)}
+    flag_spec = Flag(help, group, flag, type, choices, cli_default, cli_default_factory, kwargs)
+    meta = {_SETTING: flag_spec}
     if default_factory is not MISSING:
         return dc_field(default_factory=default_factory, metadata=meta)
     return dc_field(default=default, metadata=meta)
@@ -160,20 +165,27 @@ def _field_default(f: Field) -> Any:
 
 def _argument(f: Field, spec: Flag, hint: Any) -> dict[str, Any]:
     """``add_argument`` keywords derived from the field's annotation, default and flag spec."""
-    default = _field_default(f) if spec.cli_default is _UNSET else spec.cli_default
+    if spec.cli_default_factory is not None:
+        default = spec.cli_default_factory()
+    elif spec.cli_default is not _UNSET:
+        default = spec.cli_default
+    else:
+        default = _field_default(f)
     union = get_origin(hint) in (Union, UnionType)
     base = {a for a in get_args(hint) if a is not type(None)} if union else {hint}
     origin = {get_origin(b) or b for b in base}
     kw: dict[str, Any] = {"default": default, "help": spec.help}
-    if origin == {bool}:
+    if spec.type is not None or "action" in spec.kwargs:
+        pass  # the declaration says how to parse it
+    elif origin == {bool}:
         kw["action"] = argparse.BooleanOptionalAction
     elif origin == {list}:
         kw["nargs"] = "*"
         (item,) = {a for b in base for a in get_args(b)} or {str}
         if item is not str:
             kw["type"] = item
-    elif origin & {int, float} and len(origin) == 1:
-        kw["type"] = next(iter(origin))
+    elif origin in ({int}, {float}):
+        (kw["type"],) = origin
     if spec.type is not None:
         kw["type"] = spec.type
     if spec.choices is not None:
