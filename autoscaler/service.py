@@ -18,7 +18,6 @@ import logging
 import socket
 import ssl
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -28,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from autoscaler.aggregate import Aggregator
 from autoscaler.api import FrontProxyAuth, MetricsAPI
 from autoscaler.authconfig import requestheader_from_cluster
+from autoscaler.config import AutoscalerConfig
 from autoscaler.metrics import AutoscalerMetrics
 from autoscaler.models import ModelWatcher, names_from_files
 from autoscaler.tls import self_signed, server_context
@@ -35,40 +35,11 @@ from shared import schemas
 from shared.feed import EventFeed, LastValueFeed, Source
 from shared.kube import api_client
 from shared.natsbus import NatsBus
-from shared.natsconn import NatsOptions
 from shared.ops import Health, OpsServer
 from shared.service import Supervisor
 from shared.subjects import Origin
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class AutoscalerConfig:
-    nats: NatsOptions = field(default_factory=NatsOptions)
-    secure_host: str = "0.0.0.0"
-    secure_port: int = 6443
-    tls_cert_file: str | None = None
-    tls_private_key_file: str | None = None
-    tls_hosts: list[str] = field(default_factory=list)  # SANs of a generated serving certificate
-    requestheader_client_ca_file: str | None = None
-    requestheader_allowed_names: list[str] = field(default_factory=list)
-    requestheader_username_headers: list[str] = field(default_factory=lambda: ["X-Remote-User"])
-    window: float = 30.0
-    staleness: float = 10.0
-    inflight_ttl: float = 300.0
-    pools: list[str] = field(default_factory=list)  # "namespace/pool"; empty = every pool
-    ops_host: str = "0.0.0.0"
-    ops_port: int = 9095
-    create_streams: bool = True
-    # Read --requestheader-* from kube-system/extension-apiserver-authentication (flags still win).
-    authentication_from_cluster: bool = False
-    kubeconfig: str | None = None
-    kube_api_url: str | None = None  # a plain URL (kubectl proxy, tests) instead of a kubeconfig
-    # Client-facing model names: InferenceModel files, and/or InferenceModels watched in Kubernetes.
-    model_files: list[str] = field(default_factory=list)
-    watch_inference_models: bool = False
-    namespaces: list[str] = field(default_factory=list)  # of the watch; empty = all
 
 
 class Autoscaler:
