@@ -36,7 +36,7 @@ from .hooks import EventSink
 from .metrics import PickerMetrics, RequestLabels
 from .models import ModelTable, UnknownModel
 from .protocol import MODELS_PATH, Dropped
-from .scheduling.api import Admission, Decision, RequestInfo, Scheduler
+from .scheduling.api import Admission, RequestInfo, Scheduler
 from .view import PoolView
 
 __all__ = ["Answered", "Director", "Inflight", "Rejected", "RequestHeaders", "Routed"]
@@ -259,11 +259,7 @@ class Director:
         # 2. admit
         rejection = self.admission.admit(info, state)
         # 3. schedule (only an admitted request)
-        decision: Decision
-        if rejection is None:
-            decision = self.scheduler.schedule(info, state)
-        else:
-            decision = rejection.decision()
+        decision = rejection.decision() if rejection is not None else self.scheduler.schedule(info, state)
         decision_s = time.perf_counter() - s0
         self.metrics.decision(decision_s)
         if not decision.ok:

@@ -6,7 +6,8 @@ autoscaler applies), and applies them to the pool state
 (:class:`picker.scheduling.pool.PoolState`: ``on_snapshot`` / ``on_endpoint_removed``).
 The view keeps the rules (ordering, tombstone memory, the pool filter, its counters,
 "bootstrapped"); the state keeps the endpoint table, which ``endpoints`` and ``list()``
-read: one owner per datum (the state's docstring says why they are two objects). :class:`NatsFeed` is the transport: it connects a
+read: one owner per datum (the state's docstring says why they are two objects).
+:class:`NatsFeed` is the transport: it connects a
 :class:`~shared.natsbus.NatsBus` and runs a :class:`shared.feed.LastValueFeed` over the
 pool's endpoint subjects, so a starting replica first receives the last value of every
 endpoint, then live updates, and re-subscribes after every reconnect.

@@ -148,7 +148,7 @@ class PointResult:
 
 
 class Replica:
-    """One picker replica: its profile (state, admission, scheduler), its view of the endpoints, its sharing layer."""
+    """One picker replica: its profile (state, admission, scheduler), its endpoint view, its sharing."""
 
     __slots__ = ("batcher", "flush_at", "index", "listener", "name", "profile", "view")
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from . import filters as _filters  # noqa: F401  (import registers the built-in plugin types)
 from . import choosers as _choosers  # noqa: F401
+from . import filters as _filters  # noqa: F401  (import registers the built-in plugin types)
 from . import scorers as _scorers  # noqa: F401
 from .admission import SheddingAdmission
 from .api import CRITICALITIES

@@ -81,7 +81,7 @@ class Candidates:
 
 
 class PoolState:
-    """Endpoints, in-flight load, the prefix index and the peer rank of one pool, as one replica knows them."""
+    """Endpoints, in-flight load, prefix index and peer rank of one pool, as one replica knows them."""
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from shared.natsconn import ensure_streams
 from shared.natsd import free_port
 from shared.schemas import encode
 from shared.subjects import Subjects
-from tests.support.least_load import LeastLoadScheduler
+from tests.support.least_load import least_load_profile
 from tests.support.waiting import wait_until
 
 MODELS = """\
@@ -82,9 +82,7 @@ async def route(p: Picker, model: str, channel: grpc.aio.Channel) -> tuple[int, 
 async def test_file_config_reloads_and_a_broken_file_keeps_the_last_one(tmp_path):
     f = tmp_path / "models.yaml"
     f.write_text(MODELS % "v1")
-    p = Picker(
-        local_cfg(config_files=[str(f)], unknown_model_policy="reject"), scheduler=LeastLoadScheduler()
-    )
+    p = Picker(local_cfg(config_files=[str(f)], unknown_model_policy="reject"), profile=least_load_profile())
     async with p:
         p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
         await p.wait_ready(5)
@@ -113,9 +111,7 @@ async def test_kubernetes_source(kube_api):
             "spec": {"modelName": "chat", "poolRef": {"name": "pool"}, "targetModels": [{"name": "lora-a"}]},
         }
     )
-    p = Picker(
-        local_cfg(kube_host=kube_api.url, unknown_model_policy="reject"), scheduler=LeastLoadScheduler()
-    )
+    p = Picker(local_cfg(kube_host=kube_api.url, unknown_model_policy="reject"), profile=least_load_profile())
     assert not p.is_ready()
     async with p:
         p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
@@ -135,7 +131,7 @@ async def test_kubernetes_source(kube_api):
 
 
 async def test_tls_with_a_self_signed_certificate():
-    p = Picker(local_cfg(secure_serving=True), scheduler=LeastLoadScheduler())
+    p = Picker(local_cfg(secure_serving=True), profile=least_load_profile())
     async with p:
         p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
         creds = grpc.ssl_channel_credentials(root_certificates=p.certificate)
@@ -145,7 +141,7 @@ async def test_tls_with_a_self_signed_certificate():
 
 
 async def test_graceful_stop_lets_in_flight_streams_finish():
-    p = Picker(local_cfg(), scheduler=LeastLoadScheduler())
+    p = Picker(local_cfg(), profile=least_load_profile())
     await p.start()
     p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
     async with grpc.aio.insecure_channel(p.address) as ch:
@@ -165,7 +161,7 @@ async def test_graceful_stop_lets_in_flight_streams_finish():
 
 
 async def test_metrics_use_upstream_names():
-    p = Picker(local_cfg(), scheduler=LeastLoadScheduler())
+    p = Picker(local_cfg(), profile=least_load_profile())
     async with p:
         p.view.apply(snapshot("10.0.0.1:8000", pool="pool", kv_usage=0.5, waiting=4))
         async with grpc.aio.insecure_channel(p.address) as ch:
@@ -271,7 +267,7 @@ async def test_cli_subprocess_serves_and_exits_on_sigterm(nats_server, tmp_path)
 
 
 async def test_with_the_real_default_scheduler():
-    # picker.scheduling.build_scheduler("default"); unknown models Sheddable (not the default)
+    # picker.scheduling.build_profile("default"); unknown models Sheddable (not the default)
     p = Picker(local_cfg(unknown_model_policy="sheddable"))
     assert type(p.scheduler).__name__ != "LeastLoadScheduler"
     p.director.conformance_hooks = True  # the test pins requests with test-epp-endpoint-selection
