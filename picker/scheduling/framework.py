@@ -151,6 +151,10 @@ class ProfileScheduler:
         if request.criticality in self.unsaturated_only:
             fresh = _unsaturated(fresh, th)
             stale = []
+            if not fresh:  # admission sheds first; alone, the scheduler still refuses rather than guess
+                return Decision(
+                    [], 429, f"no unsaturated endpoint for a {request.criticality} request", self.name
+                )
         ctx = Context(
             request,
             state.now,
