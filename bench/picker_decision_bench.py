@@ -8,8 +8,9 @@ so each decision sees ~n/50 fresh snapshots, digested by ``on_snapshot`` outside
 timed region), a few endpoints have stale metrics, every decision is followed by
 ``on_assigned`` (feeding the in-flight tracker and the prefix index) and earlier
 requests complete. Requests carry 8-32 prefix blocks drawn from shared system prompts
-so the prefix index has real hits. Only ``schedule()`` is timed; ``on_snapshot`` and
-``on_assigned`` costs are reported separately. The ``random`` profile, measured in the
+so the prefix index has real hits. Only the decision is timed (``Profile.decide``: the
+state's clock, admission, then ``schedule()``); ``on_snapshot`` and ``on_assigned``
+costs are reported separately. The ``random`` profile, measured in the
 same run, is the baseline of the ratio column.
 
 Each decision is timed twice: wall clock (``perf_counter_ns``) and the thread's CPU
@@ -29,7 +30,7 @@ import statistics
 import time
 from collections import deque
 
-from picker.scheduling import EndpointView, RequestInfo, build_scheduler, load_config
+from picker.scheduling import RequestInfo, build_profile, load_config
 from shared.schemas import EndpointSnapshot, LoraState
 
 ADAPTERS = [f"adapter-{i}" for i in range(8)]
@@ -74,14 +75,12 @@ def make_request(rng: random.Random, k: int, prefixes: list[list[int]]) -> Reque
 
 def run(profile: str, n: int, decisions: int, seed: int = 7) -> dict[str, float]:
     rng = random.Random(seed)
-    sched = build_scheduler(profile, rng=random.Random(seed))
+    prof = build_profile(profile, rng=random.Random(seed))
+    state = prof.state
     now = 1_000.0
     stale = set(rng.sample(range(n), max(1, n // 50)))
-    views = []
     for i in range(n):
-        snap = make_snapshot(rng, i, now, i in stale)
-        sched.on_snapshot(snap, now)
-        views.append(EndpointView(snap.address, snap, now))
+        state.on_snapshot(make_snapshot(rng, i, now, i in stale), now)
     prefixes = [[rng.getrandbits(62) for _ in range(rng.randint(4, 24))] for _ in range(64)]
     live: deque[str] = deque()
     warmup = min(200, decisions // 5)
@@ -98,22 +97,20 @@ def run(profile: str, n: int, decisions: int, seed: int = 7) -> dict[str, float]
         for _ in range(per_tick):  # the collectors' stream of snapshots
             i = next_scrape % n
             next_scrape += 1
-            snap = make_snapshot(rng, i, now, i in stale)
-            views[i] = EndpointView(snap.address, snap, now)
-            sched.on_snapshot(snap, now)
+            state.on_snapshot(make_snapshot(rng, i, now, i in stale), now)
         t1 = time.perf_counter_ns()
         req = make_request(rng, k, prefixes)
         c2 = time.thread_time_ns()
         t2 = time.perf_counter_ns()
-        d = sched.schedule(req, views, now)
+        d = prof.decide(req, now)
         t3 = time.perf_counter_ns()
         c3 = time.thread_time_ns()
         if d.endpoints:
-            sched.on_assigned(req, d.endpoints[0], now)
+            state.on_assigned(req, d.endpoints[0], now)
             live.append(req.request_id)
         t4 = time.perf_counter_ns()
         while len(live) > 400:  # ~400 requests in flight across the pool
-            sched.on_completed(live.popleft(), now)
+            state.on_completed(live.popleft(), now)
         if k >= warmup:
             lat.append(t3 - t2)
             cpu.append(c3 - c2)
@@ -133,7 +130,7 @@ def run(profile: str, n: int, decisions: int, seed: int = 7) -> dict[str, float]
 
 
 def interleaved(n: int, profiles: list[str], blocks: int = 5, per_block: int = 200) -> dict[str, list[int]]:
-    """CPU time of ``schedule()`` per profile, timed in alternating blocks on the same pool state.
+    """CPU time of a decision per profile, timed in alternating blocks on the same pool state.
 
     On a shared machine, interference changes from one second to the next; alternating
     blocks of decisions between profiles exposes them all to the same interference, so
@@ -142,25 +139,22 @@ def interleaved(n: int, profiles: list[str], blocks: int = 5, per_block: int = 2
     setups = {}
     for name in profiles:
         rng = random.Random(1)
-        sched = build_scheduler(name, rng=random.Random(1))
-        views = []
+        prof = build_profile(name, rng=random.Random(1))
         for i in range(n):
-            snap = make_snapshot(rng, i, 1000.0, False)
-            sched.on_snapshot(snap, 1000.0)
-            views.append(EndpointView(snap.address, snap, 1000.0))
+            prof.state.on_snapshot(make_snapshot(rng, i, 1000.0, False), 1000.0)
         prefixes = [[rng.getrandbits(62) for _ in range(rng.randint(4, 24))] for _ in range(64)]
         reqs = [make_request(rng, k, prefixes) for k in range(2000 + blocks * per_block)]
         for r in reqs[:2000]:
-            d = sched.schedule(r, views, 1000.0)
+            d = prof.decide(r, 1000.0)
             if d.endpoints:
-                sched.on_assigned(r, d.endpoints[0], 1000.0)
-        setups[name] = (sched, views, reqs[2000:])
+                prof.state.on_assigned(r, d.endpoints[0], 1000.0)
+        setups[name] = (prof, reqs[2000:])
     out: dict[str, list[int]] = {name: [] for name in profiles}
     for b in range(blocks):
-        for name, (sched, views, reqs) in setups.items():
+        for name, (prof, reqs) in setups.items():
             for r in reqs[b * per_block : (b + 1) * per_block]:
                 t0 = time.thread_time_ns()
-                sched.schedule(r, views, 1000.0)
+                prof.decide(r, 1000.0)
                 out[name].append(time.thread_time_ns() - t0)
     return out
 

@@ -9,10 +9,10 @@ ext_proc path does (an assignment per request, its completion 0.5-5 s later), wi
 realistic events: 12 chained prefix-block hashes per request from
 :func:`shared.hashing.prefix_block_hashes`, lognormal prompt/output lengths, a model and
 a LoRA target. Another **process** plays the observing replica: a
-:class:`~picker.sharing.PeerListener` applying everything to a real scheduler
-(``build_scheduler("default")``), plus a raw subscription counting messages and payload
+:class:`~picker.sharing.PeerListener` applying everything to a real pool state
+(``build_profile("default").state``), plus a raw subscription counting messages and payload
 bytes on the pool's event subjects. Publish-to-apply latency is the wall-clock time from
-the publisher's ``on_local_*`` call (the event's ``ts``) to the scheduler hook call in
+the publisher's ``on_local_*`` call (the event's ``ts``) to the pool-state hook call in
 the other process (same machine, same clock).
 
 Each scenario runs with batching on (the defaults: 5 ms linger, 128 events) and off
@@ -50,26 +50,26 @@ NS, POOL, PREFIX = "default", "vllm-llama2-7b", "infergate"  # realistic lengths
 
 
 async def observer(url: str) -> None:
-    from picker.scheduling import build_scheduler
+    from picker.scheduling import build_profile
     from picker.sharing import PeerListener, SharingSettings
     from shared.natsbus import NatsBus
     from shared.natsconn import NatsOptions, connect
     from shared.subjects import Subjects
 
-    sched = build_scheduler("default", rng=random.Random(1))
+    state = build_profile("default", rng=random.Random(1)).state
     applied: list[tuple[float, float]] = []  # (applied at, event ts)
 
     class Recording:
         def on_assigned(self, request, address, now, *, replica=""):
             applied.append((time.time(), now))
-            sched.on_assigned(request, address, now, replica=replica)
+            state.on_assigned(request, address, now, replica=replica)
 
-        def on_completed(self, request_id, now):
+        def on_completed(self, request_id, now, *, replica=""):
             applied.append((time.time(), now))
-            sched.on_completed(request_id, now)
+            state.on_completed(request_id, now, replica=replica)
 
         def set_peer_rank(self, index, count, unseen=1.0):
-            sched.set_peer_rank(index, count, unseen)
+            state.set_peer_rank(index, count, unseen)
 
     subjects = Subjects(PREFIX)
     nc = await connect(NatsOptions(servers=[url], name="observer", subject_prefix=PREFIX))
@@ -314,7 +314,7 @@ def _ratios(rows: list[dict]) -> str:
 
 async def bench_replay(url: str, rate: float = 1000.0, window_s: float = 30.0, peers: int = 4) -> dict:
     """A replica starting in a pool that served ``rate`` req/s: time to replay the stream and be ready."""
-    from picker.scheduling import build_scheduler
+    from picker.scheduling import build_profile
     from picker.sharing import PeerListener, SharingSettings
     from shared.hashing import prefix_block_hashes
     from shared.natsbus import NatsBus
@@ -367,9 +367,9 @@ async def bench_replay(url: str, rate: float = 1000.0, window_s: float = 30.0, p
             n_bytes += len(data)
         n_events += len(evs)
     await nc.flush()
-    sched = build_scheduler("default", rng=random.Random(1))
+    state = build_profile("default", rng=random.Random(1)).state
     listener = PeerListener(
-        NatsBus(nc, subjects), NS, POOL, SharingSettings(replica="newcomer", peer_timeout_s=0), sched
+        NatsBus(nc, subjects), NS, POOL, SharingSettings(replica="newcomer", peer_timeout_s=0), state
     )
     t0, cpu0 = time.perf_counter(), time.process_time()
     task = asyncio.create_task(listener.run())
@@ -384,7 +384,7 @@ async def bench_replay(url: str, rate: float = 1000.0, window_s: float = 30.0, p
         "messages": n_msgs,
         "bytes": n_bytes,
         "applied": listener.applier.applied,
-        "open": len(sched.inflight),
+        "open": len(state.inflight),
         "ready_s": ready_s,
         "cpu_s": cpu_s,
     }

@@ -1,8 +1,19 @@
 """The director: one request's headers and body in, a destination (or an error) out.
 
 Independent of gRPC, so the protocol layer (:mod:`picker.extproc`) only translates
-Envoy messages. The director owns the request-side policy (readiness, model resolution,
-candidate restriction, the scheduler call, accounting) and the in-flight registry:
+Envoy messages. The director owns the request-side policy and runs one request's steps in
+order, each in one place of :meth:`Director._route`:
+
+1. **resolve**: parse the body, resolve the model (InferenceObjective/rewrite), restrict
+   the candidates (subset hint, conformance header);
+2. **admit**: the profile's admission (``admit(request, state)``): 503 without
+   candidates, 429 when shed (later: the flow controller's entry point);
+3. **schedule**: the profile's scheduler (``schedule(request, state)``) picks the
+   endpoint and its fallbacks;
+4. **account**: the pool state counts the assignment (in-flight load, prefix index),
+   the event sink publishes it to the peers.
+
+It also keeps the in-flight registry:
 every assignment it makes is released exactly once through :meth:`Director.complete`,
 which the protocol layer calls on response end, error status, cancel or shutdown.
 It also answers the gateway's own ``GET /v1/models`` from the view (:meth:`Director.models_list`).
@@ -25,7 +36,7 @@ from .hooks import EventSink
 from .metrics import PickerMetrics, RequestLabels
 from .models import ModelTable, UnknownModel
 from .protocol import MODELS_PATH, Dropped
-from .scheduling.api import RequestInfo, Scheduler
+from .scheduling.api import Admission, RequestInfo, Scheduler
 from .view import PoolView
 
 __all__ = ["Answered", "Director", "Inflight", "Rejected", "RequestHeaders", "Routed"]
@@ -103,6 +114,7 @@ class Director:
         self,
         *,
         view: PoolView,
+        admission: Admission,
         scheduler: Scheduler,
         models: ModelTable,
         metrics: PickerMetrics,
@@ -114,6 +126,8 @@ class Director:
         destination_header_list: bool = False,
     ) -> None:
         self.view = view
+        self.state = view.state  # the pool state the view feeds: what admission and scheduling read
+        self.admission = admission
         self.scheduler = scheduler
         self.models = models
         self.metrics = metrics
@@ -201,6 +215,7 @@ class Director:
             return self.reject(500, "internal error in the endpoint picker", request_id=hdr.request_id)
 
     def _route(self, hdr: RequestHeaders, body: bytes, subset: list[str] | None) -> Routed | Rejected:
+        # 1. resolve
         t0 = time.perf_counter()
         if len(body) > self.max_body_bytes:
             return self.reject(
@@ -239,7 +254,12 @@ class Director:
         info.priority = priority
         now = time.time()
         s0 = time.perf_counter()
-        decision = self.scheduler.schedule(info, self.view.list(), now)
+        state = self.state
+        state.advance(now)
+        # 2. admit
+        rejection = self.admission.admit(info, state)
+        # 3. schedule (only an admitted request)
+        decision = rejection.decision() if rejection is not None else self.scheduler.schedule(info, state)
         decision_s = time.perf_counter() - s0
         self.metrics.decision(decision_s)
         if not decision.ok:
@@ -254,6 +274,7 @@ class Director:
                 fairness_id=fairness,
                 priority=priority,
             )
+        # 4. account
         out = req.with_model(res.target)
         destination = ",".join(decision.endpoints)
         inflight = self._assign(info, decision.endpoints[0], destination, now)
@@ -291,9 +312,9 @@ class Director:
         inflight = Inflight(info, address, destination, time.perf_counter(), labels)
         self.inflight[info.request_id] = inflight
         try:
-            self.scheduler.on_assigned(info, address, now, replica=self.replica)
+            self.state.on_assigned(info, address, now, replica=self.replica)
         except Exception:
-            log.exception("scheduler on_assigned failed", extra={"request_id": info.request_id})
+            log.exception("pool state on_assigned failed", extra={"request_id": info.request_id})
         if self.sink is not None:
             try:
                 self.sink.on_local_assignment(info, address, now)
@@ -394,9 +415,9 @@ class Director:
         now = time.time()
         self.inflight.pop(info.request_id, None)
         try:
-            self.scheduler.on_completed(info.request_id, now)
+            self.state.on_completed(info.request_id, now, replica=self.replica)
         except Exception:
-            log.exception("scheduler on_completed failed", extra={"request_id": info.request_id})
+            log.exception("pool state on_completed failed", extra={"request_id": info.request_id})
         if self.sink is not None:
             try:
                 self.sink.on_local_completion(

@@ -48,11 +48,12 @@ from .hooks import EventSink
 from .metrics import PickerMetrics
 from .models import ModelTable
 from .protocol import EXT_PROC_SERVICE, HEALTH_LIVENESS, HEALTH_READINESS
+from .scheduling import Profile, build_profile
 from .scheduling.api import Scheduler
 from .sources import FileSource, KubeSource, StaticSource
 from .view import NatsFeed, PoolView
 
-__all__ = ["Picker", "make_scheduler"]
+__all__ = ["Picker", "make_profile"]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,9 @@ log = logging.getLogger(__name__)
 _READY_SERVICES = ("", HEALTH_READINESS, EXT_PROC_SERVICE)
 
 
-def make_scheduler(profile: str, config_path: str | None = None) -> Scheduler:
-    """The scheduling package's profile, built from the profiles file (the built-in one by default)."""
-    from .scheduling import build_scheduler
-
-    return build_scheduler(profile, config_path)
+def make_profile(profile: str, config_path: str | None = None) -> Profile:
+    """The scheduling package's profile (pool state, admission, scheduler), from the profiles file."""
+    return build_profile(profile, config_path)
 
 
 class Picker:
@@ -73,19 +72,26 @@ class Picker:
         config: PickerConfig | None = None,
         *,
         scheduler: Scheduler | None = None,
+        profile: Profile | None = None,
         sink: EventSink | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = cfg = config or PickerConfig()
-        self.scheduler: Scheduler = scheduler or make_scheduler(cfg.profile, cfg.scheduler_config)
+        # The profile's pool state, admission and scheduler; a given scheduler replaces its selection.
+        self.profile = profile or make_profile(cfg.profile, cfg.scheduler_config)
+        if scheduler is not None:
+            self.profile.scheduler = scheduler
+        self.state = self.profile.state
+        self.scheduler: Scheduler = self.profile.scheduler
         self.metrics = PickerMetrics(registry)
         self.registry = self.metrics.registry
         self.view = PoolView(
-            cfg.pool_namespace, cfg.pool_name, self.scheduler, staleness=cfg.metrics_staleness_threshold
+            cfg.pool_namespace, cfg.pool_name, self.state, staleness=cfg.metrics_staleness_threshold
         )
         self.models = ModelTable([], cfg.pool_name, cfg.unknown_model_policy)
         self.director = Director(
             view=self.view,
+            admission=self.profile.admission,
             scheduler=self.scheduler,
             models=self.models,
             metrics=self.metrics,
@@ -242,7 +248,7 @@ class Picker:
             cfg.pool_namespace,
             cfg.pool_name,
             cfg.sharing,
-            self.scheduler,
+            self.state,
             registry=self.registry,
         )
         self.sharing.start(self.supervisor)

@@ -1,9 +1,13 @@
 """The pool view: the latest snapshot of every endpoint of one pool, fed from the bus.
 
-:class:`PoolView` is the pure part: it applies snapshots and tombstones with the ordering
-rules of :class:`shared.feed.SnapshotOrder` (the same rules the autoscaler applies), keeps
-the list the scheduler reads, and calls the scheduler's ``on_snapshot`` /
-``on_endpoint_removed``. :class:`NatsFeed` is the transport: it connects a
+:class:`PoolView` is the pure part: it decides which snapshots and tombstones are applied,
+with the ordering rules of :class:`shared.feed.SnapshotOrder` (the same rules the
+autoscaler applies), and applies them to the pool state
+(:class:`picker.scheduling.pool.PoolState`: ``on_snapshot`` / ``on_endpoint_removed``).
+The view keeps the rules (ordering, tombstone memory, the pool filter, its counters,
+"bootstrapped"); the state keeps the endpoint table, which ``endpoints`` and ``list()``
+read: one owner per datum (the state's docstring says why they are two objects).
+:class:`NatsFeed` is the transport: it connects a
 :class:`~shared.natsbus.NatsBus` and runs a :class:`shared.feed.LastValueFeed` over the
 pool's endpoint subjects, so a starting replica first receives the last value of every
 endpoint, then live updates, and re-subscribes after every reconnect.
@@ -27,7 +31,8 @@ from shared.natsbus import NatsBus
 from shared.natsconn import NatsOptions
 from shared.schemas import EndpointSnapshot, Tombstone, endpoint_decoder
 
-from .scheduling.api import EndpointView, Scheduler
+from .scheduling.api import EndpointView
+from .scheduling.pool import PoolState
 
 __all__ = ["NatsFeed", "PoolView"]
 
@@ -43,19 +48,17 @@ class PoolView:
         self,
         namespace: str,
         pool: str,
-        scheduler: Scheduler,
+        state: PoolState,
         *,
         clock: Callable[[], float] = time.time,
         staleness: float = 2.0,
     ) -> None:
         self.namespace = namespace
         self.pool = pool
-        self.scheduler = scheduler
+        self.state = state
         self.clock = clock
         self.staleness = staleness
-        self.endpoints: dict[str, EndpointView] = {}
         self.order = SnapshotOrder()
-        self._list: list[EndpointView] | None = None
         self.bootstrapped = False
         self.decoder = endpoint_decoder(self._on_decode_error)
         # Counters read by the metrics collector.
@@ -95,28 +98,28 @@ class PoolView:
             self.tombstones += 1
             if self.order.tombstoned >= 64:
                 self.order.forget_tombstones(now - TOMBSTONE_MEMORY_S)
-            if self.endpoints.pop(address, None) is not None:
-                self._list = None
-                self._safe(self.scheduler.on_endpoint_removed, address, now)
+            if address in self.state.endpoints:
+                self._safe(self.state.on_endpoint_removed, address, now)
             return True
-        self.endpoints[address] = EndpointView(address, msg, now)
-        self._list = None
-        self._safe(self.scheduler.on_snapshot, msg, now)
+        self._safe(self.state.on_snapshot, msg, now)
         return True
 
     @staticmethod
     def _safe(fn: Callable[..., Any], *args: Any) -> None:
         try:
             fn(*args)
-        except Exception:  # a scheduler bug must not stop the feed
-            log.exception("scheduler hook failed", extra={"hook": getattr(fn, "__name__", "?")})
+        except Exception:  # a state bug must not stop the feed
+            log.exception("pool state hook failed", extra={"hook": getattr(fn, "__name__", "?")})
 
     # -- reading ------------------------------------------------------------------------
+    @property
+    def endpoints(self) -> dict[str, EndpointView]:
+        """The pool state's endpoint table (address -> latest snapshot as received)."""
+        return self.state.endpoints
+
     def list(self) -> list[EndpointView]:
         """The endpoints, as a list rebuilt only after a change (the hot path reads it per request)."""
-        if self._list is None:
-            self._list = list(self.endpoints.values())
-        return self._list
+        return self.state.views()
 
     def stats(self, now: float | None = None) -> dict[str, float]:
         """Pool-level averages for the upstream gauges, computed at scrape time."""

@@ -1,7 +1,8 @@
 """The discrete-event simulation: N calibrated engines, M picker replicas, virtual time.
 
 The picker side is the **real code** over an in-memory bus: every replica is a
-:class:`picker.view.PoolView` fed by a last-value subscription, its scheduler, and, with
+:class:`picker.view.PoolView` fed by a last-value subscription, feeding its profile's pool
+state, admission and scheduler (:class:`picker.scheduling.Profile`), and, with
 the shared view, the sharing layer's :class:`~picker.sharing.EventBatcher` (its own
 traffic) and :class:`~picker.sharing.PeerListener` (its peers'), connected by a
 :class:`shared.bus.MemoryBus` whose deliveries are events on the simulation's heap. One
@@ -9,12 +10,13 @@ event heap orders everything by virtual time (ties by insertion order, so a run 
 pure function of its seed):
 
 * **arrival** - Poisson; the request goes to a picker replica (round-robin or random),
-  whose scheduler decides from the endpoint views *that replica has received*; a 429/503
-  decision is counted as shed, not served; otherwise ``on_assigned`` runs on that
-  replica at once and, with the shared view, the replica's batcher publishes it;
+  which admits and schedules it from the endpoint snapshots *that replica has received*
+  (its pool state), as the director does; a 429/503 is counted as shed, not served;
+  otherwise the replica's state accounts it at once (``on_assigned``) and, with the
+  shared view, the replica's batcher publishes it;
 * **step end** - one engine step (``Engine.step`` commits at its start, the DES reveals
   it at ``end``): finished requests are recorded, ``on_completed`` runs on the assigning
-  replica and its batcher publishes the completion; the next step starts;
+  replica's state and its batcher publishes the completion; the next step starts;
 * **wake** - an idle engine has a request coming out of its API overhead;
 * **scrape** - every ``scrape_interval_s`` per engine (phases staggered at random), an
   ``EndpointSnapshot`` is built from ``engine.stats()`` with ``ts`` = scrape time and
@@ -24,7 +26,7 @@ pure function of its seed):
   existed at publish time;
 * **flush** - a replica's batcher is due (its linger, or a heartbeat when idle);
 * **watch** - every 0.1 s each replica's listener checks its peers and tells its
-  scheduler its rank and unseen estimate, as the sharing layer's liveness watch does.
+  pool state its rank and unseen estimate, as the sharing layer's liveness watch does.
 
 So schedulers always decide from metrics between ``metrics_delay_s`` and
 ``scrape_interval_s + metrics_delay_s`` old, as in the real deployment. ``share_delay_s``
@@ -50,7 +52,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from picker.scheduling import RequestInfo, build_scheduler
+from picker.scheduling import PoolState, Profile, RequestInfo, SheddingAdmission, build_profile
 from picker.sharing import EventBatcher, PeerListener, SharingMetrics, SharingSettings
 from picker.view import PoolView
 from shared.bus import MemoryBus
@@ -145,15 +147,15 @@ class PointResult:
         return asdict(self)
 
 
-class _Picker:
-    """One picker replica: its scheduler, its own view of the endpoints, and its sharing layer."""
+class Replica:
+    """One picker replica: its profile (state, admission, scheduler), its endpoint view, its sharing."""
 
-    __slots__ = ("batcher", "flush_at", "index", "listener", "name", "sched", "view")
+    __slots__ = ("batcher", "flush_at", "index", "listener", "name", "profile", "view")
 
-    def __init__(self, index: int, sched: Any, view: PoolView) -> None:
+    def __init__(self, index: int, profile: Profile, view: PoolView) -> None:
         self.index = index
         self.name = f"picker-{index}"
-        self.sched = sched
+        self.profile = profile
         self.view = view
         self.batcher: EventBatcher | None = None  # with the shared view
         self.listener: PeerListener | None = None
@@ -214,12 +216,12 @@ class Cluster:
         for a in self.addresses:  # scraped before the start: the stream holds every (idle) pod
             self._publish_snapshot(a, -cfg.metrics_delay_s)
         self.shared = cfg.shared_view and cfg.picker_replicas > 1
-        self.pickers = [self._make_picker(p) for p in range(cfg.picker_replicas)]
+        self.pickers = [self._make_replica(p) for p in range(cfg.picker_replicas)]
 
-    def _make_picker(self, p: int) -> _Picker:
-        sched = self._make_scheduler(p)
-        view = PoolView(NAMESPACE, POOL, sched, clock=lambda: self.now)
-        pk = _Picker(p, sched, view)
+    def _make_replica(self, p: int) -> Replica:
+        profile = self._make_profile(p)
+        view = PoolView(NAMESPACE, POOL, profile.state, clock=lambda: self.now)
+        pk = Replica(p, profile, view)
         # The pickers start by reading the last value of every endpoint, then follow live.
         self.bus.follow_last_values_nowait(self.subjects.endpoints_of_pool(NAMESPACE, POOL), view.on_message)
         if self.shared:
@@ -231,18 +233,20 @@ class Cluster:
                 on_wake=lambda: self._plan_flush(pk),
             )  # fmt: skip
             pk.listener = PeerListener(
-                self.bus, NAMESPACE, POOL, settings, sched, metrics=metrics, clock=clock, manage_streams=False
-            )
+                self.bus, NAMESPACE, POOL, settings, profile.state, metrics=metrics, clock=clock,
+                manage_streams=False,
+            )  # fmt: skip
             self.bus.subscribe_nowait(pk.listener.subject, pk.listener.feed.live)
             self._plan_flush(pk)  # the first heartbeat: peers learn of each other
             self._push(WATCH_INTERVAL_S, WATCH, pk)
         return pk
 
-    def _make_scheduler(self, p: int) -> Any:
+    def _make_profile(self, p: int) -> Profile:
         rng = random.Random(self._rng_sched.getrandbits(64))
-        if self.cfg.policy == "oracle":
-            return OracleScheduler(self.engines, self.work, rng, base_model=MODEL)
-        return build_scheduler(self.cfg.policy, self.cfg.scheduler_config, rng=rng)
+        if self.cfg.policy == "oracle":  # never sheds; decides from the engines themselves
+            oracle = OracleScheduler(self.engines, self.work, rng, base_model=MODEL)
+            return Profile("oracle", PoolState(), SheddingAdmission(frozenset()), oracle)
+        return build_profile(self.cfg.policy, self.cfg.scheduler_config, rng=rng)
 
     # ------------------------------------------------------------------ events
 
@@ -267,7 +271,7 @@ class Cluster:
         """What the collector does after a scrape."""
         self.bus.publish_nowait(self._endpoint_subject[address], encode(self._snapshot(address, now)))
 
-    def _plan_flush(self, pk: _Picker) -> None:
+    def _plan_flush(self, pk: Replica) -> None:
         """Run the replica's batcher when it is due (earlier than planned: plan again)."""
         assert pk.batcher is not None
         due = max(pk.batcher.due(), self.now)
@@ -275,7 +279,7 @@ class Cluster:
             pk.flush_at = due
             self._push(due, FLUSH, pk, due)
 
-    def _flush(self, pk: _Picker, planned: float) -> None:
+    def _flush(self, pk: Replica, planned: float) -> None:
         if pk.flush_at != planned:
             return  # superseded by an earlier plan
         pk.flush_at = None
@@ -358,7 +362,7 @@ class Cluster:
                 if r.t_finished > self.last_finish:
                     self.last_finish = r.t_finished
             pk = self.pickers[p]
-            pk.sched.on_completed(info.request_id, now)
+            pk.profile.state.on_completed(info.request_id, now, replica=pk.name)
             if pk.batcher is not None:
                 pk.batcher.on_local_completion(
                     info, address, 200, r.prompt_tokens, r.max_tokens, r.t_finished - r.arrival,
@@ -398,12 +402,12 @@ class Cluster:
             prefix_hashes=item.block_hashes,
             expected_output_tokens=item.output_tokens,
         )
-        decision = pk.sched.schedule(info, pk.view.list(), now)
+        decision = pk.profile.decide(info, now)  # admit, then schedule
         if not decision.ok:
             self.shed += measured
             return
         address = decision.endpoints[0]
-        pk.sched.on_assigned(info, address, now, replica=pk.name)
+        pk.profile.state.on_assigned(info, address, now, replica=pk.name)
         if pk.batcher is not None:
             pk.batcher.on_local_assignment(info, address, now)
         eng = self.engines[address]

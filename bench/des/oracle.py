@@ -31,8 +31,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from picker.scheduling import Decision, EndpointView, RequestInfo
-from shared.schemas import EndpointSnapshot
+from picker.scheduling import Decision, PoolState, RequestInfo
 from sim.engine import Engine
 
 PREFILL_WEIGHT = 0.2  # compute cost of one prefill token, in decode-token equivalents
@@ -53,7 +52,10 @@ def cached_prefix_tokens(engine: Engine, hashes: Sequence[int]) -> int:
 
 
 class OracleScheduler:
-    """A :class:`picker.scheduling.Scheduler` with fresh metrics and perfect knowledge of work."""
+    """A :class:`picker.scheduling.Scheduler` with fresh metrics and perfect knowledge of work.
+
+    It reads only the endpoint list of the pool state; the DES accounts the work itself.
+    """
 
     name = "oracle"
 
@@ -76,11 +78,11 @@ class OracleScheduler:
         cached = cached_prefix_tokens(self.engines[address], request.prefix_hashes)
         return AFFINITY_WEIGHT * max(0, request.prompt_tokens - cached)
 
-    def schedule(self, request: RequestInfo, endpoints: Sequence[EndpointView], now: float) -> Decision:
+    def schedule(self, request: RequestInfo, state: PoolState) -> Decision:
         best: list[str] = []
         best_cost = float("inf")
         adapter = request.target_model if request.target_model != self.base_model else ""
-        for v in endpoints:
+        for v in state.views():
             a = v.address
             cost = self.work[a] + self.own_cost(a, request)
             if adapter and self.lora_blocked(a, adapter):
@@ -92,18 +94,3 @@ class OracleScheduler:
         if not best:
             return Decision([], 503, "no endpoints", self.name)
         return Decision([self.rng.choice(best)], 200, "", self.name)
-
-    def on_assigned(self, request: RequestInfo, address: str, now: float, *, replica: str = "") -> None:
-        pass  # the DES accounts the work itself
-
-    def on_completed(self, request_id: str, now: float) -> None:
-        pass
-
-    def on_snapshot(self, snapshot: EndpointSnapshot, now: float) -> None:
-        pass
-
-    def on_endpoint_removed(self, address: str, now: float) -> None:
-        pass
-
-    def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None:
-        pass

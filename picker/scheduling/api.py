@@ -1,18 +1,24 @@
 """The scheduler's contract: plain objects in, a decision out.
 
-The ext_proc server, the shared-view code and the discrete-event simulation in
-``bench/`` all drive the scheduler through these types only, so the code measured in
-simulation is the code that runs behind Envoy. Nothing here touches gRPC, NATS or the
-wall clock: time is always passed in as ``now`` (seconds, same base as snapshot ``ts``).
+The director, the shared-view code and the discrete-event simulation in ``bench/`` all
+drive scheduling through these types, so the code measured in simulation is the code
+that runs behind Envoy. Three steps, three owners: the pool state
+(:class:`~.pool.PoolState`: endpoints, in-flight load, prefix index, peer rank, the
+clock) is fed by the bus side; :class:`Admission` decides whether a request may be
+scheduled; the :class:`Scheduler` chooses among the candidates. Nothing here touches
+gRPC, NATS or the wall clock: time is the state's ``now`` (seconds, same base as
+snapshot ``ts``), advanced by the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from shared.schemas import EndpointSnapshot
+
+if TYPE_CHECKING:
+    from .pool import PoolState
 
 Criticality = Literal["Critical", "Standard", "Sheddable"]
 CRITICALITIES: tuple[Criticality, ...] = ("Critical", "Standard", "Sheddable")
@@ -70,27 +76,34 @@ class Decision:
         return self.status == 200 and bool(self.endpoints)
 
 
+@dataclass(slots=True, frozen=True)
+class Rejection:
+    """Admission's answer when a request must not be scheduled: 429 (shed) or 503 (no candidate)."""
+
+    status: int
+    reason: str
+    profile: str = ""
+
+    def decision(self) -> Decision:
+        return Decision([], self.status, self.reason, self.profile)
+
+
+class Admission(Protocol):
+    """Whether a request may be scheduled now; the step before the scheduler.
+
+    ``admit`` reads the pool state (time included: ``state.now``) and never raises. It is
+    the seam the flow controller (issue #16) takes over: queueing, fairness and a
+    pluggable saturation detector sit behind this one call.
+    """
+
+    def admit(self, request: RequestInfo, state: PoolState) -> Rejection | None: ...
+
+
 class Scheduler(Protocol):
-    """What every scheduling profile offers to its callers."""
+    """Selection: one admitted request and the pool state in, an ordered choice out."""
 
     name: str
 
-    def schedule(self, request: RequestInfo, endpoints: Sequence[EndpointView], now: float) -> Decision:
-        """Pick endpoints for ``request``. Must not raise on any input; never blocks."""
-        ...
-
-    # Accounting hooks. The local replica calls them for its own traffic; the shared
-    # view (NATS) calls them for its peers' traffic, so every replica decides from the
-    # same picture.
-    def on_assigned(self, request: RequestInfo, address: str, now: float, *, replica: str = "") -> None: ...
-
-    def on_completed(self, request_id: str, now: float) -> None: ...
-
-    def on_snapshot(self, snapshot: EndpointSnapshot, now: float) -> None: ...
-
-    def on_endpoint_removed(self, address: str, now: float) -> None: ...
-
-    def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None:
-        """This replica is ``index`` of ``count`` replicas sharing one view, and typically has
-        not yet heard of ``unseen`` of its peers' assignments (the sharing layer knows)."""
+    def schedule(self, request: RequestInfo, state: PoolState) -> Decision:
+        """Pick endpoints for ``request`` at ``state.now``. Must not raise on any input; never blocks."""
         ...

@@ -1,9 +1,11 @@
-"""Scheduling profiles from YAML: ``load_config`` and ``build_scheduler``.
+"""Scheduling profiles from YAML: ``load_config`` and ``build_profile``.
 
 The shapes are read by :mod:`.spec`; here each profile's plugins are built from the open
 registry (:mod:`.plugin`), checked (role, weight, one picker), put in data order
 (every consumer after its producer, see :func:`_order`) and composed with the profile's
-own settings into a :class:`~.framework.ProfileScheduler`.
+own settings into a :class:`~.profile.Profile`: a :class:`~.pool.PoolState` (thresholds,
+in-flight, prefix settings), a :class:`~.admission.SheddingAdmission` (``shed``) and a
+:class:`~.framework.ProfileScheduler` (the plugins, fallbacks, candidate window).
 
 Every profile is built once at load time, so a bad file fails at startup with the path
 of the offending field (``schedulingProfiles[2].plugins[1].weight: must be >= 0.0``).
@@ -19,23 +21,26 @@ from typing import Any
 
 import yaml
 
+from . import choosers as _choosers  # noqa: F401
 from . import filters as _filters  # noqa: F401  (import registers the built-in plugin types)
-from . import pickers as _pickers  # noqa: F401
 from . import scorers as _scorers  # noqa: F401
+from .admission import SheddingAdmission
 from .api import CRITICALITIES
+from .choosers import Chooser
 from .filters import Filter
-from .framework import ProfileScheduler, ScoringSelector, _ErrorLog
+from .framework import ProfileScheduler, ScoringSelector
 from .inflight import InflightTracker
 from .params import ConfigError, Params
-from .pickers import Picker
 from .plugin import factory_of, producers_of, registered
+from .pool import ErrorLog, PoolState
 from .prefix import DEFAULT_CAPACITY_BLOCKS, PrefixIndex
+from .profile import Profile
 from .scorers import Scorer
 from .spec import ConfigSpec, PluginRef, PluginSpec, ProfileSpec, parse
 from .state import Thresholds
 from .tree import DecisionTreeSelector
 
-__all__ = ["BUILTIN_CONFIG", "SchedulingConfig", "build_scheduler", "load_config"]
+__all__ = ["BUILTIN_CONFIG", "SchedulingConfig", "build_profile", "load_config"]
 
 log = logging.getLogger("picker.scheduling")
 
@@ -80,12 +85,12 @@ def load_config(source: str | Path | dict[str, Any] | SchedulingConfig | None = 
     return SchedulingConfig(spec.profiles, name, spec.plugins)
 
 
-def build_scheduler(
+def build_profile(
     profile_name: str,
     config: str | Path | dict[str, Any] | SchedulingConfig | None = None,
     rng: random.Random | None = None,
-) -> ProfileScheduler:
-    """A fresh scheduler for ``profile_name`` (its own plugin instances, in-flight and prefix state).
+) -> Profile:
+    """A fresh profile: its own pool state (in-flight, prefix index), admission and plugin instances.
 
     Pass a seeded ``random.Random`` for reproducible decisions (the simulation does).
     """
@@ -121,7 +126,7 @@ def _role(plugin: Any) -> str | None:
         return "scorer"
     if isinstance(plugin, Filter):
         return "filter"
-    if isinstance(plugin, Picker):
+    if isinstance(plugin, Chooser):
         return "picker"
     if isinstance(plugin, DecisionTreeSelector) or callable(getattr(plugin, "select", None)):
         return "selector"
@@ -239,7 +244,7 @@ def _order(profile: ProfileSpec, uses: list[_Use]) -> list[_Use]:
 # -- profiles ----------------------------------------------------------------------------
 
 
-def _build(profile: ProfileSpec, rng: random.Random) -> ProfileScheduler:
+def _build(profile: ProfileSpec, rng: random.Random) -> Profile:
     p = Params(profile.settings, profile.where)
     sat = Params(p.raw("saturation"), p.field("saturation"))
     thresholds = Thresholds(
@@ -277,7 +282,7 @@ def _build(profile: ProfileSpec, rng: random.Random) -> ProfileScheduler:
     default_out = p.integer("default_output_tokens", 200, lo=0)
     max_candidates = p.integer("max_candidates", 0, lo=0)
     p.done()
-    on_error = _ErrorLog()
+    on_error = ErrorLog()
 
     uses = _order(profile, _uses(profile))
     selector: Any
@@ -292,18 +297,23 @@ def _build(profile: ProfileSpec, rng: random.Random) -> ProfileScheduler:
             on_error=on_error,
             profile=profile.name,
         )
-    return ProfileScheduler(
-        profile.name,
-        selector,
+    shed = frozenset(shed_raw)
+    state = PoolState(
         thresholds=thresholds,
-        shed=frozenset(shed_raw),
-        sheddable_unsaturated_only=unsat_only,
-        require_served_model=require_served,
-        fallbacks=fallbacks,
         inflight=inflight,
         prefix=prefix,
         default_output_tokens=default_out,
+        require_served_model=require_served,
+        name=profile.name,
+        on_error=on_error,
+    )
+    scheduler = ProfileScheduler(
+        profile.name,
+        selector,
+        unsaturated_only=shed if unsat_only else frozenset(),
+        fallbacks=fallbacks,
         max_candidates=max_candidates,
         rng=rng,
         on_error=on_error,
     )
+    return Profile(profile.name, state, SheddingAdmission(shed, profile=profile.name), scheduler)

@@ -56,7 +56,7 @@ class Context:
         self.thresholds = thresholds
         self.base_models = base_models if base_models is not None else {}
         # This replica's place among the picker replicas sharing one view (see
-        # MaxScorePicker.peer_margin); one replica alone is 0 of 1.
+        # MaxScoreChooser.peer_margin); one replica alone is 0 of 1.
         self.peer_index = peer_index
         self.peer_count = peer_count
         self.peer_unseen = peer_unseen  # peers' assignments not heard of yet, typically

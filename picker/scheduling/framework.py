@@ -1,60 +1,38 @@
-"""The scheduling framework: gather -> admit (shed) -> select (filters, scorers, picker).
+"""Selection: a profile's scheduler orders an admitted request's candidates.
 
-One :class:`ProfileScheduler` is one named profile. Every profile shares the same outer
-flow, so readiness, the candidate restriction, shedding, "stale ranks last" and the
-never-raise guarantee are implemented once:
+One :class:`ProfileScheduler` is the selection step of one named profile. The request's
+candidates come from the pool state (:meth:`~.pool.PoolState.candidates`: ready,
+healthy, inside the restriction, split into *fresh* and *stale*), which admission has
+already checked (503 without candidates, 429 when shed). Every profile shares the
+same flow, so "stale ranks last" and the never-raise guarantee are implemented once:
 
-1. **gather** (one pass over the endpoints): drop endpoints that are not ready or not
-   healthy, or outside ``request.candidates``; split the rest into *fresh* and *stale*
-   (metrics older than the staleness threshold, or the scrape is failing). Nothing left
-   -> 503.
-2. **admit**: if the request's criticality is sheddable and every candidate is
-   saturated (queue, KV or staleness) -> 429.
-3. **select**: (large pools: a random window plus the prefix/adapter holders, see
-   ``max_candidates``) the profile's selector orders the fresh group; if it yields fewer than
-   ``1 + fallbacks`` endpoints, the stale group fills the rest. Stale endpoints are
-   scored among themselves so they never distort the fresh group's normalization.
+1. a criticality in ``unsaturated_only`` (the profile's shed list, when it sets
+   ``sheddable_unsaturated_only``) only sees the unsaturated fresh pods;
+2. large pools: a random window plus the prefix/adapter holders (``max_candidates``);
+3. the profile's selector (filters, weighted scorers, a chooser; or a selector plugin)
+   orders the fresh group; if it yields fewer than ``1 + fallbacks`` endpoints, the stale
+   group fills the rest. Stale endpoints are scored among themselves so they never
+   distort the fresh group's normalization.
 
-Per-endpoint values are computed in ``on_snapshot`` (see :mod:`.state`); if a decision
-sees a snapshot object it has not digested yet (a caller that skips ``on_snapshot``, like
-a unit test), it digests it on the spot. Snapshots are treated as immutable: pass a new
-object (or call ``on_snapshot``) when the numbers change.
+The scheduler holds no pool data: endpoints, in-flight load, the prefix index, the peer
+rank and the clock are the state's. It keeps only its plugins and its rng.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Sequence
 from typing import Protocol
 
-from shared.schemas import EndpointSnapshot
-
-from .api import Decision, EndpointView, RequestInfo
+from .api import Decision, RequestInfo
+from .choosers import Chooser, MaxScoreChooser
 from .context import Context
 from .filters import Filter
-from .inflight import InflightTracker
-from .pickers import Picker
-from .prefix import PrefixIndex
+from .pool import ErrorLog, PoolState
 from .scorers import Scorer
 from .state import EndpointState, Thresholds
 
 __all__ = ["ProfileScheduler", "ScoringSelector", "Selector"]
-
-log = logging.getLogger("picker.scheduling")
-
-
-class _ErrorLog:
-    """Log a plugin failure the first time and then every 1,000th, so a bug cannot flood the logs."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def __call__(self, where: str, profile: str) -> None:
-        n = self.counts.get(where, 0) + 1
-        self.counts[where] = n
-        if n == 1 or n % 1000 == 0:
-            log.exception("scheduler plugin failed", extra={"plugin": where, "profile": profile, "count": n})
 
 
 class Selector(Protocol):
@@ -64,24 +42,22 @@ class Selector(Protocol):
 
 
 class ScoringSelector:
-    """Soft filters, then the weighted sum of scorers, then a picker."""
+    """Soft filters, then the weighted sum of scorers, then a chooser (the config's "picker")."""
 
     def __init__(
         self,
         filters: Sequence[Filter] = (),
         scorers: Sequence[tuple[Scorer, float]] = (),
-        picker: Picker | None = None,
-        on_error: _ErrorLog | None = None,
+        chooser: Chooser | None = None,
+        on_error: ErrorLog | None = None,
         profile: str = "",
     ) -> None:
-        from .pickers import MaxScorePicker
-
         self.filters = list(filters)
         # Weight 0 adds nothing to the totals; such a scorer is kept only when it produces
         # data (the loader drops it when no plugin of the profile consumes that data).
         self.scorers = [(s, float(w)) for s, w in scorers if w > 0 or getattr(s, "produces", ())]
-        self.picker = picker or MaxScorePicker()
-        self.on_error = on_error or _ErrorLog()
+        self.chooser = chooser or MaxScoreChooser()
+        self.on_error = on_error or ErrorLog()
         self.profile = profile
 
     def select(self, ctx: Context, group: list[EndpointState], m: int) -> list[EndpointState]:
@@ -129,107 +105,70 @@ class ScoringSelector:
                 totals = [t + r * x for t, x in zip(totals, s, strict=True)]
         ctx.score_unit = w0
         try:
-            idx = self.picker.pick(ctx, group, totals, m)
+            idx = self.chooser.pick(ctx, group, totals, m)
         except Exception:
-            self.on_error(f"picker:{_label(self.picker)}", self.profile)
+            self.on_error(f"picker:{_label(self.chooser)}", self.profile)
             idx = ctx.rng.sample(range(n), min(m, n))
         return [group[i] for i in idx]
 
 
 class ProfileScheduler:
-    """A named profile: the :class:`~.api.Scheduler` the ext_proc server and the simulation drive."""
+    """A named profile's selection: the :class:`~.api.Scheduler` the director and the simulation call."""
 
     def __init__(
         self,
         name: str,
         selector: Selector,
         *,
-        thresholds: Thresholds | None = None,
-        shed: frozenset[str] = frozenset({"Sheddable"}),
-        sheddable_unsaturated_only: bool = False,
-        require_served_model: bool = True,
+        unsaturated_only: frozenset[str] = frozenset(),
         fallbacks: int = 2,
-        inflight: InflightTracker | None = None,
-        prefix: PrefixIndex | None = None,
-        default_output_tokens: int = 200,
         max_candidates: int = 0,
         rng: random.Random | None = None,
-        on_error: _ErrorLog | None = None,
+        on_error: ErrorLog | None = None,
     ) -> None:
         self.name = name
         self.max_candidates = max(0, int(max_candidates))
         self.selector = selector
-        self.thresholds = thresholds or Thresholds()
-        self.shed = frozenset(shed)
-        self.sheddable_unsaturated_only = sheddable_unsaturated_only
-        self.require_served_model = require_served_model
+        # Criticalities that only see unsaturated pods (``sheddable_unsaturated_only``).
+        self.unsaturated_only = frozenset(unsaturated_only)
         self.fallbacks = max(0, int(fallbacks))
-        self.inflight = inflight or InflightTracker()
-        self.prefix = prefix or PrefixIndex()
-        self.default_output_tokens = default_output_tokens
         self.rng = rng or random.Random()
-        self.on_error = on_error or _ErrorLog()
-        self._states: dict[str, EndpointState] = {}
-        self._base_models: dict[str, int] = {}  # model -> endpoints reporting it ("" = unknown)
-        self.peer_index = 0
-        self.peer_count = 1
-        self.peer_unseen = 1.0
+        self.on_error = on_error or ErrorLog()
 
-    def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None:
-        """This replica is ``index`` (0-based) of ``count`` picker replicas sharing one view.
-
-        ``unseen`` is how many of its peers' assignments a replica has typically not heard
-        of yet (their rate times the propagation delay): the chance that a peer is choosing
-        in the same window. The sharing layer calls it as peers come and go and traffic
-        changes; pickers that spread near-simultaneous choices (``MaxScorePicker.peer_margin``)
-        read it. Out-of-range values fall back to "alone" rather than raising.
-        """
-        if count < 1 or not 0 <= index < count:
-            index, count = 0, 1
-        self.peer_index = int(index)
-        self.peer_count = int(count)
-        self.peer_unseen = float(unseen) if unseen >= 0.0 else 1.0  # NaN fails >= too
-
-    # -- the decision ------------------------------------------------------------------
-
-    def schedule(self, request: RequestInfo, endpoints: Sequence[EndpointView], now: float) -> Decision:
+    def schedule(self, request: RequestInfo, state: PoolState) -> Decision:
         try:
-            return self._schedule(request, endpoints, now)
+            return self._schedule(request, state)
         except Exception:
             self.on_error("schedule", self.name)
-            return self._safe_choice(request, endpoints)
+            return self._safe_choice(request, state)
 
-    def _schedule(self, request: RequestInfo, endpoints: Sequence[EndpointView], now: float) -> Decision:
-        self.inflight.expire(now)
-        fresh, stale = self._gather(request, endpoints, now)
-        if self.require_served_model and request.target_model not in self._base_models:
-            fresh, stale = _serving(request.target_model, fresh, stale)
-        if not fresh and not stale:
-            why = "no candidate endpoints" if endpoints else "no endpoints in the pool"
-            if endpoints and request.candidates is not None:
-                why = "no ready endpoint matches the candidate restriction"
-            return Decision([], 503, why, self.name)
-        th = self.thresholds
-        if request.criticality in self.shed:
-            if all(s.saturated(th, now) for s in fresh):
-                return Decision([], 429, f"pool saturated: {request.criticality} request shed", self.name)
-            if self.sheddable_unsaturated_only:
-                fresh = _unsaturated(fresh, th)
-                stale = []
+    def _schedule(self, request: RequestInfo, state: PoolState) -> Decision:
+        cands = state.candidates(request)
+        fresh, stale = cands.fresh, cands.stale
+        if not fresh and not stale:  # admission answers this first; never leave without an answer
+            return Decision([], 503, cands.why, self.name)
+        th = state.thresholds
+        if request.criticality in self.unsaturated_only:
+            fresh = _unsaturated(fresh, th)
+            stale = []
+            if not fresh:  # admission sheds first; alone, the scheduler still refuses rather than guess
+                return Decision(
+                    [], 429, f"no unsaturated endpoint for a {request.criticality} request", self.name
+                )
         ctx = Context(
             request,
-            now,
+            state.now,
             self.rng,
-            self.inflight,
-            self.prefix,
+            state.inflight,
+            state.prefix,
             th,
-            self._base_models,
-            self.peer_index,
-            self.peer_count,
-            self.peer_unseen,
+            state.base_models,
+            state.peer_index,
+            state.peer_count,
+            state.peer_unseen,
         )
         if self.max_candidates and len(fresh) > self.max_candidates:
-            fresh = self._window(ctx, fresh)
+            fresh = self._window(ctx, state, fresh)
         m = 1 + self.fallbacks
         chosen = self.selector.select(ctx, fresh, m) if fresh else []
         if len(chosen) < m and stale:
@@ -238,40 +177,7 @@ class ProfileScheduler:
             chosen = (fresh or stale)[:1]
         return Decision(_dedup(s.address for s in chosen), 200, "", self.name)
 
-    def _gather(
-        self, request: RequestInfo, endpoints: Sequence[EndpointView], now: float
-    ) -> tuple[list[EndpointState], list[EndpointState]]:
-        get = self._states.get
-        cset = request.candidates
-        fresh: list[EndpointState] = []
-        stale: list[EndpointState] = []
-        add_fresh = fresh.append
-        add_stale = stale.append
-        digest = self._digest
-        # Two copies of the loop so the common case (no restriction) tests one flag less.
-        if cset is None:
-            for v in endpoints:
-                st = get(v.address)
-                if st is None or st.snap is not v.snapshot:
-                    st = digest(v.address, v.snapshot, v.received_at)
-                if st.ok:
-                    if now <= st.fresh_until:
-                        add_fresh(st)
-                    else:
-                        add_stale(st)
-        else:
-            for v in endpoints:
-                st = get(v.address)
-                if st is None or st.snap is not v.snapshot:
-                    st = digest(v.address, v.snapshot, v.received_at)
-                if st.ok and (st.address in cset or st.ip in cset):
-                    if now <= st.fresh_until:
-                        add_fresh(st)
-                    else:
-                        add_stale(st)
-        return fresh, stale
-
-    def _window(self, ctx: Context, group: list[EndpointState]) -> list[EndpointState]:
+    def _window(self, ctx: Context, state: PoolState, group: list[EndpointState]) -> list[EndpointState]:
         """A large pool's candidates for scoring: a random window plus the affinity holders.
 
         Scoring every endpoint of a pool of thousands costs more than the decision is
@@ -290,29 +196,28 @@ class ProfileScheduler:
         extra: list[EndpointState] = []
         matches = ctx.prefix_matches()
         if matches:
-            states = self._states
             for addr in matches:
-                st = states.get(addr)
+                st = state.endpoint_state(addr)
                 if st is not None and st in pool and st not in members:
                     members.add(st)
                     extra.append(st)
                     if len(extra) >= k:
                         break
         target = ctx.request.target_model
-        if target not in self._base_models:  # an adapter: keep the pods that run it
+        if target not in state.base_models:  # an adapter: keep the pods that run it
             for st in group:
                 if target in st.lora_running and st not in members:
                     members.add(st)
                     extra.append(st)
         return sub + extra
 
-    def _safe_choice(self, request: RequestInfo, endpoints: Sequence[EndpointView]) -> Decision:
+    def _safe_choice(self, request: RequestInfo, state: PoolState) -> Decision:
         """After an internal error: any ready candidate, at random; the caller still gets an answer."""
         try:
             cset = request.candidates
             ok = [
                 v.address
-                for v in endpoints
+                for v in state.views()
                 if v.snapshot.ready
                 and v.snapshot.healthy
                 and (cset is None or v.address in cset or v.address.rsplit(":", 1)[0] in cset)
@@ -324,74 +229,6 @@ class ProfileScheduler:
         except Exception:
             self.on_error("safe-choice", self.name)
             return Decision([], 500, "internal scheduler error", self.name)
-
-    # -- accounting hooks --------------------------------------------------------------
-
-    def on_assigned(self, request: RequestInfo, address: str, now: float, *, replica: str = "") -> None:
-        """A request went to ``address`` (from this replica or a peer): count it, index its prefix."""
-        try:
-            hashes = request.prefix_hashes
-            st = self._states.get(address)
-            bs = st.block_size if st is not None else 16
-            cached = self.prefix.matched(address, hashes) * bs if hashes else 0
-            prompt = max(0, request.prompt_tokens)
-            out = request.expected_output_tokens
-            tokens = max(0, prompt - cached) + (out if out > 0 else self.default_output_tokens)
-            self.inflight.assign(request.request_id, address, tokens, now)
-            if hashes:
-                self.prefix.add(address, hashes)
-        except Exception:
-            self.on_error("on_assigned", self.name)
-
-    def on_completed(self, request_id: str, now: float) -> None:
-        try:
-            self.inflight.complete(request_id, now)
-        except Exception:
-            self.on_error("on_completed", self.name)
-
-    def on_snapshot(self, snapshot: EndpointSnapshot, now: float) -> None:
-        try:
-            self._digest(snapshot.address, snapshot, now)
-            self.inflight.expire(now)
-        except Exception:
-            self.on_error("on_snapshot", self.name)
-
-    def on_endpoint_removed(self, address: str, now: float) -> None:
-        try:
-            st = self._states.pop(address, None)
-            if st is not None:
-                self._count_model(st.model, -1)
-            self.inflight.remove_endpoint(address)
-            self.prefix.remove(address)
-        except Exception:
-            self.on_error("on_endpoint_removed", self.name)
-
-    def _digest(self, address: str, snap: EndpointSnapshot, received_at: float) -> EndpointState:
-        old = self._states.get(address)
-        st = EndpointState(
-            address, snap, received_at, self.inflight.load(address), self.thresholds, self.inflight.avg_tokens
-        )
-        self._states[address] = st
-        if old is None or old.model != st.model:
-            if old is not None:
-                self._count_model(old.model, -1)
-            self._count_model(st.model, +1)
-        ts = snap.ts if isinstance(snap.ts, int | float) and snap.ts > 0 else received_at
-        self.inflight.snapshot(address, ts)
-        self.prefix.set_capacity(address, st.cap // st.block_size)
-        return st
-
-    def _count_model(self, model: str, delta: int) -> None:
-        n = self._base_models.get(model, 0) + delta
-        if n > 0:
-            self._base_models[model] = n
-        else:
-            self._base_models.pop(model, None)
-
-    # -- introspection (tests, debugging) ------------------------------------------------
-
-    def endpoint_state(self, address: str) -> EndpointState | None:
-        return self._states.get(address)
 
 
 def _label(plugin: object) -> str:
@@ -420,18 +257,3 @@ def _dedup(addresses) -> list[str]:
             seen.add(a)
             out.append(a)
     return out
-
-
-def _serving(
-    target: str, fresh: list[EndpointState], stale: list[EndpointState]
-) -> tuple[list[EndpointState], list[EndpointState]]:
-    """Keep the endpoints that serve ``target`` (a LoRA adapter), or whose models are unknown.
-
-    Soft: when no endpoint is known to serve it, every endpoint stays, and the model server
-    gives the client its own answer (vLLM: 404). Base-model requests never get here.
-    """
-    kept_fresh = [s for s in fresh if s.served is None or target in s.served]
-    kept_stale = [s for s in stale if s.served is None or target in s.served]
-    if kept_fresh or kept_stale:
-        return kept_fresh, kept_stale
-    return fresh, stale

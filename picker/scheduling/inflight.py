@@ -16,6 +16,11 @@ The accounting rules, chosen so that nothing is counted twice:
 * every entry expires after ``ttl`` seconds, so a lost completion (a replica that
   died) cannot leak load forever.
 
+Entries are keyed by ``(replica, request_id)``: two replicas that route requests with
+the same client request id at once hold two requests, and a completion releases only
+the one of the replica that reports it (``replica`` is "" for a caller that has no
+peers).
+
 Every update is O(1) or amortized O(1): entries sit in two time-ordered deques (per
 endpoint for reconciliation, global for expiry) and leave each deque once.
 """
@@ -40,11 +45,14 @@ class Load:
         return f"Load(n={self.n}, tokens={self.tokens})"
 
 
-class _Entry:
-    __slots__ = ("address", "at", "extra", "live", "request_id", "tokens")
+Key = tuple[str, str]  # (replica, request_id)
 
-    def __init__(self, request_id: str, address: str, at: float, tokens: int) -> None:
-        self.request_id = request_id
+
+class _Entry:
+    __slots__ = ("address", "at", "extra", "key", "live", "tokens")
+
+    def __init__(self, key: Key, address: str, at: float, tokens: int) -> None:
+        self.key = key
         self.address = address
         self.at = at
         self.tokens = tokens
@@ -61,7 +69,7 @@ class InflightTracker:
         # A running mean of tokens per request, used to price a pod's *reported* waiting
         # requests, whose sizes the metrics do not give.
         self.avg_tokens = avg_tokens
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[Key, _Entry] = {}
         self._loads: dict[str, Load] = {}
         self._pending: dict[str, deque[_Entry]] = {}  # extra entries per endpoint, by time
         self._snap_ts: dict[str, float] = {}  # newest snapshot time seen per endpoint
@@ -77,15 +85,16 @@ class InflightTracker:
             load = self._loads[address] = Load()
         return load
 
-    def assign(self, request_id: str, address: str, tokens: int, now: float) -> None:
-        """Record that ``request_id`` was sent to ``address`` at ``now``."""
+    def assign(self, request_id: str, address: str, tokens: int, now: float, replica: str = "") -> None:
+        """Record that ``replica``'s ``request_id`` was sent to ``address`` at ``now``."""
         self.expire(now)
-        if request_id in self._entries:  # a retry re-assigned it: the old entry is over
-            self.complete(request_id, now)
+        key = (replica, request_id)
+        if key in self._entries:  # a retry re-assigned it: the old entry is over
+            self.complete(request_id, now, replica)
         tokens = max(0, int(tokens))
         self.avg_tokens += (tokens - self.avg_tokens) * 0.01
-        entry = _Entry(request_id, address, now, tokens)
-        self._entries[request_id] = entry
+        entry = _Entry(key, address, now, tokens)
+        self._entries[key] = entry
         self._expiry.append(entry)
         if now <= self._snap_ts.get(address, float("-inf")) - self.propagation:
             return  # a newer snapshot already counts it
@@ -104,9 +113,9 @@ class InflightTracker:
         else:
             dq.append(entry)
 
-    def complete(self, request_id: str, now: float) -> None:
-        """Release ``request_id``; unknown ids (another pool's, already expired) are ignored."""
-        entry = self._entries.pop(request_id, None)
+    def complete(self, request_id: str, now: float, replica: str = "") -> None:
+        """Release ``replica``'s ``request_id``; unknown ids (another pool's, already expired) are ignored."""
+        entry = self._entries.pop((replica, request_id), None)
         if entry is not None:
             self._release(entry)
         self.expire(now)
@@ -135,8 +144,8 @@ class InflightTracker:
         while q and q[0].at <= limit:
             entry = q.popleft()
             if entry.live:
-                if self._entries.get(entry.request_id) is entry:
-                    del self._entries[entry.request_id]
+                if self._entries.get(entry.key) is entry:
+                    del self._entries[entry.key]
                 self._release(entry)
 
     def remove_endpoint(self, address: str) -> None:

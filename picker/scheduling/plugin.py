@@ -4,7 +4,7 @@ A plugin type is a name (``"expected-work"``) and a factory that builds one inst
 its parameters. Built-in types register themselves when their module is imported; a
 user's own module does the same (see README.md, "Writing a plugin") and is imported
 through the config's ``pluginModules:`` list, or by the embedding code before it calls
-``build_scheduler``. The role of an instance (filter, scorer, picker, selector) is read
+``build_profile``. The role of an instance (filter, scorer, picker, selector) is read
 from its class, as upstream's EPP reads it from the interfaces a plugin implements.
 
 Data between plugins is explicit: a plugin declares the keys it ``produces`` and

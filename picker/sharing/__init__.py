@@ -3,7 +3,7 @@
 See ``picker/sharing/README.md``. The pieces: :class:`EventBatcher` (the
 :class:`~picker.hooks.EventSink` for this replica's own traffic and its batching policy,
 no I/O), :class:`PeerPublisher` (the batcher plus the task that publishes), :class:`PeerListener`
-(applies peers' traffic to the scheduler, replays history at start), :class:`EventApplier`
+(applies peers' traffic to the pool state, replays history at start), :class:`EventApplier`
 (the idempotent rules), and :class:`PeerSharing`, which wires them for the picker service.
 """
 

@@ -1,12 +1,12 @@
-"""Applying peers' events to the local scheduler exactly once.
+"""Applying peers' events to the local pool state exactly once.
 
 The rules are :class:`shared.feed.EventLedger`'s, the same the autoscaler applies: an
 event delivered twice (live and again from a replay), an assignment that arrives after
 its completion, a request id reused for a new request. This module adds what only the
-picker needs: turning a wire event into the scheduler's :class:`RequestInfo`, the
+picker needs: turning a wire event into the scheduling :class:`RequestInfo`, the
 metrics, and, per peer replica, its open requests, so a peer that stops sending
 heartbeats can have them released at once (:meth:`EventApplier.forget_replica`) rather
-than at the scheduler's TTL.
+than at the in-flight TTL.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class EventApplier:
     ) -> int:
         """Apply one event; returns 1 if applied, 0 if it was a duplicate or unusable."""
         now = self.clock() if now is None else now
-        # The scheduler wants the time the event happened (an assignment older than a
+        # The state wants the time the event happened (an assignment older than a
         # snapshot is already in the pod's counts).
         at = event_time(ev, now)
         if ev.replica:
@@ -94,12 +94,12 @@ class EventApplier:
                     self.hooks.on_assigned(to_request_info(ev), ev.address, at, replica=ev.replica)
                 kind = "assignment"
             else:
-                # An id whose assignment we never saw is still released: the scheduler ignores unknown ids.
+                # An id whose assignment we never saw is still released: the state ignores unknown ids.
                 ok = self.ledger.complete(ev.replica, ev.request_id, at)
                 if ok:
-                    self.hooks.on_completed(ev.request_id, at)
+                    self.hooks.on_completed(ev.request_id, at, replica=ev.replica)
                 kind = "completion"
-        except Exception:  # a scheduler bug must not kill the subscription
+        except Exception:  # a state bug must not kill the subscription
             log.exception("applying a peer event failed", extra={"request_id": ev.request_id})
             return 0
         if not ok:
@@ -121,7 +121,7 @@ class EventApplier:
         now = self.clock() if now is None else now
         released = self.ledger.forget_replica(replica, now)
         for rid in released:
-            self.hooks.on_completed(rid, now)
+            self.hooks.on_completed(rid, now, replica=replica)
         self.last_seen.pop(replica, None)
         return len(released)
 

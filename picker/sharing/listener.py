@@ -1,4 +1,4 @@
-"""Following every peer's events and applying them to the local scheduler.
+"""Following every peer's events and applying them to the local pool state.
 
 A :class:`shared.feed.EventFeed` brings the events: live over the bus, and from the
 event stream once at start (before :attr:`PeerListener.ready` is set) and after every
@@ -15,8 +15,8 @@ they are skipped again, because the process kept its state.
 
 Liveness: every replica publishes at least a heartbeat per second. A peer not heard from
 for ``peer_timeout`` while this replica was connected is declared gone and its open
-requests are released at once, instead of at the scheduler's TTL. The live replicas,
-ordered by name, also give each replica its rank, which the scheduler uses to keep
+requests are released at once, instead of at the in-flight TTL. The live replicas,
+ordered by name, also give each replica its rank, which the scheduler reads from the pool state to keep
 near-simultaneous decisions of different replicas apart. :meth:`PeerListener.check_peers`
 is synchronous, so a simulation can call it in virtual time.
 """
@@ -103,7 +103,7 @@ class PeerListener:
             watch_interval_s=watch_interval_s,
         )
         self.watch_interval = watch_interval_s
-        self._rank = (0, 1)  # (index, count) last given to the scheduler
+        self._rank = (0, 1)  # (index, count) last given to the pool state
         self.unseen = UnseenEstimate()
 
     @property
@@ -165,7 +165,7 @@ class PeerListener:
     # -- liveness ---------------------------------------------------------------------------
 
     def check_peers(self, now: float) -> None:
-        """Release silent peers' open requests; tell the scheduler its rank and unseen estimate."""
+        """Release silent peers' open requests; tell the pool state its rank and unseen estimate."""
         timeout = self.settings.peer_timeout_s
         if timeout > 0 and now - self.feed.connected_since >= timeout:
             gone = [
@@ -187,11 +187,11 @@ class PeerListener:
         self._set_rank(alive, unseen)
 
     def _set_rank(self, alive: list[str], unseen: float) -> None:
-        """Tell the scheduler its place among the live replicas (ordered by name) and how
+        """Tell the pool state its place among the live replicas (ordered by name) and how
         many peers' assignments it typically has not heard of yet.
 
         Every replica sorts the same names, so their places differ; the scheduler uses
-        both to spread near-simultaneous choices (see ``MaxScorePicker.peer_margin``).
+        both to spread near-simultaneous choices (see ``MaxScoreChooser.peer_margin``).
         """
         names = sorted({*alive, self.replica})
         rank = (names.index(self.replica), len(names))
@@ -201,7 +201,7 @@ class PeerListener:
         self.metrics.peer_rank.set(rank[0])
         try:
             self.applier.hooks.set_peer_rank(rank[0], rank[1], unseen)
-        except Exception:  # a scheduler bug must not stop the liveness watch
+        except Exception:  # a state bug must not stop the liveness watch
             if changed:
                 log.exception("setting the peer rank failed", extra={"rank": rank[0], "replicas": rank[1]})
             return

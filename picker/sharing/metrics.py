@@ -36,7 +36,7 @@ class SharingMetrics:
         )
         self.applied_events = Counter(
             "infergate_sharing_applied_events_total",
-            "peers' events applied to the scheduler",
+            "peers' events applied to the pool state",
             ["kind", "source"],
             registry=r,
         )

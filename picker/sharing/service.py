@@ -2,7 +2,7 @@
 
 ::
 
-    sharing = PeerSharing(bus, namespace, pool, settings, scheduler, registry=registry)
+    sharing = PeerSharing(bus, namespace, pool, settings, state, registry=registry)
     sharing.start(supervisor)            # background tasks, restarted if they crash
     health.add_check("peers", sharing.is_ready)
     ...

@@ -136,7 +136,7 @@ async def test_served_load_follows_a_burst_through_the_real_stack(nats_server, t
         )
     )
     sharing_bus = await NatsBus.connect(NatsOptions(servers=[url]))
-    sharing = PeerSharing(sharing_bus, NS, POOL, SharingSettings(replica="picker-0"), picker.scheduler)
+    sharing = PeerSharing(sharing_bus, NS, POOL, SharingSettings(replica="picker-0"), picker.state)
     supervisor = Supervisor("test-sharing")
     scaler = Autoscaler(
         AutoscalerConfig(

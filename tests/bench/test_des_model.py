@@ -22,36 +22,33 @@ class SpyCluster(Cluster):
         self.ranks: dict[int, list[tuple[float, int, int, float]]] = {}  # (time, index, count, unseen)
         super().__init__(cfg)
 
-    def _make_scheduler(self, p: int):
-        inner = super()._make_scheduler(p)
+    def _make_profile(self, p: int):
+        """The real profile, its state's hooks and its scheduler wrapped to record calls."""
+        profile = super()._make_profile(p)
+        state, scheduler = profile.state, profile.scheduler
         spy = self
+        on_assigned, on_completed, set_peer_rank = state.on_assigned, state.on_completed, state.set_peer_rank
+        schedule = scheduler.schedule
 
-        class Spy:
-            name = inner.name
+        def spy_schedule(request, st):
+            spy.seen_ages.extend(st.now - v.snapshot.ts for v in st.views())
+            return schedule(request, st)
 
-            def schedule(self, request, endpoints, now):
-                spy.seen_ages.extend(now - v.snapshot.ts for v in endpoints)
-                return inner.schedule(request, endpoints, now)
+        def spy_assigned(request, address, now, *, replica=""):
+            spy.assigned[p] = spy.assigned.get(p, 0) + 1
+            on_assigned(request, address, now, replica=replica)
 
-            def on_assigned(self, request, address, now, *, replica=""):
-                spy.assigned[p] = spy.assigned.get(p, 0) + 1
-                inner.on_assigned(request, address, now, replica=replica)
+        def spy_completed(request_id, now, *, replica=""):
+            spy.completed[p] = spy.completed.get(p, 0) + 1
+            on_completed(request_id, now, replica=replica)
 
-            def on_completed(self, request_id, now):
-                spy.completed[p] = spy.completed.get(p, 0) + 1
-                inner.on_completed(request_id, now)
+        def spy_rank(index, count, unseen=1.0):
+            spy.ranks.setdefault(p, []).append((spy.now, index, count, unseen))
+            set_peer_rank(index, count, unseen)
 
-            def on_snapshot(self, snapshot, now):
-                inner.on_snapshot(snapshot, now)
-
-            def on_endpoint_removed(self, address, now):
-                inner.on_endpoint_removed(address, now)
-
-            def set_peer_rank(self, index, count, unseen=1.0):
-                spy.ranks.setdefault(p, []).append((spy.now, index, count, unseen))
-                inner.set_peer_rank(index, count, unseen)
-
-        return Spy()
+        scheduler.schedule = spy_schedule
+        state.on_assigned, state.on_completed, state.set_peer_rank = spy_assigned, spy_completed, spy_rank
+        return profile
 
 
 def small(**kw) -> DESConfig:
@@ -155,18 +152,17 @@ def test_workload_does_not_depend_on_the_policy():
 
 def test_oracle_prefers_least_work_then_cached_prefix():
     c = Cluster(small(policy="oracle", workload=WorkloadSpec("shared-prefix", prefix_groups=4)))
-    sched = c.pickers[0].sched
+    sched, state = c.pickers[0].profile.scheduler, c.pickers[0].profile.state
     assert isinstance(sched, OracleScheduler)
     a, b, d = c.addresses
     c.work.update({a: 500.0, b: 100.0, d: 900.0})
     req = RequestInfo("x", "m", "m", prompt_tokens=160, prefix_hashes=list(range(1, 11)))
-    views = c.pickers[0].view.list()
-    assert sched.schedule(req, views, 0.0).endpoints == [b]
+    assert sched.schedule(req, state).endpoints == [b]
     # a's cache holds the whole prompt: 160 tokens saved outweighs 400 tokens of extra work? no
     c.engines[a]._cached.update(dict.fromkeys(range(1, 11), 0))
-    assert sched.schedule(req, views, 0.0).endpoints == [b]
+    assert sched.schedule(req, state).endpoints == [b]
     c.work[a] = 150.0  # now a (150 + 0) beats b (100 + 160)
-    assert sched.schedule(req, views, 0.0).endpoints == [a]
+    assert sched.schedule(req, state).endpoints == [a]
 
 
 def test_lora_workload_reports_adapters_and_completes():

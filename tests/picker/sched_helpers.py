@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from picker.scheduling import EndpointView, RequestInfo, build_scheduler
+from picker.scheduling import Decision, EndpointView, Profile, RequestInfo, build_profile
 from picker.scheduling.context import Context
 from picker.scheduling.inflight import InflightTracker, Load
 from picker.scheduling.prefix import PrefixIndex
@@ -48,8 +48,52 @@ def req(rid: str = "r1", **kw) -> RequestInfo:
     return RequestInfo(request_id=rid, **kw)
 
 
-def sched(profile: str = "default", seed: int = 1, config=None):
-    return build_scheduler(profile, config=config, rng=random.Random(seed))
+class Sched:
+    """A built profile driven the director's way, for tests that describe the pool as a list of views.
+
+    ``schedule(request, views, now)`` makes the pool state hold exactly ``views`` (new
+    snapshots applied, missing endpoints removed, as the view would on tombstones), then
+    advances the clock, admits and schedules. The accounting hooks go to the state;
+    other attributes are the scheduler's, else the state's, else admission's.
+    """
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.state = profile.state
+        self.admission = profile.admission
+        self.scheduler = profile.scheduler
+        self.name = profile.name
+
+    def sync(self, views: list[EndpointView]) -> None:
+        state = self.state
+        given = set()
+        for v in views:
+            given.add(v.address)
+            cur = state.endpoints.get(v.address)
+            if cur is None or cur.snapshot is not v.snapshot or cur.received_at != v.received_at:
+                state.on_snapshot(v.snapshot, v.received_at)
+        for address in [a for a in state.endpoints if a not in given]:
+            state.on_endpoint_removed(address, state.now)
+
+    def schedule(self, request: RequestInfo, views: list[EndpointView], now: float) -> Decision:
+        self.sync(views)
+        return self.profile.decide(request, now)
+
+    def on_assigned(self, request: RequestInfo, address: str, now: float, *, replica: str = "") -> None:
+        self.state.on_assigned(request, address, now, replica=replica)
+
+    def on_completed(self, request_id: str, now: float, *, replica: str = "") -> None:
+        self.state.on_completed(request_id, now, replica=replica)
+
+    def __getattr__(self, name: str):
+        for part in (self.scheduler, self.state, self.admission):
+            if hasattr(part, name):
+                return getattr(part, name)
+        raise AttributeError(name)
+
+
+def sched(profile: str = "default", seed: int = 1, config=None) -> Sched:
+    return Sched(build_profile(profile, config=config, rng=random.Random(seed)))
 
 
 def state(i: int = 0, th: Thresholds | None = None, load: Load | None = None, **kw) -> EndpointState:
@@ -61,3 +105,8 @@ def ctx(request: RequestInfo | None = None, *, prefix: PrefixIndex | None = None
     return Context(
         request or req(), NOW, random.Random(seed), InflightTracker(), prefix or PrefixIndex(), Thresholds()
     )
+
+
+def build(profile: str, config=None, rng: random.Random | None = None) -> Sched:
+    """``build_profile`` behind the :class:`Sched` harness."""
+    return Sched(build_profile(profile, config, rng=rng))

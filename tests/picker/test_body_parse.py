@@ -13,7 +13,7 @@ from picker.metrics import PickerMetrics
 from picker.models import ModelTable
 from picker.response import ResponseRewriter
 from picker.view import PoolView
-from tests.support.least_load import LeastLoadScheduler
+from tests.support.least_load import least_load_profile
 from tests.support.snapshots import snapshot
 
 
@@ -108,11 +108,15 @@ def test_fuzz_only_body_errors_escape(body, path):
 
 
 def _director() -> Director:
-    sched = LeastLoadScheduler(staleness=3600)
-    view = PoolView("default", "pool", sched)
+    profile = least_load_profile(staleness=3600)
+    view = PoolView("default", "pool", profile.state)
     view.apply(snapshot("10.0.0.1:8000", pool="pool"))
     return Director(
-        view=view, scheduler=sched, models=ModelTable([], "pool", "sheddable"), metrics=PickerMetrics()
+        view=view,
+        admission=profile.admission,
+        scheduler=profile.scheduler,
+        models=ModelTable([], "pool", "sheddable"),
+        metrics=PickerMetrics(),
     )
 
 

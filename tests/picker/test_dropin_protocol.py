@@ -32,7 +32,7 @@ from picker.protocol import (
 from picker.service import Picker
 from shared.crds import InferenceModel, TargetModel
 from shared.schemas import LoraState
-from tests.support.least_load import LeastLoadScheduler
+from tests.support.least_load import least_load_profile
 from tests.support.snapshots import snapshot
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
@@ -61,7 +61,7 @@ def make_picker(**cfg_kw) -> Picker:
         metrics_port=0,
         **cfg_kw,
     )
-    p = Picker(cfg, scheduler=LeastLoadScheduler(staleness=3600), sink=InfoSink())
+    p = Picker(cfg, profile=least_load_profile(staleness=3600), sink=InfoSink())
     p._set_models(
         ModelTable(
             [

@@ -14,7 +14,7 @@ from picker.extproc import BUFFERED, FULL_DUPLEX, STREAMED, Exchange
 from picker.metrics import PickerMetrics
 from picker.models import ModelTable
 from picker.view import PoolView
-from tests.support.least_load import LeastLoadScheduler
+from tests.support.least_load import least_load_profile
 from tests.support.snapshots import snapshot
 
 GOOD = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -65,12 +65,13 @@ messages = st.one_of(
 @settings(max_examples=400, deadline=None)
 @given(st.lists(messages, max_size=8), st.sampled_from([FULL_DUPLEX, STREAMED, BUFFERED]), st.booleans())
 def test_random_message_sequences(msgs, mode, without_waiting):
-    sched = LeastLoadScheduler(staleness=3600)
-    view = PoolView("default", "pool", sched)
+    profile = least_load_profile(staleness=3600)
+    view = PoolView("default", "pool", profile.state)
     view.apply(snapshot("10.0.0.1:8000", pool="pool"))
     director = Director(
         view=view,
-        scheduler=sched,
+        admission=profile.admission,
+        scheduler=profile.scheduler,
         models=ModelTable([], "pool", "sheddable"),
         metrics=PickerMetrics(),
         max_body_bytes=64,
@@ -85,4 +86,4 @@ def test_random_message_sequences(msgs, mode, without_waiting):
             assert isinstance(out, ep.ProcessingResponse)
             out.SerializeToString()
     ex.close()
-    assert not director.inflight and not sched.inflight
+    assert not director.inflight and not len(profile.state.inflight)

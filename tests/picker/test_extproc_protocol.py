@@ -14,7 +14,7 @@ from picker.extproc import MAX_CHUNK
 from picker.models import ModelTable
 from picker.service import Picker
 from shared.crds import InferenceModel, TargetModel
-from tests.support.least_load import LeastLoadScheduler
+from tests.support.least_load import least_load_profile
 from tests.support.snapshots import snapshot
 
 DEST = "x-gateway-destination-endpoint"
@@ -45,7 +45,7 @@ async def picker():
         metrics_port=0,
         max_body_bytes=200_000,
     )
-    p = Picker(cfg, scheduler=LeastLoadScheduler(staleness=3600), sink=RecordingSink())
+    p = Picker(cfg, profile=least_load_profile(staleness=3600), sink=RecordingSink())
     p._set_models(
         ModelTable(
             [
@@ -122,7 +122,7 @@ async def test_full_duplex_defers_headers_until_end_of_body(picker, channel):
     assert out.response_body.response.body_mutation.streamed_response.end_of_stream
     await s.close()
     assert picker.sink.completed == [("req-1", "10.0.0.1:8000", 200, 4, 9)]
-    assert not picker.director.inflight and not picker.scheduler.inflight
+    assert not picker.director.inflight and not len(picker.state.inflight)
 
 
 async def test_buffered_answers_headers_then_routes_on_the_body(picker, channel):
@@ -457,12 +457,12 @@ async def test_cancel_releases_in_flight_accounting(picker, channel):
     s.request_headers(headers={"x-request-id": "gone"})
     s.request_body(chat(), True)
     await s.recv_n(2)
-    assert "gone" in picker.director.inflight and picker.scheduler.inflight
+    assert "gone" in picker.director.inflight and len(picker.state.inflight)
     s.cancel()
     from tests.support.waiting import wait_until
 
     await wait_until(lambda: not picker.director.inflight, 5, "in-flight entry released")
-    assert not picker.scheduler.inflight
+    assert not len(picker.state.inflight)
     assert picker.sink.completed == [("gone", "10.0.0.1:8000", 499, picker.sink.completed[0][3], 0)]
     assert picker.registry.get_sample_value("inference_model_running_requests", {"model_name": "base"}) == 0
 
@@ -499,7 +499,7 @@ async def test_many_streams_leave_nothing_in_flight(picker, channel):
     from tests.support.waiting import wait_until
 
     await wait_until(lambda: not picker.director.inflight, 5, "all released")
-    assert not picker.scheduler.inflight
+    assert not len(picker.state.inflight)
     assert len(picker.sink.assigned) == len(picker.sink.completed) == 30
 
 

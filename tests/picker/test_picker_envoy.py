@@ -16,7 +16,7 @@ from picker.models import ModelTable
 from picker.service import Picker
 from shared.crds import InferenceModel, TargetModel
 from shared.natsd import free_port
-from tests.support.least_load import LeastLoadScheduler
+from tests.support.least_load import least_load_profile
 from tests.support.snapshots import snapshot
 from tests.support.waiting import wait_until
 
@@ -97,7 +97,7 @@ async def stack(request, envoy_binary):
         metrics_host="127.0.0.1",
         metrics_port=0,
     )
-    p = Picker(cfg, scheduler=LeastLoadScheduler(staleness=3600), sink=Sink())
+    p = Picker(cfg, profile=least_load_profile(staleness=3600), sink=Sink())
     p._set_models(
         ModelTable(
             [InferenceModel("chat", "default", "chat", "pool", "Critical", (TargetModel("base-v2"),))],

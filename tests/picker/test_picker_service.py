@@ -23,7 +23,7 @@ from shared.natsconn import ensure_streams
 from shared.natsd import free_port
 from shared.schemas import encode
 from shared.subjects import Subjects
-from tests.support.least_load import LeastLoadScheduler
+from tests.support.least_load import least_load_profile
 from tests.support.snapshots import snapshot
 from tests.support.waiting import wait_until
 
@@ -84,9 +84,7 @@ async def route(p: Picker, model: str, channel: grpc.aio.Channel) -> tuple[int, 
 async def test_file_config_reloads_and_a_broken_file_keeps_the_last_one(tmp_path):
     f = tmp_path / "models.yaml"
     f.write_text(MODELS % "v1")
-    p = Picker(
-        local_cfg(config_files=[str(f)], unknown_model_policy="reject"), scheduler=LeastLoadScheduler()
-    )
+    p = Picker(local_cfg(config_files=[str(f)], unknown_model_policy="reject"), profile=least_load_profile())
     async with p:
         p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
         await p.wait_ready(5)
@@ -115,9 +113,7 @@ async def test_kubernetes_source(kube_api):
             "spec": {"modelName": "chat", "poolRef": {"name": "pool"}, "targetModels": [{"name": "lora-a"}]},
         }
     )
-    p = Picker(
-        local_cfg(kube_host=kube_api.url, unknown_model_policy="reject"), scheduler=LeastLoadScheduler()
-    )
+    p = Picker(local_cfg(kube_host=kube_api.url, unknown_model_policy="reject"), profile=least_load_profile())
     assert not p.is_ready()
     async with p:
         p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
@@ -137,7 +133,7 @@ async def test_kubernetes_source(kube_api):
 
 
 async def test_tls_with_a_self_signed_certificate():
-    p = Picker(local_cfg(secure_serving=True), scheduler=LeastLoadScheduler())
+    p = Picker(local_cfg(secure_serving=True), profile=least_load_profile())
     async with p:
         p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
         creds = grpc.ssl_channel_credentials(root_certificates=p.certificate)
@@ -147,7 +143,7 @@ async def test_tls_with_a_self_signed_certificate():
 
 
 async def test_graceful_stop_lets_in_flight_streams_finish():
-    p = Picker(local_cfg(), scheduler=LeastLoadScheduler())
+    p = Picker(local_cfg(), profile=least_load_profile())
     await p.start()
     p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
     async with grpc.aio.insecure_channel(p.address) as ch:
@@ -167,7 +163,7 @@ async def test_graceful_stop_lets_in_flight_streams_finish():
 
 
 async def test_metrics_use_upstream_names():
-    p = Picker(local_cfg(), scheduler=LeastLoadScheduler())
+    p = Picker(local_cfg(), profile=least_load_profile())
     async with p:
         p.view.apply(snapshot("10.0.0.1:8000", pool="pool", kv_usage=0.5, waiting=4))
         async with grpc.aio.insecure_channel(p.address) as ch:
@@ -282,7 +278,7 @@ async def test_cli_subprocess_serves_and_exits_on_sigterm(nats_server, tmp_path)
 
 
 async def test_with_the_real_default_scheduler():
-    # picker.scheduling.build_scheduler("default"); unknown models Sheddable (not the default)
+    # picker.scheduling.build_profile("default"); unknown models Sheddable (not the default)
     p = Picker(local_cfg(unknown_model_policy="sheddable"))
     assert type(p.scheduler).__name__ != "LeastLoadScheduler"
     p.director.conformance_hooks = True  # the test pins requests with test-epp-endpoint-selection

@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from sched_helpers import NOW, req, views
+from sched_helpers import NOW, build, req, views
 
-from picker.scheduling import BUILTIN_CONFIG, ConfigError, build_scheduler, load_config
+from picker.scheduling import BUILTIN_CONFIG, ConfigError, load_config
 from picker.scheduling.framework import ProfileScheduler
 
 
@@ -20,12 +20,12 @@ def test_builtin_config_ships_every_profile():
     assert set(load_config().names()) >= expected
     assert BUILTIN_CONFIG.exists()
     for name in load_config().names():
-        s = build_scheduler(name, rng=random.Random(0))
-        assert isinstance(s, ProfileScheduler) and s.name == name
+        s = build(name, rng=random.Random(0))
+        assert isinstance(s.scheduler, ProfileScheduler) and s.name == s.scheduler.name == name
 
 
 def test_gie_v1_profile_has_the_upstream_weights():
-    s = build_scheduler("gie-v1")
+    s = build("gie-v1")
     weights = {sc.type_name: w for sc, w in s.selector.scorers}
     assert weights == {"queue": 2.0, "kv-cache": 2.0, "prefix-cache": 3.0}
 
@@ -47,11 +47,11 @@ schedulingProfiles:
     shed: []
 """
     )
-    s = build_scheduler("kv-only", config=path, rng=random.Random(3))
+    s = build("kv-only", config=path, rng=random.Random(3))
     vs = views({"kv_usage": 0.9, "waiting": 50}, {"kv_usage": 0.2}, {"kv_usage": 0.5})
     d = s.schedule(req(criticality="Sheddable"), vs, NOW)
     assert d.endpoints == [vs[1].address, vs[2].address]
-    assert build_scheduler("kv-only", config=str(path)).name == "kv-only"
+    assert build("kv-only", config=str(path)).name == "kv-only"
 
 
 @pytest.mark.parametrize(
@@ -104,14 +104,14 @@ def test_top_level_errors():
     with pytest.raises(ConfigError, match=r"^schedulingProfiles:"):
         load_config({"version": 2, "plugins": []})
     with pytest.raises(ConfigError, match=r"^profile:"):
-        build_scheduler("zzz", config={"profiles": {"p": {}}})
+        build("zzz", config={"profiles": {"p": {}}})
     with pytest.raises(ConfigError, match=r"^extra:"):
         load_config({"profiles": {"p": {}}, "extra": 1})
 
 
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"unknown profile 'fastest'.*default"):
-        build_scheduler("fastest")
+        build("fastest")
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
@@ -124,5 +124,5 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 
 def test_each_scheduler_has_its_own_state():
-    a, b = build_scheduler("default"), build_scheduler("default")
+    a, b = build("default"), build("default")
     assert a.inflight is not b.inflight and a.prefix is not b.prefix

@@ -7,8 +7,9 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sched_helpers import build
 
-from picker.scheduling import CRITICALITIES, EndpointView, RequestInfo, build_scheduler
+from picker.scheduling import CRITICALITIES, EndpointView, RequestInfo
 from shared.schemas import EndpointSnapshot, LoraState
 
 PROFILES = ["default", "default-spread", "gie-v0", "gie-v1", "random", "round-robin"]
@@ -87,8 +88,9 @@ requests = st.builds(
     seed=st.integers(0, 2**16),
 )
 def test_schedule_never_raises(profile, snaps, reqs, now, hooks, seed):
-    s = build_scheduler(profile, rng=random.Random(seed))
-    views = [EndpointView(x.address, x, 1000.0) for x in snaps]
+    s = build(profile, rng=random.Random(seed))
+    # The pool holds one snapshot per address (the last one applied), as a real view does.
+    views = list({x.address: EndpointView(x.address, x, 1000.0) for x in snaps}.values())
     rng = random.Random(seed)
     for r in reqs:
         for h in hooks:
@@ -119,7 +121,7 @@ def test_schedule_never_raises(profile, snaps, reqs, now, hooks, seed):
 
 
 def test_sanitized_state_has_no_nan():
-    s = build_scheduler("default")
+    s = build("default")
     snap = EndpointSnapshot(namespace="n", pool="p", pod="x", address="a:1", kv_usage=math.nan, waiting=-3)
     s.on_snapshot(snap, 1.0)
     st_ = s.endpoint_state("a:1")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from sched_helpers import NOW, req, sched, views
+from sched_helpers import NOW, build, req, sched, views
 
-from picker.scheduling import ConfigError, build_scheduler
+from picker.scheduling import ConfigError
 
 # Three near-equal pods and a busy one: any of the three is a fine choice, the fourth is not.
 NEAR_TIE = ({"kv_usage": 0.100}, {"kv_usage": 0.101}, {"kv_usage": 0.102}, {"kv_usage": 0.5})
@@ -92,10 +92,10 @@ def test_profiles_without_peer_margin_ignore_the_rank(profile):
 def test_peer_margin_is_validated():
     cfg = {"version": 1, "profiles": {"p": {"picker": {"type": "max-score", "peer_margin": -1}}}}
     with pytest.raises(ConfigError, match=r"profiles\.p\.picker\.peer_margin"):
-        build_scheduler("p", cfg)
+        build("p", cfg)
     cfg["profiles"]["p"]["picker"]["peer_margin"] = "wide"
     with pytest.raises(ConfigError, match="must be a number"):
-        build_scheduler("p", cfg)
+        build("p", cfg)
 
 
 def test_the_spread_never_moves_a_request_away_from_the_pods_that_hold_its_prefix():

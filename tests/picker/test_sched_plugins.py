@@ -7,9 +7,9 @@ import random
 import textwrap
 
 import pytest
-from sched_helpers import NOW, req, sched, views
+from sched_helpers import NOW, build, req, sched, views
 
-from picker.scheduling import ConfigError, build_scheduler, load_config
+from picker.scheduling import ConfigError, load_config
 from picker.scheduling.filters import Filter
 from picker.scheduling.plugin import register, registered
 from picker.scheduling.scorers import ExpectedWorkScorer, PrefixAffinityScorer, Scorer
@@ -186,7 +186,7 @@ def test_the_loader_runs_a_producer_before_its_consumer():
             ],
         },
     )
-    s = build_scheduler("p", listed_late)
+    s = build("p", listed_late)
     types = [type(sc) for sc, _ in s.selector.scorers]
     assert types.index(ExpectedWorkScorer) < types.index(PrefixAffinityScorer)
     # Only the consumer moved: the others keep their declared order.
@@ -210,7 +210,7 @@ def test_the_gate_really_reads_the_producers_scores():
     vs = views({"kv_usage": 0.7, "waiting": 3}, {"kv_usage": 0.05})
     out = {}
     for name in ("gated", "plain"):
-        s = build_scheduler(name, cfg, rng=random.Random(1))
+        s = build(name, cfg, rng=random.Random(1))
         s.on_assigned(req("warm", prompt_tokens=64, prefix_hashes=[1, 2, 3, 4]), vs[0].address, NOW - 30)
         s.on_completed("warm", NOW - 20)
         out[name] = s.schedule(req(prompt_tokens=64, prefix_hashes=[1, 2, 3, 4]), vs, NOW).endpoints[0]
@@ -229,7 +229,7 @@ def test_a_zero_weight_producer_still_runs_for_its_consumer():
             ],
         },
     )
-    s = build_scheduler("p", cfg)
+    s = build("p", cfg)
     assert [(sc.name, w) for sc, w in s.selector.scorers] == [("work", 0.0), ("bonus", 1.0)]
 
 
@@ -287,7 +287,7 @@ def test_a_users_plugin_is_registered_by_type_and_configured_by_name():
         {"name": "p", "plugins": [{"pluginRef": "calm", "weight": 1}]},
     )
     vs = views({"running": 40}, {"running": 3}, {"running": 90})
-    d = build_scheduler("p", cfg, rng=random.Random(0)).schedule(req(), vs, NOW)
+    d = build("p", cfg, rng=random.Random(0)).schedule(req(), vs, NOW)
     assert d.endpoints == [vs[1].address, vs[0].address, vs[2].address]
     bad = v2([{"type": "test-fewest-running", "parameters": {"cap": 0}}], {"name": "p"})
     with pytest.raises(ConfigError, match=r"^plugins\[0\]\.parameters\.cap:"):
@@ -305,7 +305,7 @@ def test_registering_is_open_but_never_replaces_another_type():
         return FewestRunning(cap=p.integer("cap", 7))
 
     register("test-fewest-running-fn", factory)
-    s = build_scheduler(
+    s = build(
         "p",
         v2(
             [{"name": "f", "type": "test-fewest-running-fn"}],
@@ -356,18 +356,18 @@ def test_extends_inherits_and_overrides():
         {"name": "child", "extends": "base", "saturation": {"kv_threshold": 0.5}, "fallbacks": 1},
         {"name": "grandchild", "extends": "child", "plugins": [{"pluginRef": "random"}]},
     )
-    child = build_scheduler("child", cfg)
+    child = build("child", cfg)
     th = child.thresholds
     assert (th.queue, th.kv, th.include_inflight) == (9, 0.5, True)  # merged key by key
     assert (child.fallbacks, child.max_candidates) == (1, 64)
     assert [sc.name for sc, _ in child.selector.scorers] == ["work"]
-    grand = build_scheduler("grandchild", cfg)
-    assert grand.selector.scorers == [] and grand.selector.picker.type_name == "random"
+    grand = build("grandchild", cfg)
+    assert grand.selector.scorers == [] and grand.selector.chooser.type_name == "random"
     assert grand.fallbacks == 1 and grand.thresholds.kv == 0.5
 
 
 def test_builtin_default_spread_is_default_without_the_bonus():
-    d, s = build_scheduler("default"), build_scheduler("default-spread")
+    d, s = build("default"), build("default-spread")
     assert [sc.type_name for sc, _ in d.selector.scorers] == [
         "expected-work",
         "lora-affinity",
@@ -377,12 +377,12 @@ def test_builtin_default_spread_is_default_without_the_bonus():
     for attr in (
         "fallbacks",
         "max_candidates",
-        "sheddable_unsaturated_only",
+        "unsaturated_only",
         "shed",
         "default_output_tokens",
     ):
         assert getattr(d, attr) == getattr(s, attr)
-    assert s.selector.picker.peer_margin == d.selector.picker.peer_margin == 0.8
+    assert s.selector.chooser.peer_margin == d.selector.chooser.peer_margin == 0.8
 
 
 # -- version 1, deprecated ---------------------------------------------------------------
@@ -465,14 +465,14 @@ def test_version_1_logs_a_deprecation_once_per_source(tmp_path, caplog):
     path = tmp_path / "old.yaml"
     path.write_text("profiles:\n  p: {picker: {type: random}}\n")
     with caplog.at_level(logging.WARNING, logger="picker.scheduling"):
-        build_scheduler("p", path)
-        build_scheduler("p", path)
+        build("p", path)
+        build("p", path)
     warnings = [r for r in caplog.records if "deprecated version-1 shape" in r.getMessage()]
     assert len(warnings) == 1 and str(path) in warnings[0].getMessage()
 
 
 def test_version_1_keeps_its_type_names_and_refuses_a_plugin_in_the_wrong_list():
-    s = build_scheduler("p", {"profiles": {"p": {"filters": [{"type": "lora-affinity"}]}}})
+    s = build("p", {"profiles": {"p": {"filters": [{"type": "lora-affinity"}]}}})
     assert s.selector.filters[0].type_name == "lora-affinity-filter"
     with pytest.raises(
         ConfigError, match=r"^profiles\.p\.filters\[0\]\.type: 'queue' is a scorer, not a filter"
@@ -491,10 +491,10 @@ def test_the_readme_example_config_loads():
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     cfg = load_config(yaml.safe_load(block))
     assert cfg.names() == ["my-profile", "my-profile-no-bonus"]
-    child = build_scheduler("my-profile-no-bonus", cfg)
+    child = build("my-profile-no-bonus", cfg)
     assert child.thresholds.include_inflight and child.thresholds.kv == 0.8
     assert [sc.name for sc, _ in child.selector.scorers] == ["load", "lora"]
     assert child.selector.filters == []  # its plugins list replaced the parent's
-    parent = build_scheduler("my-profile", cfg)
+    parent = build("my-profile", cfg)
     assert [f.name for f in parent.selector.filters] == ["gentle-queue"]
     assert [sc.name for sc, _ in parent.selector.scorers] == ["load", "lora", "bonus"]

@@ -6,13 +6,13 @@ import random
 
 import pytest
 
-from picker.scheduling import RequestInfo, build_scheduler
+from picker.scheduling import RequestInfo, build_profile
 from picker.sharing import EventApplier, to_request_info
 from shared.schemas import Assignment, Completion, EventBatch
 
 
 class Recorder:
-    """Records the hook calls, to check exactly what reaches the scheduler."""
+    """Records the hook calls, to check exactly what reaches the pool state."""
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
@@ -20,8 +20,8 @@ class Recorder:
     def on_assigned(self, request: RequestInfo, address: str, now: float, *, replica: str = "") -> None:
         self.calls.append(("assigned", request.request_id, address, now, replica))
 
-    def on_completed(self, request_id: str, now: float) -> None:
-        self.calls.append(("completed", request_id, now))
+    def on_completed(self, request_id: str, now: float, *, replica: str = "") -> None:
+        self.calls.append(("completed", request_id, now, replica))
 
 
 class Clock:
@@ -136,8 +136,8 @@ def test_wire_assignment_converts_to_request_info():
     assert to_request_info(assign("r2", 1.0, criticality="bogus")).criticality == "Standard"
 
 
-def test_real_scheduler_counts_a_duplicated_peer_request_once():
-    sched = build_scheduler("default", rng=random.Random(1))
+def test_real_state_counts_a_duplicated_peer_request_once():
+    sched = build_profile("default", rng=random.Random(1)).state
     clock = Clock(1000.0)
     ap = EventApplier(sched, clock=clock)
     addr = "10.0.0.1:8000"
@@ -149,6 +149,22 @@ def test_real_scheduler_counts_a_duplicated_peer_request_once():
     ap.apply_batch(batch, source="replay")
     assert sched.inflight.extra(addr)[0] == 0
     assert len(sched.inflight) == 0
+
+
+def test_two_replicas_requests_with_one_client_id_stay_two_requests_in_the_state():
+    state = build_profile("default", rng=random.Random(1)).state
+    clock = Clock(1000.0)
+    ap = EventApplier(state, clock=clock)
+    x, y = "10.0.0.1:8000", "10.0.0.2:8000"
+    ap.apply_event(assign("same", 999.0, address=x, replica="a"))
+    ap.apply_event(assign("same", 999.1, address=y, replica="b"))
+    assert len(state.inflight) == 2
+    assert (state.inflight.extra(x)[0], state.inflight.extra(y)[0]) == (1, 1)
+    ap.apply_event(done("same", 999.5, replica="b"))  # b's request ended; a's is still running
+    assert len(state.inflight) == 1
+    assert (state.inflight.extra(x)[0], state.inflight.extra(y)[0]) == (1, 0)
+    assert ap.forget_replica("a") == 1  # a went silent: its request is released, by its key
+    assert len(state.inflight) == 0 and state.inflight.extra(x)[0] == 0
 
 
 def test_events_of_a_compact_batch_take_the_batchs_replica():
@@ -207,7 +223,7 @@ def test_a_scheduler_failing_to_take_its_rank_does_not_stop_the_liveness_watch(c
 
 
 def test_a_nonsense_unseen_estimate_means_a_full_margin():
-    s = build_scheduler("default", rng=random.Random(1))
+    s = build_profile("default", rng=random.Random(1)).state
     s.set_peer_rank(1, 2, float("nan"))
     assert s.peer_unseen == 1.0
     s.set_peer_rank(1, 2, -3.0)

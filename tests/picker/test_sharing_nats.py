@@ -1,7 +1,7 @@
 """Two picker replicas in one process sharing their traffic over a real nats-server.
 
 Each replica has its own NATS connection, its own scheduler (the real one, from
-``build_scheduler``) and its own :class:`PeerSharing`; only NATS connects them.
+``build_profile``) and its own :class:`PeerSharing`; only NATS connects them.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import random
 
 import msgspec
 import pytest
+from sched_helpers import build
 
-from picker.scheduling import EndpointView, RequestInfo, build_scheduler
+from picker.scheduling import EndpointView, RequestInfo
 from picker.sharing import PeerSharing, SharingSettings
 from shared.natsbus import NatsBus
 from shared.natsconn import NatsOptions
@@ -65,7 +66,7 @@ class Replica:
         settings.setdefault("heartbeat_interval_s", 0.1)
         settings.setdefault("peer_timeout_s", 0.0)
         self.settings = SharingSettings(replica=name, **settings)
-        self.scheduler = build_scheduler("default", rng=random.Random(7))
+        self.scheduler = build("default", rng=random.Random(7))
         self.nc = None
         self.sharing: PeerSharing | None = None
         self.supervisor = Supervisor(name)
@@ -76,7 +77,7 @@ class Replica:
         )
         self.nc = self.bus.nc  # the raw client, to publish by hand and to kill the connection
         self.sharing = PeerSharing(
-            self.bus, NS, POOL, self.settings, self.scheduler, manage_streams=self.manage_streams
+            self.bus, NS, POOL, self.settings, self.scheduler.state, manage_streams=self.manage_streams
         )
         self.sharing.start(self.supervisor)
         if wait_ready:
@@ -99,7 +100,7 @@ class Replica:
 
     def finish(self, rid: str, address: str) -> None:
         t = now()
-        self.scheduler.on_completed(rid, t)
+        self.scheduler.on_completed(rid, t, replica=self.name)
         self.sharing.sink.on_local_completion(request(rid), address, 200, 500, 100, 1.0, 0.1, t)
 
     async def stop(self) -> None:
@@ -132,7 +133,7 @@ async def replicas(nats_server):
 async def test_an_assignment_by_one_replica_shifts_the_others_next_decision(replicas):
     a = await (await replicas("a")).start()
     b = await (await replicas("b")).start()
-    alone = build_scheduler("default", rng=random.Random(7))  # the same decision without sharing
+    alone = build("default", rng=random.Random(7))  # the same decision without sharing
     pool = views(now())  # the pods' last scrape, before any of this traffic
     probe = request("probe")
     assert alone.schedule(probe, pool, now()).endpoints[0] == X

@@ -1,4 +1,4 @@
-"""Peer sharing wired into two real picker services: a request routed by one reaches the other's scheduler."""
+"""Peer sharing wired into two real picker services: one's request reaches the other's pool state."""
 
 from __future__ import annotations
 
@@ -73,15 +73,15 @@ async def test_a_request_routed_by_one_picker_is_in_flight_on_the_other_until_it
             chosen = chosen.split(",")[0]
             await s.recv()  # the body
             # While the response is running, B counts A's request on the same endpoint.
-            await wait_until(lambda: b.scheduler.inflight.extra(chosen)[0] == 1, 10, "B sees A's request")
-            assert len(b.scheduler.inflight) == 1
+            await wait_until(lambda: b.state.inflight.extra(chosen)[0] == 1, 10, "B sees A's request")
+            assert len(b.state.inflight) == 1
             assert b.sharing.listener.applier.applied == 1
             s.response_headers()
             await s.recv()
             s.response_body(b"{}", True)
             await s.recv()
             await s.close()
-        await wait_until(lambda: len(b.scheduler.inflight) == 0, 10, "A's completion released it on B")
+        await wait_until(lambda: len(b.state.inflight) == 0, 10, "A's completion released it on B")
         assert a.sharing.listener.applier.applied == 0  # A never applies its own traffic twice
     finally:
         await a.stop(grace=0.1)

@@ -8,7 +8,7 @@ from picker.config import PickerConfig
 from picker.service import Picker
 from shared.natsconn import NatsOptions
 from tests.support.fakepod import FakePods
-from tests.support.least_load import LeastLoadScheduler
+from tests.support.least_load import least_load_profile
 from tests.support.waiting import wait_until
 
 
@@ -32,7 +32,7 @@ async def test_view_follows_a_real_collector(nats_server):
                 metrics_port=0,
                 nats=NatsOptions(servers=[nats_server.url], name="picker"),
             ),
-            scheduler=LeastLoadScheduler(),
+            profile=least_load_profile(),
         )
         try:
             await collector.wait_ready()

@@ -6,6 +6,7 @@ import nats
 import pytest
 
 from picker.config import PickerConfig
+from picker.scheduling import PoolState, Profile, SheddingAdmission
 from picker.service import Picker
 from picker.view import PoolView
 from shared.natsconn import NatsOptions, ensure_streams
@@ -18,7 +19,9 @@ from tests.support.waiting import wait_until
 SUBJ = Subjects("infergate")
 
 
-class Recorder(LeastLoadScheduler):
+class Recorder(PoolState):
+    """The real pool state, recording what the view applies to it."""
+
     def __init__(self) -> None:
         super().__init__()
         self.snapshots: list[str] = []
@@ -26,9 +29,15 @@ class Recorder(LeastLoadScheduler):
 
     def on_snapshot(self, snapshot, now):
         self.snapshots.append(snapshot.address)
+        super().on_snapshot(snapshot, now)
 
     def on_endpoint_removed(self, address, now):
         self.removed.append(address)
+        super().on_endpoint_removed(address, now)
+
+
+def recording_profile() -> Profile:
+    return Profile("least-load", Recorder(), SheddingAdmission(), LeastLoadScheduler())
 
 
 def subject(addr: str, pool: str = "pool") -> str:
@@ -58,7 +67,7 @@ def make_picker(url: str) -> Picker:
         metrics_port=0,
         nats=NatsOptions(servers=[url], name="picker-test", reconnect_wait=0.1),
     )
-    return Picker(cfg, scheduler=Recorder())
+    return Picker(cfg, profile=recording_profile())
 
 
 async def test_bootstraps_from_the_last_value_of_every_endpoint(nats_server, nc):
@@ -75,7 +84,7 @@ async def test_bootstraps_from_the_last_value_of_every_endpoint(nats_server, nc)
         # Ready means the bootstrap is complete: both last values are already applied.
         assert set(p.view.endpoints) == {"10.0.0.1:8000", "10.0.0.2:8000"}
         assert p.view.endpoints["10.0.0.1:8000"].snapshot.waiting == 3
-        assert p.scheduler.snapshots.count("10.0.0.1:8000") == 1  # only the last value was replayed
+        assert p.state.snapshots.count("10.0.0.1:8000") == 1  # only the last value was replayed
         # Then it follows live updates.
         await publish(nc, snapshot("10.0.0.2:8000", pool="pool", seq=8, waiting=1))
         await wait_until(lambda: p.view.endpoints["10.0.0.2:8000"].snapshot.waiting == 1, 5)
@@ -124,7 +133,7 @@ async def test_out_of_order_and_stale_epochs_are_dropped_and_tombstones_remove(n
         )
         await one(tomb)
         assert not p.view.endpoints
-        assert p.scheduler.removed == ["10.0.0.1:8000"]
+        assert p.state.removed == ["10.0.0.1:8000"]
         # A snapshot older than the tombstone cannot resurrect the endpoint.
         await one(snapshot("10.0.0.1:8000", pool="pool", seq=1, epoch="new", ts=102.5))
         assert "10.0.0.1:8000" not in p.view.endpoints
@@ -183,7 +192,7 @@ async def test_peer_sharing_is_wired_on_the_same_connection(nats_server, nc):
         nats=NatsOptions(servers=[nats_server.url], name="picker-test"),
         sharing=SharingSettings(replica="r1", ready_timeout_s=5),
     )
-    p = Picker(cfg, scheduler=Recorder())
+    p = Picker(cfg, profile=recording_profile())
     await p.start()
     try:
         await p.wait_ready(15)

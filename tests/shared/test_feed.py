@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from autoscaler.service import Autoscaler, AutoscalerConfig
-from picker.scheduling import RequestInfo
+from picker.scheduling import PoolState, RequestInfo
 from picker.sharing import PeerListener, SharingSettings
 from picker.view import PoolView
 from shared.bus import MemoryBus
@@ -141,24 +141,18 @@ def deliveries(rng: random.Random, messages: list) -> list[bytes]:
 
 
 class InFlight:
-    """The scheduler hooks, reduced to what they would count: open requests per endpoint and model."""
+    """The accounting hooks, reduced to what they would count: open requests per endpoint and model."""
 
     def __init__(self) -> None:
-        self.open: dict[str, tuple[str, str]] = {}
+        self.open: dict[tuple[str, str], tuple[str, str]] = {}
 
     def on_assigned(self, request: RequestInfo, address: str, now: float, *, replica: str = "") -> None:
-        self.open[request.request_id] = (address, request.target_model)
+        self.open[(replica, request.request_id)] = (address, request.target_model)
 
-    def on_completed(self, request_id: str, now: float) -> None:
-        self.open.pop(request_id, None)
+    def on_completed(self, request_id: str, now: float, *, replica: str = "") -> None:
+        self.open.pop((replica, request_id), None)
 
     def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None:
-        pass
-
-    def on_snapshot(self, snapshot, now) -> None:
-        pass
-
-    def on_endpoint_removed(self, address, now) -> None:
         pass
 
 
@@ -169,7 +163,7 @@ def test_the_picker_and_the_autoscaler_apply_the_same_sequence_identically(seed)
     bus = MemoryBus(SUBJECTS, clock=lambda: now)
     # the picker: its pool view and its peer listener (an observer: every replica is a peer)
     hooks = InFlight()
-    view = PoolView(NS, POOL, hooks, clock=lambda: now)
+    view = PoolView(NS, POOL, PoolState(), clock=lambda: now)
     listener = PeerListener(bus, NS, POOL, SharingSettings(replica="observer"), hooks, clock=lambda: now)
     bus.follow_last_values_nowait(SUBJECTS.endpoints_of_pool(NS, POOL), view.on_message)
     bus.subscribe_nowait(listener.subject, listener.feed.live)

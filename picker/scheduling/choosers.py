@@ -1,7 +1,10 @@
-"""Pickers: turn a group's total scores into an ordered choice plus fallbacks.
+"""Choosers: turn a group's total scores into an ordered choice plus fallbacks.
 
-A picker returns up to ``m`` distinct indexes into the group, best first. Every random
-draw comes from the decision's seeded ``random.Random``, so a simulation replays exactly.
+Upstream's EPP calls this plugin role a "picker", and so do the profile configs
+(``plugins: - type: max-score`` in a profile's list is its picker). In the code the role is
+a :class:`Chooser`, because "Picker" is the name of the service. A chooser returns up to
+``m`` distinct indexes into the group, best first. Every random draw comes from the
+decision's seeded ``random.Random``, so a simulation replays exactly.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from .params import Params
 from .plugin import Plugin, register
 from .state import EndpointState
 
-__all__ = ["MaxScorePicker", "Picker", "RandomPicker", "RoundRobinPicker"]
+__all__ = ["Chooser", "MaxScoreChooser", "RandomChooser", "RoundRobinChooser"]
 
 Group = Sequence[EndpointState]
 
 
-class Picker(Plugin):
+class Chooser(Plugin):
     """Base class: up to ``m`` distinct indexes into ``group``, best first (``totals``: None = all equal)."""
 
     def pick(self, ctx: Context, group: Group, totals: list[float] | None, m: int) -> list[int]:
@@ -27,7 +30,7 @@ class Picker(Plugin):
 
 
 @register("max-score")
-class MaxScorePicker(Picker):
+class MaxScoreChooser(Chooser):
     """Highest total first; equal totals are ordered at random.
 
     One ``nlargest`` over floats (C) finds the m-th best score; only the few endpoints
@@ -39,7 +42,7 @@ class MaxScorePicker(Picker):
     is the same pod on every replica, and the requests two replicas place within the
     few milliseconds before they hear of each other's choice land on that pod together
     (a batched prefill: a worse TTFT). With ``peer_margin``, replica ``i`` of ``n``
-    (``ProfileScheduler.set_peer_rank``; ranks come from the sharing layer) takes the
+    (``PoolState.set_peer_rank``; ranks come from the sharing layer) takes the
     ``i``-th best of the endpoints within the margin of the best, ordered the same way
     on every replica (total, then address): near-simultaneous choices of different
     replicas go to different pods, while a pod that is clearly better (an idle pod among
@@ -113,14 +116,14 @@ class MaxScorePicker(Picker):
         return [choice, *rest[: m - 1]]
 
     @classmethod
-    def from_params(cls, p: Params) -> MaxScorePicker:
+    def from_params(cls, p: Params) -> MaxScoreChooser:
         out = cls(peer_margin=p.number("peer_margin", 0.0, lo=0.0))
         p.done()
         return out
 
 
 @register("random")
-class RandomPicker(Picker):
+class RandomChooser(Chooser):
     """Uniformly random endpoints, scores ignored: the simplest baseline."""
 
     def pick(self, ctx: Context, group: Group, totals: list[float] | None, m: int) -> list[int]:
@@ -128,7 +131,7 @@ class RandomPicker(Picker):
 
 
 @register("round-robin")
-class RoundRobinPicker(Picker):
+class RoundRobinChooser(Chooser):
     """The next endpoint in the group's order each time, scores ignored: the classic baseline."""
 
     def __init__(self) -> None:
