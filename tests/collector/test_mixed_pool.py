@@ -14,12 +14,12 @@ import grpc
 
 from collector.service import Collector, CollectorConfig
 from collector.targets import Target
-from picker.config import PickerConfig
 from picker.envoy_client import EnvoyStream, headers_of
 from picker.service import Picker
 from shared.natsconn import NatsOptions
 from sim.engine import EngineConfig, SimRequest
 from sim.server import PodSpec, SimCluster
+from tests.support.pickers import loopback_config
 from tests.support.waiting import wait_until
 
 MODEL = "meta-llama/Llama-2-7b-hf"
@@ -64,13 +64,7 @@ async def test_mixed_vllm_and_sglang_pool_is_scheduled_by_load(nats_server):
             )
         )
         picker = Picker(
-            PickerConfig(
-                pool_name="pool",
-                grpc_host="127.0.0.1",
-                grpc_port=0,
-                grpc_health_port=0,
-                metrics_host="127.0.0.1",
-                metrics_port=0,
+            loopback_config(
                 nats=NatsOptions(servers=[nats_server.url], name="picker"),
             )
         )  # the default scheduler

@@ -24,13 +24,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from picker.config import PickerConfig
 from picker.envoy.bootstrap import build_bootstrap
 from picker.envoy.options import BootstrapOptions
 from picker.envoy.process import EnvoyProcess
 from picker.service import Picker
 from shared.natsd import free_port
 from sim.server import SimCluster
+from tests.support.pickers import loopback_config
 from tests.support.snapshots import snapshot
 
 pytestmark = pytest.mark.e2e
@@ -98,13 +98,7 @@ async def _refresh(picker: Picker, waiting: dict[str, int]) -> None:
 async def picker_for(tmp_path: Path, waiting: dict[str, int], **cfg_kw) -> AsyncIterator[Picker]:
     config = tmp_path / "models.yaml"
     config.write_text(MODELS_YAML)
-    cfg = PickerConfig(
-        pool_name="pool",
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
+    cfg = loopback_config(
         config_files=[str(config)],
         **cfg_kw,
     )

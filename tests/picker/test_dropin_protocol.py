@@ -15,10 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from picker.config import PickerConfig
 from picker.envoy_client import EnvoyStream, headers_of
 from picker.metrics import OTHER, LabelCap, PickerMetrics
-from picker.models import ModelTable
 from picker.protocol import (
     CONFORMANCE_SELECTION,
     CONFORMANCE_SERVED,
@@ -30,9 +28,9 @@ from picker.protocol import (
     LB_NAMESPACE,
 )
 from picker.service import Picker
-from shared.crds import InferenceModel, TargetModel
 from shared.schemas import LoraState
 from tests.support.least_load import least_load_profile
+from tests.support.pickers import loopback_config, standard_models
 from tests.support.snapshots import snapshot
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"
@@ -52,27 +50,11 @@ class InfoSink:
 
 
 def make_picker(**cfg_kw) -> Picker:
-    cfg = PickerConfig(
-        pool_name="pool",
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
+    cfg = loopback_config(
         **cfg_kw,
     )
     p = Picker(cfg, profile=least_load_profile(staleness=3600), sink=InfoSink())
-    p._set_models(
-        ModelTable(
-            [
-                InferenceModel("chat", "default", "chat", "pool", "Critical", (TargetModel("base-v2"),)),
-                InferenceModel("cheap", "default", "cheap", "pool", "Sheddable", ()),
-                InferenceModel("base", "default", "base", "pool", "Standard", ()),
-            ],
-            "pool",
-            "reject",
-        )
-    )
+    p._set_models(standard_models())
     return p
 
 

@@ -8,13 +8,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from picker.config import PickerConfig
 from picker.envoy_client import EnvoyStream, headers_of
 from picker.extproc import MAX_CHUNK
 from picker.models import ModelTable
 from picker.service import Picker
-from shared.crds import InferenceModel, TargetModel
 from tests.support.least_load import least_load_profile
+from tests.support.pickers import loopback_config, standard_models
 from tests.support.snapshots import snapshot
 
 DEST = "x-gateway-destination-endpoint"
@@ -36,27 +35,11 @@ class RecordingSink:
 
 @pytest.fixture
 async def picker():
-    cfg = PickerConfig(
-        pool_name="pool",
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
+    cfg = loopback_config(
         max_body_bytes=200_000,
     )
     p = Picker(cfg, profile=least_load_profile(staleness=3600), sink=RecordingSink())
-    p._set_models(
-        ModelTable(
-            [
-                InferenceModel("chat", "default", "chat", "pool", "Critical", (TargetModel("base-v2"),)),
-                InferenceModel("cheap", "default", "cheap", "pool", "Sheddable", ()),
-                InferenceModel("base", "default", "base", "pool", "Standard", ()),
-            ],
-            "pool",
-            "reject",
-        )
-    )
+    p._set_models(standard_models())
     await p.start()
     p.view.apply(snapshot("10.0.0.1:8000", pool="pool"))
     p.view.apply(snapshot("10.0.0.2:8000", pool="pool", waiting=2))

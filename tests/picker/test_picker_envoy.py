@@ -8,7 +8,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from picker.config import PickerConfig
 from picker.envoy.bootstrap import build_bootstrap
 from picker.envoy.options import BootstrapOptions
 from picker.envoy.process import EnvoyProcess
@@ -17,6 +16,7 @@ from picker.service import Picker
 from shared.crds import InferenceModel, TargetModel
 from shared.natsd import free_port
 from tests.support.least_load import least_load_profile
+from tests.support.pickers import loopback_config
 from tests.support.snapshots import snapshot
 from tests.support.waiting import wait_until
 
@@ -89,14 +89,7 @@ async def start_server(name: str):
 async def stack(request, envoy_binary):
     a_runner, a, a_seen = await start_server("a")
     b_runner, b, b_seen = await start_server("b")
-    cfg = PickerConfig(
-        pool_name="pool",
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
-    )
+    cfg = loopback_config()
     p = Picker(cfg, profile=least_load_profile(staleness=3600), sink=Sink())
     p._set_models(
         ModelTable(

@@ -24,6 +24,7 @@ from shared.natsd import free_port
 from shared.schemas import encode
 from shared.subjects import Subjects
 from tests.support.least_load import least_load_profile
+from tests.support.pickers import loopback_config
 from tests.support.snapshots import snapshot
 from tests.support.waiting import wait_until
 
@@ -51,17 +52,7 @@ def body(model: str) -> bytes:
 
 
 def local_cfg(**kw) -> PickerConfig:
-    base = dict(
-        pool_name="pool",
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
-        config_poll_interval=0.05,
-    )
-    base.update(kw)
-    return PickerConfig(**base)
+    return loopback_config(**{"config_poll_interval": 0.05, **kw})
 
 
 async def route(p: Picker, model: str, channel: grpc.aio.Channel) -> tuple[int, bytes]:

@@ -7,13 +7,13 @@ import json
 import grpc
 import nats
 
-from picker.config import PickerConfig
 from picker.envoy_client import EnvoyStream, headers_of
 from picker.service import Picker
 from picker.sharing import SharingSettings
 from shared.natsconn import NatsOptions, ensure_streams
 from shared.schemas import encode
 from shared.subjects import Subjects
+from tests.support.pickers import loopback_config
 from tests.support.snapshots import snapshot
 from tests.support.waiting import wait_until
 
@@ -31,13 +31,7 @@ spec:
 
 
 def picker(url: str, name: str, models: str) -> Picker:
-    cfg = PickerConfig(
-        pool_name="pool",
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
+    cfg = loopback_config(
         config_files=[models],
         replica_name=name,
         nats=NatsOptions(servers=[url], name=name, reconnect_wait=0.1),

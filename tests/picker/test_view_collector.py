@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collector.service import Collector, CollectorConfig
 from collector.targets import Target
-from picker.config import PickerConfig
 from picker.service import Picker
 from shared.natsconn import NatsOptions
 from tests.support.fakepod import FakePods
 from tests.support.least_load import least_load_profile
+from tests.support.pickers import loopback_config
 from tests.support.waiting import wait_until
 
 
@@ -23,13 +23,7 @@ async def test_view_follows_a_real_collector(nats_server):
         )
         await collector.start()
         p = Picker(
-            PickerConfig(
-                pool_name="pool",
-                grpc_host="127.0.0.1",
-                grpc_port=0,
-                grpc_health_port=0,
-                metrics_host="127.0.0.1",
-                metrics_port=0,
+            loopback_config(
                 nats=NatsOptions(servers=[nats_server.url], name="picker"),
             ),
             profile=least_load_profile(),

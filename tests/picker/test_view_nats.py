@@ -5,7 +5,6 @@ from __future__ import annotations
 import nats
 import pytest
 
-from picker.config import PickerConfig
 from picker.scheduling import PoolState, Profile, SheddingAdmission
 from picker.service import Picker
 from picker.view import PoolView
@@ -13,6 +12,7 @@ from shared.natsconn import NatsOptions, ensure_streams
 from shared.schemas import Tombstone, encode
 from shared.subjects import Subjects
 from tests.support.least_load import LeastLoadScheduler
+from tests.support.pickers import loopback_config
 from tests.support.snapshots import snapshot
 from tests.support.waiting import wait_until
 
@@ -58,13 +58,7 @@ async def nc(nats_server):
 
 
 def make_picker(url: str) -> Picker:
-    cfg = PickerConfig(
-        pool_name="pool",
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
+    cfg = loopback_config(
         nats=NatsOptions(servers=[url], name="picker-test", reconnect_wait=0.1),
     )
     return Picker(cfg, profile=recording_profile())
@@ -182,13 +176,7 @@ def test_pure_view_ordering_rules():
 async def test_peer_sharing_is_wired_on_the_same_connection(nats_server, nc):
     from picker.sharing.settings import SharingSettings
 
-    cfg = PickerConfig(
-        pool_name="pool",
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
+    cfg = loopback_config(
         nats=NatsOptions(servers=[nats_server.url], name="picker-test"),
         sharing=SharingSettings(replica="r1", ready_timeout_s=5),
     )
