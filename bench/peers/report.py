@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+LABELS = {"req_per_s": "req/s", "ttft_p90_s": "TTFT p90", "ntpot_p90_s": "NTPOT p90"}
 METRICS = (  # key, header, unit, higher is better
     ("req_per_s", "req/s", "", True),
     ("output_tok_per_s", "out tok/s", "", True),
@@ -106,7 +107,7 @@ def goals(by_workload: dict[str, list[Outcome]]) -> list[str]:
             for key, hb in (("req_per_s", True), ("ttft_p90_s", False), ("ntpot_p90_s", False)):
                 a, b = ref.mean(key), o.mean(key)
                 if (hb and a < 0.98 * b) or (not hb and a > 1.02 * b):
-                    worse.append(f"{o.route} {key.removesuffix('_s')}")
+                    worse.append(f"{o.route} {LABELS[key]}")
         best_ttft = min(peers, key=lambda o: o.mean("ttft_p90_s"))
         adv = (
             best_ttft.mean("ttft_p90_s") / ref.mean("ttft_p90_s") if ref.mean("ttft_p90_s") > 0 else math.nan

@@ -73,7 +73,7 @@ def test_ratios_and_goals_say_who_is_better():
     )
     failed = Outcome("w", "sglang-router power_of_two", failure="TimeoutError: never served")
     (line,) = goals({"w": [ig, peer, failed]})
-    assert "behind on vllm-router cache_aware req_per" in line and "2.00x" in line
+    assert "behind on vllm-router cache_aware req/s" in line and "2.00x" in line
     rows = table([ig, peer, failed])
     assert any("failed: TimeoutError" in r for r in rows)
 
@@ -87,7 +87,12 @@ async def test_peers_command_end_to_end_without_the_peers(tmp_path, capsys):
     assert await cli.amain(args) == 0
     text = out.read_text()
     assert "| InferGate |" in text and "| Envoy round-robin |" in text and "failed" not in text
-    assert "sglang-router" not in text and "Command:" in text and "load average" in text
+    assert (
+        "| sglang-router" not in text
+        and "| vllm-router" not in text
+        and "Command:" in text
+        and "load average" in text
+    )
     ig = next(line for line in text.splitlines() if line.startswith("| InferGate |"))
     assert ig.split("|")[8].strip().startswith("0")  # no errors
     assert "route CPU" in capsys.readouterr().out
