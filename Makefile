@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint faults bench clean
+.PHONY: demo test lint faults bench peers clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -36,6 +36,11 @@ faults: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/infergate-bench sweep
+
+# InferGate next to sglang-router and vllm-router (installed into .venv-peers, never into .venv);
+# writes bench/results/peers.md. PEERS_ARGS=--quick for a short smoke run.
+peers: $(STAMP)
+	$(BIN)/infergate-bench peers $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -13,6 +13,7 @@ COMMANDS = {
     "demo": ("bench.demo", "the real-stack run: NATS, Envoy, sim pods, collectors, pickers, autoscaler"),
     "sweep": ("bench.sweep", "the discrete-event reproduction of the published benchmark"),
     "faults": ("bench.faults", "the fault report through a real Envoy"),
+    "peers": ("bench.peers", "InferGate next to sglang-router and vllm-router on the same pods and load"),
     "loadgen": ("bench.loadgen", "send a workload or a recorded trace to an OpenAI-compatible endpoint"),
 }
 

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from shared.hashing import prefix_block_hashes
 from shared.tokens import estimate_tokens
-from sim import openai
+from sim import openai, tokenize
 from sim.engine import ABORTED, FINISHED, Engine, EngineConfig, SimRequest
 from sim.metrics import ENGINES, ServerMetrics
 from sim.openai import BadRequest, error_response
@@ -264,6 +264,11 @@ class SimPod:
         if self.flavor == "sglang":
             r.add_get("/get_model_info", self._sglang_model_info)
             r.add_get("/get_load", self._sglang_load)
+        else:  # vLLM's tokenizer and render endpoints (sim/tokenize.py)
+            r.add_post("/tokenize", self._tokenize)
+            r.add_post("/detokenize", self._detokenize)
+            r.add_post("/v1/completions/render", self._render_completion)
+            r.add_post("/v1/chat/completions/render", self._render_chat)
         return app
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -322,6 +327,36 @@ class SimPod:
             [{"dp_rank": 0, "num_reqs": len(eng.running) + eng.n_waiting, "num_waiting_reqs": eng.n_waiting,
               "num_tokens": used}]
         )  # fmt: skip
+
+    # HTTP: vLLM's tokenizer endpoints (no engine work: they only read the request) ------
+
+    async def _tokenizer_call(self, request: web.Request, fn) -> web.Response:
+        try:
+            body = openai.json_object(await request.read())
+            return web.json_response(fn(body))
+        except BadRequest as e:
+            where = {"pod": self.name, "path": request.path, "error": e.message}
+            log.info("bad tokenizer request", extra=where)
+            return error_response(e.status, e.message, e.param)
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        return await self._tokenizer_call(
+            request, lambda b: tokenize.tokenize(b, self.model, self.loras, self.cfg.max_model_len)
+        )
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        return await self._tokenizer_call(request, lambda b: tokenize.detokenize(b, self.model, self.loras))
+
+    async def _render_completion(self, request: web.Request) -> web.Response:
+        return await self._tokenizer_call(
+            request, lambda b: tokenize.render_completion(b, self.model, self.loras, self.cfg.max_model_len)
+        )
+
+    async def _render_chat(self, request: web.Request) -> web.Response:
+        mlen, default = self.cfg.max_model_len, self.spec.default_chat_max_tokens
+        return await self._tokenizer_call(
+            request, lambda b: tokenize.render_chat(b, self.model, self.loras, mlen, default)
+        )
 
     async def _load_lora(self, request: web.Request) -> web.Response:
         try:

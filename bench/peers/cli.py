@@ -1,0 +1,238 @@
+"""``infergate-bench peers``: install the peers, run every route on every workload, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.loadgen import run_load
+from bench.peers import install
+from bench.peers.measure import CpuMeter, cpu_seconds, loadavg, machine_jiffies, prefix_counters
+from bench.peers.pods import PodSetup
+from bench.peers.report import Outcome, document
+from bench.peers.routes import Route, all_routes, launch
+from bench.peers.workloads import Workload, catalogue, sharegpt_source
+
+DEFAULT_OUT = Path("bench/results/peers.md")
+FULL = "sharegpt-75,sharegpt-110,prefix-1x,prefix-1.5x,chat-1x,chat-1.5x,lora"
+QUICK = "sharegpt-75,prefix-1.5x"
+
+
+def say(msg: str) -> None:
+    print(f"[peers] {msg}", flush=True)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="infergate-bench peers", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--quick", action="store_true", help="a short smoke run: two workloads, 1 repetition, 15 s"
+    )
+    p.add_argument("--workloads", default=None, help=f"comma-separated (default all: {FULL})")
+    p.add_argument("--routes", default="", help="comma-separated route names or kinds (default every route)")
+    p.add_argument(
+        "--no-peers", action="store_true", help="InferGate and Envoy round-robin only; installs nothing"
+    )
+    p.add_argument("--repetitions", type=int, default=None, help="runs per route and workload (default 2)")
+    p.add_argument(
+        "--duration", type=float, default=None, help="wall seconds of sending per run (default 60)"
+    )
+    p.add_argument("--time-scale", type=float, default=10.0, help="wall seconds per simulated H100 second")
+    p.add_argument("--max-requests", type=int, default=5000, help="cap per run")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--venv", type=Path, default=install.DEFAULT_VENV, help="the peers' virtual environment")
+    p.add_argument("--install-only", action="store_true", help="install the peers and stop")
+    p.add_argument("--work-dir", type=Path, default=Path(".infergate/peers"), help="logs of every run")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the report (markdown)")
+    a = p.parse_args(argv)
+    a.workloads = a.workloads or (QUICK if a.quick else FULL)
+    a.repetitions = a.repetitions or (1 if a.quick else 2)
+    a.duration = a.duration or (15.0 if a.quick else 60.0)
+    return a
+
+
+def h100(summary: dict, scale: float) -> dict:
+    """Rates times the time scale, latencies divided by it: the simulated H100s' own figures."""
+    out = dict(summary)
+    for k, v in summary.items():
+        if k in ("req_per_s", "output_tok_per_s"):
+            out[k] = v * scale
+        elif k.endswith("_s") and k != "wall_s" and isinstance(v, float):
+            out[k] = v / scale
+    return out
+
+
+def pick_routes(spec: str, peers: bool) -> list[Route]:
+    routes = all_routes(peers)
+    if not spec:
+        return routes
+    wanted = {s.strip() for s in spec.split(",") if s.strip()}
+    return [r for r in routes if r.name in wanted or r.kind in wanted or r.name.replace(" ", "-") in wanted]
+
+
+async def run_one(route: Route, wl: Workload, args, env, rep: int, run_dir: Path) -> dict:
+    setup = PodSetup(time_scale=args.time_scale, lora_adapters=wl.lora_adapters, sim_args=wl.sim_args)
+    async with launch(route, setup, env, run_dir) as running:
+        before = await prefix_counters(running.pods)
+        meter = CpuMeter(running.pids)
+        pods = CpuMeter({f"pod-{i}": p for i, p in enumerate(running.pod_pids)})
+        me = cpu_seconds(os.getpid())
+        meter.start()
+        pods.start()
+        busy0, total0 = machine_jiffies()
+        load0 = loadavg()[0]
+        t0 = time.monotonic()
+        items = wl.make(args.seed + rep, args.time_scale)
+        result = await run_load(
+            running.url,
+            items,
+            wl.qps / args.time_scale,
+            args.duration,
+            stream=True,
+            max_requests=args.max_requests,
+            drain_timeout_s=30.0 * args.time_scale,
+            request_timeout_s=60.0 * args.time_scale,
+            seed=args.seed + rep,
+        )
+        wall = time.monotonic() - t0
+        used, pod_used = meter.stop(), pods.stop()
+        me = cpu_seconds(os.getpid()) - me
+        busy1, total1 = machine_jiffies()
+        after = await prefix_counters(running.pods)
+    s = h100(result.summary(), args.time_scale)
+    ncpu = os.cpu_count() or 1
+    route_cpu = sum(used.values())
+    hits, queries = after.hits - before.hits, after.queries - before.queries
+    s.update(
+        cpu_by_process=used,
+        route_cpu_s=route_cpu,
+        cpu_per_1k=route_cpu / s["ok"] * 1000 if s["ok"] else float("nan"),
+        ours_share=(route_cpu + sum(pod_used.values()) + me) / (wall * ncpu),
+        machine_share=(busy1 - busy0) / max(1, total1 - total0),
+        load_start=load0,
+        load_end=loadavg()[0],
+        prefix_hit_rate=hits / queries if queries > 0 else float("nan"),
+        wall_run_s=wall,
+    )
+    return s
+
+
+def progress_line(s: dict) -> str:
+    return (
+        f"  ok {s['ok']}/{s['sent']}, {s['req_per_s']:.1f} req/s, TTFT p90 {s['ttft_p90_s'] * 1000:.0f} ms, "
+        f"hit {s['prefix_hit_rate']:.0%}, route CPU {s['cpu_per_1k']:.1f} s/1k req, our CPU "
+        f"{s['ours_share']:.0%} of {os.cpu_count()} cores, machine busy {s['machine_share']:.0%}"
+    )
+
+
+def run_row(rep: int, workload: str, route: str, s: dict) -> str:
+    load = f"{s['load_start']:.1f} to {s['load_end']:.1f}"
+    cells = [str(rep + 1), workload, route, f"{s['ok']}/{s['sent']}", f"{s['route_cpu_s']:.1f}",
+             f"{s['ours_share']:.0%}", f"{s['machine_share']:.0%}", load]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+def provenance(env, args, source: str) -> dict[str, str]:
+    def out(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    from shared.natsd import find_binary
+
+    commit = out(["git", "rev-parse", "--short", "HEAD"]) + (
+        " (dirty)" if out(["git", "status", "--porcelain"]) else ""
+    )
+    envoy = out([find_binary("envoy"), "--version"]).split("version:")[-1].strip().split()[0:1]
+    prov = {
+        "commit": commit,
+        "python": install.python_version(),
+        "envoy": envoy[0] if envoy else "?",
+        "nats-server": out([find_binary("nats-server"), "--version"]),
+        "workload data": source,
+        "time scale": f"{args.time_scale:g} (wall s per H100 s)",
+        "sending per run": f"{args.duration:g} wall s; {args.repetitions} repetition(s), interleaved",
+    }
+    if env is not None:
+        prov |= {k: env.versions.get(k, "not installed") for k in install.PACKAGES}
+    return prov
+
+
+async def amain(args) -> int:
+    env = None
+    if not args.no_peers:
+        env = install.ensure(args.venv, say=say)
+        say("peers: " + ", ".join(f"{k} {v}" for k, v in env.versions.items()))
+    if args.install_only:
+        return 0 if env is not None and all(env.has(p) for p in install.PACKAGES[:2]) else 1
+    source = sharegpt_source(env.sharegpt_path if env else None)
+    every = catalogue(env.sharegpt_path if env else None, args.duration)
+    workloads = [every[k.strip()] for k in args.workloads.split(",") if k.strip()]
+    routes = pick_routes(args.routes, not args.no_peers)
+    say(f"workload data: {source}; {len(routes)} routes x {len(workloads)} workloads x {args.repetitions}")
+    outcomes = {(w.key, r.name): Outcome(w.key, r.name) for w in workloads for r in routes}
+    runs_table = ["| rep | workload | route | ok | route CPU s | our CPU share of the cores | machine busy | "
+                  "load avg start to end |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    loads = []
+    for rep in range(args.repetitions):
+        for wl in workloads:
+            order = routes[rep % len(routes) :] + routes[: rep % len(routes)]  # interleave: rotate per rep
+            for route in order:
+                o = outcomes[(wl.key, route.name)]
+                run_dir = args.work_dir / f"{rep}-{wl.key}-{route.name.replace(' ', '-')}"
+                say(f"rep {rep + 1}: {wl.key} via {route.name} ({wl.qps:g} H100 req/s)")
+                try:
+                    s = await run_one(route, wl, args, env, rep, run_dir)
+                except Exception as exc:  # a route that fails is reported with its reason
+                    o.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                    say(f"  FAILED: {o.failure}")
+                    continue
+                o.runs.append(s)
+                loads += [s["load_start"], s["load_end"]]
+                say(progress_line(s))
+                runs_table.append(run_row(rep, wl.key, route.name, s))
+    by_wl = {w.key: [outcomes[(w.key, r.name)] for r in routes] for w in workloads}
+    machine = {
+        "cores": str(os.cpu_count()),
+        "cpu": platform.processor() or platform.machine(),
+        "load average during the runs (1 min)": (
+            f"min {min(loads):.1f}, mean {sum(loads) / len(loads):.1f}, max {max(loads):.1f}"
+            if loads
+            else "-"
+        ),
+    }
+    settings = [
+        "Streaming completions (`stream_options.include_usage`), Poisson arrivals (multi-turn: a trace), "
+        "the same requests for every route; times and rates are H100-equivalent (wall / time scale).",
+        "Four simulated pods, started fresh for every run (no route inherits a warm cache); "
+        "sglang-router runs on SGLang-flavoured pods (it polls /get_load), every other route on vLLM pods.",
+        "Routers run with their defaults (ports aside). InferGate = Envoy + 2 pickers (`default` profile) + "
+        "one collector per node + nats-server, all counted in its CPU.",
+        "route CPU s/1k req = user+system CPU seconds of the route's processes during the run / completed "
+        "requests x 1000 (real CPU, not scaled). 'IG adv.' > 1 means InferGate is better.",
+        "'our CPU share' = the route, the pods and the load generator / (wall x cores); 'machine busy' "
+        "includes everything else running on the machine.",
+    ]
+    titles = {w.key: f"{w.title} ({w.qps:g} H100 req/s)" for w in workloads}
+    cmd = "infergate-bench peers " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["peers"] else sys.argv[1:])
+    text = document(command=cmd.strip(), provenance=provenance(env, args, source), machine=machine,
+                    settings=settings, by_workload=by_wl, titles=titles, runs_table=runs_table)  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    say(f"report: {args.out}")
+    failed = [o for o in outcomes.values() if not o.runs]
+    return 1 if any(o.route == "InferGate" for o in failed) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    return asyncio.run(amain(args))
