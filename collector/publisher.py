@@ -52,7 +52,7 @@ class NatsLink:
     def __init__(self, options: NatsOptions, stream_settings: StreamSettings) -> None:
         self.options = options
         self.subjects = options.subjects
-        self.stream_settings = stream_settings
+        self.stream_settings = natsconn.with_replicas(stream_settings, options)
         self.nc: Any = None  # nats.aio.client.Client once connected
 
     @property
