@@ -154,7 +154,8 @@ class NatsBus:
 
         out.sub = await js.subscribe(
             subject,
-            cb=cb,
+            stream=self.subjects.endpoint_stream,  # named: no stream lookup by subject, no
+            cb=cb,  # need for the STREAM.NAMES permission on a locked-down server
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             idle_heartbeat=LIVE_HEARTBEAT_S,
