@@ -21,9 +21,10 @@ Faults:
   FailClose and the FailOpen Envoy at the same time;
 * ``nats-node-killed``: on a second stack whose NATS is a 3-node JetStream cluster (streams
   R3, every service given the three URLs), SIGKILL of the node leading the endpoint
-  stream, restarted 8 s later; the notes give the worst picker view age during the fault
-  (``infergate_picker_view_max_age_seconds``) and how long the node took to rejoin (routes
-  to both peers, ``/healthz`` ok, every replica of both streams current).
+  stream, restarted 1 s after every picker's view is fresh again without it; the notes
+  give the worst picker view age during the fault (``infergate_picker_view_max_age_seconds``)
+  and how long the node took to rejoin (routes to both peers, ``/healthz`` ok, every
+  replica of both streams current).
 
 Recovery time, defined precisely: the reference instant is the injection for the kills
 and the end of the fault for ``nats-outage`` and ``all-pickers-down`` (restart issued).
@@ -481,9 +482,12 @@ async def cluster_report(args: argparse.Namespace) -> list[str]:
             cluster, time_scale=args.time_scale, autoscaler=False, round_robin_envoy=False
         )
         async with Stack(config) as stack:
-            say("NATS node leading the endpoint stream SIGKILLed, restarted after 8 s ...")
+            say("NATS node leading the endpoint stream SIGKILLed, restarted once the views are fresh ...")
             run, _ = await nats_node_killed(stack, cluster)
-    what = "SIGKILL of the endpoint-stream leader of a 3-node cluster (streams R3), restarted after 8 s"
+    what = (
+        "SIGKILL of the endpoint-stream leader of a 3-node cluster (streams R3), "
+        "restarted 1 s after the views are fresh"
+    )
     return [row(run, what)]
 
 
