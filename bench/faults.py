@@ -18,7 +18,13 @@ Faults:
   Envoy whose picker cluster has no outlier detection (:func:`without_outlier_detection`),
   the baseline: only the gRPC health check removes the dead replica there;
 * ``all-pickers-down``: every picker SIGKILLed for 5 s, then restarted, seen through the
-  FailClose and the FailOpen Envoy at the same time.
+  FailClose and the FailOpen Envoy at the same time;
+* ``nats-node-killed``: on a second stack whose NATS is a 3-node JetStream cluster (streams
+  R3, every service given the three URLs), SIGKILL of the node leading the endpoint
+  stream, restarted 1 s after every picker's view is fresh again without it; the notes
+  give the worst picker view age during the fault (``infergate_picker_view_max_age_seconds``)
+  and how long the node took to rejoin (routes to both peers, ``/healthz`` ok, every
+  replica of both streams current).
 
 Recovery time, defined precisely: the reference instant is the injection for the kills
 and the end of the fault for ``nats-outage`` and ``all-pickers-down`` (restart issued).
@@ -50,7 +56,9 @@ from typing import Any
 import aiohttp
 
 from bench.loadgen import LoadItem, LoadResult, RequestRecord, run_load
+from bench.natscluster import NatsCluster
 from bench.stack import BASE_MODEL, Stack, StackConfig, metric_samples
+from shared.subjects import Subjects
 
 DEFAULT_OUT = Path("bench/results/faults.md")
 SHORT_PROMPT = "Summarize the following: the quick brown fox jumps over the lazy dog. " * 2
@@ -242,6 +250,126 @@ async def all_pickers_down(
     return runs
 
 
+SERVICES = ("collector", "picker", "autoscaler")
+
+
+def cluster_stack_config(cluster: NatsCluster, **kwargs: Any) -> StackConfig:
+    """A stack on ``cluster``: every service gets the three URLs and creates the streams R3."""
+    replicas = ("--nats-stream-replicas", str(len(cluster.nodes)))
+    return StackConfig(nats_url=cluster.urls, nats_args={s: replicas for s in SERVICES}, **kwargs)
+
+
+async def stream_replicas_current(cluster: NatsCluster) -> bool:
+    """Both InferGate streams have a leader and every replica is online and current."""
+    import nats
+
+    subjects = Subjects()
+    nc = await nats.connect(cluster.url_list, connect_timeout=2, max_reconnect_attempts=2)
+    try:
+        js = nc.jetstream(timeout=2)
+        for stream in (subjects.endpoint_stream, subjects.event_stream):
+            info = (await js.stream_info(stream)).cluster
+            replicas = (info.replicas or []) if info else []
+            if not info or not info.leader or len(replicas) != len(cluster.nodes) - 1:
+                return False
+            if not all(r.current and not r.offline for r in replicas):
+                return False
+        return True
+    except Exception:
+        return False
+    finally:
+        await nc.close()
+
+
+async def endpoint_stream_leader(cluster: NatsCluster) -> str:
+    import nats
+
+    nc = await nats.connect(cluster.url_list, connect_timeout=2)
+    try:
+        info = await nc.jetstream(timeout=2).stream_info(Subjects().endpoint_stream)
+        assert info.cluster is not None and info.cluster.leader, "the endpoint stream has no leader"
+        return info.cluster.leader
+    finally:
+        await nc.close()
+
+
+@dataclass
+class ClusterFault:
+    """What :func:`nats_node_killed` saw besides the clients' records."""
+
+    node: str = ""
+    worst_view_age_s: float = 0.0  # the oldest metrics any picker routed from while the node was down
+    fresh_after_s: float | None = None  # from the kill until every picker's view is fresh again (node down)
+    ready_pods_seen: set[float] = field(default_factory=set)  # every picker's ready-pod count, sampled
+    rejoined_s: float | None = None  # from the restart until the node is routed and current
+
+
+async def nats_node_killed(
+    stack: Stack, cluster: NatsCluster, *, lead_s: float = 3.0, down_s: float = 15.0, tail_s: float = 4.0
+) -> tuple[FaultRun, ClusterFault]:
+    """SIGKILL the node leading the endpoint stream under load; restart it 1 s after every
+    picker's view is fresh again without it, or after ``down_s`` at the latest.
+
+    The live feed of a picker is a JetStream consumer of the endpoint stream, so it stalls
+    until the surviving nodes elect a new stream leader (NATS's Raft election timeout is
+    several seconds) and the consumer is recreated there; the pickers route from their last
+    view meanwhile.
+    """
+    seen = ClusterFault()
+
+    async def watch(until: asyncio.Event) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while not until.is_set():
+                seen.worst_view_age_s = max(seen.worst_view_age_s, await picker_view_max_age(stack))
+                for p in stack.pickers:
+                    try:
+                        async with session.get(f"http://127.0.0.1:{p.metrics_port}/metrics") as resp:
+                            page = await resp.text()
+                    except (aiohttp.ClientError, TimeoutError):
+                        seen.ready_pods_seen.add(math.nan)  # a picker that cannot be asked shows
+                        continue
+                    seen.ready_pods_seen.update(metric_samples(page, "inference_pool_ready_pods"))
+                await asyncio.sleep(0.2)
+
+    async def fault(now: Callable[[], float]) -> tuple[float, float]:
+        await asyncio.sleep(lead_s)
+        node = cluster.node(await endpoint_stream_leader(cluster))
+        seen.node = node.name
+        done = asyncio.Event()
+        watcher = asyncio.create_task(watch(done))
+        injected = now()
+        try:
+            await asyncio.to_thread(cluster.kill_node, node)
+            # A view younger than 1 s at kill + 2 s holds metrics that arrived after the kill.
+            await asyncio.sleep(2.0)
+            waited = await wait_view_fresh(stack, timeout_s=down_s - 2.0)
+            seen.fresh_after_s = None if waited is None else 2.0 + waited
+            await asyncio.sleep(1.0)
+        finally:
+            done.set()
+            await watcher
+        restarted = time.monotonic()
+        await asyncio.to_thread(cluster.start_node, node)
+        await asyncio.to_thread(cluster.wait_healthy, 30.0)
+        for _ in range(150):  # the replicas catch up within a few seconds; give up after ~30 s
+            if await stream_replicas_current(cluster):
+                seen.rejoined_s = time.monotonic() - restarted
+                break
+            await asyncio.sleep(0.2)
+        return injected, injected
+
+    total = lead_s + down_s + tail_s
+    run = (await with_load("nats-node-killed", {"gw": stack.gateway_url}, fault, total))["gw"]
+    run.notes["node"] = f"{seen.node} (endpoint stream leader)"
+    run.notes["worst view age while down"] = f"{seen.worst_view_age_s:.1f} s"
+    fresh = "not while down" if seen.fresh_after_s is None else f"{seen.fresh_after_s:.1f} s after the kill"
+    run.notes["pickers' views fresh again"] = fresh
+    run.notes["ready pods seen"] = "/".join(f"{v:g}" for v in sorted(seen.ready_pods_seen))
+    rejoin = "not within 30 s" if seen.rejoined_s is None else f"{seen.rejoined_s:.1f} s after the restart"
+    run.notes["rejoined"] = rejoin
+    return run, seen
+
+
 def without_outlier_detection(bootstrap: dict) -> None:
     """The baseline: the generated bootstrap minus outlier detection on the picker cluster.
 
@@ -276,7 +404,27 @@ HEADER = (
 )
 
 
+FAULTS = (
+    "nats-outage",
+    "collector-killed",
+    "pod-killed",
+    "picker-killed",
+    "all-pickers-down",
+    "nats-node-killed",
+)
+
+
 async def report(args: argparse.Namespace) -> list[str]:
+    rows: list[str] = []
+    only = set(args.only or FAULTS)
+    if only & set(FAULTS[:-1]):
+        rows += await single_node_report(args, only)
+    if "nats-node-killed" in only:
+        rows += await cluster_report(args)
+    return rows
+
+
+async def single_node_report(args: argparse.Namespace, only: set[str]) -> list[str]:
     rows: list[str] = []
     config = StackConfig(time_scale=args.time_scale, autoscaler=False, round_robin_envoy=False)
     say("starting the stack (NATS, 4 sim pods, 2 collectors, 2 pickers, Envoy FailClose + FailOpen)")
@@ -285,40 +433,76 @@ async def report(args: argparse.Namespace) -> list[str]:
         baseline = await stack.add_gateway("FailClose", without_outlier_detection)
         say(f"stack ready (logs: {stack.log_dir}); {args.qps:g} req/s of short Critical requests")
 
-        say("NATS stopped for 10 s ...")
-        run = await nats_outage(stack)
-        rows.append(row(run, "nats-server stopped 10 s, restarted (JetStream in memory: rebuilt)"))
+        if "nats-outage" in only:
+            say("NATS stopped for 10 s ...")
+            run = await nats_outage(stack)
+            rows.append(row(run, "nats-server stopped 10 s, restarted (JetStream in memory: rebuilt)"))
 
-        collector = stack.collectors[stack.nodes[-1]]
-        say("collector SIGKILL ...")
-        run = await kill_and_restore(stack, "collector-killed", collector.kill, lambda: collector.start(60))
-        run.notes["view"] = "node's pods kept as stale, routable"
-        rows.append(row(run, f"SIGKILL collector of {stack.nodes[-1]} (2 pods)"))
+        if "collector-killed" in only:
+            collector = stack.collectors[stack.nodes[-1]]
+            say("collector SIGKILL ...")
+            restore = lambda: collector.start(60)  # noqa: E731
+            run = await kill_and_restore(stack, "collector-killed", collector.kill, restore)
+            run.notes["view"] = "node's pods kept as stale, routable"
+            rows.append(row(run, f"SIGKILL collector of {stack.nodes[-1]} (2 pods)"))
 
-        pod = stack.pods[-1]
-        say("pod SIGKILL ...")
-        before = await retries(stack)
-        run = await kill_and_restore(stack, "pod-killed", pod.process.kill, lambda: pod.process.start(60))
-        tried, won = (a - b for a, b in zip(await retries(stack), before, strict=True))
-        run.notes["Envoy fallback retries"] = f"{tried} ({won} succeeded)"
-        rows.append(row(run, f"SIGKILL sim pod {pod.plan.name}"))
+        if "pod-killed" in only:
+            pod = stack.pods[-1]
+            say("pod SIGKILL ...")
+            before = await retries(stack)
+            run = await kill_and_restore(stack, "pod-killed", pod.process.kill, lambda: pod.process.start(60))
+            tried, won = (a - b for a, b in zip(await retries(stack), before, strict=True))
+            run.notes["Envoy fallback retries"] = f"{tried} ({won} succeeded)"
+            rows.append(row(run, f"SIGKILL sim pod {pod.plan.name}"))
 
-        picker = stack.pickers[-1]
-        say("picker replica SIGKILL (generated Envoy and an Envoy without outlier detection) ...")
-        urls = {"generated": stack.gateway_url, "baseline": baseline}
-        runs = await kill_and_restore(
-            stack, "picker-killed", picker.process.kill, lambda: picker.process.start(60), after_s=10.0,
-            urls=urls,
-        )  # fmt: skip
-        rows.append(row(runs["generated"], f"SIGKILL {picker.name} of 2"))
-        runs["baseline"].name = "picker-killed (no outlier detection)"
-        what = "the same kill, seen by an Envoy without outlier detection on the picker cluster"
-        rows.append(row(runs["baseline"], what))
+        if "picker-killed" in only:
+            picker = stack.pickers[-1]
+            say("picker replica SIGKILL (generated Envoy and an Envoy without outlier detection) ...")
+            urls = {"generated": stack.gateway_url, "baseline": baseline}
+            runs = await kill_and_restore(
+                stack, "picker-killed", picker.process.kill, lambda: picker.process.start(60), after_s=10.0,
+                urls=urls,
+            )  # fmt: skip
+            rows.append(row(runs["generated"], f"SIGKILL {picker.name} of 2"))
+            runs["baseline"].name = "picker-killed (no outlier detection)"
+            what = "the same kill, seen by an Envoy without outlier detection on the picker cluster"
+            rows.append(row(runs["baseline"], what))
 
-        say("all pickers down for 5 s (FailClose and FailOpen Envoys side by side) ...")
-        for mode, run in (await all_pickers_down(stack, fail_open)).items():
-            rows.append(row(run, f"SIGKILL both pickers, restarted after 5 s; Envoy {mode}"))
+        if "all-pickers-down" in only:
+            say("all pickers down for 5 s (FailClose and FailOpen Envoys side by side) ...")
+            for mode, run in (await all_pickers_down(stack, fail_open)).items():
+                rows.append(row(run, f"SIGKILL both pickers, restarted after 5 s; Envoy {mode}"))
     return rows
+
+
+async def cluster_report(args: argparse.Namespace) -> list[str]:
+    say("starting a 3-node NATS cluster and a stack on it (streams R3) ...")
+    with NatsCluster() as cluster:
+        config = cluster_stack_config(
+            cluster, time_scale=args.time_scale, autoscaler=False, round_robin_envoy=False
+        )
+        async with Stack(config) as stack:
+            say("NATS node leading the endpoint stream SIGKILLed, restarted once the views are fresh ...")
+            run, _ = await nats_node_killed(stack, cluster)
+    what = (
+        "SIGKILL of the endpoint-stream leader of a 3-node cluster (streams R3), "
+        "restarted 1 s after the views are fresh"
+    )
+    return [row(run, what)]
+
+
+def merge_rows(text: str, rows: list[str]) -> str:
+    """``text`` (a report) with its table rows of the same faults replaced, new ones appended."""
+    lines = text.splitlines()
+    new = {r.split("|")[1].strip(): r for r in rows}
+    table = [i for i, line in enumerate(lines) if line.startswith("| ") and not line.startswith("| fault |")]
+    for i in table:
+        name = lines[i].split("|")[1].strip()
+        if name in new:
+            lines[i] = new.pop(name)
+    at = (table[-1] + 1) if table else len(lines)
+    lines[at:at] = list(new.values())
+    return "\n".join(lines) + "\n"
 
 
 def say(msg: str) -> None:
@@ -330,13 +514,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qps", type=float, default=15.0, help="Poisson rate of short requests (wall req/s)")
     ap.add_argument("--time-scale", type=float, default=10.0, help="sim wall seconds per H100 second")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report ('' = none)")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=FAULTS,
+        help="run only these faults; their rows replace (or join) those already in --out",
+    )
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     rows = asyncio.run(report(args))
     table = "\n".join([HEADER, *rows])
     print(table)
     took = time.monotonic() - started
-    if str(args.out):
+    if str(args.out) and args.only and args.out.exists():
+        args.out.write_text(merge_rows(args.out.read_text(), rows))
+        say(f"updated {len(rows)} row(s) of {args.out}")
+    elif str(args.out):
         machine = (
             f"{os.cpu_count()} cores, Python {platform.python_version()}, "
             f"{platform.system()} {platform.machine()}"

@@ -61,6 +61,11 @@ class StackConfig:
     autoscaler: bool = True
     round_robin_envoy: bool = True
     unknown_model_policy: str = "reject"
+    # A NATS the caller runs (comma-separated URLs: a cluster, a locked-down server); None
+    # starts a plain nats-server. ``nats_args`` adds NATS flags per service ("collector",
+    # "picker", "autoscaler"): credentials, TLS, inbox prefix, stream replicas.
+    nats_url: str | None = None
+    nats_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
     work_dir: Path | None = None  # logs and config files; a temp dir when None
     keep_work_dir: bool = False
     models_yaml: str = field(
@@ -154,7 +159,8 @@ class Stack:
 
     async def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self.nats.start)
+        if self.config.nats_url is None:
+            await asyncio.to_thread(self.nats.start)
         self._write_config()
         self.pods = [self._pod(plan) for plan in self.config.pods]
         await asyncio.gather(*(p.process.start(60) for p in self.pods))
@@ -233,6 +239,13 @@ class Stack:
         return sorted({p.node for p in self.config.pods})
 
     @property
+    def nats_url(self) -> str:
+        return self.config.nats_url or self.nats.url
+
+    def _nats_flags(self, service: str) -> list[str]:
+        return ["--nats-url", self.nats_url, *self.config.nats_args.get(service, ())]
+
+    @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.envoy_port}"
 
@@ -299,7 +312,7 @@ class Stack:
             "--discovery", "static",
             "--targets-file", str(path),
             "--node-name", node,
-            "--nats-url", self.nats.url,
+            *self._nats_flags("collector"),
             "--ops-host", "127.0.0.1",
             "--ops-port", str(ops),
         )  # fmt: skip
@@ -323,7 +336,7 @@ class Stack:
             "--config-files", str(self.work_dir / "pool.yaml"),
             "--unknown-model-policy", self.config.unknown_model_policy,
             "--replica-name", name,
-            "--nats-url", self.nats.url,
+            *self._nats_flags("picker"),
             *self.config.picker_args,
         )  # fmt: skip
         proc = ServiceProcess(name, argv, self.log_dir, ready_url=f"http://127.0.0.1:{metrics_port}/readyz")
@@ -333,7 +346,7 @@ class Stack:
         self.autoscaler_port, ops = free_port(), free_port()
         argv = python_module(
             "autoscaler",
-            "--nats-url", self.nats.url,
+            *self._nats_flags("autoscaler"),
             "--bind-address", "127.0.0.1",
             "--secure-port", str(self.autoscaler_port),
             "--ops-host", "127.0.0.1",

@@ -25,12 +25,21 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.bus import BusError, Handler, NoStream, raise_if_cancelling
-from shared.natsconn import NatsOptions, StreamSettings, connect, ensure_streams
+from shared.natsconn import NatsOptions, StreamSettings, connect, ensure_streams, with_replicas
 from shared.subjects import Subjects
 
 __all__ = ["NatsBus"]
 
 log = logging.getLogger(__name__)
+
+# The last-value consumer's idle heartbeat. nats-py recreates an ordered consumer after two
+# missed heartbeats (and retries at that pace), so this bounds how long the live view stalls
+# when the server holding the consumer dies: on a NATS cluster, the stream's leader node.
+LIVE_HEARTBEAT_S = 0.5
+# JetStream API calls that (re)build a subscription. A stream without a leader (a cluster
+# electing a new one after a node loss) answers nothing; a short timeout lets the caller's
+# retry loop get through soon after the election instead of waiting out nats-py's 5 s.
+JS_API_TIMEOUT_S = 2.0
 
 
 class _NatsSub:
@@ -72,7 +81,7 @@ class NatsBus:
         stream_settings: StreamSettings | None = None,
     ) -> NatsBus:
         """Connect (retrying until NATS answers or ``stop`` is set) and wrap the client."""
-        bus = cls(None, opts.subjects, stream_settings)
+        bus = cls(None, opts.subjects, with_replicas(stream_settings, opts))
         bus.nc = await connect(
             opts, on_disconnected=bus._disconnected, on_reconnected=bus._reconnected, stop=stop
         )
@@ -122,10 +131,11 @@ class NatsBus:
     # -- stored traffic ------------------------------------------------------------------------
 
     async def ensure_streams(self) -> None:
-        await ensure_streams(self.nc.jetstream(), self.subjects, self.stream_settings)
+        js = self.nc.jetstream(timeout=JS_API_TIMEOUT_S)
+        await ensure_streams(js, self.subjects, self.stream_settings)
 
     async def follow_last_values(self, subject: str, handler: Handler) -> _NatsSub:
-        js = self.nc.jetstream()
+        js = self.nc.jetstream(timeout=JS_API_TIMEOUT_S)
         # Subjects the stream holds right now: zero means the bootstrap is trivially complete
         # (no message would ever say num_pending == 0).
         info = await js.stream_info(self.subjects.endpoint_stream, subjects_filter=subject)
@@ -144,10 +154,11 @@ class NatsBus:
 
         out.sub = await js.subscribe(
             subject,
-            cb=cb,
+            stream=self.subjects.endpoint_stream,  # named: no stream lookup by subject, no
+            cb=cb,  # need for the STREAM.NAMES permission on a locked-down server
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            idle_heartbeat=2.0,
+            idle_heartbeat=LIVE_HEARTBEAT_S,
         )
         if held == 0:
             out.caught_up.set()

@@ -3,12 +3,15 @@
 :func:`connect` keeps trying until the first connection succeeds (nats-py gives up on a
 failed first connect) and then lets nats-py reconnect forever. Options mirror the
 ``nats`` CLI: server URL list, user/password, token, a creds file, an nkey seed file,
-TLS CA/cert/key. Each is a flag with an ``INFERGATE_NATS_*`` environment fallback.
+TLS CA/cert/key, plus the inbox prefix (so a locked-down server can give each service its
+own reply subjects) and the streams' replica count (3 on a clustered NATS). Each is a flag
+with an ``INFERGATE_NATS_*`` environment fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -41,6 +44,10 @@ class NatsOptions:
     tls_key: str | None = None
     name: str = "infergate"
     subject_prefix: str = "infergate"
+    # Replies (JetStream API answers, consumer deliveries) arrive under this prefix; a
+    # per-service prefix lets the server's permissions keep services out of each other's.
+    inbox_prefix: str = "_INBOX"
+    stream_replicas: int = 1  # JetStream replicas of the streams this service creates
     connect_timeout: float = 2.0
     reconnect_wait: float = 0.5
 
@@ -70,6 +77,19 @@ def add_nats_flags(parser: Any) -> None:
     parser_add("--nats-tls-cert", default=None, help="client certificate for NATS mutual TLS")
     parser_add("--nats-tls-key", default=None, help="client key for NATS mutual TLS")
     parser_add("--subject-prefix", default="infergate", help="prefix of every InferGate NATS subject")
+    parser_add(
+        "--nats-inbox-prefix",
+        default="_INBOX",
+        help="subject prefix of this client's reply inboxes (one per service on a locked-down NATS)",
+    )
+    parser_add(
+        "--nats-stream-replicas",
+        type=int,
+        default=1,
+        choices=range(1, 6),
+        metavar="{1..5}",
+        help="JetStream replicas of InferGate's streams (3 on a 3-node cluster; same on every service)",
+    )
 
 
 def options_from_args(args: Any, name: str) -> NatsOptions:
@@ -85,6 +105,8 @@ def options_from_args(args: Any, name: str) -> NatsOptions:
         tls_key=args.nats_tls_key,
         name=name,
         subject_prefix=args.subject_prefix,
+        inbox_prefix=args.nats_inbox_prefix,
+        stream_replicas=args.nats_stream_replicas,
     )
 
 
@@ -127,6 +149,7 @@ async def connect(
         reconnected_cb=_reconnected_cb,
         ping_interval=5,
         max_outstanding_pings=2,
+        inbox_prefix=opts.inbox_prefix,
     )
     if opts.user:
         kwargs.update(user=opts.user, password=opts.password)
@@ -174,6 +197,16 @@ class StreamSettings:
     endpoint_max_age_s: float = 60.0  # a dead collector's last snapshots vanish after this
     event_max_age_s: float = 30.0  # how far back a restarted picker replays peers' events
     event_max_bytes: int = 64 * 1024 * 1024
+    # 1 keeps each stream on one server (its data is rebuilt within seconds anyway); 3 on a
+    # 3-node cluster keeps the last values and recent events through the loss of a node.
+    replicas: int = 1
+
+
+def with_replicas(settings: StreamSettings | None, opts: NatsOptions) -> StreamSettings:
+    """``settings`` (or the defaults) with the replica count of ``opts`` (``--nats-stream-replicas``),
+    unless ``settings`` already asks for more than one replica itself."""
+    s = settings or StreamSettings()
+    return s if s.replicas != 1 else dataclasses.replace(s, replicas=opts.stream_replicas)
 
 
 async def ensure_streams(
@@ -190,7 +223,7 @@ async def ensure_streams(
             max_msgs_per_subject=1,
             max_age=s.endpoint_max_age_s,
             discard=DiscardPolicy.OLD,
-            num_replicas=1,
+            num_replicas=s.replicas,
         ),
         StreamConfig(
             name=subjects.event_stream,
@@ -200,7 +233,7 @@ async def ensure_streams(
             max_age=s.event_max_age_s,
             max_bytes=s.event_max_bytes,
             discard=DiscardPolicy.OLD,
-            num_replicas=1,
+            num_replicas=s.replicas,
         ),
     ]
     for cfg in wanted:
