@@ -103,13 +103,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="ShareGPT load, H100 req/s (4 pods; default 65 on real data, 80 on the fit)",
     )
     p.add_argument("--prefix-qps", type=float, default=16.0, help="shared-prefix load, H100 req/s (4 pods)")
-    p.add_argument("--duration", type=float, default=30.0, help="wall seconds of sending per run")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="wall seconds of sending per run (default per phase: ShareGPT 80, shared prefix 30)",
+    )
     p.add_argument(
         "--time-scale",
         type=float,
-        default=1.0,
-        help="wall seconds per simulated H100 second (raise it on a slow machine; keep duration/scale "
-        "well above a request's lifetime, ~5 s)",
+        default=None,
+        help="wall seconds per simulated H100 second (default per phase: ShareGPT 8, shared prefix 1; "
+        "raise it on a slow machine; keep duration/scale well above a request's lifetime, ~5 s)",
     )
     p.add_argument("--phases", default="sharegpt,prefix", help="which phases to run, comma-separated")
     p.add_argument("--pickers", type=int, default=2, help="picker replicas")
@@ -147,6 +152,22 @@ def sharegpt_source(args: argparse.Namespace) -> str:
     return "sharegpt" if args.sharegpt_convs else "sharegpt-like"
 
 
+# (time scale, wall seconds of sending) per phase when the flags leave them unset. The
+# ShareGPT phase streams ~300 tokens per response, and every SSE chunk crosses the picker
+# over ext_proc: at real time (scale 1) the picker processes, not the pods, are the
+# bottleneck on 2 cores (issue #20, our cost per request), so that phase runs 8x slower
+# than real time, where both routes have CPU to spare and the table compares routing.
+PHASE_DEFAULTS = {"sharegpt": (8.0, 80.0), "prefix": (1.0, 30.0)}
+
+
+def _per_phase(args: argparse.Namespace, phase: str) -> tuple[float, float]:
+    scale, duration = PHASE_DEFAULTS[phase]
+    return (
+        args.time_scale if args.time_scale is not None else scale,
+        args.duration if args.duration is not None else duration,
+    )
+
+
 def phases(args: argparse.Namespace) -> list[Phase]:
     convs = args.sharegpt_convs
     if convs:
@@ -156,13 +177,15 @@ def phases(args: argparse.Namespace) -> list[Phase]:
             return sharegpt_real_items(convs, seed)
     else:
         name, sharegpt = "ShareGPT-like", sharegpt_like_items
+    sg_scale, sg_duration = _per_phase(args, "sharegpt")
+    px_scale, px_duration = _per_phase(args, "prefix")
     every = {
-        "sharegpt": Phase(name, args.time_scale, args.sharegpt_qps, args.duration, sharegpt),
+        "sharegpt": Phase(name, sg_scale, args.sharegpt_qps, sg_duration, sharegpt),
         "prefix": Phase(
             "shared prefix",
-            args.time_scale,
+            px_scale,
             args.prefix_qps,
-            args.duration,
+            px_duration,
             shared_prefix_items,
             sim_args=("--kv-capacity-tokens", "30000"),
         ),
@@ -331,9 +354,13 @@ def write_report(
     report = args.out / "demo.md"
     plot = plot_latency(args, results)
     command = (
-        f"infergate-bench demo --time-scale {args.time_scale:g} --sharegpt-qps {args.sharegpt_qps:g} "
-        f"--prefix-qps {args.prefix_qps:g} "
-        f"--duration {args.duration:g} --pickers {args.pickers} --profile {args.profile} --seed {args.seed}"
+        f"infergate-bench demo --sharegpt-qps {args.sharegpt_qps:g} --prefix-qps {args.prefix_qps:g} "
+        + "".join(f"--time-scale {v:g} " for v in [args.time_scale] if v is not None)
+        + "".join(f"--duration {v:g} " for v in [args.duration] if v is not None)
+        + f"--pickers {args.pickers} --profile {args.profile} --seed {args.seed}"
+        + " (per phase: "
+        + "; ".join(f"{p.name} time scale {p.time_scale:g}, {p.duration:g} s" for p in phases(args))
+        + ")"
     )
     lines = [
         "# `make demo`: the InferGate picker against Envoy round-robin",

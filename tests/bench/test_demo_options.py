@@ -30,3 +30,12 @@ def test_the_sharegpt_phase_uses_real_conversations_when_loaded_and_the_fit_othe
     items = list(itertools.islice(phase.workload(1), 3))
     assert sorted(it.max_tokens for it in items) == [30, 31, 32]
     assert demo.SHAREGPT_QPS["sharegpt"] < demo.SHAREGPT_QPS["sharegpt-like"]
+
+
+def test_each_phase_has_its_own_time_scale_unless_the_flags_set_one_for_all():
+    (sharegpt, prefix) = demo.phases(demo.parse_args([]))
+    assert (sharegpt.time_scale, sharegpt.duration) == demo.PHASE_DEFAULTS["sharegpt"]
+    assert (prefix.time_scale, prefix.duration) == demo.PHASE_DEFAULTS["prefix"]
+    assert sharegpt.time_scale > prefix.time_scale  # streamed ShareGPT needs CPU headroom
+    both = demo.phases(demo.parse_args(["--time-scale", "2", "--duration", "10"]))
+    assert {(p.time_scale, p.duration) for p in both} == {(2.0, 10.0)}
