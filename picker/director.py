@@ -31,7 +31,7 @@ from shared.errors import error_body
 from shared.hashing import prefix_block_hashes
 from shared.tokens import estimate_tokens
 
-from .body import BodyError, ParsedRequest, parse_request
+from .body import BodyError, ParsedRequest, parse_request, path_kind
 from .hooks import EventSink
 from .metrics import PickerMetrics, RequestLabels
 from .models import ModelTable, UnknownModel
@@ -363,7 +363,8 @@ class Director:
     def route_headers_only(
         self, hdr: RequestHeaders, subset: list[str] | None
     ) -> tuple[str, str] | Rejected | Answered:
-        """A request without a body: ``GET /v1/models`` is answered here; others go to any ready endpoint.
+        """A request without a body: ``GET /v1/models`` is answered here, an inference call
+        (``POST …/completions``) is a 400; others go to any ready endpoint.
 
         No model work is involved, so the scheduler and the accounting are bypassed: the
         least busy ready candidate (fresh metrics first) answers. Returns the
@@ -372,6 +373,10 @@ class Director:
         try:
             if is_models_request(hdr):
                 return self.models_answer(hdr)
+            if path_kind(hdr.path) != "other" and hdr.method not in ("GET", "HEAD", "OPTIONS"):
+                # An inference call without a body (Content-Length: 0): ours to refuse, the
+                # pod would only answer the same 400 after a pointless trip.
+                return self.reject(400, "request body is empty", request_id=hdr.request_id)
             if not self.is_ready():
                 return self.not_ready(hdr.request_id)
             cands = self.candidates(hdr, subset)
