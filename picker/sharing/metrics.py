@@ -27,7 +27,7 @@ class SharingMetrics:
         )
         self.dropped_events = Counter(
             "infergate_sharing_dropped_events_total",
-            "own events never published (buffer full while NATS is away, too old, publish error)",
+            "own events never published (buffer full while NATS away, too old, publish or encode error)",
             ["reason"],
             registry=r,
         )
