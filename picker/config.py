@@ -84,6 +84,12 @@ class PickerConfig:
         "route as Sheddable (priority -100), or 404",
     )
     max_body_bytes: int = setting(8 * 1024 * 1024, group=SCHEDULING, help="larger bodies get 413")
+    max_request_headers: int = setting(
+        100,
+        group=SCHEDULING,
+        help="Envoy's max_headers_count: a request whose headers plus the picker's own would pass it "
+        "gets 431 (0: no check)",
+    )
     refresh_metrics_interval: float = setting(
         0.05,
         group=SCHEDULING,
