@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import setting
 from shared.natsconn import NatsOptions
+
+from .sharing.settings import default_replica_name
 
 __all__ = ["BODY_MODES", "PickerConfig"]
 
@@ -123,7 +124,7 @@ class PickerConfig:
         help="follow the pool view over NATS",
     )
     # Filled from the peer-sharing flags (picker.sharing.settings).
-    replica_name: str = field(default_factory=socket.gethostname)
+    replica_name: str = field(default_factory=default_replica_name)
     # picker.sharing.SharingSettings: peer sharing over the same NATS connection (None: off)
     sharing: Any = None
 

@@ -22,6 +22,7 @@ self-describing. Events older than ``max_event_age`` (the stream's age) are drop
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import deque
 from collections.abc import Callable
 
@@ -57,6 +58,8 @@ class EventBatcher:
         self.namespace = namespace
         self.pool = pool
         self.replica = settings.replica
+        # This process's id in every batch and heartbeat: tells two replicas with one name apart.
+        self.instance = secrets.token_hex(8)
         self.subject = subjects.events(namespace, pool, settings.replica)
         self.flush_interval = settings.flush_interval_s
         self.max_batch = max(1, settings.max_batch)
@@ -161,7 +164,7 @@ class EventBatcher:
         if not buf:
             # the same comparison as due(): a heartbeat is due exactly when due() says so
             if heartbeat and self.clock() >= self.last_publish + self.heartbeat_interval:
-                return [(EventBatch(replica=self.replica, events=[], ts=self.clock()), 0)]
+                return [(self._batch([]), 0)]
             return []
         out: list[tuple[Message, int]] = []
         while buf:
@@ -172,8 +175,11 @@ class EventBatcher:
                 continue
             n = min(len(buf), self.max_batch)
             events = [buf.popleft() for _ in range(n)]
-            out.append((EventBatch(replica=self.replica, events=events, ts=self.clock()), n))
+            out.append((self._batch(events), n))
         return out
+
+    def _batch(self, events: list[Assignment | Completion]) -> EventBatch:
+        return EventBatch(replica=self.replica, events=events, ts=self.clock(), instance=self.instance)
 
     def encode(self, message: Message, n_events: int) -> tuple[bytes | None, Message, int]:
         """The wire bytes of a message; an event that cannot be encoded is dropped alone.
@@ -199,7 +205,7 @@ class EventBatcher:
             good.append(ev)
         if not good:
             return None, message, 0
-        batch = EventBatch(replica=message.replica, events=good, ts=message.ts)
+        batch = EventBatch(replica=message.replica, events=good, ts=message.ts, instance=message.instance)
         return encode(batch), batch, len(good)
 
     def _bad_event(self, ev: Assignment | Completion, exc: Exception) -> None:

@@ -77,4 +77,9 @@ class SharingMetrics:
             "peers declared gone after missing heartbeats (their open requests released)",
             registry=r,
         )
+        self.name_conflicts = Counter(
+            "infergate_sharing_replica_name_conflicts_total",
+            "messages on this replica's own subject published by another live process under its name",
+            registry=r,
+        )
         self.ready = Gauge("infergate_sharing_ready", "1 once the initial replay is done", registry=r)
