@@ -32,6 +32,12 @@ _top = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _any = msgspec.json.Decoder()
 _encode = msgspec.json.encode
 
+# The largest integer a request may carry where the picker reads one (``max_tokens``, token
+# ids): vLLM's own fields are 32-bit, and anything larger would overflow the 64-bit integers
+# of the shared events (msgspec) and the pool state. Refused at the edge with a 400.
+MAX_INT = 2**31 - 1
+_NESTING = "request body is nested too deeply"
+
 
 class BodyError(Exception):
     """A client error found in the request body: becomes an ImmediateResponse."""
@@ -84,6 +90,8 @@ def path_kind(path: str) -> str:
 def _decode(raw: msgspec.Raw, name: str) -> Any:
     try:
         return _any.decode(raw)
+    except RecursionError as exc:  # msgspec gives up on deep nesting: a client error
+        raise BodyError(400, f"{_NESTING} in '{name}'", name) from exc
     except msgspec.DecodeError as exc:  # pragma: no cover - the top-level decode validated it
         raise BodyError(400, f"invalid JSON in '{name}': {exc}", name) from exc
 
@@ -132,16 +140,19 @@ def _prompt(value: Any) -> tuple[str, int]:
     if isinstance(value, list) and value:
         if all(isinstance(x, str) for x in value):
             return "".join(value), 0
-        if all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        if all(_token_id(x) for x in value):
             return " ".join(map(str, value)), len(value)
-        if all(
-            isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
-            for x in value
-        ):
+        if all(isinstance(x, list) and x and all(_token_id(t) for t in x) for x in value):
             return "\n".join(" ".join(map(str, x)) for x in value), sum(len(x) for x in value)
     raise BodyError(
-        400, "'prompt' must be a non-empty string, list of strings, or list of token ids", "prompt"
+        400,
+        f"'prompt' must be a non-empty string, list of strings, or list of token ids (0..{MAX_INT})",
+        "prompt",
     )
+
+
+def _token_id(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_INT
 
 
 def _int_field(fields: dict[str, msgspec.Raw], name: str) -> int:
@@ -151,8 +162,8 @@ def _int_field(fields: dict[str, msgspec.Raw], name: str) -> int:
     value = _decode(raw, name)
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BodyError(400, f"'{name}' must be a non-negative integer", name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        raise BodyError(400, f"'{name}' must be an integer from 0 to {MAX_INT}", name)
     return value
 
 
@@ -162,6 +173,8 @@ def parse_request(body: bytes, path: str) -> ParsedRequest:
         raise BodyError(400, "request body is empty")
     try:
         fields = _top.decode(body)
+    except RecursionError as exc:
+        raise BodyError(400, _NESTING) from exc
     except msgspec.ValidationError as exc:
         raise BodyError(400, "request body must be a JSON object") from exc
     except msgspec.DecodeError as exc:

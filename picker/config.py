@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import setting
 from shared.natsconn import NatsOptions
+
+from .sharing.settings import default_replica_name
 
 __all__ = ["BODY_MODES", "PickerConfig"]
 
@@ -84,6 +85,12 @@ class PickerConfig:
         "route as Sheddable (priority -100), or 404",
     )
     max_body_bytes: int = setting(8 * 1024 * 1024, group=SCHEDULING, help="larger bodies get 413")
+    max_request_headers: int = setting(
+        100,
+        group=SCHEDULING,
+        help="Envoy's max_headers_count: a request whose headers plus the picker's own would pass it "
+        "gets 431 (0: no check)",
+    )
     refresh_metrics_interval: float = setting(
         0.05,
         group=SCHEDULING,
@@ -117,7 +124,7 @@ class PickerConfig:
         help="follow the pool view over NATS",
     )
     # Filled from the peer-sharing flags (picker.sharing.settings).
-    replica_name: str = field(default_factory=socket.gethostname)
+    replica_name: str = field(default_factory=default_replica_name)
     # picker.sharing.SharingSettings: peer sharing over the same NATS connection (None: off)
     sharing: Any = None
 

@@ -31,7 +31,7 @@ from shared.errors import error_body
 from shared.hashing import prefix_block_hashes
 from shared.tokens import estimate_tokens
 
-from .body import BodyError, ParsedRequest, parse_request
+from .body import BodyError, ParsedRequest, parse_request, path_kind
 from .hooks import EventSink
 from .metrics import PickerMetrics, RequestLabels
 from .models import ModelTable, UnknownModel
@@ -48,6 +48,7 @@ _DROPPED = {
     400: Dropped.BAD_REQUEST,
     404: Dropped.UNKNOWN_MODEL,
     413: Dropped.BAD_REQUEST,
+    431: Dropped.BAD_REQUEST,
     429: Dropped.SATURATED,
     503: Dropped.NO_ENDPOINTS,
 }
@@ -66,6 +67,7 @@ class RequestHeaders:
     fairness_id: str | None = None
     selection: str | None = None  # test-epp-endpoint-selection (used only with the hooks on)
     content_length: int | None = None
+    count: int = 0  # header entries as Envoy sent them (pseudo-headers included)
     strip: list[str] = field(default_factory=list)  # client-sent x-gateway-destination-endpoint* keys
 
 
@@ -121,6 +123,7 @@ class Director:
         sink: EventSink | None = None,
         replica: str = "",
         max_body_bytes: int = 8 * 1024 * 1024,
+        max_request_headers: int = 100,
         is_ready=lambda: True,
         conformance_hooks: bool = False,
         destination_header_list: bool = False,
@@ -134,6 +137,7 @@ class Director:
         self.sink = sink
         self.replica = replica
         self.max_body_bytes = max_body_bytes
+        self.max_request_headers = max_request_headers
         self.is_ready = is_ready
         # Honour test-epp-endpoint-selection and echo the served endpoint (conformance only:
         # otherwise any client could pin itself to a pod).
@@ -177,6 +181,29 @@ class Director:
     def not_ready(self, request_id: str, model: str = "") -> Rejected:
         return self.reject(
             503, "the endpoint picker is not ready", model, request_id=request_id, dropped=Dropped.NOT_READY
+        )
+
+    def check_header_count(self, hdr: RequestHeaders, has_body: bool) -> Rejected | None:
+        """431 when the headers we add would push the request past Envoy's header limit.
+
+        Envoy checks the count after applying our mutation and, past its
+        ``max_headers_count`` (100 by default), fails the request with an empty 503. Refusing
+        here instead gives the client the reason (431, like Envoy's own answer to a request
+        with too many headers). Counted: the headers Envoy sent us, pseudo-headers included,
+        plus the ones we add (the destination; a generated request id; a content length),
+        minus the ones we strip.
+        """
+        limit = self.max_request_headers
+        if limit <= 0:
+            return None
+        added = 1 + int(hdr.request_id_generated) + int(has_body and hdr.content_length is None)
+        if hdr.count - len(hdr.strip) + added <= limit:
+            return None
+        return self.reject(
+            431,
+            f"too many request headers: the gateway allows {limit} including its own "
+            f"({hdr.count} received); send fewer headers",
+            request_id=hdr.request_id,
         )
 
     # -- candidates -------------------------------------------------------------------------
@@ -363,7 +390,8 @@ class Director:
     def route_headers_only(
         self, hdr: RequestHeaders, subset: list[str] | None
     ) -> tuple[str, str] | Rejected | Answered:
-        """A request without a body: ``GET /v1/models`` is answered here; others go to any ready endpoint.
+        """A request without a body: ``GET /v1/models`` is answered here, an inference call
+        (``POST …/completions``) is a 400; others go to any ready endpoint.
 
         No model work is involved, so the scheduler and the accounting are bypassed: the
         least busy ready candidate (fresh metrics first) answers. Returns the
@@ -372,6 +400,10 @@ class Director:
         try:
             if is_models_request(hdr):
                 return self.models_answer(hdr)
+            if path_kind(hdr.path) != "other" and hdr.method not in ("GET", "HEAD", "OPTIONS"):
+                # An inference call without a body (Content-Length: 0): ours to refuse, the
+                # pod would only answer the same 400 after a pointless trip.
+                return self.reject(400, "request body is empty", request_id=hdr.request_id)
             if not self.is_ready():
                 return self.not_ready(hdr.request_id)
             cands = self.candidates(hdr, subset)

@@ -103,6 +103,7 @@ def _value(h: base_pb2.HeaderValue) -> str:
 def read_request_headers(msg: ep.HttpHeaders) -> RequestHeaders:
     hdr = RequestHeaders()
     llmd: set[str] = set()  # fields already set from an x-llm-d-* header
+    hdr.count = len(msg.headers.headers)
     for h in msg.headers.headers:
         k = h.key.lower()
         if not k:
@@ -126,6 +127,11 @@ def read_request_headers(msg: ep.HttpHeaders) -> RequestHeaders:
                 hdr.strip.append(k)
         elif k == CONFORMANCE_SELECTION:
             hdr.selection = _value(h)
+        elif k == "content-length":
+            try:
+                hdr.content_length = int(_value(h))
+            except ValueError:
+                hdr.content_length = None
     if not hdr.request_id:
         hdr.request_id = new_request_id()
         hdr.request_id_generated = True
@@ -295,6 +301,10 @@ class Exchange:
         hdr = self.hdr = read_request_headers(msg)
         mode = self.req_mode
         self.deferred = mode == FULL_DUPLEX or (mode == STREAMED and self.without_waiting)
+        too_many = self.director.check_header_count(hdr, not msg.end_of_stream)
+        if too_many is not None:
+            self.done_request = True
+            return [immediate(too_many, hdr.request_id)]
         if msg.end_of_stream:
             self.done_request = True
             picked = self.director.route_headers_only(hdr, self.subset)

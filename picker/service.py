@@ -98,6 +98,7 @@ class Picker:
             sink=sink,
             replica=cfg.replica_name,
             max_body_bytes=cfg.max_body_bytes,
+            max_request_headers=cfg.max_request_headers,
             is_ready=self.is_ready,
             conformance_hooks=cfg.conformance_test_hooks,
             destination_header_list=cfg.destination_header_list,

@@ -132,6 +132,9 @@ class EventBatch(_Message, tag="batch"):
     replica: str
     events: list[Assignment | Completion] = []
     ts: float = 0.0
+    # A random id per publishing process: a replica that sees a batch on its own subject with
+    # another id knows a second live replica claims its name (older readers ignore the field).
+    instance: str = ""
 
 
 EndpointMessage = EndpointSnapshot | Tombstone

@@ -21,11 +21,13 @@ self-describing. Events older than ``max_event_age`` (the stream's age) are drop
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections import deque
 from collections.abc import Callable
 
 from picker.scheduling.api import RequestInfo
-from shared.schemas import Assignment, Completion, EventBatch
+from shared.schemas import Assignment, Completion, EventBatch, encode
 from shared.schemas import now as wall_now
 from shared.subjects import Subjects
 
@@ -33,6 +35,8 @@ from .metrics import SharingMetrics
 from .settings import SharingSettings
 
 __all__ = ["EventBatcher", "Message"]
+
+log = logging.getLogger(__name__)
 
 Message = EventBatch | Assignment | Completion
 
@@ -54,6 +58,8 @@ class EventBatcher:
         self.namespace = namespace
         self.pool = pool
         self.replica = settings.replica
+        # This process's id in every batch and heartbeat: tells two replicas with one name apart.
+        self.instance = secrets.token_hex(8)
         self.subject = subjects.events(namespace, pool, settings.replica)
         self.flush_interval = settings.flush_interval_s
         self.max_batch = max(1, settings.max_batch)
@@ -158,7 +164,7 @@ class EventBatcher:
         if not buf:
             # the same comparison as due(): a heartbeat is due exactly when due() says so
             if heartbeat and self.clock() >= self.last_publish + self.heartbeat_interval:
-                return [(EventBatch(replica=self.replica, events=[], ts=self.clock()), 0)]
+                return [(self._batch([]), 0)]
             return []
         out: list[tuple[Message, int]] = []
         while buf:
@@ -169,8 +175,45 @@ class EventBatcher:
                 continue
             n = min(len(buf), self.max_batch)
             events = [buf.popleft() for _ in range(n)]
-            out.append((EventBatch(replica=self.replica, events=events, ts=self.clock()), n))
+            out.append((self._batch(events), n))
         return out
+
+    def _batch(self, events: list[Assignment | Completion]) -> EventBatch:
+        return EventBatch(replica=self.replica, events=events, ts=self.clock(), instance=self.instance)
+
+    def encode(self, message: Message, n_events: int) -> tuple[bytes | None, Message, int]:
+        """The wire bytes of a message; an event that cannot be encoded is dropped alone.
+
+        A value out of msgspec's range (an integer past 64 bits, from a client or a pod)
+        must cost its own event only: the batch is re-encoded without it, the drop is
+        counted (``encode_error``) and logged. Returns ``(None, …)`` when nothing is left.
+        """
+        try:
+            return encode(message), message, n_events
+        except Exception as exc:  # OverflowError, TypeError, msgspec.EncodeError: all the message's fault
+            error = exc
+        if not isinstance(message, EventBatch):
+            self._bad_event(message, error)
+            return None, message, 0
+        good = []
+        for ev in message.events:
+            try:
+                encode(ev)
+            except Exception as exc:
+                self._bad_event(ev, exc)
+                continue
+            good.append(ev)
+        if not good:
+            return None, message, 0
+        batch = EventBatch(replica=message.replica, events=good, ts=message.ts, instance=message.instance)
+        return encode(batch), batch, len(good)
+
+    def _bad_event(self, ev: Assignment | Completion, exc: Exception) -> None:
+        self._drop("encode_error")
+        log.error(
+            "peer event could not be encoded; dropped",
+            extra={"request_id": ev.request_id, "kind": type(ev).__name__, "error": repr(exc)},
+        )
 
     def sent(self, message: Message, size: int, n_events: int) -> None:
         """Account a published message (``size`` bytes)."""

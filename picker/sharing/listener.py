@@ -27,6 +27,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import msgspec
+
 from picker.hooks import AccountingHooks
 from shared.bus import Bus, raise_if_cancelling
 from shared.feed import EventFeed, Source
@@ -41,6 +43,16 @@ from .settings import SharingSettings
 __all__ = ["PeerListener", "UnseenEstimate"]
 
 log = logging.getLogger(__name__)
+
+
+class _Claim(msgspec.Struct):
+    """Only the publishing process's id of a message (the events are skipped, not built)."""
+
+    instance: str = ""
+
+
+_claim = msgspec.msgpack.Decoder(_Claim)
+_MAX_RIVALS = 16  # rival instance ids remembered (each logged once)
 
 
 class UnseenEstimate:
@@ -82,8 +94,12 @@ class PeerListener:
         clock: Callable[[], float] = wall_now,
         manage_streams: bool = True,
         watch_interval_s: float = 0.1,
+        instance: str | None = None,
     ) -> None:
         self.bus = bus
+        # Our publisher's process id: a live batch on our subject with another id is a rival.
+        self.instance = instance
+        self.rivals: set[str] = set()
         self.settings = settings
         self.replica = settings.replica
         self.subject = bus.subjects.events_of_pool(namespace, pool)
@@ -146,6 +162,8 @@ class PeerListener:
     def on_message(self, origin: Origin, data: bytes, source: Source) -> None:
         """Apply one payload from the feed (live, or one of the replays)."""
         if source != "start" and origin.name == self.replica:
+            if source == "live" and self.instance is not None:
+                self._check_claim(data)
             return  # our own traffic, already applied (a start replay rebuilds it after a restart)
         message = self.decoder.decode(data)
         if message is None:
@@ -157,6 +175,28 @@ class PeerListener:
             self.applier.apply_batch(message, source=src)
         else:
             self.applier.apply_event(message, source=src)
+
+    def _check_claim(self, data: bytes) -> None:
+        """Count (and log once per rival) a live message under our name from another process.
+
+        Two live replicas with one name skip each other's events as their own and both
+        take the same rank: routing quality degrades silently, so say it loudly.
+        """
+        try:
+            other = _claim.decode(data).instance
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if not other or other == self.instance:
+            return
+        self.metrics.name_conflicts.inc()
+        if other in self.rivals or len(self.rivals) >= _MAX_RIVALS:
+            return
+        self.rivals.add(other)
+        log.error(
+            "another live picker uses this replica name: the two ignore each other's traffic; "
+            "give each replica a unique --replica-name",
+            extra={"replica": self.replica, "instance": self.instance, "rival_instance": other},
+        )
 
     def _on_decode_error(self, data: bytes, exc: Exception) -> None:
         self.metrics.decode_errors.inc()

@@ -27,7 +27,7 @@ class SharingMetrics:
         )
         self.dropped_events = Counter(
             "infergate_sharing_dropped_events_total",
-            "own events never published (buffer full while NATS is away, too old, publish error)",
+            "own events never published (buffer full while NATS away, too old, publish or encode error)",
             ["reason"],
             registry=r,
         )
@@ -75,6 +75,11 @@ class SharingMetrics:
         self.peers_lost = Counter(
             "infergate_sharing_peers_lost_total",
             "peers declared gone after missing heartbeats (their open requests released)",
+            registry=r,
+        )
+        self.name_conflicts = Counter(
+            "infergate_sharing_replica_name_conflicts_total",
+            "messages on this replica's own subject published by another live process under its name",
             registry=r,
         )
         self.ready = Gauge("infergate_sharing_ready", "1 once the initial replay is done", registry=r)

@@ -9,7 +9,9 @@ per replica under light load, one message per ``max_batch`` events under heavy l
 Publishing is fire-and-forget on the bus; the subject is covered by the event stream,
 so every batch is also stored for replays. While the bus is disconnected the buffer
 keeps the newest ``buffer_events`` events (drop-oldest, counted). A message that fails
-to publish is lost and counted; the task never spins on a failing connection.
+to publish is lost and counted; the task never spins on a failing connection. An event
+that cannot be encoded (a number out of range) is dropped alone and counted
+(``encode_error``): the rest of its batch still goes out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from shared.bus import Bus, raise_if_cancelling
-from shared.schemas import encode
 from shared.schemas import now as wall_now
 
 from .batcher import EventBatcher, Message
@@ -98,7 +99,9 @@ class PeerPublisher(EventBatcher):
 
     async def _publish(self, messages: list[tuple[Message, int]]) -> None:
         for message, n_events in messages:
-            data = encode(message)
+            data, message, n_events = self.encode(message, n_events)
+            if data is None:  # every event of it was unencodable (dropped and counted)
+                continue
             try:
                 await self.bus.publish(self.subject, data)
             except Exception as exc:  # disconnected mid-flush, buffer limit: the events are lost

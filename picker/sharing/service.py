@@ -65,6 +65,7 @@ class PeerSharing:
             metrics=self.metrics,
             clock=clock,
             manage_streams=manage_streams,
+            instance=self.publisher.instance,
         )
 
     @property

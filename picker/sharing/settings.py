@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,16 @@ __all__ = ["SharingSettings", "add_sharing_flags", "default_replica_name", "sett
 
 
 def default_replica_name() -> str:
-    """The pod name (``HOSTNAME`` in Kubernetes): unique per replica and stable across restarts
-    of a StatefulSet pod, which is what lets a restarted replica find its own past events."""
-    return os.environ.get("HOSTNAME") or socket.gethostname() or "picker"
+    """The host name (``HOSTNAME``, the pod name in Kubernetes) plus a random suffix.
+
+    The host name alone collides when two pickers run on one host (two processes, a pod
+    restarted while the old one drains): they would skip each other's events as their own.
+    The suffix makes the default unique; give ``--replica-name`` (e.g. a StatefulSet pod
+    name) for a name that is stable across restarts, which lets a restarted replica find
+    its own past events as its own.
+    """
+    host = os.environ.get("HOSTNAME") or socket.gethostname() or "picker"
+    return f"{host}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +50,7 @@ def add_sharing_flags(parser: Any) -> None:
     """Register the flags on an :class:`shared.config.EnvArgumentParser` (env: ``INFERGATE_<FLAG>``)."""
     d = SharingSettings()
     add = parser.add_argument_group("peer sharing").add_argument
-    add("--replica-name", default=None, help="this replica's unique name (default: $HOSTNAME)")
+    add("--replica-name", default=None, help="this replica's unique name (default: $HOSTNAME-<random>)")
     add(
         "--share-peers",
         action=argparse.BooleanOptionalAction,

@@ -208,3 +208,24 @@ async def test_conformance_header_and_errors_through_envoy(stack):
             assert r.status == 404, path
             assert (await r.json())["error"]["code"] == 404
     await wait_until(lambda: not stack["picker"].director.inflight, 5)
+
+
+async def test_too_many_client_headers_get_a_clear_431_never_an_empty_503(stack):
+    """Issue #19 finding 5: 91-96 client headers plus the picker's own overflowed Envoy's 100."""
+    http, url = stack["http"], stack["url"] + "/v1/chat/completions"
+    # aiohttp adds 6 headers of its own; past 100 in all, Envoy's codec refuses the request itself.
+    statuses = set()
+    for n in range(80, 95):
+        headers = {f"x-client-{i}": "v" for i in range(n)}
+        async with http.post(url, json=chat(), headers=headers) as r:
+            body = await r.read()
+            statuses.add(r.status)
+            if r.status == 200:
+                assert json.loads(body)["server"] in ("a", "b"), n
+                continue
+            assert r.status == 431, (n, r.status, body)
+            err = json.loads(body)["error"]
+            assert err["code"] == 431 and "headers" in err["message"], n
+            assert r.headers["x-llm-d-request-dropped-reason"] == "rejected-bad-request"
+    assert statuses == {200, 431}  # the limit sits inside the range tried
+    await wait_until(lambda: not stack["picker"].director.inflight, 5)

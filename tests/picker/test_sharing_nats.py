@@ -292,3 +292,34 @@ async def test_without_jetstream_streams_replicas_become_ready_and_share_live(re
     assert b.metric("infergate_sharing_replays_total", {"reason": "start", "outcome": "no_stream"}) == 1
     a.route(request("a0"), X)
     await wait_until(lambda: b.scheduler.inflight.extra(X)[0] == 1, what="live sharing without a stream")
+
+
+CONFLICTS = "infergate_sharing_replica_name_conflicts_total"
+
+
+async def test_two_live_replicas_claiming_one_name_are_reported_loudly(replicas, caplog):
+    """Issue #19 finding 6: two pickers with the same name used to ignore each other silently."""
+    a = await (await replicas("same")).start()
+    b = await (await replicas("same")).start()
+    other = await (await replicas("other")).start()
+    a.route(request("a0"), X)
+    await wait_until(
+        lambda: a.metric(CONFLICTS) > 0 and b.metric(CONFLICTS) > 0, what="both see the conflict"
+    )
+    assert other.metric(CONFLICTS) == 0
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "replica name" in r.getMessage()]
+    assert errors, "the conflict is logged as an error"
+
+
+async def test_a_restarted_replica_reading_its_previous_life_is_no_conflict(replicas):
+    a = await (await replicas("a")).start()
+    a.route(request("a0"), X)
+    await a.sharing.publisher.flush()
+    await a.stop()
+    a2 = await (await replicas("a")).start()
+    a2.route(request("a1"), X)
+    await a2.sharing.publisher.flush()
+    sent = a2.sharing.publisher.published_batches
+    await wait_until(lambda: a2.sharing.publisher.published_batches >= sent + 5, what="own heartbeats")
+    assert a2.sharing.listener.replayed > 0
+    assert a2.metric(CONFLICTS) == 0

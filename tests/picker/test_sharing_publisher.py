@@ -207,3 +207,28 @@ def test_due_follows_the_linger_the_batch_size_and_the_heartbeat():
     pub.on_local_assignment(request(3), "x:1", 1000.2)
     assert pub.due() == 1000.2  # a full batch: now
     assert [n for _, n in pub.take()] == [3]
+
+
+@pytest.mark.parametrize("max_batch", [128, 1])
+async def test_one_unencodable_event_is_dropped_and_counted_never_the_batch(max_batch):
+    """Issue #19 finding 1: a 10^30 in one event crashed the publisher and lost its whole batch."""
+    nc = FakeNats()
+    pub = PeerPublisher(nc, "ns", "pool", settings(max_batch=max_batch, flush_interval_s=0.05))
+    async with running(pub) as p:
+        await wait_until(lambda: len(nc.sent) >= 1, what="heartbeat at start")
+        nc.sent.clear()
+        for i in range(9):
+            info = request(i)
+            if i == 4:
+                info.expected_output_tokens = 10**30
+            p.on_local_assignment(info, "10.0.0.1:8000", 1000.0 + i)
+        p.on_local_completion(request(9), "10.0.0.1:8000", 200, 10, -(2**70), 0.1, 0.01, 1010.0)
+        p.on_local_completion(request(0), "10.0.0.1:8000", 200, 10, 5, 0.1, 0.01, 1010.0)
+        await wait_until(lambda: len(nc.events()) == 9, what="the other events published")
+        for i in range(10, 12):  # the task survived: later events still go out
+            p.on_local_assignment(request(i), "10.0.0.1:8000", 1020.0 + i)
+        await wait_until(lambda: len(nc.events()) == 11, what="later events published")
+    ids = [e.request_id for e in nc.events()]
+    assert ids == ["r0", "r1", "r2", "r3", "r5", "r6", "r7", "r8", "r0", "r10", "r11"]
+    assert pub.metrics.dropped_events.labels("encode_error")._value.get() == 2
+    assert pub.dropped == 2

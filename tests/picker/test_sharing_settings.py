@@ -16,7 +16,10 @@ def test_defaults_match_the_documented_settings(monkeypatch):
     monkeypatch.setenv("HOSTNAME", "picker-0")
     s = parse([])
     d = SharingSettings()
-    assert s.replica == "picker-0"
+    # the host name plus a random suffix: two pickers on one host never share a name (issue #19)
+    host, _, suffix = s.replica.rpartition("-")
+    assert host == "picker-0" and len(suffix) == 6
+    assert parse([]).replica != s.replica
     assert (s.flush_interval_s, s.max_batch, s.buffer_events) == (
         d.flush_interval_s,
         d.max_batch,
