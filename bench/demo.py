@@ -353,15 +353,14 @@ def write_report(
     args.out.mkdir(parents=True, exist_ok=True)
     report = args.out / "demo.md"
     plot = plot_latency(args, results)
-    command = (
-        f"infergate-bench demo --sharegpt-qps {args.sharegpt_qps:g} --prefix-qps {args.prefix_qps:g} "
-        + "".join(f"--time-scale {v:g} " for v in [args.time_scale] if v is not None)
-        + "".join(f"--duration {v:g} " for v in [args.duration] if v is not None)
-        + f"--pickers {args.pickers} --profile {args.profile} --seed {args.seed}"
-        + " (per phase: "
-        + "; ".join(f"{p.name} time scale {p.time_scale:g}, {p.duration:g} s" for p in phases(args))
-        + ")"
-    )
+    flags = [f"--sharegpt-qps {args.sharegpt_qps:g}", f"--prefix-qps {args.prefix_qps:g}"]
+    if args.time_scale is not None:
+        flags.append(f"--time-scale {args.time_scale:g}")
+    if args.duration is not None:
+        flags.append(f"--duration {args.duration:g}")
+    flags += [f"--pickers {args.pickers}", f"--profile {args.profile}", f"--seed {args.seed}"]
+    per_phase = "; ".join(f"{p.name} time scale {p.time_scale:g}, {p.duration:g} s" for p in phases(args))
+    command = f"infergate-bench demo {' '.join(flags)} (per phase: {per_phase})"
     lines = [
         "# `make demo`: the InferGate picker against Envoy round-robin",
         "",
