@@ -310,10 +310,9 @@ async def nats_node_killed(
     """SIGKILL the node leading the endpoint stream under load; restart it 1 s after every
     picker's view is fresh again without it, or after ``down_s`` at the latest.
 
-    The live feed of a picker is a JetStream consumer of the endpoint stream, so it stalls
-    until the surviving nodes elect a new stream leader (NATS's Raft election timeout is
-    several seconds) and the consumer is recreated there; the pickers route from their last
-    view meanwhile.
+    A picker follows live snapshots on a core subscription and reads the endpoint stream
+    only to bootstrap, so its view stays fresh while the survivors elect a new stream leader
+    (NATS's Raft election takes seconds); before it did, the view stalled for the election.
     """
     seen = ClusterFault()
 

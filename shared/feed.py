@@ -37,9 +37,13 @@ Times are the event's own ``ts``, clamped to the reader's clock (:func:`event_ti
 Ids are forgotten ``ttl`` after their last event (longer than the event stream's age, so
 a replayed duplicate is still recognised).
 
-**Feeds.** :class:`LastValueFeed` bootstraps from the stored last value of every endpoint,
-then follows live updates, and re-subscribes after every reconnect (the stream may have
-been recreated; the replayed last values fail the ordering test when already applied).
+**Feeds.** :class:`LastValueFeed` follows live updates on a core subscription, opened
+first, and bootstraps from the stored last value of every endpoint; once the stored values
+are in, it releases their consumer. Live traffic therefore never waits on the stream: on a
+NATS cluster that loses the node leading the endpoint stream, snapshots keep arriving while
+the survivors elect a new leader. It re-subscribes after every reconnect (the stream may
+have been recreated; the replayed last values fail the ordering test when already applied,
+as does every message that arrives both live and stored).
 :class:`EventFeed` follows live events and replays the stored history: ``window`` back at
 start (then reports ready), and the gap after every reconnect.
 """
@@ -249,6 +253,7 @@ class LastValueFeed:
         self.retry_s = retry_s
         self.bootstrapped = asyncio.Event()
         self.subscriptions = 0
+        self._live: Subscription | None = None
         self._sub: LastValues | None = None
         self._resync = asyncio.Event()
         bus.on_reconnect(self._resync.set)
@@ -263,8 +268,7 @@ class LastValueFeed:
                     log.warning("last-value subscription failed; retrying", extra={"error": repr(exc)})
                     await asyncio.sleep(self.retry_s)
                     continue
-                if not self.bootstrapped.is_set():
-                    await self._await_bootstrap()
+                await self._await_bootstrap()
                 await self._resync.wait()
                 self._resync.clear()
                 log.info("re-subscribing after a reconnect", extra={"subject": self.subject})
@@ -272,8 +276,12 @@ class LastValueFeed:
             await self._unsubscribe()
 
     async def _subscribe(self) -> None:
-        await self._unsubscribe()
+        await self._release_stored()
         self._resync.clear()
+        if self._live is None:  # opened once, before any bootstrap: no gap. The client restores
+            # it after a reconnect by itself, and it needs no stream, so a failing bootstrap
+            # (no stream leader yet) never interrupts live traffic.
+            self._live = await self.bus.subscribe(self.subject, self.handler)
         if self.manage_streams:
             await self.bus.ensure_streams()
         self._sub = await self.bus.follow_last_values(self.subject, self.handler)
@@ -288,15 +296,24 @@ class LastValueFeed:
         finally:
             done.cancel()
             resync.cancel()
-        if self._sub.caught_up.is_set():
+        if not self._sub.caught_up.is_set():
+            return
+        await self._release_stored()  # the live subscription carries on alone
+        if not self.bootstrapped.is_set():
             self.bootstrapped.set()
             if self.on_bootstrapped is not None:
                 self.on_bootstrapped()
 
-    async def _unsubscribe(self) -> None:
+    async def _release_stored(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
             await sub.unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        await self._release_stored()
+        live, self._live = self._live, None
+        if live is not None:
+            await live.unsubscribe()
 
 
 EventHandler = Callable[[Origin, bytes, Source], None]

@@ -33,8 +33,9 @@ __all__ = ["NatsBus"]
 log = logging.getLogger(__name__)
 
 # The last-value consumer's idle heartbeat. nats-py recreates an ordered consumer after two
-# missed heartbeats (and retries at that pace), so this bounds how long the live view stalls
+# missed heartbeats (and retries at that pace), so this bounds how long a bootstrap stalls
 # when the server holding the consumer dies: on a NATS cluster, the stream's leader node.
+# (Live traffic does not wait on it: LastValueFeed follows it on a core subscription.)
 LIVE_HEARTBEAT_S = 0.5
 # JetStream API calls that (re)build a subscription. A stream without a leader (a cluster
 # electing a new one after a node loss) answers nothing; a short timeout lets the caller's
