@@ -258,18 +258,24 @@ async def test_metrics_parse_and_gauges_move_and_cancel_frees(cluster, http):
     assert pod.engine.aborted == 300 and pod.engine.num_requests == 0
 
 
-async def test_metrics_render_is_cheap(cluster):
+async def test_metrics_page_counts_every_observation(cluster):
+    """The live histograms reach the page: 2,000 observations in, 2,000 counted out.
+
+    (The histogram block is re-rendered every ``refresh_s``; render speed is measured by
+    ``bench.sim_bench``, not asserted here.)"""
     pod = cluster.pods[0]
     m = pod.metrics
+    m.refresh_s = 0.0
+
+    def count(page: str, family: str) -> float:
+        return sum(s.value for s in metrics(page)[family].samples if s.name == family + "_count")
+
+    before = count(pod.render_metrics(), "vllm:time_to_first_token_seconds")
     for i in range(2000):  # populate the histograms
         m.observe_request(0.01 * (i % 50), 1.0 + i % 7, 0.001, 0.02, 0.9, 100 + i, 50, 50, "length")
-    pod.render_metrics()
-    t0 = time.perf_counter()
-    for _ in range(500):
-        page = pod.render_metrics()
-    per = (time.perf_counter() - t0) / 500
-    assert len(page) > 20_000
-    assert per < 0.0005, f"{per * 1e6:.0f} us per render"
+    page = pod.render_metrics()
+    assert count(page, "vllm:time_to_first_token_seconds") == before + 2000
+    assert count(page, "vllm:e2e_request_latency_seconds") - before == 2000
 
 
 async def test_preemption_visible_in_metrics(http):
