@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 
 import pytest
 from aiohttp import web
@@ -65,11 +64,12 @@ async def test_poisson_run_records_every_request_and_summarizes():
     s = res.summary()
     assert s["sent"] == len(res.records) == len(srv.bodies) > 10
     assert s["ok"] == s["sent"] and s["errors"] == {}
-    assert all(r.output_tokens == b["max_tokens"] for r, b in zip(res.records, srv.bodies, strict=True))
+    # Requests overlap, so the server may receive them in another order than they were sent.
+    assert sorted(r.output_tokens for r in res.records) == sorted(b["max_tokens"] for b in srv.bodies)
     assert all(r.latency_s >= 0.02 for r in res.records)
     assert s["ntpot_p90_s"] > 0 and s["latency_p90_s"] >= s["latency_p50_s"]
-    # non-streaming: TTFT is the whole response time
-    assert all(math.isclose(r.ttft_s, r.latency_s, abs_tol=0.01) for r in res.records)
+    # non-streaming: the first token comes with the whole response, after the server's delay
+    assert all(0.02 <= r.ttft_s <= r.latency_s for r in res.records)
     # the ShareGPT-like prompts have the sampled token length
     assert all(1 <= estimate_tokens(b["prompt"]) <= 1024 for b in srv.bodies)
 
