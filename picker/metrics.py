@@ -33,6 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.tables import TableCollector
+
 from .metric_labels import LABEL_LIMIT, LABEL_MAX_LEN, OTHER, LabelCap, LabelCapCollector, served_models
 from .protocol import DEFAULT_FAIRNESS_ID
 
@@ -341,6 +343,41 @@ class PickerMetrics:
         self.registry.register(_PoolCollector(pool, stats, counters, endpoints))
         if endpoints is not None and self.model_cap.vouch is None:
             self.model_cap.vouch = served_models(endpoints)
+
+    def add_tables(self, state: Any, director: Any) -> None:
+        """Export the sizes of the pool state's bounded tables and the director's open requests."""
+        inflight, prefix = state.inflight, state.prefix
+        none = lambda: 0  # noqa: E731
+        self.registry.register(
+            TableCollector(
+                "infergate_picker",
+                {
+                    "inflight_requests": (
+                        lambda: len(inflight),
+                        inflight.max_entries,
+                        lambda: inflight.evicted,
+                    ),
+                    "inflight_endpoints": (
+                        lambda: inflight.addresses,
+                        inflight.max_addresses,
+                        lambda: inflight.refused,
+                    ),
+                    "prefix_hashes": (
+                        lambda: prefix.hashes,
+                        prefix.max_addresses * prefix.max_capacity_blocks,
+                        none,
+                    ),
+                    "prefix_endpoints": (
+                        lambda: prefix.addresses,
+                        prefix.max_addresses,
+                        lambda: prefix.refused,
+                    ),
+                    # one per open ext_proc stream: bounded by Envoy's concurrency, not here
+                    "open_requests": (lambda: len(director.inflight), 0, none),
+                    "label_sets": (lambda: len(self._children), CHILDREN_LIMIT, lambda: self.children_folded),
+                },
+            )
+        )
 
     def set_known_models(self, names: Iterable[str]) -> None:
         """The configured model names: they always label as themselves."""

@@ -108,6 +108,7 @@ class Picker:
             destination_header_list=cfg.destination_header_list,
         )
         self.metrics.add_pool_collector(cfg.pool_name, self.view.stats, self._view_counters, self.view.list)
+        self.metrics.add_tables(self.state, self.director)
         if cfg.kube or cfg.kubeconfig or cfg.kube_host:
             self.source: Any = KubeSource(cfg, self._set_models)
         elif cfg.config_files:

@@ -117,6 +117,8 @@ async def test_model_name_flood_keeps_the_page_to_the_configured_label_sets(pick
             ln for ln in again.splitlines() if ln.startswith(b"infergate_picker_metric_label_overflow")
         ]
         assert any(b'label="model_name"' in ln and float(ln.split()[-1]) >= 700 for ln in overflow)
+        for table in (b"inflight_requests", b"prefix_hashes", b"label_sets", b"open_requests"):
+            assert b'infergate_picker_table_entries{table="' + table + b'"}' in again
 
 
 async def test_fairness_id_flood_admits_a_bounded_number_of_tenants(picker):
