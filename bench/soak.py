@@ -295,7 +295,7 @@ def render(args: argparse.Namespace, s: Samples, warm_i: int, result: dict, took
     return f"""# Soak: {args.minutes:g} minutes of valid and hostile traffic
 
 Command: `infergate-bench soak --minutes {args.minutes:g} --qps {args.qps:g} \
---hostile-qps {args.hostile_qps:g}` at commit `{commit()}`.
+--hostile-qps {args.hostile_qps:g}` at commit `{args.commit}`.
 Machine: {machine}, **shared with other helpers' builds and tests**
 (RSS is little affected by CPU contention; latencies would be, and are not reported).
 The whole run took {took:.0f} s.
@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-logs", action="store_true", help="keep the stack's work dir (logs) after the run")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report ('' = none)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    args.commit = commit()  # the code under test: taken before the minutes of traffic
     text, ok = asyncio.run(soak(args))
     print(text)
     if str(args.out):
