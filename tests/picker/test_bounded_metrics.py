@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from picker.envoy_client import EnvoyStream
+from picker.ids import MAX_REQUEST_ID, bounded_request_id
 from picker.metrics import FAIRNESS_ADMIT, LABEL_MAX_LEN, OTHER
 from picker.service import Picker
 from shared.schemas import LoraState
@@ -132,3 +133,22 @@ async def test_fairness_id_flood_admits_a_bounded_number_of_tenants(picker):
         assert page.count(FAMILY) == FAIRNESS_ADMIT + 1
         await _flood(ch, [("base", {"x-llm-d-inference-fairness-id": f}) for f in _names(rng, 50, 10)])
         assert (await _page(picker)).count(b"\n") == page.count(b"\n")
+
+
+async def test_a_huge_request_id_is_kept_as_a_bounded_digest(picker):
+    rid = "r" * 8_192  # Envoy passes header values of tens of KB
+    async with grpc.aio.insecure_channel(picker.address) as ch:
+        s = EnvoyStream(ch, "BUFFERED").open()
+        s.request_headers("/v1/completions", headers={"x-request-id": rid})
+        await s.recv()
+        s.request_body(json.dumps({"model": "base", "prompt": "hi", "max_tokens": 4}).encode(), True)
+        await s.recv()
+        (kept,) = picker.director.inflight  # what the tables and the shared events key it by
+        assert len(kept) <= MAX_REQUEST_ID and kept == bounded_request_id(rid)
+        assert len(picker.state.inflight) == 1
+        s.response_headers()
+        await s.recv()
+        s.response_body(b'{"usage":{"prompt_tokens":3,"completion_tokens":4}}', True)
+        await s.recv()
+        await s.close()
+    assert not picker.director.inflight and len(picker.state.inflight) == 0  # the completion matched
