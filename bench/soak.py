@@ -380,6 +380,7 @@ async def soak(args: argparse.Namespace) -> tuple[str, bool]:
                     ("infergate_picker_table_entries", "infergate_picker_metric_label_values")
                 ):
                     tables.append(f"{p.name}: `{line}`")
+        tables += await autoscaler_tables(stack)
         summary = result_valid.summary()
         result = {
             "valid_sent": summary["sent"],
