@@ -34,6 +34,12 @@ Rules, each chosen so that the HPA never acts on a number it should not trust:
 * **Freshness:** a model gets values only while it has a fresh snapshot (any readiness)
   or an event within the window. Otherwise it has *no* value: an old number presented
   as current would make the HPA scale on a past that no longer exists.
+* **Bounded:** model names in events come from clients. A target that no InferenceModel
+  declares and no pod serves is tracked under its own name only while fewer than
+  ``max_unknown_models`` such targets are live; beyond, it counts under the target
+  :data:`OTHER` of its pool. Open requests are capped at ``max_flights`` (the oldest is
+  forgotten first) and the request ledger at ``max_flights`` too; every table's size is
+  exported (:meth:`Aggregator.tables`).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ ARRIVAL_RATE = "infergate-arrival-rate"
 OUTPUT_TOKENS = "infergate-output-tokens-per-second"
 KV_CACHE = "infergate-kv-cache-usage"
 READY_REPLICAS = "infergate-ready-replicas"
+OTHER = "other"  # the target of models past the unknown-model bound
 
 METRICS: dict[str, str] = {
     INFLIGHT: "requests assigned by the pickers and not completed yet",
@@ -121,6 +128,8 @@ class Aggregator:
         inflight_ttl: float = 300.0,
         done_ttl: float = 60.0,
         clock: Callable[[], float] = time.time,
+        max_unknown_models: int = 100,
+        max_flights: int = 200_000,
     ) -> None:
         if window <= 0 or staleness <= 0 or inflight_ttl <= 0:
             raise ValueError("window, staleness and inflight_ttl must be positive")
@@ -131,7 +140,11 @@ class Aggregator:
         self.clock = clock
         self._endpoints: dict[EndpointKey, EndpointSnapshot] = {}
         self._order = SnapshotOrder()
-        self._ledger = EventLedger(self.done_ttl)
+        self.max_unknown_models = max(0, max_unknown_models)
+        self.max_flights = max(1, max_flights)
+        self._ledger = EventLedger(self.done_ttl, max_entries=self.max_flights)
+        self._served: set[ModelKey] = set()  # models some snapshot reports (rebuilt by housekeep)
+        self._unknown: set[ModelKey] = set()  # tracked models neither served nor declared
         self._flights: dict[tuple[str, str], _Flight] = {}  # (replica, request_id) -> open request
         self._expiry: deque[tuple[float, tuple[str, str]]] = deque()  # (seen, key) of assignments
         self._inflight: dict[ModelKey, int] = {}
@@ -147,6 +160,8 @@ class Aggregator:
             "completions": 0,
             "duplicates": 0,
             "expired": 0,
+            "evicted": 0,
+            "folded": 0,
         }
 
     # ---- endpoint snapshots -------------------------------------------------------------
@@ -163,6 +178,8 @@ class Aggregator:
             return
         self.counters["snapshots"] += 1
         self._endpoints[key] = msg
+        for target in _served(msg):
+            self._served.add(ModelKey(msg.namespace, msg.pool, target))
 
     # ---- picker events ------------------------------------------------------------------
 
@@ -194,9 +211,15 @@ class Aggregator:
         old = self._flights.pop(rkey, None)
         if old is not None:  # the same id assigned again while open: the old request is over
             self._release(old)
-        key = ModelKey(ev.namespace, ev.pool, target)
-        if ev.model:
+        key = self._bound(ModelKey(ev.namespace, ev.pool, target))
+        if ev.model and key.target_model != OTHER:
             self._names[key] = ev.model
+        while len(self._flights) >= self.max_flights and self._expiry:
+            _, oldest = self._expiry.popleft()
+            flight = self._flights.pop(oldest, None)
+            if flight is not None:
+                self.counters["evicted"] += 1
+                self._release(flight)
         self._flights[rkey] = _Flight(key, ev.address, now)
         self._expiry.append((now, rkey))
         self._inflight[key] = self._inflight.get(key, 0) + 1
@@ -218,7 +241,7 @@ class Aggregator:
             target = ev.target_model or ev.model
             if not target:
                 return
-            key = ModelKey(ev.namespace, ev.pool, target)
+            key = self._bound(ModelKey(ev.namespace, ev.pool, target))
         w = self._window(key)
         t = w.place(ev.ts, now, self.window)
         if ev.output_tokens > 0:
@@ -248,6 +271,28 @@ class Aggregator:
                 del self._flights[rkey]
                 self.counters["expired"] += 1
                 self._release(flight)
+
+    def _bound(self, key: ModelKey) -> ModelKey:
+        """``key``, or its pool's OTHER when it is one unknown model too many."""
+        if key in self._unknown or key in self._served or key in self._declared:
+            return key
+        if len(self._unknown) >= self.max_unknown_models:
+            self.counters["folded"] += 1
+            key = ModelKey(key.namespace, key.pool, OTHER)
+        self._unknown.add(key)
+        return key
+
+    def tables(self) -> dict[str, tuple[Callable[[], int], int, Callable[[], int]]]:
+        """Each bounded table: (size now, bound (0: bounded by time or by the pool), evicted so far)."""
+        c = self.counters
+        return {
+            "endpoints": (lambda: len(self._endpoints), 0, lambda: 0),
+            "open_requests": (lambda: len(self._flights), self.max_flights, lambda: c["evicted"]),
+            "request_ledger": (lambda: len(self._ledger), self.max_flights, lambda: self._ledger.evicted),
+            "models": (lambda: len(self._windows.keys() | self._inflight.keys()), 0, lambda: 0),
+            "unknown_models": (lambda: len(self._unknown), self.max_unknown_models, lambda: c["folded"]),
+            "model_names": (lambda: len(self._names), 0, lambda: 0),
+        }
 
     def _window(self, key: ModelKey) -> _Window:
         w = self._windows.get(key)
@@ -282,6 +327,14 @@ class Aggregator:
             self._order.forget(key)
         # A snapshot older than a tombstone this old would be stale anyway: forget the marks.
         self._order.forget_tombstones(limit)
+        # Models nobody serves, sends or has in flight any more leave every per-model table.
+        self._served = {
+            ModelKey(s.namespace, s.pool, t) for s in self._endpoints.values() for t in _served(s)
+        }
+        live = self._windows.keys() | self._inflight.keys()
+        self._unknown = {k for k in self._unknown if k in live and k not in self._served}
+        for key in [k for k in self._names if k not in live]:
+            del self._names[key]
 
     def series(self, now: float | None = None) -> list[Series]:
         """Every metric of every model with fresh input, computed now (cheap: O(endpoints + models))."""

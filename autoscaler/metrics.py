@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from autoscaler.aggregate import METRICS, Aggregator
+from shared.tables import TableCollector
 
 _LABELS = ["namespace", "pool", "model_name", "target_model"]
 
@@ -41,6 +42,7 @@ class AutoscalerMetrics:
 
     def __init__(self, registry: CollectorRegistry, aggregator: Aggregator) -> None:
         registry.register(_AggregateCollector(aggregator))
+        registry.register(TableCollector("infergate_autoscaler", aggregator.tables()))
         self.messages = Counter(
             "infergate_autoscaler_messages", "bus messages applied, by kind", ["kind"], registry=registry
         )

@@ -14,6 +14,7 @@ COMMANDS = {
     "sweep": ("bench.sweep", "the discrete-event reproduction of the published benchmark"),
     "faults": ("bench.faults", "the fault report through a real Envoy"),
     "peers": ("bench.peers", "InferGate next to sglang-router and vllm-router on the same pods and load"),
+    "soak": ("bench.soak", "minutes of valid and hostile traffic on the stack: RSS growth, crashes"),
     "loadgen": ("bench.loadgen", "send a workload or a recorded trace to an OpenAI-compatible endpoint"),
 }
 

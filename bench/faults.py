@@ -24,7 +24,9 @@ Faults:
   stream, restarted 1 s after every picker's view is fresh again without it; the notes
   give the worst picker view age during the fault (``infergate_picker_view_max_age_seconds``)
   and how long the node took to rejoin (routes to both peers, ``/healthz`` ok, every
-  replica of both streams current).
+  replica of both streams current);
+* ``poison-request`` and ``model-name-flood``: hostile clients among normal ones, on a
+  stack of their own (see :mod:`bench.faults_hostile`).
 
 Recovery time, defined precisely: the reference instant is the injection for the kills
 and the end of the fault for ``nats-outage`` and ``all-pickers-down`` (restart issued).
@@ -410,16 +412,22 @@ FAULTS = (
     "picker-killed",
     "all-pickers-down",
     "nats-node-killed",
+    "poison-request",  # bench/faults_hostile.py
+    "model-name-flood",
 )
 
 
 async def report(args: argparse.Namespace) -> list[str]:
     rows: list[str] = []
     only = set(args.only or FAULTS)
-    if only & set(FAULTS[:-1]):
+    if only & set(FAULTS[:5]):
         rows += await single_node_report(args, only)
     if "nats-node-killed" in only:
         rows += await cluster_report(args)
+    if only & {"poison-request", "model-name-flood"}:
+        from bench.faults_hostile import hostile_report
+
+        rows += await hostile_report(args.time_scale, only)
     return rows
 
 

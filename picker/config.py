@@ -84,6 +84,17 @@ class PickerConfig:
         help="models no rewrite rule or InferenceModel names: route at priority 0 (upstream v1), "
         "route as Sheddable (priority -100), or 404",
     )
+    model_metric_label_limit: int = setting(
+        0,
+        group=SERVING,
+        help="model names neither configured nor served by the pool's pods that still become metric "
+        "label values, first come (at most 1000; the rest read 'other')",
+    )
+    fairness_id_metric_label_limit: int = setting(
+        100,
+        group=SERVING,
+        help="fairness ids that become metric label values, first come (at most 1000; the rest read 'other')",
+    )
     max_body_bytes: int = setting(8 * 1024 * 1024, group=SCHEDULING, help="larger bodies get 413")
     max_request_headers: int = setting(
         100,

@@ -42,6 +42,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from .director import Answered, Director, Inflight, Rejected, RequestHeaders, Routed, new_request_id
+from .ids import bounded_request_id
 from .protocol import (
     CONFORMANCE_SELECTION,
     CONFORMANCE_SERVED,
@@ -115,7 +116,7 @@ def read_request_headers(msg: ep.HttpHeaders) -> RequestHeaders:
                 hdr.method = _value(h)
         elif k.startswith("x-"):
             if k == REQUEST_ID:
-                hdr.request_id = _value(h).strip()
+                hdr.request_id = bounded_request_id(_value(h).strip())
             elif k in _CONTROL:
                 name, canonical = _CONTROL[k]
                 value = _value(h).strip() or None

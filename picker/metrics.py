@@ -12,9 +12,11 @@ It is recorded once, under llm-d's names; GIE's are sums of those over ``fairnes
 and ``priority``, computed at scrape time (:class:`_GieCollector`).
 
 Label values that come from client input (model names, rewrite targets, fairness ids)
-are bounded by :class:`LabelCap`: the configured names always appear as themselves, other
-values are admitted first come up to 1,000 per label and 128 characters, and anything
-beyond folds into ``other``, so a client cannot grow the series without limit.
+are bounded by :class:`~.metric_labels.LabelCap`: a model name is a label value only if
+it is configured or a pod of the pool serves it; a fairness id only among the first
+``fairness_admit`` (100) seen; every label at most 1,000 values of at most 128
+characters; anything else reads ``other``. So the page is bounded by the configuration,
+never by what clients send (one label set of the request families is ~400 lines).
 
 One :class:`PickerMetrics` per picker instance, on its own ``CollectorRegistry``. Label
 children are cached per bounded label set, so the hot path does a dict lookup, not a
@@ -31,14 +33,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.tables import TableCollector
+
+from .metric_labels import LABEL_LIMIT, LABEL_MAX_LEN, OTHER, LabelCap, LabelCapCollector, served_models
 from .protocol import DEFAULT_FAIRNESS_ID
 
-__all__ = ["OTHER", "LabelCap", "PickerMetrics", "RequestLabels"]
+__all__ = ["LABEL_LIMIT", "LABEL_MAX_LEN", "OTHER", "LabelCap", "PickerMetrics", "RequestLabels"]
 
-OTHER = "other"
-LABEL_LIMIT = 1000  # distinct client-derived values per label (llm-d-router's default cap)
-LABEL_MAX_LEN = 128
-CHILDREN_LIMIT = 10_000  # label sets per family before everything folds into "other"
+FAIRNESS_ADMIT = 100  # fairness ids admitted first come (upstream admits 1,000; see below)
+
+# Label sets per family before everything folds into "other": a backstop behind the
+# per-label caps (whose product is already bounded by the configuration).
+CHILDREN_LIMIT = 2_000
 
 # fmt: off
 _LATENCY = (0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45,
@@ -49,35 +55,6 @@ _NTPOT = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0
           1, 1.5, 2, 3, 4.5, 6, 12, 18, 24, 30, 36, 48, 60, 120, 180, 240, 300, 360, 480, 600)
 _SCHED = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 # fmt: on
-
-
-class LabelCap:
-    """Bounds the values of one label: known names pass, others first come up to ``limit``.
-
-    ``known`` holds the names from the configuration (InferenceModels, rewrite rules):
-    they never fold, as upstream's rewrite names never do. Every other value is kept if it
-    is at most ``max_len`` characters and fewer than ``limit`` such values were seen over
-    the life of the process; otherwise it reads ``other``.
-    """
-
-    __slots__ = ("known", "limit", "max_len", "seen")
-
-    def __init__(self, limit: int = LABEL_LIMIT, max_len: int = LABEL_MAX_LEN) -> None:
-        self.limit = limit
-        self.max_len = max_len
-        self.known: frozenset[str] = frozenset()
-        self.seen: set[str] = set()
-
-    def set_known(self, names: Iterable[str]) -> None:
-        self.known = frozenset(n for n in names if n and len(n) <= self.max_len)
-
-    def __call__(self, value: str) -> str:
-        if value in self.seen or value in self.known:
-            return value
-        if len(value) > self.max_len or len(self.seen) >= self.limit:
-            return OTHER
-        self.seen.add(value)
-        return value
 
 
 class RequestLabels:
@@ -266,7 +243,13 @@ class _PoolCollector(Collector):
 
 
 class PickerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        model_admit: int = 0,
+        fairness_admit: int = FAIRNESS_ADMIT,
+    ) -> None:
         self.registry = r = registry or CollectorRegistry()
         mt = ["model_name", "target_model_name"]
         full = [*mt, "fairness_id", "priority"]
@@ -331,10 +314,24 @@ class PickerMetrics:
             buckets=_SCHED,
             registry=r,
         )
-        # model_name and target_model_name share one cap, as upstream's do.
-        self.model_cap = LabelCap()
-        self.fairness_cap = LabelCap()
+        # model_name and target_model_name share one cap, as upstream's do. Unconfigured
+        # names are vouched for by the pool's pods once add_pool_collector gives the view.
+        self.model_cap = LabelCap(admit=model_admit)
+        self.fairness_cap = LabelCap(admit=fairness_admit)
+        self.fairness_cap.set_known([DEFAULT_FAIRNESS_ID])
+        self.priority_cap = LabelCap(admit=LABEL_LIMIT)  # priorities come from the configuration
         self._children: dict[tuple[str, str, str, str], RequestLabels] = {}
+        self.children_folded = 0
+        r.register(
+            LabelCapCollector(
+                "infergate_picker",
+                {
+                    "model_name": self.model_cap,
+                    "fairness_id": self.fairness_cap,
+                    "priority": self.priority_cap,
+                },
+            )
+        )
 
     def add_pool_collector(
         self,
@@ -344,6 +341,43 @@ class PickerMetrics:
         endpoints: Callable[[], list[Any]] | None = None,
     ) -> None:
         self.registry.register(_PoolCollector(pool, stats, counters, endpoints))
+        if endpoints is not None and self.model_cap.vouch is None:
+            self.model_cap.vouch = served_models(endpoints)
+
+    def add_tables(self, state: Any, director: Any) -> None:
+        """Export the sizes of the pool state's bounded tables and the director's open requests."""
+        inflight, prefix = state.inflight, state.prefix
+        none = lambda: 0  # noqa: E731
+        self.registry.register(
+            TableCollector(
+                "infergate_picker",
+                {
+                    "inflight_requests": (
+                        lambda: len(inflight),
+                        inflight.max_entries,
+                        lambda: inflight.evicted,
+                    ),
+                    "inflight_endpoints": (
+                        lambda: inflight.addresses,
+                        inflight.max_addresses,
+                        lambda: inflight.refused,
+                    ),
+                    "prefix_hashes": (
+                        lambda: prefix.hashes,
+                        prefix.max_addresses * prefix.max_capacity_blocks,
+                        none,
+                    ),
+                    "prefix_endpoints": (
+                        lambda: prefix.addresses,
+                        prefix.max_addresses,
+                        lambda: prefix.refused,
+                    ),
+                    # one per open ext_proc stream: bounded by Envoy's concurrency, not here
+                    "open_requests": (lambda: len(director.inflight), 0, none),
+                    "label_sets": (lambda: len(self._children), CHILDREN_LIMIT, lambda: self.children_folded),
+                },
+            )
+        )
 
     def set_known_models(self, names: Iterable[str]) -> None:
         """The configured model names: they always label as themselves."""
@@ -352,7 +386,12 @@ class PickerMetrics:
     # -- the request path --------------------------------------------------------------------
     def _bound(self, model: str, target: str, fairness_id: str, priority: int) -> tuple[str, str, str, str]:
         cap = self.model_cap
-        return (cap(model), cap(target), self.fairness_cap(fairness_id or DEFAULT_FAIRNESS_ID), str(priority))
+        return (
+            cap(model),
+            cap(target),
+            self.fairness_cap(fairness_id or DEFAULT_FAIRNESS_ID),
+            self.priority_cap(str(priority)),
+        )
 
     def labels(self, model: str, target: str, fairness_id: str = "", priority: int = 0) -> RequestLabels:
         """The (cached) children for one request's labels, bounded."""
@@ -360,7 +399,8 @@ class PickerMetrics:
         c = self._children.get(key)
         if c is None:
             if len(self._children) >= CHILDREN_LIMIT:
-                key = (OTHER, OTHER, OTHER, key[3])
+                self.children_folded += 1
+                key = (OTHER, OTHER, OTHER, OTHER)
                 c = self._children.get(key)
             if c is None:
                 c = self._children[key] = RequestLabels(self, *key)

@@ -188,6 +188,11 @@ class ModelTable:
         """Sorted client-facing names: rewrite rules' Exact matches and InferenceModels' modelName."""
         return sorted(set(self.exact) | set(self.by_model))
 
+    def label_names(self) -> list[str]:
+        """Every configured model name, client-facing and rewrite targets: safe metric labels."""
+        splits = [*self.exact.values(), *self._im_splits.values(), *([self.generic] if self.generic else [])]
+        return sorted(set(self.client_names()).union(*(s.names for s in splits)))
+
     def _priority(self, model: str, objective: str | None) -> tuple[int | None, str | None]:
         if objective:
             ob = self.objectives.get(objective)

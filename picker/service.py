@@ -83,7 +83,11 @@ class Picker:
             self.profile.scheduler = scheduler
         self.state = self.profile.state
         self.scheduler: Scheduler = self.profile.scheduler
-        self.metrics = PickerMetrics(registry)
+        self.metrics = PickerMetrics(
+            registry,
+            model_admit=cfg.model_metric_label_limit,
+            fairness_admit=cfg.fairness_id_metric_label_limit,
+        )
         self.registry = self.metrics.registry
         self.view = PoolView(
             cfg.pool_namespace, cfg.pool_name, self.state, staleness=cfg.metrics_staleness_threshold
@@ -104,6 +108,7 @@ class Picker:
             destination_header_list=cfg.destination_header_list,
         )
         self.metrics.add_pool_collector(cfg.pool_name, self.view.stats, self._view_counters, self.view.list)
+        self.metrics.add_tables(self.state, self.director)
         if cfg.kube or cfg.kubeconfig or cfg.kube_host:
             self.source: Any = KubeSource(cfg, self._set_models)
         elif cfg.config_files:
@@ -152,7 +157,7 @@ class Picker:
         self.models = table
         if hasattr(self, "director"):
             self.director.models = table
-        names_of = getattr(table, "client_names", None)
+        names_of = getattr(table, "label_names", None)
         self.metrics.set_known_models(names_of() if names_of is not None else table.by_model)
 
     def _view_counters(self) -> dict:

@@ -159,10 +159,18 @@ RequestKey = tuple[str, str]  # replica, request_id
 
 
 class EventLedger:
-    """Exactly-once application of assignments and completions (see the module docstring)."""
+    """Exactly-once application of assignments and completions (see the module docstring).
 
-    def __init__(self, ttl: float = 60.0) -> None:
+    Bounded: request ids come from clients, so at most ``max_entries`` requests are
+    remembered; a new one past the bound forgets the oldest first (counted in
+    :attr:`evicted`: a duplicate of it arriving later would be applied again, which the
+    in-flight TTL absorbs).
+    """
+
+    def __init__(self, ttl: float = 60.0, max_entries: int = 200_000) -> None:
         self.ttl = ttl
+        self.max_entries = max(1, max_entries)
+        self.evicted = 0
         self._seen: dict[RequestKey, _Seen] = {}
         self._expiry: deque[tuple[float, RequestKey]] = deque()  # (event time, key), roughly ordered
         self._open: dict[str, dict[str, None]] = {}  # replica -> its open request ids (insertion-ordered)
@@ -178,7 +186,7 @@ class EventLedger:
         key = (replica, request_id)
         seen = self._seen.get(key)
         if seen is None:
-            seen = self._seen[key] = _Seen()
+            seen = self._new(key)
         elif at <= seen.assigned_at:
             return False  # the same assignment again (or an older one)
         elif seen.done_at is not None and at <= seen.done_at:
@@ -194,7 +202,7 @@ class EventLedger:
         key = (replica, request_id)
         seen = self._seen.get(key)
         if seen is None:
-            seen = self._seen[key] = _Seen()  # completion first: remembered to reject the assignment
+            seen = self._new(key)  # completion first: remembered to reject the assignment
         elif seen.done_at is not None:
             return False
         else:
@@ -202,6 +210,27 @@ class EventLedger:
         seen.done_at = max(at, seen.assigned_at)
         self._expiry.append((seen.done_at, key))
         return True
+
+    def _new(self, key: RequestKey) -> _Seen:
+        if len(self._seen) >= self.max_entries:
+            self._evict()
+        if len(self._expiry) > 4 * self.max_entries:  # re-touched keys leave stale entries
+            live = self._seen
+            self._expiry = deque(e for e in self._expiry if e[1] in live)
+        seen = self._seen[key] = _Seen()
+        return seen
+
+    def _evict(self) -> None:
+        """Forget the request with the oldest expiry entry, whatever its age."""
+        q = self._expiry
+        while q and len(self._seen) >= self.max_entries:
+            _, key = q.popleft()
+            seen = self._seen.pop(key, None)
+            if seen is None:
+                continue
+            self.evicted += 1
+            if seen.done_at is None:
+                self._open.get(key[0], {}).pop(key[1], None)
 
     def forget_replica(self, replica: str, now: float) -> list[str]:
         """Close every open request of a replica that went silent; returns their ids."""

@@ -23,6 +23,11 @@ peers).
 
 Every update is O(1) or amortized O(1): entries sit in two time-ordered deques (per
 endpoint for reconciliation, global for expiry) and leave each deque once.
+
+Bounded: request ids come from clients (and peers), so at most ``max_entries`` requests
+are tracked (a new one evicts the oldest, counted in :attr:`InflightTracker.evicted`), and
+at most ``max_addresses`` endpoints (an assignment to one more is not counted, in
+:attr:`InflightTracker.refused`); endpoints leave with :meth:`remove_endpoint`.
 """
 
 from __future__ import annotations
@@ -63,8 +68,20 @@ class _Entry:
 class InflightTracker:
     """Per-endpoint extra load, reconciled with snapshots, released by completions, expired by TTL."""
 
-    def __init__(self, ttl: float = 60.0, propagation: float = 0.02, avg_tokens: float = 500.0) -> None:
+    def __init__(
+        self,
+        ttl: float = 60.0,
+        propagation: float = 0.02,
+        avg_tokens: float = 500.0,
+        *,
+        max_entries: int = 100_000,
+        max_addresses: int = 10_000,
+    ) -> None:
         self.ttl = ttl
+        self.max_entries = max(1, max_entries)
+        self.max_addresses = max(1, max_addresses)
+        self.evicted = 0  # live entries dropped to stay under max_entries
+        self.refused = 0  # assignments to endpoints past max_addresses
         self.propagation = propagation
         # A running mean of tokens per request, used to price a pod's *reported* waiting
         # requests, whose sizes the metrics do not give.
@@ -77,6 +94,11 @@ class InflightTracker:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def addresses(self) -> int:
+        """Endpoints with any per-endpoint state (load, pending deque or snapshot time)."""
+        return len(self._loads.keys() | self._pending.keys() | self._snap_ts.keys())
 
     def load(self, address: str) -> Load:
         """The live :class:`Load` object of ``address`` (created on first use)."""
@@ -91,6 +113,13 @@ class InflightTracker:
         key = (replica, request_id)
         if key in self._entries:  # a retry re-assigned it: the old entry is over
             self.complete(request_id, now, replica)
+        if address not in self._loads and len(self._loads) >= self.max_addresses:
+            self.refused += 1
+            return
+        while len(self._entries) >= self.max_entries:
+            self._evict_oldest()
+        if len(self._expiry) > 2 * self.max_entries:  # completed entries wait for their TTL here
+            self._expiry = deque(e for e in self._expiry if e.live)
         tokens = max(0, int(tokens))
         self.avg_tokens += (tokens - self.avg_tokens) * 0.01
         entry = _Entry(key, address, now, tokens)
@@ -147,6 +176,17 @@ class InflightTracker:
                 if self._entries.get(entry.key) is entry:
                     del self._entries[entry.key]
                 self._release(entry)
+
+    def _evict_oldest(self) -> None:
+        q = self._expiry
+        while q:
+            entry = q.popleft()
+            if entry.live:
+                if self._entries.get(entry.key) is entry:
+                    del self._entries[entry.key]
+                self._release(entry)
+                self.evicted += 1
+                return
 
     def remove_endpoint(self, address: str) -> None:
         """The endpoint left the pool: its extra load goes with it."""

@@ -6,6 +6,11 @@ computed it. We do not see the pods' caches; we remember what we sent where. Eac
 endpoint gets an LRU of block hashes sized like its KV cache (``kv_capacity_tokens //
 block_size`` blocks), and a global inverted index (hash -> endpoints) lets a lookup
 touch only the endpoints that hold the request's first block, not every endpoint.
+
+Bounded: prompts come from clients, so each LRU is capped by its capacity, a capacity a
+pod reports is clamped to ``max_capacity_blocks``, and at most ``max_addresses``
+endpoints are indexed (blocks for one more are not indexed, counted in ``refused``).
+The index thus holds at most ``max_addresses x max_capacity_blocks`` hashes.
 """
 
 from __future__ import annotations
@@ -16,13 +21,23 @@ from collections.abc import Sequence
 __all__ = ["DEFAULT_CAPACITY_BLOCKS", "PrefixIndex"]
 
 DEFAULT_CAPACITY_BLOCKS = 8192  # ~ a 7B model on one 80 GB GPU (7,463 blocks of 16 tokens)
+MAX_CAPACITY_BLOCKS = 1 << 20  # 16M tokens of 16: far above any single GPU's KV cache
 
 
 class PrefixIndex:
     """Per-endpoint LRUs of block hashes with a shared inverted index."""
 
-    def __init__(self, default_capacity_blocks: int = DEFAULT_CAPACITY_BLOCKS) -> None:
-        self.default_capacity_blocks = max(1, int(default_capacity_blocks))
+    def __init__(
+        self,
+        default_capacity_blocks: int = DEFAULT_CAPACITY_BLOCKS,
+        *,
+        max_capacity_blocks: int = MAX_CAPACITY_BLOCKS,
+        max_addresses: int = 10_000,
+    ) -> None:
+        self.max_capacity_blocks = max(1, int(max_capacity_blocks))
+        self.default_capacity_blocks = min(max(1, int(default_capacity_blocks)), self.max_capacity_blocks)
+        self.max_addresses = max(1, max_addresses)
+        self.refused = 0
         self._lru: dict[str, OrderedDict[int, None]] = {}
         self._cap: dict[str, int] = {}
         self._holders: dict[int, set[str]] = {}
@@ -32,7 +47,10 @@ class PrefixIndex:
 
     def set_capacity(self, address: str, blocks: int) -> None:
         """Size ``address``'s LRU (``blocks`` <= 0 means unknown: use the default)."""
-        blocks = int(blocks) if blocks > 0 else self.default_capacity_blocks
+        blocks = min(int(blocks), self.max_capacity_blocks) if blocks > 0 else self.default_capacity_blocks
+        if address not in self._cap and len(self._cap) >= self.max_addresses:
+            self.refused += 1
+            return
         if self._cap.get(address) == blocks:
             return
         self._cap[address] = blocks
@@ -50,6 +68,9 @@ class PrefixIndex:
             return
         lru = self._lru.get(address)
         if lru is None:
+            if len(self._lru) >= self.max_addresses:
+                self.refused += 1
+                return
             lru = self._lru[address] = OrderedDict()
         holders = self._holders
         for h in reversed(hashes):
@@ -115,6 +136,20 @@ class PrefixIndex:
                     s.discard(address)
                     if not s:
                         del holders[h]
+
+    @property
+    def hashes(self) -> int:
+        """Distinct block hashes indexed (the inverted index's size)."""
+        return len(self._holders)
+
+    @property
+    def blocks(self) -> int:
+        """Block entries over every endpoint's LRU."""
+        return sum(len(lru) for lru in self._lru.values())
+
+    @property
+    def addresses(self) -> int:
+        return len(self._lru.keys() | self._cap.keys())
 
     def size(self, address: str) -> int:
         lru = self._lru.get(address)

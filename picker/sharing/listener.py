@@ -106,6 +106,15 @@ class PeerListener:
         self.metrics = metrics or SharingMetrics()
         self.clock = clock
         self.applier = EventApplier(hooks, ttl=settings.dedup_ttl_s, clock=clock, metrics=self.metrics)
+        ledger = self.applier.ledger
+        self.metrics.tables(
+            {
+                "dedup_requests": (lambda: len(ledger), ledger.max_entries, lambda: ledger.evicted),
+                # peers are forgotten peer_timeout after their last heartbeat
+                "peers": (lambda: len(self.applier.last_seen), 0, lambda: 0),
+                "rival_instances": (lambda: len(self.rivals), _MAX_RIVALS, lambda: 0),
+            }
+        )
         self.decoder = event_decoder(self._on_decode_error)
         self.feed = EventFeed(
             bus,

@@ -7,7 +7,11 @@ undecodable, how far behind it arrives, and which peers are alive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.tables import TableCollector
 
 __all__ = ["SharingMetrics"]
 
@@ -83,3 +87,7 @@ class SharingMetrics:
             registry=r,
         )
         self.ready = Gauge("infergate_sharing_ready", "1 once the initial replay is done", registry=r)
+
+    def tables(self, tables: dict[str, tuple[Callable[[], int], int, Callable[[], int]]]) -> None:
+        """Export the listener's bounded tables (``infergate_sharing_table_entries{table}``)."""
+        self.registry.register(TableCollector("infergate_sharing", tables))

@@ -337,9 +337,12 @@ async def test_health_over_tls_on_the_ext_proc_port():
 
 def test_label_cap_keeps_known_names_and_folds_the_rest():
     cap = LabelCap(limit=3, max_len=10)
-    cap.set_known(["chat"])
-    assert [cap(v) for v in ("a", "b", "c", "d", "a", "chat")] == ["a", "b", "c", OTHER, "a", "chat"]
+    cap.set_known(["chat"])  # known names count against the limit, never fold
+    assert [cap(v) for v in ("a", "b", "c", "d", "a", "chat")] == ["a", "b", OTHER, OTHER, "a", "chat"]
     assert cap("x" * 11) == OTHER
+    served = LabelCap(limit=5, admit=0, vouch=lambda v: v.startswith("s"))
+    assert [served(v) for v in ("s1", "junk", "s2", "s1")] == ["s1", OTHER, "s2", "s1"]
+    assert served.values == 3 and served.folded == 1
 
 
 def test_request_metric_labels_are_bounded():
