@@ -96,6 +96,7 @@ class SimPod:
         self.host = spec.host
         self.loras: dict[str, str] = {}  # name -> path
         self.fail_adapters: set[str] = set(spec.fail_adapters)  # settable at run time
+        self.requests_by_model: dict[str, int] = {}  # accepted generation requests per model (tests)
         self.lora_created: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task | None = None
@@ -411,6 +412,7 @@ class SimPod:
             priority = openai.priority(body)
         except BadRequest as e:
             return error_response(e.status, e.message, e.param)
+        self.requests_by_model[model] = self.requests_by_model.get(model, 0) + 1
         if lora is not None and lora in self.fail_adapters:
             log.info("simulated adapter fault", extra={"pod": self.name, "adapter": lora})
             return error_response(500, f"simulated fault of adapter '{lora}'")

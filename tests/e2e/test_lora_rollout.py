@@ -120,3 +120,181 @@ async def test_adapter_for_two_replicas_lands_on_exactly_two_pods_and_serves(
                 assert served in addrs, (served, addrs)
         finally:
             await asyncio.gather(a.stop(), b.stop())
+
+
+# -- progressive rollout ------------------------------------------------------------------------
+
+ROLLOUT = """
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata:
+  name: chat-rollout
+  annotations:
+    infergate.io/rollout: "true"
+    infergate.io/rollout-steps: "20,50,100"
+    infergate.io/rollout-hold: "{hold}"
+    infergate.io/rollout-min-requests: "3"
+    infergate.io/rollout-min-errors: "2"
+    infergate.io/rollout-max-latency-ratio: "50"
+spec:
+  poolRef: {{name: pool}}
+  rules:
+    - matches: [{{model: {{type: Exact, value: chat}}}}]
+      targets: [{{modelRewrite: chat-v1}}, {{modelRewrite: chat-v2}}]
+"""
+
+
+def picker_config(url: str, models: str, name: str, grpc_port: int = 0, health_port: int = 0):
+    from picker.sharing import SharingSettings
+
+    return loopback_config(
+        pool_name=POOL,
+        config_files=[models],
+        replica_name=name,
+        grpc_port=grpc_port,
+        grpc_health_port=health_port,
+        nats=NatsOptions(servers=[url], name=name, reconnect_wait=0.1),
+        sharing=SharingSettings(replica=name, peer_timeout_s=0),
+    )
+
+
+class Load:
+    """Requests for ``chat`` through the gateway, 3 at a time, until stopped; replies kept in order."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.replies: list[tuple[int, str]] = []  # (status, target model served or error text)
+        self.task: asyncio.Task | None = None
+
+    async def _worker(self, http: aiohttp.ClientSession) -> None:
+        while True:
+            body = {"model": "chat", "prompt": "roll me out", "max_tokens": 3}
+            try:
+                async with http.post(f"{self.url}/v1/completions", json=body) as r:
+                    text = await r.text()
+                    served = json.loads(text).get("model", "") if r.status == 200 else text[:120]
+                    self.replies.append((r.status, served))
+            except aiohttp.ClientError as exc:
+                self.replies.append((0, repr(exc)))
+                await asyncio.sleep(0.05)
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+            await asyncio.gather(*(self._worker(http) for _ in range(3)))
+
+    def __enter__(self) -> Load:
+        self.task = asyncio.ensure_future(self._run())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self.task is not None
+        self.task.cancel()
+
+
+async def record(url: str) -> dict:
+    import nats as nats_client
+
+    nc = await nats_client.connect(url)
+    try:
+        kv = await nc.jetstream().key_value("INFERGATE_ROLLOUTS")
+        keys = await kv.keys()
+        assert len(keys) == 1, keys
+        return json.loads((await kv.get(keys[0])).value)
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def rollout_stack(nats_url, envoy_binary, tmp_path, hold: float, fail: bool):
+    models = tmp_path / "models.yaml"
+    models.write_text(ROLLOUT.format(hold=hold))
+    specs = [
+        PodSpec(
+            name=f"vllm-{i}", lora_adapters=["chat-v1", "chat-v2"], fail_adapters=["chat-v2"] if fail else []
+        )
+        for i in range(2)
+    ]
+    async with SimCluster(specs) as cluster:
+        targets = [Target("default", POOL, p.name, "127.0.0.1", p.port) for p in cluster.pods]
+        col = Collector(
+            CollectorConfig(
+                node_name="n", nats=NatsOptions(servers=[nats_url]), targets=targets, ops_port=None
+            )
+        )
+        await col.start()
+        ports = (free_port(), free_port())
+        p = Picker(picker_config(nats_url, str(models), "picker-a", *ports))
+        await p.start()
+        opts = BootstrapOptions(
+            pickers=(p.address,),
+            picker_health_port=p.health_port,
+            listen_address="127.0.0.1",
+            listen_port=free_port(),
+            admin_port=free_port(),
+        )
+        state = {"picker": p, "models": str(models), "ports": ports, "pods": cluster.pods}
+        try:
+            await p.wait_ready(15)
+            async with EnvoyProcess(build_bootstrap(opts), envoy_binary):
+                state["url"] = f"http://127.0.0.1:{opts.listen_port}"
+                yield state
+        finally:
+            await state["picker"].stop(grace=0.2)
+            await col.stop()
+
+
+def served(pods, model: str) -> int:
+    return sum(p.requests_by_model.get(model, 0) for p in pods)
+
+
+def weight_of(p: Picker) -> int | None:
+    st = next(iter(p.rollout.states.values()), None)
+    return None if st is None else st.weight
+
+
+async def test_a_failing_canary_rolls_back_to_zero_at_once(nats_server, envoy_binary, tmp_path) -> None:
+    async with rollout_stack(nats_server.url, envoy_binary, tmp_path, hold=60, fail=True) as s:
+        p: Picker = s["picker"]
+        with Load(s["url"]) as load:
+            await wait_until(lambda: weight_of(p) == 20, 15, "the rollout starts at 20%")
+            await wait_until(lambda: p.rollout.states and next(iter(p.rollout.states.values())).phase == "rolled_back",
+                             20, "rollback")  # fmt: skip
+            await asyncio.sleep(0.2)  # requests already routed to the canary finish
+            mark, v2 = len(load.replies), served(s["pods"], "chat-v2")
+            await wait_until(lambda: len(load.replies) >= mark + 30, 20, "30 more requests")
+        rec = await record(nats_server.url)
+        assert (rec["phase"], rec["weight"]) == ("rolled_back", 0) and "error rate" in rec["reason"]
+        assert any(status == 500 for status, _ in load.replies[:mark])  # the canary did fail
+        # after the rollback (the hold was 60 s: it did not wait for it) every request is stable
+        assert all(status == 200 for status, _ in load.replies[mark:]), load.replies[mark:][:5]
+        assert served(s["pods"], "chat-v2") == v2 and v2 > 0
+
+
+async def test_a_healthy_canary_reaches_100_percent_across_a_picker_restart(
+    nats_server, envoy_binary, tmp_path
+) -> None:
+    async with rollout_stack(nats_server.url, envoy_binary, tmp_path, hold=1.5, fail=False) as s:
+        p: Picker = s["picker"]
+        with Load(s["url"]) as load:
+            await wait_until(lambda: weight_of(p) == 50, 30, "the rollout advances to 50%")
+            before = await record(nats_server.url)
+            # restart the picker (same ports: the gateway keeps its address)
+            await p.stop(grace=0.2)
+            p = s["picker"] = Picker(picker_config(nats_server.url, s["models"], "picker-a", *s["ports"]))
+            await p.start()
+            await p.wait_ready(15)
+            await wait_until(lambda: weight_of(p) is not None, 10, "the new picker read the state")
+            assert weight_of(p) >= 50  # where the shared record was, not back at 20%
+            starts = p.registry.get_sample_value(
+                "infergate_rollout_transitions_total", {"model": "chat", "kind": "start"}
+            )
+            assert not starts  # it never restarted the rollout
+            await wait_until(lambda: weight_of(p) == 100, 30, "the rollout completes")
+            await asyncio.sleep(0.2)  # requests already routed to the stable model finish
+            mark, v1 = len(load.replies), served(s["pods"], "chat-v1")
+            await wait_until(lambda: len(load.replies) >= mark + 20, 20, "20 more requests")
+        rec = await record(nats_server.url)
+        assert (rec["phase"], rec["weight"]) == ("complete", 100)
+        assert rec["since"] > before["since"]  # advanced after the restart, from the kept step
+        assert all(status == 200 for status, _ in load.replies[mark:])
+        assert served(s["pods"], "chat-v1") == v1 and v1 > 0  # all on the canary now
