@@ -114,10 +114,30 @@ async def test_adapter_for_two_replicas_lands_on_exactly_two_pods_and_serves(
                 )
                 async with aiohttp.ClientSession() as http:
                     replies = [await complete(http, url, "sql-lora") for _ in range(12)]
-            for status, served, text in replies:
-                assert status == 200, text
-                assert json.loads(text)["model"] == "sql-lora"
-                assert served in addrs, (served, addrs)
+                    for status, served, text in replies:
+                        assert status == 200, text
+                        assert json.loads(text)["model"] == "sql-lora"
+                        assert served in addrs, (served, addrs)
+                    # an unload never interrupts a running request: take the adapter out of
+                    # the spec while a long request for it runs on one of the holders
+                    body = {"model": "sql-lora", "prompt": "a long one", "max_tokens": 250}
+                    long = asyncio.ensure_future(http.post(f"{url}/v1/completions", json=body))
+                    await wait_until(lambda: any("sql-lora" in p.engine.running_loras for p in holders), 10)
+                    busy = next(p for p in holders if "sql-lora" in p.engine.running_loras)
+                    spec.write_text("adapters: []\n")
+                    released_while_running = False
+                    while not long.done():
+                        if "sql-lora" in busy.engine.running_loras:
+                            assert "sql-lora" in busy.loras, "unloaded under a running request"
+                            draining = bool(a.adapters._draining or b.adapters._draining)
+                            released_while_running = released_while_running or draining
+                        await asyncio.sleep(0.01)
+                    assert released_while_running  # the release had begun before it finished
+                    resp = await long
+                    assert resp.status == 200, await resp.text()
+                    assert (await resp.json())["usage"]["completion_tokens"] == 250
+                    resp.release()
+            await wait_until(lambda: not any("sql-lora" in p.loras for p in pods), 15, "unloaded once idle")
         finally:
             await asyncio.gather(a.stop(), b.stop())
 
@@ -247,6 +267,11 @@ def served(pods, model: str) -> int:
     return sum(p.requests_by_model.get(model, 0) for p in pods)
 
 
+def phase_of(p: Picker) -> str | None:
+    st = next(iter(p.rollout.states.values()), None)
+    return None if st is None else st.phase
+
+
 def weight_of(p: Picker) -> int | None:
     st = next(iter(p.rollout.states.values()), None)
     return None if st is None else st.weight
@@ -257,8 +282,7 @@ async def test_a_failing_canary_rolls_back_to_zero_at_once(nats_server, envoy_bi
         p: Picker = s["picker"]
         with Load(s["url"]) as load:
             await wait_until(lambda: weight_of(p) == 20, 15, "the rollout starts at 20%")
-            await wait_until(lambda: p.rollout.states and next(iter(p.rollout.states.values())).phase == "rolled_back",
-                             20, "rollback")  # fmt: skip
+            await wait_until(lambda: phase_of(p) == "rolled_back", 20, "rollback")
             await asyncio.sleep(0.2)  # requests already routed to the canary finish
             mark, v2 = len(load.replies), served(s["pods"], "chat-v2")
             await wait_until(lambda: len(load.replies) >= mark + 30, 20, "30 more requests")
