@@ -94,9 +94,48 @@ async def start(c: Collector) -> None:
         from shared import kube
 
         ns, _, name = (cfg.adapters_configmap or "").partition("/")
-        api = await kube.api_client(kubeconfig=cfg.kubeconfig, host=cfg.kube_api_server)
+        api = c._kube_api or await kube.api_client(kubeconfig=cfg.kubeconfig, host=cfg.kube_api_server)
+        c._kube_api = api  # closed by Collector.stop()
         cm = ConfigMapAdapterSource(api, ns, name, rec.set_spec)
         c.supervisor.spawn("collector-adapter-spec", cm.run, max_backoff=10.0)
+        routing = RoutingWatch(api, cfg.namespaces, rec)
+        for i, watcher in enumerate(routing.watchers):
+            c.supervisor.spawn(f"collector-adapter-routing-{i}", watcher.run, max_backoff=10.0)
+
+
+class RoutingWatch:
+    """InferenceModelRewrite and InferenceModel (both groups) through list+watch: their targets
+    are wanted adapters too (``shared.adapters.wanted``). A missing CRD only logs."""
+
+    def __init__(self, api, namespaces: list[str], rec: AdapterReconciler) -> None:
+        from shared import kube
+
+        self.rec = rec
+        colls = [
+            kube.INFERENCE_MODEL_REWRITE_V1ALPHA2,
+            kube.INFERENCE_MODEL_REWRITE_LLMD,
+            kube.INFERENCE_MODEL_V1ALPHA2,
+        ]
+        self.watchers = [
+            kube.ListWatcher(api, kube.custom(api, *coll, namespace=ns), self._changed)
+            for coll in colls
+            for ns in (namespaces or [None])
+        ]
+
+    def _changed(self, *_: object) -> None:
+        from shared import crds
+
+        out = []
+        for w in self.watchers:
+            for obj in w.objects.values():
+                try:
+                    res = crds.from_object(obj)
+                except crds.CRDValidationError as exc:
+                    log.warning("invalid routing resource ignored", extra={"error": str(exc)})
+                    continue
+                if res is not None:
+                    out.append(res)
+        self.rec.set_routing(tuple(out))
 
 
 class _LazyKv:

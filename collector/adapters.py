@@ -189,6 +189,11 @@ class AdapterReconciler:
         self.spec = spec
         self._wake.set()
 
+    def set_routing(self, resources: tuple) -> None:
+        """Rewrite/InferenceModel resources watched in the cluster (their targets are wanted)."""
+        self.routing = resources
+        self._wake.set()
+
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
         try:
@@ -291,10 +296,11 @@ class AdapterReconciler:
             )
             active = sum(1 for h in p.record.holders.values() if h.state != place.RELEASING)
             self._short[key] = self._short.get(key, 0) + 1 if active < replicas else 0
-            if not p.changed:
+            finished = replicas == 0 and not p.record.holders and entry is not None
+            if not p.changed and not finished:
                 return p.record
             try:
-                if replicas == 0 and not p.record.holders and entry is not None:
+                if finished:
                     await self.kv.delete(key, entry.revision)
                     log.info("adapter record removed", extra={"adapter": name, "pool": f"{ns}/{pool}"})
                     return None
