@@ -127,3 +127,29 @@ async def test_memory_kv_compare_and_set() -> None:
     assert (await kv.get("k")).value == b"2" and rev2 > rev
     assert kv_token("my.adapter/v1") == "my=2eadapter=2fv1"
     assert place.record_key("default", "llama", "a.b") == "default.llama.a=2eb"
+
+
+def test_deploy_examples_parse() -> None:
+    """The documented examples are valid: the ConfigMap's spec and the marked rewrite."""
+    from pathlib import Path
+
+    import yaml
+
+    from picker.models import ModelTable
+    from picker.rollout.spec import rollouts_of
+    from shared import crds
+
+    root = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+    docs = [d for d in yaml.safe_load_all((root / "lora-adapters.yaml").read_text()) if d]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    spec = load_text(cm["data"]["adapters.yaml"], "example")
+    want, _ = wanted(spec, "default", "vllm-llama2-7b")
+    assert want["chat-lora-v2"].replicas == 2
+    table = ModelTable(crds.load_yaml((root / "rollout.yaml").read_text()), "vllm-llama2-7b")
+    (r,) = rollouts_of(table.rewrites, table.rule_of)
+    assert (r.model, r.stable, r.canary, r.settings.steps) == (
+        "chat",
+        "chat-lora-v1",
+        "chat-lora-v2",
+        (5, 25, 50, 100),
+    )
