@@ -194,7 +194,7 @@ class Load:
                     text = await r.text()
                     served = json.loads(text).get("model", "") if r.status == 200 else text[:120]
                     self.replies.append((r.status, served))
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 self.replies.append((0, repr(exc)))
                 await asyncio.sleep(0.05)
 
