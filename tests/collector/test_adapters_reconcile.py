@@ -152,3 +152,27 @@ async def test_a_broken_spec_keeps_the_previous_one(tmp_path, bad) -> None:
         write(spec, bad)
         await asyncio.sleep(0.5)
         assert "a" in cluster.pods[0].loras
+
+
+async def test_a_dead_nodes_claims_expire_and_another_node_takes_over(tmp_path) -> None:
+    spec = tmp_path / "adapters.yaml"
+    write(spec, "adapters:\n  - {name: a, source: /ad/a, replicas: 1}\n")
+    kv = MemoryKv()
+    async with SimCluster(n=2) as cluster:
+        p0, p1 = cluster.pods
+        async with node([p0], spec, kv, adapter_holder_ttl=1.0) as a:
+            await wait_until(lambda: "a" in p0.loras, 10, "node a placed it")
+            b_cfg = CollectorConfig(
+                node_name="n2", collector_name="c2", targets=targets_of([p1], pool="llama"),
+                ops_port=None, models_interval=0.1, adapters_file=str(spec),
+                adapter_sync_interval=0.1, adapter_holder_ttl=1.0,
+            )  # fmt: skip
+            b = Collector(b_cfg, bus=MemoryBus(Subjects()), adapter_kv=kv)
+            await b.start()
+            try:
+                await wait_until(lambda: b.adapters is not None and b.adapters.passes >= 5, 10)
+                assert "a" not in p1.loras  # one replica wanted, node a holds it: b stays out
+                await a.stop()  # node a's collector dies: its claim is no longer confirmed
+                await wait_until(lambda: "a" in p1.loras, 15, "node b took the replica over")
+            finally:
+                await b.stop()
