@@ -18,6 +18,7 @@ from shared.natsconn import NatsOptions, StreamSettings
 
 DEFAULT_OPS_PORT = 9091
 IDENTITY, DISCOVERY, SCRAPING, PUBLISHING = "identity", "discovery", "scraping", "publishing"
+ADAPTERS = "LoRA adapters"
 
 
 def positive(text: str) -> float:
@@ -121,6 +122,37 @@ class CollectorConfig:
         type=positive,
         help="republish an unchanged endpoint after this many seconds",
     )
+    # LoRA adapters (collector/adapters.py): off unless a spec source is given
+    adapters_file: str | None = setting(
+        None,
+        group=ADAPTERS,
+        help="YAML of the desired LoRA adapters (shared/adapters.py); reloaded on change",
+    )
+    adapters_configmap: str | None = setting(
+        None,
+        group=ADAPTERS,
+        metavar="NAMESPACE/NAME",
+        help="ConfigMap whose adapters.yaml key holds the desired adapters (list+watch)",
+    )
+    adapter_sync_interval: float = setting(
+        1.0, group=ADAPTERS, type=positive, help="seconds between adapter reconciliation passes"
+    )
+    adapter_slots: int = setting(
+        0,
+        group=ADAPTERS,
+        help="adapters one server may hold (vLLM's --max-cpu-loras); 0 = the max_lora its metrics report",
+    )
+    adapter_drain: float = setting(
+        2.0,
+        group=ADAPTERS,
+        help="seconds an adapter is hidden from served_models (pickers stop routing to it) before unload",
+    )
+    adapter_holder_ttl: float = setting(
+        30.0,
+        group=ADAPTERS,
+        type=positive,
+        help="seconds after which another collector's unconfirmed claim counts as dead",
+    )
     # from the NATS flags (shared.natsconn)
     nats: NatsOptions = field(default_factory=NatsOptions)
     stream_settings: StreamSettings = field(default_factory=StreamSettings)
@@ -151,6 +183,10 @@ class CollectorConfig:
             problems.append("heartbeat interval must be > 0")
         if self.models_interval < 0:
             problems.append("models interval must be >= 0")
+        if self.adapters_configmap is not None and self.adapters_configmap.count("/") != 1:
+            problems.append("--adapters-configmap must be NAMESPACE/NAME")
+        if self.adapter_slots < 0 or self.adapter_drain < 0:
+            problems.append("adapter slots and drain must be >= 0")
         if self.discovery_mode() not in ("static", "kubernetes"):
             problems.append(f"unknown discovery mode {self.discovery!r}")
         if self.discovery_mode() == "kubernetes" and not self.node_name:

@@ -67,6 +67,8 @@ class Scraper:
         self.url = target.url(config.metrics_path)
         self.models_url = target.url("/v1/models")
         self.served_models: list[str] = []  # from /v1/models; kept when a read fails
+        self.loaded_models: list[str] = []  # the same, before hiding adapters being drained
+        self.hidden_models: set[str] = set()  # set by the adapter reconciler (collector/adapters.py)
         self.scrapes = 0
         self.task: asyncio.Task | None = None  # set by the service that runs it
         self._models_due = 0.0
@@ -107,7 +109,8 @@ class Scraper:
                 page = _models_decoder.decode(await resp.read())
         except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError):
             return
-        self.served_models = sorted({card.id for card in page.data})
+        self.loaded_models = sorted({card.id for card in page.data})
+        self.served_models = [m for m in self.loaded_models if m not in self.hidden_models]
 
     async def scrape_once(self, timeout: aiohttp.ClientTimeout) -> None:
         cfg = self.config

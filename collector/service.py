@@ -28,6 +28,8 @@ from collections.abc import Iterable
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from collector import adapter_wiring
+from collector.adapters import AdapterReconciler
 from collector.config import DEFAULT_OPS_PORT, CollectorConfig
 from collector.metrics import CollectorMetrics
 from collector.publisher import Publisher
@@ -35,6 +37,7 @@ from collector.scraper import Scraper
 from collector.snapshots import EndpointState
 from collector.targets import Key, StaticDiscovery, Target
 from shared.bus import Bus
+from shared.kvstore import KvStore
 from shared.natsbus import NatsBus
 from shared.ops import Health, OpsServer
 from shared.schemas import Tombstone
@@ -59,6 +62,7 @@ class Collector:
         *,
         registry: CollectorRegistry | None = None,
         bus: Bus | None = None,
+        adapter_kv: KvStore | None = None,
     ) -> None:
         config.validate()
         self.config = config
@@ -86,6 +90,8 @@ class Collector:
         self._kube_api = None
         self._nats_task: asyncio.Task | None = None
         self.started = False
+        self._adapter_kv = adapter_kv  # a MemoryKv in unit tests; else the NATS bucket
+        self.adapters: AdapterReconciler | None = None  # set when a spec source is configured
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> Collector:
@@ -174,6 +180,7 @@ class Collector:
             self.bus = bus
         self.publisher.attach(self.bus)
         await self.publisher.on_connected()
+        await adapter_wiring.start(self)
         # If JetStream was unavailable (disabled, or the server still starting), keep trying:
         # without the stream, new subscribers cannot bootstrap.
         while not self._stop.is_set():

@@ -153,13 +153,19 @@ class ModelTable:
             self._im_splits[m.model_name] = _Split([(t.name, t.weight) for t in m.target_models])
         for o in objectives:
             self.objectives.setdefault(o.name, o)
+        # The Exact rule that won for each model, (rewrite, rule index): picker/rollout sets the
+        # weights of the rules marked for a progressive rollout through set_weights().
+        self.rewrites = rewrites
+        self.rule_of: dict[str, tuple[crds.InferenceModelRewrite, int]] = {}
         for r in rewrites:
-            for rule in r.rules:
+            for i, rule in enumerate(r.rules):
                 split = _Split([(t.model, t.weight) for t in rule.targets])
                 if rule.generic:
                     self.generic = self.generic or split
                 for value in rule.matches:
-                    self.exact.setdefault(value, split)
+                    if value not in self.exact:
+                        self.exact[value] = split
+                        self.rule_of[value] = (r, i)
         self.overridden = sorted(set(self.exact) & set(self.by_model))
         if models:
             log.warning(
@@ -192,6 +198,11 @@ class ModelTable:
         """Every configured model name, client-facing and rewrite targets: safe metric labels."""
         splits = [*self.exact.values(), *self._im_splits.values(), *([self.generic] if self.generic else [])]
         return sorted(set(self.client_names()).union(*(s.names for s in splits)))
+
+    def set_weights(self, model: str, targets: Sequence[tuple[str, int]]) -> None:
+        """Replace the split of ``model``'s Exact rule (a rollout's current weights)."""
+        if model in self.exact:
+            self.exact[model] = _Split(targets)
 
     def _priority(self, model: str, objective: str | None) -> tuple[int | None, str | None]:
         if objective:

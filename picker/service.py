@@ -109,6 +109,14 @@ class Picker:
         )
         self.metrics.add_pool_collector(cfg.pool_name, self.view.stats, self._view_counters, self.view.list)
         self.metrics.add_tables(self.state, self.director)
+        # progressive rollouts (picker/rollout): acts only on rules marked for one
+        self.rollout: Any = None
+        if cfg.nats is not None:
+            from .rollout import RolloutController
+
+            self.rollout = RolloutController(
+                cfg.pool_namespace, cfg.pool_name, cfg.replica_name, self.registry
+            )
         if cfg.kube or cfg.kubeconfig or cfg.kube_host:
             self.source: Any = KubeSource(cfg, self._set_models)
         elif cfg.config_files:
@@ -154,6 +162,8 @@ class Picker:
         self.director.sink = value
 
     def _set_models(self, table: ModelTable) -> None:
+        if getattr(self, "rollout", None) is not None:
+            self.rollout.apply(table)  # the rollouts' weights, before the table serves
         self.models = table
         if hasattr(self, "director"):
             self.director.models = table
@@ -227,6 +237,9 @@ class Picker:
             self.supervisor.spawn("nats-feed", self.feed.run)
             if self._share:
                 self.supervisor.spawn("sharing-wire", self._wire_sharing, restart=False)
+            from .rollout import wiring as rollout_wiring
+
+            self.supervisor.spawn("rollout", lambda: rollout_wiring.run(self, self.rollout))
         if not isinstance(self.source, StaticSource):
             self.supervisor.spawn("config", self.source.run)
         self.supervisor.spawn("health", self._health_loop)

@@ -86,10 +86,32 @@ class InferenceModelRewrite:
     rules: tuple[RewriteRule, ...] = field(default_factory=tuple)
     api_version: str = GIE_V1ALPHA2
     created: float | None = None
+    # ``infergate.io/rollout*`` annotations: the progressive-rollout marker and its settings,
+    # kept raw here and read by picker/rollout (an invalid value disables only the rollout).
+    rollout: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
+
+
+ROLLOUT_ANNOTATION_PREFIX = "infergate.io/rollout"
+
+
+def _rollout_annotations(obj: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    meta = obj.get("metadata")
+    notes = meta.get("annotations") if isinstance(meta, Mapping) else None
+    if not isinstance(notes, Mapping):
+        return ()
+    return tuple(
+        sorted(
+            (str(k), str(v))
+            for k, v in notes.items()
+            if isinstance(k, str)
+            and k.startswith(ROLLOUT_ANNOTATION_PREFIX)
+            and isinstance(v, str | int | float)
+        )
+    )
 
 
 def _pool_ref(c: Checker, value: Any, path: str, api_version: str, required: bool) -> str:
@@ -163,4 +185,6 @@ def parse_rewrite(obj: Mapping[str, Any], meta: Meta, c: Checker) -> InferenceMo
         if any(weighted) and not all(weighted):
             c.fail(f"{path}.targets", "weights must be set on all targets or on none")
         rules.append(RewriteRule(tuple(matches), tuple(targets)))
-    return InferenceModelRewrite(meta.name, meta.namespace, pool, tuple(rules), api_version, meta.created)
+    return InferenceModelRewrite(
+        meta.name, meta.namespace, pool, tuple(rules), api_version, meta.created, _rollout_annotations(obj)
+    )

@@ -88,6 +88,16 @@ class Subjects:
         """Keeps recent picker events briefly, so a restarted replica rebuilds in-flight state."""
         return f"{_stream_token(self.prefix)}_EVENTS"
 
+    @property
+    def adapter_bucket(self) -> str:
+        """JetStream KV bucket: one placement record per (pool, LoRA adapter), shared by collectors."""
+        return f"{_stream_token(self.prefix)}_ADAPTERS"
+
+    @property
+    def rollout_bucket(self) -> str:
+        """JetStream KV bucket: one progressive-rollout state per rule, shared by picker replicas."""
+        return f"{_stream_token(self.prefix)}_ROLLOUTS"
+
 
 @lru_cache(maxsize=4096)  # subjects repeat (one per pod and replica); bounded all the same
 def _parse(prefix: str, subject: str) -> Origin | None:

@@ -50,6 +50,12 @@ def build_parser() -> EnvArgumentParser:
     )
     p.add_argument("--lora-adapters", type=_csv, default=[], help="comma-separated adapters to preload")
     p.add_argument(
+        "--fail-adapters",
+        type=_csv,
+        default=[],
+        help="fault injection: requests for these adapters fail with 500 (comma-separated)",
+    )
+    p.add_argument(
         "--time-scale",
         type=float,
         default=1.0,
@@ -122,6 +128,7 @@ def pod_specs(args: argparse.Namespace) -> list[PodSpec]:
                     engine=engine_config(args, model),
                     time_scale=float(it.get("time_scale", args.time_scale)),
                     flavor=str(it.get("engine", args.engine)),
+                    fail_adapters=list(it.get("fail_adapters", args.fail_adapters)),
                 )
             )
         return specs
@@ -136,6 +143,7 @@ def pod_specs(args: argparse.Namespace) -> list[PodSpec]:
             engine=engine_config(args, args.model),
             time_scale=args.time_scale,
             flavor=args.engine,
+            fail_adapters=list(args.fail_adapters),
         )
         for i, port in enumerate(ports)
     ]

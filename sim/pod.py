@@ -45,6 +45,8 @@ class PodSpec:
     default_chat_max_tokens: int = 256
     time_scale: float = 1.0
     flavor: str = "vllm"  # the model server imitated: "vllm" or "sglang"
+    # Fault injection: requests naming one of these adapters fail with 500 (a broken canary).
+    fail_adapters: list[str] = field(default_factory=list)
 
 
 class _Ctx:
@@ -93,6 +95,8 @@ class SimPod:
         self.port = spec.port
         self.host = spec.host
         self.loras: dict[str, str] = {}  # name -> path
+        self.fail_adapters: set[str] = set(spec.fail_adapters)  # settable at run time
+        self.requests_by_model: dict[str, int] = {}  # accepted generation requests per model (tests)
         self.lora_created: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task | None = None
@@ -408,6 +412,10 @@ class SimPod:
             priority = openai.priority(body)
         except BadRequest as e:
             return error_response(e.status, e.message, e.param)
+        self.requests_by_model[model] = self.requests_by_model.get(model, 0) + 1
+        if lora is not None and lora in self.fail_adapters:
+            log.info("simulated adapter fault", extra={"pod": self.name, "adapter": lora})
+            return error_response(500, f"simulated fault of adapter '{lora}'")
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         hashes = prefix_block_hashes(model, text) if self.cfg.enable_prefix_caching else []
         reason = "length" if explicit else "stop"
