@@ -257,3 +257,27 @@ async def test_each_user_reads_only_its_own_replies(secure_nats: SecureNats) -> 
         await eventually(both_refused, 5, f"both refused (errors: {errors})")
     finally:
         await nc.close()
+
+
+async def test_each_service_uses_only_its_own_kv_bucket(secure_nats: SecureNats) -> None:
+    """The adapters bucket is the collectors', the rollouts bucket the pickers': each user can
+    create, compare-and-set and list its own, and cannot create the other."""
+    from shared.kvstore import Conflict, open_bucket
+
+    for user, own, other in (
+        ("collector", "INFERGATE_ADAPTERS", "INFERGATE_ROLLOUTS"),
+        ("picker", "INFERGATE_ROLLOUTS", "INFERGATE_ADAPTERS"),
+    ):
+        nc = await secure_nats.client(user)
+        try:
+            kv = await open_bucket(nc, own, file_storage=False)
+            rev = await kv.create(f"{user}-key", b"1")
+            await kv.update(f"{user}-key", b"2", rev)
+            with pytest.raises(Conflict):  # a stale revision loses the compare-and-set
+                await kv.update(f"{user}-key", b"3", rev)
+            assert f"{user}-key" in await kv.keys()
+            assert (await kv.get(f"{user}-key")).value == b"2"
+            with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
+                await open_bucket(nc, other, file_storage=False)
+        finally:
+            await nc.close()
