@@ -29,12 +29,14 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from collector.config import DEFAULT_OPS_PORT, CollectorConfig
+from collector.kvevents import KVEventsHub
 from collector.metrics import CollectorMetrics
 from collector.publisher import Publisher
 from collector.scraper import Scraper
 from collector.snapshots import EndpointState
 from collector.targets import Key, StaticDiscovery, Target
 from shared.bus import Bus
+from shared.kvstream import ensure_kv_stream
 from shared.natsbus import NatsBus
 from shared.ops import Health, OpsServer
 from shared.schemas import Tombstone
@@ -73,6 +75,7 @@ class Collector:
             self.subjects, self.epoch, self.identity, self.metrics, spawn=self._spawn_once
         )
         self.scrapers: dict[Key, Scraper] = {}
+        self.kv = KVEventsHub(lambda: self.publisher.bus, self.epoch)  # pods' KV events -> NATS
         self.health = Health()
         self.health.add_check("discovery", self.discovery_synced)
         self.health.add_check("nats", lambda: self.publisher.connected)
@@ -128,7 +131,8 @@ class Collector:
         # it instead could leave nats-py's connect attempt running): give it a moment first.
         if self._nats_task is not None and not self._nats_task.done() and self.publisher.bus is None:
             await asyncio.wait([self._nats_task], timeout=2.0)
-        await self.supervisor.close()  # discovery, scrapers, publisher, resync
+        await self.supervisor.close()  # discovery, scrapers, publisher, resync, KV events
+        self.kv.close()
         if self.publisher.bus is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.publisher.drain(), 2.0)
@@ -174,6 +178,8 @@ class Collector:
             self.bus = bus
         self.publisher.attach(self.bus)
         await self.publisher.on_connected()
+        with contextlib.suppress(Exception):  # KV digests' last values (shared/kvstream.py)
+            await ensure_kv_stream(self.bus)
         # If JetStream was unavailable (disabled, or the server still starting), keep trying:
         # without the stream, new subscribers cannot bootstrap.
         while not self._stop.is_set():
@@ -255,6 +261,7 @@ class Collector:
                 else:
                     self._stop_scraper(self.scrapers.pop(key))
                 self._add(target)
+        self.kv.apply(list(desired.values()), self.supervisor)
         self._health_changed()
 
     def _add(self, target: Target) -> None:
