@@ -298,25 +298,32 @@ class PodKVStream:
             await asyncio.sleep(s.flush_interval)
             bus: Bus | None = self._bus_ref()
             if bus is None or not bus.connected:
-                if self.state.has_delta():
-                    self.state.drop_delta()
+                self._drop_pending()
                 self.need_digest = True
                 continue
             delta_subj, digest_subj = self._subjects(bus)
             now = time.monotonic()
             try:
-                if self.need_digest or now >= next_digest:
-                    self.state.drop_delta()  # the digest includes it
-                    await bus.publish(digest_subj, kv.encode_digest(self.digest()))
-                    self.need_digest = False
-                    next_digest = now + s.digest_interval
-                elif self.state.has_delta():
+                if self.state.has_delta():
                     self.delta_seq += 1
                     d = self.state.take_delta(self.target.address, self.epoch, self.delta_seq)
                     await bus.publish(delta_subj, kv.encode_delta(d))
+                # A digest numbered N holds exactly deltas 1..N: a picker that has them all
+                # only refreshes the pod's liveness from it.
+                if self.need_digest or now >= next_digest:
+                    await bus.publish(digest_subj, kv.encode_digest(self.digest()))
+                    self.need_digest = False
+                    next_digest = now + s.digest_interval
             except BusError:
                 self.need_digest = True
             raise_if_cancelling()
+
+    def _drop_pending(self) -> None:
+        """Changes that cannot be sent: skip a delta number, so receivers see the gap and
+        take the next digest whole."""
+        if self.state.has_delta():
+            self.state.drop_delta()
+            self.delta_seq += 1
 
     def digest(self, live: bool = True) -> kv.KVDigest:
         st = self.state

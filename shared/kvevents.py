@@ -285,37 +285,41 @@ def encode_delta(d: KVDelta) -> bytes:
     return _enc.encode(m)
 
 
-def _map(data: bytes) -> dict[str, Any]:
-    try:
-        m = _dec.decode(data)
-    except msgspec.DecodeError as exc:
-        raise KVEventError(f"not msgpack: {exc}") from exc
-    if not isinstance(m, dict) or not isinstance(m.get("a"), str) or not isinstance(m.get("s"), int):
-        raise KVEventError("not a KV delta or digest")
-    return m
+class _DeltaWire(msgspec.Struct, forbid_unknown_fields=False):
+    a: str
+    s: int
+    e: str = ""
+    t: float = 0.0
+    stored: list[int] = msgspec.field(default_factory=list, name="+")
+    removed: list[int] = msgspec.field(default_factory=list, name="-")
+    stored_cpu: list[int] = msgspec.field(default_factory=list, name="+c")
+    removed_cpu: list[int] = msgspec.field(default_factory=list, name="-c")
+    x: bool = False
+    b: int = 0
 
 
-def _ints(m: dict[str, Any], key: str) -> list[int]:
-    v = m.get(key) or []
-    if not isinstance(v, list) or not all(isinstance(h, int) and not isinstance(h, bool) for h in v):
-        raise KVEventError(f"{key!r} must be an array of ints")
-    return v
+class _DigestWire(msgspec.Struct, forbid_unknown_fields=False):
+    a: str
+    s: int
+    e: str = ""
+    t: float = 0.0
+    g: list[int] = msgspec.field(default_factory=list)
+    c: list[int] = msgspec.field(default_factory=list)
+    b: int = 0
+    l: bool = True  # noqa: E741
+
+
+# Typed decoders: the arrays of hashes are checked in C (a digest holds thousands).
+_delta_dec = msgspec.msgpack.Decoder(_DeltaWire)
+_digest_dec = msgspec.msgpack.Decoder(_DigestWire)
 
 
 def decode_delta(data: bytes) -> KVDelta:
-    m = _map(data)
-    return KVDelta(
-        m["a"],
-        str(m.get("e", "")),
-        m["s"],
-        float(m.get("t", 0.0)),
-        _ints(m, "+"),
-        _ints(m, "-"),
-        _ints(m, "+c"),
-        _ints(m, "-c"),
-        bool(m.get("x", False)),
-        int(m.get("b", 0)),
-    )
+    try:
+        m = _delta_dec.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise KVEventError(f"not a KV delta: {exc}") from exc
+    return KVDelta(m.a, m.e, m.s, m.t, m.stored, m.removed, m.stored_cpu, m.removed_cpu, m.x, m.b)
 
 
 def encode_digest(d: KVDigest) -> bytes:
@@ -328,14 +332,8 @@ def encode_digest(d: KVDigest) -> bytes:
 
 
 def decode_digest(data: bytes) -> KVDigest:
-    m = _map(data)
-    return KVDigest(
-        m["a"],
-        str(m.get("e", "")),
-        m["s"],
-        float(m.get("t", 0.0)),
-        _ints(m, "g"),
-        _ints(m, "c"),
-        int(m.get("b", 0)),
-        bool(m.get("l", True)),
-    )
+    try:
+        m = _digest_dec.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise KVEventError(f"not a KV digest: {exc}") from exc
+    return KVDigest(m.a, m.e, m.s, m.t, m.g, m.c, m.b, m.l)

@@ -13,18 +13,18 @@ The KV events carry each hash as vLLM's ``ExternalBlockHash``: with
 ``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES`` (the default) the digest read big-endian and cut
 to its low 64 bits, else the 32 raw bytes. :func:`external` does the former.
 
-The CBOR encoding is written out here (one array of a byte string, an array of
-unsigned ints and ``null``, in the shortest canonical form) rather than delegated to a
-general encoder: it is the hot path of every precise routing decision, and it lets the
-tests check us against ``cbor2`` itself instead of against our own code.
+The encoding is ``cbor2``'s (C extension, canonical), the library vLLM itself uses: a
+hand-written encoder measured twice as slow in Python (~10 against ~4.4 µs per block).
+The tests pin digests and rebuild the chain from the documented algorithm on their own.
 """
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Sequence
+from hashlib import sha256 as _sha256
 from typing import Any
+
+from cbor2 import dumps as _dumps
 
 __all__ = [
     "ALGORITHMS",
@@ -43,64 +43,9 @@ DEFAULT_BLOCK_SIZE = 16
 DEFAULT_SEED = "0"  # run vLLM with PYTHONHASHSEED=0 (any fixed value works; configure the same)
 MASK64 = (1 << 64) - 1
 
-_U8 = struct.Struct(">B").pack
-_U16 = struct.Struct(">H").pack
-_U32 = struct.Struct(">I").pack
-_U64 = struct.Struct(">Q").pack
-
-
-def _head(major: int, n: int) -> bytes:
-    """A canonical CBOR head: major type and argument in the shortest form."""
-    m = major << 5
-    if n < 24:
-        return bytes((m | n,))
-    if n < 0x100:
-        return bytes((m | 24,)) + _U8(n)
-    if n < 0x10000:
-        return bytes((m | 25,)) + _U16(n)
-    if n < 0x100000000:
-        return bytes((m | 26,)) + _U32(n)
-    if n <= MASK64:
-        return bytes((m | 27,)) + _U64(n)
-    raise ValueError(f"{n} does not fit a CBOR unsigned integer")
-
-
-# Token ids repeat across prompts and vocabularies are small (< 300k): cache their encoding.
-_UINT_CACHE: dict[int, bytes] = {}
-
-
-def _uint(n: int) -> bytes:
-    b = _UINT_CACHE.get(n)
-    if b is None:
-        b = _head(1, -1 - n) if n < 0 else _head(0, n)  # (negative: never a token id, still right)
-        if len(_UINT_CACHE) < 1 << 20:
-            _UINT_CACHE[n] = b
-    return b
-
-
-def _cbor(obj: Any) -> bytes:
-    """Canonical CBOR of the few types a block key holds (bytes, str, int, None, bool, tuples)."""
-    if obj is None:
-        return b"\xf6"
-    if obj is True:
-        return b"\xf5"
-    if obj is False:
-        return b"\xf4"
-    if isinstance(obj, int):
-        return _uint(obj)
-    if isinstance(obj, bytes):
-        return _head(2, len(obj)) + obj
-    if isinstance(obj, str):
-        raw = obj.encode("utf-8")
-        return _head(3, len(raw)) + raw
-    if isinstance(obj, (tuple, list)):
-        return _head(4, len(obj)) + b"".join(_cbor(x) for x in obj)
-    raise TypeError(f"cannot CBOR-encode a block key part of type {type(obj).__name__}")
-
-
 def sha256_cbor(obj: Any) -> bytes:
-    """vLLM's ``sha256_cbor``: SHA-256 of the canonical CBOR encoding."""
-    return hashlib.sha256(_cbor(obj)).digest()
+    """vLLM's ``sha256_cbor``: SHA-256 of the canonical CBOR encoding (``cbor2``, as vLLM)."""
+    return _sha256(_dumps(obj, canonical=True)).digest()
 
 
 def none_hash(seed: str = DEFAULT_SEED) -> bytes:
@@ -110,10 +55,7 @@ def none_hash(seed: str = DEFAULT_SEED) -> bytes:
 
 def block_hash(parent: bytes, tokens: Sequence[int], extra_keys: tuple | None = None) -> bytes:
     """One link of the chain: the block of ``tokens`` after the block hashed ``parent``."""
-    sha = hashlib.sha256
-    head = b"\x83" + _head(2, len(parent)) + parent + _head(4, len(tokens))
-    tail = b"\xf6" if extra_keys is None else _cbor(extra_keys)
-    return sha(head + b"".join(map(_uint, tokens)) + tail).digest()
+    return _sha256(_dumps((parent, tuple(tokens), extra_keys), canonical=True)).digest()
 
 
 def external(digest: bytes) -> int:

@@ -106,25 +106,32 @@ class PreciseIndex:
 
     # -- feeding -------------------------------------------------------------------------------
     def apply_digest(self, d: KVDigest, now: float) -> None:
+        """Make the pod's blocks the digest's: only the difference touches the index (a pod
+        under load sends a digest every second; most of its blocks did not change)."""
         pod = self.pods.get(d.address)
         if pod is None:
             pod = self.pods[d.address] = PodKV()
-        spec = dict(pod.spec)
-        self._drop_pod_entries(d.address, pod)
+        elif pod.live and d.live and pod.epoch == d.epoch and pod.seq == d.seq and not pod.lost:
+            pod.last_digest = now  # every delta it sums up was applied: only liveness is news
+            return
         pod.epoch, pod.seq, pod.live, pod.last_digest = d.epoch, d.seq, d.live, now
         pod.block_size = d.block_size or pod.block_size
         pod.lost = 0
         if not d.live:
+            self._drop_pod_entries(d.address, pod)
             return
-        for h in d.gpu:
-            if self._set(d.address, h, GPU):
-                pod.gpu.add(h)
-        for h in d.cpu:
-            if self._set(d.address, h, CPU):
-                pod.cpu.add(h)
-        for h, exp in spec.items():  # still-unconfirmed routing decisions survive a digest
-            if exp > now and h not in pod.gpu and self._set(d.address, h, SPEC):
-                pod.spec[h] = exp
+        for listed, cur, bit in ((d.gpu, pod.gpu, GPU), (d.cpu, pod.cpu, CPU)):
+            new = set(listed)
+            gone = cur - new
+            for h in gone:
+                self._unset(d.address, h, bit)
+            cur -= gone
+            for h in new - cur:
+                if self._set(d.address, h, bit):
+                    cur.add(h)
+        for h in [h for h in pod.spec if h in pod.gpu]:  # confirmed by the digest
+            del pod.spec[h]
+            self._unset(d.address, h, SPEC)
 
     def apply_delta(self, d: KVDelta, now: float) -> None:
         pod = self.pods.get(d.address)

@@ -100,3 +100,14 @@ def test_hf_tokenizer_from_a_local_file():
     assert t.encode("hello world nope") == [1, 2, 0]
     with pytest.raises(Exception, match=r"(?i)no such file|os error|not found"):
         load_tokenizer("/nonexistent/tokenizer.json")
+
+
+def test_a_digest_in_step_with_the_deltas_only_refreshes_liveness():
+    idx = PreciseIndex()
+    idx.apply_digest(KVDigest(A, "e", 1, 0.0, [1]), NOW)
+    idx.apply_delta(KVDelta(A, "e", 2, 0.0, stored=[2]), NOW)
+    idx.apply_digest(KVDigest(A, "e", 2, 0.0, [1, 2]), NOW + 2.9)  # nothing new: trusted as is
+    assert idx.is_live(A, NOW + 5) and idx.match([1, 2], NOW + 5) == {A: 2.0}
+    idx.apply_delta(KVDelta(A, "e", 4, 0.0, stored=[3]), NOW + 5)  # 3 was lost
+    idx.apply_digest(KVDigest(A, "e", 4, 0.0, [1, 2, 9]), NOW + 5)  # applied whole: 3 was removed
+    assert idx.match([1, 2, 9], NOW + 5) == {A: 3.0} and idx.match([1, 2, 3], NOW + 5) == {A: 2.0}
