@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -92,7 +93,9 @@ def bus_traffic(requests: int, seed: int, flush_s: float = 0.02) -> dict:
     msgs = bytes_ = 0
     while i < requests or eng.has_work:
         while i < requests and next_arr <= t:
-            text = customers[rng.randrange(len(customers))] + text_for_tokens(128, seed=rng.randrange(1 << 30))
+            text = customers[rng.randrange(len(customers))] + text_for_tokens(
+                128, seed=rng.randrange(1 << 30)
+            )
             ids = tokenize.encode(text)
             req = SimRequest(str(i), len(ids), 64, hasher.hashes(ids), arrival=next_arr)
             req.token_ids = ids
@@ -120,7 +123,9 @@ def bus_traffic(requests: int, seed: int, flush_s: float = 0.02) -> dict:
                 bytes_ += len(kv.encode_delta(d)) + 60  # + NATS PUB framing and subject
             next_flush = t + flush_s
     duration = t
-    digest = kv.encode_digest(kv.KVDigest("10.0.0.1:8000", "0123456789abcdef", msgs, 0.0, list(state.gpu), []))
+    digest = kv.encode_digest(
+        kv.KVDigest("10.0.0.1:8000", "0123456789abcdef", msgs, 0.0, list(state.gpu), [])
+    )
     per_req_msgs = msgs / requests
     per_req_bytes = bytes_ / requests
     pods = 1000.0 / (requests / duration)
@@ -196,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = ""
     out = {
         "command": "python -m bench.kvprefix_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": commit,
-        "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}",
         "tokenize_hash": tokenize_and_hash(args.tokenizer, args.repeats),
         "bus": bus_traffic(args.requests, 7),
         "index": index_memory(),

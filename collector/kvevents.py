@@ -36,6 +36,7 @@ import zmq.asyncio
 from collector.targets import Target
 from shared import kvevents as kv
 from shared.bus import Bus, BusError, raise_if_cancelling
+from shared.kvstream import ensure_kv_stream
 
 __all__ = [
     "ANNOTATION",
@@ -186,6 +187,7 @@ class PodKVStream:
         settings: KVSettings,
         ctx: zmq.asyncio.Context,
         metrics: Any = None,
+        ensure_stream: Any = None,
     ) -> None:
         self.target = target
         self._bus_ref = bus_ref  # () -> Bus | None (the bus arrives once NATS connects)
@@ -193,6 +195,7 @@ class PodKVStream:
         self.settings = settings
         self.ctx = ctx
         self.metrics = metrics
+        self._ensure_stream = ensure_stream  # async (bus) -> None: the digests' stream exists
         self.state = PodKVState(settings.max_blocks)
         self.expected: int | None = None  # the next seq
         self.delta_seq = 0
@@ -311,6 +314,8 @@ class PodKVStream:
                 # A digest numbered N holds exactly deltas 1..N: a picker that has them all
                 # only refreshes the pod's liveness from it.
                 if self.need_digest or now >= next_digest:
+                    if self._ensure_stream is not None:
+                        await self._ensure_stream(bus)
                     await bus.publish(digest_subj, kv.encode_digest(self.digest()))
                     self.need_digest = False
                     next_digest = now + s.digest_interval
@@ -348,6 +353,19 @@ class KVEventsHub:
         self.settings = settings or KVSettings()
         self.ctx: zmq.asyncio.Context | None = None
         self.streams: dict[tuple, PodKVStream] = {}
+        self._stream_ok = False
+
+    def stream_lost(self) -> None:
+        """After a reconnect: the server may be a fresh one, without the digest stream."""
+        self._stream_ok = False
+
+    async def ensure_stream(self, bus: Bus) -> None:
+        if self._stream_ok:
+            return
+        try:
+            self._stream_ok = await ensure_kv_stream(bus)
+        except Exception as exc:  # the digests still flow live; retried with the next one
+            log.warning("KV digest stream not ensured", extra={"error": repr(exc)})
 
     def apply(self, targets: list[Target], supervisor: Any) -> None:
         """Follow the pods of ``targets`` that have a KV events address, and only those."""
@@ -361,7 +379,9 @@ class KVEventsHub:
                 continue
             if self.ctx is None:
                 self.ctx = zmq.asyncio.Context()
-            stream = PodKVStream(t, self.bus_ref, self.epoch, self.settings, self.ctx)
+            stream = PodKVStream(
+                t, self.bus_ref, self.epoch, self.settings, self.ctx, ensure_stream=self.ensure_stream
+            )
             self.streams[key] = stream
             supervisor.spawn(_task_name(t), stream.run, max_backoff=5.0)
 

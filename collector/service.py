@@ -36,7 +36,6 @@ from collector.scraper import Scraper
 from collector.snapshots import EndpointState
 from collector.targets import Key, StaticDiscovery, Target
 from shared.bus import Bus
-from shared.kvstream import ensure_kv_stream
 from shared.natsbus import NatsBus
 from shared.ops import Health, OpsServer
 from shared.schemas import Tombstone
@@ -178,8 +177,8 @@ class Collector:
             self.bus = bus
         self.publisher.attach(self.bus)
         await self.publisher.on_connected()
-        with contextlib.suppress(Exception):  # KV digests' last values (shared/kvstream.py)
-            await ensure_kv_stream(self.bus)
+        # a restarted NATS (memory storage) comes back without the KV digest stream
+        self.bus.on_reconnect(self.kv.stream_lost)
         # If JetStream was unavailable (disabled, or the server still starting), keep trying:
         # without the stream, new subscribers cannot bootstrap.
         while not self._stop.is_set():

@@ -55,20 +55,54 @@ async def ensure_kv_stream(bus: Bus, max_age_s: float = DIGEST_MAX_AGE_S) -> boo
     return True
 
 
+class _Both:
+    """The live core subscription and the one-shot JetStream bootstrap, as one subscription."""
+
+    def __init__(self, live: Subscription, boot: Any) -> None:
+        self.live = live
+        self.boot = boot
+
+    async def unsubscribe(self) -> None:
+        await self.live.unsubscribe()
+        await self.drop_boot()
+
+    async def drop_boot(self) -> None:
+        boot, self.boot = self.boot, None
+        if boot is not None:
+            try:
+                await boot.unsubscribe()
+            except Exception:
+                pass
+
+
 async def follow_kv_digests(bus: Bus, subject: str, handler: Handler) -> Subscription:
-    """Every pod's last digest under ``subject``, then live ones (live only without JetStream)."""
+    """Every pod's last digest under ``subject`` (from JetStream, once), then live ones.
+
+    Live digests ride a core subscription, which nats-py re-subscribes after a reconnect
+    whatever happened to the stream (a restarted NATS with memory storage has none until
+    a collector recreates it); the stored ones are read once by an ordered consumer that
+    is dropped when it has delivered them. A digest seen twice is harmless.
+    """
+    live = await bus.subscribe(subject, handler)
     nc: Any = getattr(bus, "nc", None)
     if nc is None:
-        return await bus.subscribe(subject, handler)
+        return live
     from nats.js.api import DeliverPolicy
 
     js = nc.jetstream(timeout=2.0)
+    both = _Both(live, None)
 
     async def cb(msg: Any) -> None:
         handler(msg.subject, msg.data)
+        try:
+            done = msg.metadata.num_pending == 0
+        except Exception:
+            done = False
+        if done:
+            await both.drop_boot()
 
     try:
-        sub = await js.subscribe(
+        both.boot = await js.subscribe(
             subject,
             stream=bus.subjects.kv_stream,
             cb=cb,
@@ -77,6 +111,5 @@ async def follow_kv_digests(bus: Bus, subject: str, handler: Handler) -> Subscri
             idle_heartbeat=0.5,
         )
     except Exception as exc:  # no stream yet (no collector with KV events has started)
-        log.info("KV digest stream unavailable; following live digests", extra={"error": repr(exc)})
-        return await bus.subscribe(subject, handler)
-    return sub
+        log.info("no stored KV digests; following live ones", extra={"error": repr(exc)})
+    return both

@@ -54,7 +54,7 @@ class PreciseIndex:
         self._holders: dict[int, dict[str, int]] = {}
         self._size = 0
         self.dropped = 0
-        self.routed = {"precise": 0, "approximate": 0}  # which path routed (metric)
+        self.routed = {"precise": 0, "mixed": 0, "approximate": 0}  # which path routed (metric)
         self._pending: OrderedDict[str, list[int]] = OrderedDict()  # request id -> hashes
 
     # -- bookkeeping ---------------------------------------------------------------------------

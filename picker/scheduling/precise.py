@@ -10,7 +10,8 @@ for plugins that want to gate it by load, like ``prefix-affinity`` does.
 Pods whose events are not live (no collector digest for ``stale_after_s``, a pod without
 events) are scored on the approximate path, the ``prefix-cache`` score from what this
 picker sent where; ``PreciseIndex.routed`` counts which path scored each decision
-(``infergate_picker_prefix_path_total{path}``).
+(``infergate_picker_prefix_path_total{path}``: ``precise`` every candidate, ``mixed`` some,
+``approximate`` none).
 """
 
 from __future__ import annotations
@@ -89,6 +90,6 @@ class PrecisePrefixScorer(Scorer):
             for i, m in ctx.prefix_hits(group):
                 if not live[i]:
                     out[i] = m * inv
-        idx.routed["precise" if precise else "approximate"] += 1
+        idx.routed["approximate" if not precise else "precise" if all(live) else "mixed"] += 1
         ctx.put(PRECISE_SCORES, group, out)
         return out if any(out) else None

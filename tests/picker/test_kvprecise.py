@@ -66,7 +66,7 @@ def test_scorer_uses_vllms_hashes_and_falls_back_per_pod():
     c = ctx(r, prefix=approx)
     group = [state(0), state(1)]
     assert sc.score(c, group) == [0.5, 1.0]
-    assert idx.routed["precise"] == 1
+    assert idx.routed["mixed"] == 1
     known, value = c.get("precise-prefix", group)
     assert known and value == [0.5, 1.0]
     # every pod's events stopped: the decision is approximate
