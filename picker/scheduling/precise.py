@@ -49,6 +49,9 @@ class PrecisePrefixScorer(Scorer):
         self.hasher = BlockHasher(block_size, hash_seed, hash_algo, max_blocks)
         self.cpu_weight = cpu_weight
         self.index = get_index(index)
+        # Simulation only (bench/des/kvprecise.py): score the request's prefix_hashes, which
+        # there are the engines' own block hashes, instead of tokenizing prompt_text.
+        self.request_hashes = False
 
     @classmethod
     def from_params(cls, p: Params) -> PrecisePrefixScorer:
@@ -76,7 +79,7 @@ class PrecisePrefixScorer(Scorer):
         out = [0.0] * len(group)
         precise = any(live)
         if precise:
-            hashes = self.hashes(req.prompt_text)
+            hashes = req.prefix_hashes if self.request_hashes else self.hashes(req.prompt_text)
             idx.remember(req.request_id, hashes)
             if hashes:
                 matched = idx.match(hashes, now, self.cpu_weight)
