@@ -3,8 +3,9 @@
 ``python -m bench.kvprefix_bench [--out bench/results/precise-prefix-costs.json] [--tokenizer PATH]``
 
 1. **Tokenize + hash per request** for 1k, 8k and 32k-token prompts (µs of process CPU
-   time, median of repeats): the simulator's tokenizer, and a Hugging Face
-   ``tokenizer.json`` when ``--tokenizer`` names one (none is downloaded), then vLLM's
+   time, median of repeats): the simulator's tokenizer, and the Hugging Face
+   ``tokenizers`` library on ``--tokenizer`` (a model's ``tokenizer.json``) or else on a
+   byte-level BPE trained here (none is downloaded), then vLLM's
    ``sha256_cbor`` chain (:class:`shared.kvhash.BlockHasher`). CPU time, not wall time:
    the machine is shared.
 2. **Bus traffic per 1,000 req/s**: a simulated pod (the simulator's engine, virtual
@@ -52,13 +53,27 @@ def cpu_us(fn, repeats: int) -> float:
     return statistics.median(out)
 
 
+def _local_bpe() -> str:
+    """A byte-level BPE (8k merges) trained here on the filler text: no tokenizer is downloaded."""
+    import tempfile
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=8000, show_progress=False)
+    tok.train_from_iterator((text_for_tokens(2000, seed=s) for s in range(200)), trainer)
+    path = tempfile.mkstemp(suffix="-tokenizer.json")[1]
+    tok.save(path)
+    return path
+
+
 def tokenize_and_hash(tokenizer_path: str | None, repeats: int) -> list[dict]:
     hasher = BlockHasher(16, "0")
-    hf = None
-    if tokenizer_path:
-        from picker.scheduling.kvtokenizer import HFTokenizer
+    from picker.scheduling.kvtokenizer import HFTokenizer
 
-        hf = HFTokenizer(tokenizer_path)
+    hf = HFTokenizer(tokenizer_path or _local_bpe())
     rows = []
     for n in (1024, 8192, 32768):
         text = text_for_tokens(n, seed=n)
@@ -70,8 +85,8 @@ def tokenize_and_hash(tokenizer_path: str | None, repeats: int) -> list[dict]:
             "hash_us": cpu_us(lambda i=ids: hasher.hashes(i), repeats),
         }
         row["sim_total_us"] = row["sim_tokenize_us"] + row["hash_us"]
-        if hf is not None:
-            row["hf_tokenize_us"] = cpu_us(lambda t=text: hf.encode(t), repeats)
+        row["hf_tokenize_us"] = cpu_us(lambda t=text: hf.encode(t), repeats)
+        row["hf_total_us"] = row["hf_tokenize_us"] + row["hash_us"]
         rows.append(row)
     return rows
 
