@@ -50,14 +50,14 @@ SUITES = {  # name -> (title, workload, points, quick points)
         "llm-d-like: 256 customers x 5 users, 3,456-token contexts (74% of the pool's KV), "
         "128-token queries and answers",
         LLMD,
-        (20.0, 40.0, 60.0, 80.0),
-        (40.0, 80.0),
+        (40.0, 80.0, 120.0, 160.0),
+        (80.0, 160.0),
     ),
     "prefix": (
         "Shared prefix: 256 groups x 16 prompts, system 2048 + question 256, output 256",
         WorkloadSpec("shared-prefix", prefix_groups=256),
-        (30.0, 60.0, 80.0),
-        (40.0, 80.0),
+        (40.0, 80.0, 120.0),
+        (80.0, 120.0),
     ),
 }
 

@@ -18,7 +18,7 @@ def quick_args(*extra: str):
 
 def test_quick_points_cover_both_workloads_and_every_policy():
     js = jobs(quick_args())
-    assert {(s, c.qps) for s, c in js} == {("llm-d", 40), ("llm-d", 80), ("prefix", 40), ("prefix", 80)}
+    assert {(s, c.qps) for s, c in js} == {("llm-d", 80), ("llm-d", 160), ("prefix", 80), ("prefix", 120)}
     assert {c.policy for _s, c in js} == set(POLICIES) and len(js) == 4 * len(POLICIES)
     # the llm-d-like workload asks for about 75% of the pool's KV in shared contexts
     pool_blocks = 10 * DESConfig().engine.num_gpu_blocks
