@@ -43,6 +43,7 @@ __all__ = [
     "REPLAY_ANNOTATION",
     "KVEventsHub",
     "KVSettings",
+    "KVStreamsCollector",
     "PodKVState",
     "PodKVStream",
     "kv_addresses",
@@ -409,3 +410,46 @@ class KVEventsHub:
 
 def _task_name(t: Target) -> str:
     return f"kv-events {t.namespace}/{t.pool}/{t.pod}:{t.port}"
+
+
+class KVStreamsCollector:
+    """Prometheus: per followed pod, batches, gaps (recovered or not), resets and blocks held."""
+
+    def __init__(self, hub: KVEventsHub) -> None:
+        self.hub = hub
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["namespace", "pool", "pod"]
+        fams = {
+            "batches": CounterMetricFamily(
+                "infergate_collector_kv_batches", "KV event batches applied", labels=labels
+            ),
+            "gaps": CounterMetricFamily("infergate_collector_kv_gaps", "Sequence gaps seen", labels=labels),
+            "recovered": CounterMetricFamily(
+                "infergate_collector_kv_gaps_recovered", "Gaps filled from the replay socket", labels=labels
+            ),
+            "resets": CounterMetricFamily(
+                "infergate_collector_kv_resets",
+                "State resets (unrecoverable gap, restarted engine)",
+                labels=labels,
+            ),
+            "bad": CounterMetricFamily(
+                "infergate_collector_kv_bad_batches", "Undecodable batches", labels=labels
+            ),
+        }
+        blocks = GaugeMetricFamily(
+            "infergate_collector_kv_blocks", "Blocks held per pod (GPU)", labels=labels
+        )
+        for s in list(self.hub.streams.values()):
+            t = s.target
+            lv = [t.namespace, t.pool, t.pod]
+            for name, fam in fams.items():
+                fam.add_metric(lv, getattr(s, name))
+            blocks.add_metric(lv, len(s.state.gpu))
+        yield from fams.values()
+        yield blocks

@@ -29,7 +29,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from collector.config import DEFAULT_OPS_PORT, CollectorConfig
-from collector.kvevents import KVEventsHub
+from collector.kvevents import KVEventsHub, KVStreamsCollector
 from collector.metrics import CollectorMetrics
 from collector.publisher import Publisher
 from collector.scraper import Scraper
@@ -75,6 +75,7 @@ class Collector:
         )
         self.scrapers: dict[Key, Scraper] = {}
         self.kv = KVEventsHub(lambda: self.publisher.bus, self.epoch)  # pods' KV events -> NATS
+        self.metrics.registry.register(KVStreamsCollector(self.kv))
         self.health = Health()
         self.health.add_check("discovery", self.discovery_synced)
         self.health.add_check("nats", lambda: self.publisher.connected)

@@ -159,6 +159,11 @@ async def test_events_reach_nats_as_deltas_and_a_digest_kept_in_jetstream(make_c
         assert all(d.address == t.address and d.epoch == c.epoch for d in deltas)
         assert [d.seq for d in deltas] == sorted(d.seq for d in deltas)
         assert len(c.kv.streams) == 1  # the pod without an address is not followed
+        labels = {"namespace": "default", "pool": "pool", "pod": "kv-0"}
+        assert c.metrics.registry.get_sample_value("infergate_collector_kv_batches_total", labels) >= 1
+        assert c.metrics.registry.get_sample_value("infergate_collector_kv_blocks", labels) == len(
+            stream.state.gpu
+        )
 
         # a replica that starts now converges from the stored digest, without history
         bus = await NatsBus.connect(NatsOptions(servers=[nats_server.url]))
