@@ -43,6 +43,7 @@ DEFAULT_BLOCK_SIZE = 16
 DEFAULT_SEED = "0"  # run vLLM with PYTHONHASHSEED=0 (any fixed value works; configure the same)
 MASK64 = (1 << 64) - 1
 
+
 def sha256_cbor(obj: Any) -> bytes:
     """vLLM's ``sha256_cbor``: SHA-256 of the canonical CBOR encoding (``cbor2``, as vLLM)."""
     return _sha256(_dumps(obj, canonical=True)).digest()
