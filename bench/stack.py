@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class StackConfig:
     picker_args: tuple[str, ...] = ()
     autoscaler: bool = True
     round_robin_envoy: bool = True
+    kv_events: bool = False  # pods publish vLLM KV events, collectors follow them (precise prefix)
     unknown_model_policy: str = "reject"
     # A NATS the caller runs (comma-separated URLs: a cluster, a locked-down server); None
     # starts a plain nats-server. ``nats_args`` adds NATS flags per service ("collector",
@@ -104,6 +106,8 @@ class SimPod:
     plan: PodPlan
     port: int
     process: ServiceProcess
+    kv_port: int = 0  # KV events PUB (0: none)
+    kv_replay_port: int = 0
 
     @property
     def address(self) -> str:
@@ -290,17 +294,30 @@ class Stack:
         ]  # fmt: skip
         if plan.lora_adapters:
             args += ["--lora-adapters", ",".join(plan.lora_adapters)]
+        kv_port = kv_replay = 0
+        if self.config.kv_events:
+            kv_port, kv_replay = free_port(), free_port()
+            kv_cfg = {"endpoint": f"tcp://*:{kv_port}", "replay_endpoint": f"tcp://*:{kv_replay}"}
+            args += ["--kv-events-config", json.dumps(kv_cfg)]
         proc = ServiceProcess(
             f"sim-{plan.name}",
             python_module("sim", *args),
             self.log_dir,
             ready_url=f"http://127.0.0.1:{port}/health",
         )
-        return SimPod(plan, port, proc)
+        return SimPod(plan, port, proc, kv_port, kv_replay)
 
     def _collector(self, node: str) -> ServiceProcess:
         targets = [
             {"pool": POOL, "namespace": NAMESPACE, "pod": p.plan.name, "address": p.address, "node": node}
+            | (
+                {
+                    "kv_events": f"tcp://127.0.0.1:{p.kv_port}",
+                    "kv_replay": f"tcp://127.0.0.1:{p.kv_replay_port}",
+                }
+                if p.kv_port
+                else {}
+            )
             for p in self.pods
             if p.plan.node == node
         ]

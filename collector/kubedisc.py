@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
+from collector.kvevents import kv_addresses
 from collector.targets import Key, Target
 from shared import crds, kube
 
@@ -145,8 +146,9 @@ class KubeDiscovery:
                 for pool in self.pools.values():
                     if pool.namespace != ns or not pool.selects(labels):
                         continue
-                    for port in pool.target_ports:
-                        t = Target(ns, pool.name, name, ip, port, self.node)
+                    for rank, port in enumerate(pool.target_ports):
+                        kv_ev, kv_rp = kv_addresses(meta.get("annotations"), ip, rank)
+                        t = Target(ns, pool.name, name, ip, port, self.node, kv_ev, kv_rp)
                         out[t.key] = t
         return out
 

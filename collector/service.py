@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from collector import adapter_wiring
 from collector.adapters import AdapterReconciler
 from collector.config import DEFAULT_OPS_PORT, CollectorConfig
+from collector.kvevents import KVEventsHub, KVStreamsCollector
 from collector.metrics import CollectorMetrics
 from collector.publisher import Publisher
 from collector.scraper import Scraper
@@ -77,6 +78,8 @@ class Collector:
             self.subjects, self.epoch, self.identity, self.metrics, spawn=self._spawn_once
         )
         self.scrapers: dict[Key, Scraper] = {}
+        self.kv = KVEventsHub(lambda: self.publisher.bus, self.epoch)  # pods' KV events -> NATS
+        self.metrics.registry.register(KVStreamsCollector(self.kv))
         self.health = Health()
         self.health.add_check("discovery", self.discovery_synced)
         self.health.add_check("nats", lambda: self.publisher.connected)
@@ -134,7 +137,8 @@ class Collector:
         # it instead could leave nats-py's connect attempt running): give it a moment first.
         if self._nats_task is not None and not self._nats_task.done() and self.publisher.bus is None:
             await asyncio.wait([self._nats_task], timeout=2.0)
-        await self.supervisor.close()  # discovery, scrapers, publisher, resync
+        await self.supervisor.close()  # discovery, scrapers, publisher, resync, KV events
+        self.kv.close()
         if self.publisher.bus is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.publisher.drain(), 2.0)
@@ -181,6 +185,8 @@ class Collector:
         self.publisher.attach(self.bus)
         await self.publisher.on_connected()
         await adapter_wiring.start(self)
+        # a restarted NATS (memory storage) comes back without the KV digest stream
+        self.bus.on_reconnect(self.kv.stream_lost)
         # If JetStream was unavailable (disabled, or the server still starting), keep trying:
         # without the stream, new subscribers cannot bootstrap.
         while not self._stop.is_set():
@@ -262,6 +268,7 @@ class Collector:
                 else:
                     self._stop_scraper(self.scrapers.pop(key))
                 self._add(target)
+        self.kv.apply(list(desired.values()), self.supervisor)
         self._health_changed()
 
     def _add(self, target: Target) -> None:

@@ -42,6 +42,8 @@ class Target:
     ip: str
     port: int
     node: str = ""
+    kv_events: str = ""  # the pod's KV events PUB address (tcp://ip:port), "" = none (collector/kvevents.py)
+    kv_replay: str = ""  # its replay ROUTER address, "" = none
 
     @property
     def key(self) -> Key:
@@ -111,13 +113,17 @@ def parse_targets(data: Any, source: str = "<targets>") -> list[Target]:
         where = f"{source}: targets[{i}]"
         if not isinstance(entry, Mapping):
             raise TargetsError(f"{where}: must be a mapping, got {type(entry).__name__}")
-        unknown = set(entry) - {"pool", "namespace", "pod", "address", "node"}
+        unknown = set(entry) - {"pool", "namespace", "pod", "address", "node", "kv_events", "kv_replay"}
         if unknown:
             raise TargetsError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         ip, port = split_address(entry.get("address"), where)  # type: ignore[arg-type]
         node = entry.get("node") or ""
         if not isinstance(node, str):
             raise TargetsError(f"{where}: node must be a string")
+        kv_ev, kv_rp = entry.get("kv_events") or "", entry.get("kv_replay") or ""
+        for name, v in (("kv_events", kv_ev), ("kv_replay", kv_rp)):
+            if not isinstance(v, str) or (v and not v.startswith(("tcp://", "ipc://"))):
+                raise TargetsError(f"{where}: {name} must be a ZMQ address (tcp://ip:port)")
         t = Target(
             namespace=_name(entry, "namespace", where, DEFAULT_NAMESPACE),
             pool=_name(entry, "pool", where),
@@ -125,6 +131,8 @@ def parse_targets(data: Any, source: str = "<targets>") -> list[Target]:
             ip=ip,
             port=port,
             node=node,
+            kv_events=kv_ev,
+            kv_replay=kv_rp,
         )
         if t.key in seen:
             raise TargetsError(f"{where}: duplicate of targets[{seen[t.key]}] ({t.describe()})")

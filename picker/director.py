@@ -332,6 +332,7 @@ class Director:
             expected_output_tokens=req.max_tokens,
             candidates=cands,
             fairness_id=hdr.fairness_id or "",
+            prompt_text=text,
         )
 
     def _assign(self, info: RequestInfo, address: str, destination: str, now: float) -> Inflight:

@@ -45,11 +45,13 @@ from .config import PickerConfig
 from .director import Director
 from .extproc import ExtProcServicer
 from .hooks import EventSink
+from .kvfeed import KVFeed, KVIndexCollector, attach_precise, precise_scorers
 from .metrics import PickerMetrics
 from .models import ModelTable
 from .protocol import EXT_PROC_SERVICE, HEALTH_LIVENESS, HEALTH_READINESS
 from .scheduling import Profile, build_profile
 from .scheduling.api import Scheduler
+from .scheduling.kvindex import PreciseIndex
 from .sources import FileSource, KubeSource, StaticSource
 from .view import NatsFeed, PoolView
 
@@ -117,6 +119,11 @@ class Picker:
             self.rollout = RolloutController(
                 cfg.pool_namespace, cfg.pool_name, cfg.replica_name, self.registry
             )
+        # Precise prefix (picker/kvfeed.py): this picker's own index, fed from the KV subjects.
+        self.kv_index = PreciseIndex()
+        self.kv_feed: KVFeed | None = None
+        if attach_precise(self.profile, self.kv_index):
+            self.registry.register(KVIndexCollector(self.kv_index))
         if cfg.kube or cfg.kubeconfig or cfg.kube_host:
             self.source: Any = KubeSource(cfg, self._set_models)
         elif cfg.config_files:
@@ -240,6 +247,8 @@ class Picker:
             from .rollout import wiring as rollout_wiring
 
             self.supervisor.spawn("rollout", lambda: rollout_wiring.run(self, self.rollout))
+            if precise_scorers(self.profile):
+                self.supervisor.spawn("kv-feed", self._wire_kv, restart=False)
         if not isinstance(self.source, StaticSource):
             self.supervisor.spawn("config", self.source.run)
         self.supervisor.spawn("health", self._health_loop)
@@ -274,6 +283,15 @@ class Picker:
         if not self._explicit_sink:
             self.sink = self.sharing.sink
         log.info("peer sharing started", extra={"replica": cfg.sharing.replica})
+
+    async def _wire_kv(self) -> None:
+        """The precise index rides on the view's NATS connection, once it is up."""
+        assert self.feed is not None
+        await self.feed.connected_event.wait()
+        assert self.feed.bus is not None
+        cfg = self.config
+        self.kv_feed = KVFeed(self.feed.bus, cfg.pool_namespace, cfg.pool_name, self.kv_index)
+        await self.kv_feed.start()
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the health loop saw the picker ready (raises TimeoutError)."""

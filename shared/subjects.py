@@ -4,6 +4,8 @@ Layout, with the default prefix ``infergate``::
 
     infergate.<namespace>.<pool>.ep.<pod>.<port>        endpoint snapshots / tombstones
     infergate.<namespace>.<pool>.ev.<replica>            picker assignment/completion batches
+    infergate.<namespace>.<pool>.kv.<pod>.<port>        KV-cache block deltas (shared.kvevents)
+    infergate.<namespace>.<pool>.kvd.<pod>.<port>       KV-cache digests (last value kept)
 
 Tokens are escaped so that any Kubernetes name is a single, reversible NATS token
 (pod names may contain dots, which NATS uses as its separator).
@@ -73,6 +75,26 @@ class Subjects:
 
     def all_events(self) -> str:
         return f"{self.prefix}.*.*.ev.*"
+
+    def kv_delta(self, namespace: str, pool: str, pod: str, port: int) -> str:
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.kv.{token(pod)}.{int(port)}"
+
+    def kv_digest(self, namespace: str, pool: str, pod: str, port: int) -> str:
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.kvd.{token(pod)}.{int(port)}"
+
+    def kv_deltas_of_pool(self, namespace: str, pool: str) -> str:
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.kv.>"
+
+    def kv_digests_of_pool(self, namespace: str, pool: str) -> str:
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.kvd.>"
+
+    def all_kv_digests(self) -> str:
+        return f"{self.prefix}.*.*.kvd.>"
+
+    @property
+    def kv_stream(self) -> str:
+        """Keeps the last KV digest per pod (shared.kvstream), so new replicas converge."""
+        return f"{_stream_token(self.prefix)}_KV"
 
     def parse(self, subject: str) -> Origin | None:
         """The :class:`Origin` of a concrete subject of this prefix; None for anything else."""

@@ -16,6 +16,7 @@ from shared.log import add_logging_flags, setup_logging
 from shared.ops import Health, OpsServer, add_ops_flags
 from shared.service import run
 from sim.engine import EngineConfig
+from sim.kvevents import KVEventsConfig
 from sim.server import PodSpec, SimCluster
 
 log = logging.getLogger("sim")
@@ -79,6 +80,12 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--lora-load-s", type=float, default=EngineConfig.lora_load_s)
     p.add_argument("--api-overhead-s", type=float, default=EngineConfig.api_overhead_s)
     p.add_argument("--scheduling-policy", default="fcfs", choices=["fcfs", "priority"])
+    p.add_argument(
+        "--kv-events-config",
+        default=None,
+        help="vLLM's KV events config (JSON: endpoint, replay_endpoint, topic, hash_seed); "
+        "pod i adds i to the ports (sim/README.md, KV events)",
+    )
     add_ops_flags(p, default_port=9100)
     add_logging_flags(p)
     return p
@@ -101,6 +108,11 @@ def engine_config(args: argparse.Namespace, model: str) -> EngineConfig:
         api_overhead_s=args.api_overhead_s,
         scheduling_policy=args.scheduling_policy,
     )
+
+
+def _kv_events(args: argparse.Namespace, index: int) -> KVEventsConfig | None:
+    text = getattr(args, "kv_events_config", None)
+    return KVEventsConfig.from_json(text).for_pod(index) if text else None
 
 
 def pod_specs(args: argparse.Namespace) -> list[PodSpec]:
@@ -129,6 +141,7 @@ def pod_specs(args: argparse.Namespace) -> list[PodSpec]:
                     time_scale=float(it.get("time_scale", args.time_scale)),
                     flavor=str(it.get("engine", args.engine)),
                     fail_adapters=list(it.get("fail_adapters", args.fail_adapters)),
+                    kv_events=_kv_events(args, i),
                 )
             )
         return specs
@@ -144,6 +157,7 @@ def pod_specs(args: argparse.Namespace) -> list[PodSpec]:
             time_scale=args.time_scale,
             flavor=args.engine,
             fail_adapters=list(args.fail_adapters),
+            kv_events=_kv_events(args, i),
         )
         for i, port in enumerate(ports)
     ]

@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from itertools import count
+from typing import Protocol
 
 from sim.request import SimRequest
+
+
+class KVSink(Protocol):
+    def stored(self, req: SimRequest, start: int, end: int) -> None:
+        """``req``'s blocks ``[start, end)`` were just cached (hashes in ``req.block_hashes``)."""
+
+    def removed(self, block_hash: int) -> None:
+        """A cached block was evicted."""
 
 
 class KVCache:
@@ -25,6 +34,9 @@ class KVCache:
         self.cached: dict[int, int] = {}  # block hash -> ref count (0 = free but still cached)
         self.fq: OrderedDict[int, int] = OrderedDict()  # free queue: hash -> 1 or -id -> run length
         self._anon = count(1)
+        # KV events (sim.kvevents.EventRecorder): told of every block cached and evicted,
+        # as vLLM's BlockPool tells its KVEventsPublisher. None: no events, no cost.
+        self.sink: KVSink | None = None
         if prefix_caching:
             self.fq[-next(self._anon)] = total_blocks
 
@@ -49,11 +61,14 @@ class KVCache:
             return
         fq = self.fq
         cached = self.cached
+        sink = self.sink
         while n > 0:
             key, cnt = fq.popitem(last=False)
             if key >= 0:  # a cached block: evict its hash
                 del cached[key]
                 n -= 1
+                if sink is not None:
+                    sink.removed(key)
             elif cnt > n:
                 fq[key] = cnt - n
                 fq.move_to_end(key, last=False)
@@ -95,6 +110,7 @@ class KVCache:
         if i >= full:
             return
         cached = self.cached
+        start = i
         while i < full:
             h = hashes[i]
             if h in cached:
@@ -102,6 +118,8 @@ class KVCache:
             cached[h] = 1
             held.append(h)
             i += 1
+        if self.sink is not None and i > start:
+            self.sink.stored(req, start, i)
 
     def lookup(self, block_hashes: list[int], limit: int) -> tuple[int, int]:
         """``(hit_blocks, evictable)``: leading cached blocks (at most ``limit``), and how

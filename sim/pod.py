@@ -26,6 +26,7 @@ from shared.hashing import prefix_block_hashes
 from shared.tokens import estimate_tokens
 from sim import openai, tokenize
 from sim.engine import ABORTED, FINISHED, Engine, EngineConfig, SimRequest
+from sim.kvevents import KVEventsConfig, ZmqPublisher
 from sim.metrics import ENGINES, ServerMetrics
 from sim.openai import BadRequest, error_response
 
@@ -47,6 +48,7 @@ class PodSpec:
     flavor: str = "vllm"  # the model server imitated: "vllm" or "sglang"
     # Fault injection: requests naming one of these adapters fail with 500 (a broken canary).
     fail_adapters: list[str] = field(default_factory=list)
+    kv_events: KVEventsConfig | None = None  # vLLM's --kv-events-config (sim/kvevents.py)
 
 
 class _Ctx:
@@ -102,16 +104,24 @@ class SimPod:
         self._task: asyncio.Task | None = None
         self.running = False
         self._ids = itertools.count()
+        self.kv_publisher: ZmqPublisher | None = None
         self.app = self._make_app()
         self._reset_engine()
 
     # lifecycle ----------------------------------------------------------
 
+    def _kv_events_on(self) -> bool:
+        kvc = self.spec.kv_events
+        return kvc is not None and kvc.enable_kv_cache_events and kvc.publisher == "zmq"
+
     def _reset_engine(self) -> None:
         self.engine = Engine(self.cfg)
+        info = {**_CACHE_INFO, "enable_prefix_caching": str(self.cfg.enable_prefix_caching)}
+        if self._kv_events_on():
+            info["prefix_caching_hash_algo"] = "sha256_cbor"
         self.metrics = ServerMetrics(
             self.model,
-            {**_CACHE_INFO, "enable_prefix_caching": str(self.cfg.enable_prefix_caching)},
+            info,
             self.cfg.max_model_len,
             kind=self.flavor,
         )
@@ -142,6 +152,11 @@ class SimPod:
             return
         if self._task is None or self._task.done():
             self._reset_engine()
+        if self._kv_events_on() and self.kv_publisher is None:
+            assert self.spec.kv_events is not None
+            self.kv_publisher = ZmqPublisher(self.spec.kv_events, self.cfg.block_size)
+            self.kv_publisher.start()  # a fresh process's stream: seq from 0, empty cache
+            self.engine.kv.sink = self.kv_publisher.recorder
         self._runner = web.AppRunner(
             self.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
         )
@@ -175,6 +190,10 @@ class SimPod:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.kv_publisher is not None:
+            self.kv_publisher.flush()
+            await self.kv_publisher.close()
+            self.kv_publisher = None
 
     async def restart(self) -> None:
         await self.stop()
@@ -212,6 +231,8 @@ class SimPod:
                     await asyncio.wait_for(self._wake.wait(), (nt - now) * scale)
                 continue
             res = eng.step(now)
+            if self.kv_publisher is not None:
+                self.kv_publisher.flush()  # one batch per engine step, as vLLM publishes
             if res.duration <= 0.0:  # nothing schedulable this instant: yield, then look again
                 nxt = None
                 await asyncio.sleep(0)
@@ -417,9 +438,17 @@ class SimPod:
             log.info("simulated adapter fault", extra={"pod": self.name, "adapter": lora})
             return error_response(500, f"simulated fault of adapter '{lora}'")
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        hashes = prefix_block_hashes(model, text) if self.cfg.enable_prefix_caching else []
+        ids: list[int] | None = None
+        if not self.cfg.enable_prefix_caching:
+            hashes: list[int] = []
+        elif self.kv_publisher is not None:  # vLLM's chain over the token ids (sim/kvevents.py)
+            ids = tokenize.encode(text)
+            hashes = self.kv_publisher.hasher.hashes(ids)
+        else:
+            hashes = prefix_block_hashes(model, text)
         reason = "length" if explicit else "stop"
         req = SimRequest(rid, ptoks, max_tokens, hashes, lora, priority=priority, ctx=_Ctx(stream, reason))
+        req.token_ids = ids
         created = int(time.time())
         if not self.running:
             return error_response(503, "server is shutting down")

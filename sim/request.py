@@ -38,6 +38,7 @@ class SimRequest:
         "t_finished",
         "t_first_token",
         "t_scheduled",
+        "token_ids",
     )
 
     def __init__(
@@ -68,6 +69,7 @@ class SimRequest:
         self.out = 0  # output tokens generated (valid unless state == DECODE)
         self.held_blocks = 0  # valid unless state == DECODE
         self.held_hashes: list[int] = []
+        self.token_ids: list[int] | None = None  # the prompt's ids, when KV events need them
         self.k0 = 0  # DECODE: first decode step
         self.c0 = 0  # DECODE: computed tokens before step k0
         self.out0 = 0  # DECODE: output tokens before step k0

@@ -65,6 +65,8 @@ from .oracle import PREFILL_WEIGHT, OracleScheduler, cached_prefix_tokens
 from .workload import Sampler, WorkloadSpec
 
 POLICIES = ("round-robin", "random", "gie-v0", "gie-v1", "default", "oracle")
+# Profiles only the precise-prefix experiment runs (bench/sweep/precise_prefix.py).
+EXTRA_POLICIES = ("precise-prefix", "load-only")
 MODEL = "meta-llama/Llama-2-7b-hf"
 
 NAMESPACE, POOL = "bench", "pool"
@@ -166,7 +168,7 @@ class Cluster:
     """The simulated deployment for one :class:`DESConfig`. ``run()`` returns a :class:`PointResult`."""
 
     def __init__(self, cfg: DESConfig) -> None:
-        if cfg.policy not in POLICIES:
+        if cfg.policy not in POLICIES + EXTRA_POLICIES:
             raise ValueError(f"unknown policy {cfg.policy!r} (known: {', '.join(POLICIES)})")
         if cfg.spread not in ("round-robin", "random"):
             raise ValueError("spread must be 'round-robin' or 'random'")
@@ -217,6 +219,11 @@ class Cluster:
             self._publish_snapshot(a, -cfg.metrics_delay_s)
         self.shared = cfg.shared_view and cfg.picker_replicas > 1
         self.pickers = [self._make_replica(p) for p in range(cfg.picker_replicas)]
+        self.kv = None  # the KV events path (bench/des/kvprecise.py), for profiles that read it
+        if cfg.policy == "precise-prefix":
+            from .kvprecise import KVEventsModel
+
+            self.kv = KVEventsModel(self, NAMESPACE, POOL)
 
     def _make_replica(self, p: int) -> Replica:
         profile = self._make_profile(p)
@@ -465,6 +472,8 @@ class Cluster:
                     stopped = True
             elif kind == SCRAPE:
                 self._publish_snapshot(a, t)
+                if self.kv is not None:
+                    self.kv.on_scrape(a, t)
                 self._push(t + cfg.scrape_interval_s, SCRAPE, a)
             elif kind == DELIVER:
                 a()

@@ -12,6 +12,9 @@ Experiments (``--experiment``):
   ``default`` and ``gie-v1``, on ``sharegpt`` and ``prefix`` at a mid and a high point.
   Writes ``replicas.md`` and ``replicas.json``.
 * ``all`` - both.
+* ``precise-prefix`` - routing from the pods' KV events against random, load-only, gie-v1,
+  default (approximate) and the oracle, on an llm-d-like and the shared-prefix workload
+  (``bench/sweep/precise_prefix.py``). Writes ``precise-prefix.md`` and ``.json``.
 
 One process per point, ``--jobs`` processes (2 by default: the machine has 2 cores).
 """
@@ -48,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--experiment", choices=("seed", "replicas", "all"), default="seed")
+    ap.add_argument("--experiment", choices=("seed", "replicas", "all", "precise-prefix"), default="seed")
     ap.add_argument("--quick", action="store_true", help="a short smoke version (few points, 15 s windows)")
     ap.add_argument(
         "--points", type=_floats, default=None, help="comma-separated QPS (overrides every suite)"
@@ -161,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                 res, suites, args.policies, args.out, make_meta(args, command, time.monotonic() - t1, version)
             )
         )
+    if args.experiment == "precise-prefix":
+        from . import precise_prefix
+
+        written.append(precise_prefix.run(args, command, digest))
     if args.experiment in ("replicas", "all"):
         jobs = replica_jobs(args)
         print(f"replicas experiment: {len(jobs)} points on {args.jobs} processes", file=sys.stderr)

@@ -5,6 +5,7 @@ A plugin of your own subclasses ``Filter``, ``Scorer`` or ``Chooser`` (the confi
 parameters with field paths.
 """
 
+from . import precise as _precise  # noqa: F401  (registers the precise-prefix scorer)
 from .admission import SaturationDetector, SheddingAdmission, UtilizationDetector
 from .api import (
     CRITICALITIES,

@@ -41,6 +41,8 @@ class RequestInfo:
     # control; "" when the client named none. Priority: the InferenceObjective's (0 = unset).
     fairness_id: str = ""
     priority: int = 0
+    # The prompt as text, for plugins that tokenize it (precise-prefix); "" when unknown.
+    prompt_text: str = ""
 
 
 @dataclass(slots=True)

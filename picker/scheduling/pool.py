@@ -98,6 +98,7 @@ class PoolState:
         self.thresholds = thresholds or Thresholds()
         self.inflight = inflight or InflightTracker()
         self.prefix = prefix or PrefixIndex()
+        self.assign_hooks: list = []  # (request_id, address, now) -> None, after each assignment
         self.default_output_tokens = default_output_tokens
         # Adapter requests only see the pods that list the adapter (soft, see _serving).
         self.require_served_model = require_served_model
@@ -161,6 +162,8 @@ class PoolState:
             self.inflight.assign(request.request_id, address, tokens, now, replica)
             if hashes:
                 self.prefix.add(address, hashes)
+            for hook in self.assign_hooks:  # e.g. the precise index's speculative entries
+                hook(request.request_id, address, now)
         except Exception:
             self.on_error("on_assigned", self.name)
 

@@ -1,0 +1,127 @@
+"""Feeding the precise prefix index from the collectors' KV subjects on NATS.
+
+``attach_precise(profile, index)`` points the profile's ``precise-prefix`` scorers at this
+picker's own :class:`~picker.scheduling.kvindex.PreciseIndex` and hooks its speculative
+writes onto the pool state's assignments (local and peers'). :class:`KVFeed` follows the
+pool's digests (the last one per pod from JetStream first, :mod:`shared.kvstream`, so a
+starting replica converges at once) and deltas (live, core NATS), and applies them with
+the picker's clock. nats-py re-subscribes both after a reconnection; during an outage
+digests stop, the pods turn non-live after ``stale_after_s`` and the scorer routes them on
+the approximate path until digests flow again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from picker.scheduling.kvindex import PreciseIndex
+from picker.scheduling.precise import PrecisePrefixScorer
+from picker.scheduling.profile import Profile
+from shared import kvevents as kv
+from shared.bus import Bus, Subscription
+from shared.kvstream import follow_kv_digests
+
+__all__ = ["KVFeed", "KVIndexCollector", "attach_precise", "precise_scorers"]
+
+log = logging.getLogger(__name__)
+
+
+def precise_scorers(profile: Profile) -> list[PrecisePrefixScorer]:
+    selector = getattr(profile.scheduler, "selector", None)
+    scorers = getattr(selector, "scorers", None) or []
+    return [s for s, _w in scorers if isinstance(s, PrecisePrefixScorer)]
+
+
+def attach_precise(profile: Profile, index: PreciseIndex) -> bool:
+    """Give the profile's precise scorers ``index``; False when the profile has none."""
+    found = precise_scorers(profile)
+    for s in found:
+        s.index = index
+    if found:
+        profile.state.assign_hooks.append(index.on_assigned)
+    return bool(found)
+
+
+class KVFeed:
+    def __init__(
+        self,
+        bus: Bus,
+        namespace: str,
+        pool: str,
+        index: PreciseIndex,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bus = bus
+        self.namespace = namespace
+        self.pool = pool
+        self.index = index
+        self.clock = clock
+        self.deltas = self.digests = self.bad = 0
+        self._subs: list[Subscription] = []
+
+    def on_delta(self, subject: str, data: bytes) -> None:
+        try:
+            d = kv.decode_delta(data)
+        except kv.KVEventError:
+            self.bad += 1
+            return
+        self.deltas += 1
+        self.index.apply_delta(d, self.clock())
+
+    def on_digest(self, subject: str, data: bytes) -> None:
+        try:
+            d = kv.decode_digest(data)
+        except kv.KVEventError:
+            self.bad += 1
+            return
+        self.digests += 1
+        self.index.apply_digest(d, self.clock())
+
+    async def start(self) -> None:
+        s = self.bus.subjects
+        self._subs.append(
+            await self.bus.subscribe(s.kv_deltas_of_pool(self.namespace, self.pool), self.on_delta)
+        )
+        self._subs.append(
+            await follow_kv_digests(self.bus, s.kv_digests_of_pool(self.namespace, self.pool), self.on_digest)
+        )
+        log.info("following KV events", extra={"pool": f"{self.namespace}/{self.pool}"})
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        self._subs.clear()
+
+
+class KVIndexCollector:
+    """Prometheus: the index's size (bounded) and which path scored each decision."""
+
+    def __init__(self, index: PreciseIndex) -> None:
+        self.index = index
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        g = GaugeMetricFamily("infergate_picker_kv_index_blocks", "Entries in the precise prefix index")
+        g.add_metric([], self.index.size())
+        yield g
+        c = CounterMetricFamily(
+            "infergate_picker_prefix_path",
+            "Decisions of the precise-prefix scorer by the path that scored them",
+            labels=["path"],
+        )
+        for path, n in self.index.routed.items():
+            c.add_metric([path], n)
+        yield c
+        d = CounterMetricFamily("infergate_picker_kv_index_dropped", "Blocks not indexed (index full)")
+        d.add_metric([], self.index.dropped)
+        yield d

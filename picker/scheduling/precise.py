@@ -1,0 +1,98 @@
+"""The ``precise-prefix`` scorer: prefix-cache affinity from what the pods say they hold.
+
+For each request it tokenizes the prompt (:mod:`.kvtokenizer`), hashes the full blocks
+with vLLM's chain (:class:`shared.kvhash.BlockHasher`, the pods' block size, hash seed
+and algorithm) and looks them up in the precise index (:mod:`.kvindex`, fed from the
+collectors' KV events). Score = matched leading blocks / request blocks (a CPU-tier block
+counts ``cpu_weight``). It produces ``precise-prefix`` (the per-endpoint matched fraction)
+for plugins that want to gate it by load, like ``prefix-affinity`` does.
+
+Pods whose events are not live (no collector digest for ``stale_after_s``, a pod without
+events) are scored on the approximate path, the ``prefix-cache`` score from what this
+picker sent where; ``PreciseIndex.routed`` counts which path scored each decision
+(``infergate_picker_prefix_path_total{path}``: ``precise`` every candidate, ``mixed`` some,
+``approximate`` none).
+"""
+
+from __future__ import annotations
+
+from shared.kvhash import DEFAULT_SEED, BlockHasher
+
+from .context import Context
+from .kvindex import get_index
+from .kvtokenizer import load_tokenizer
+from .params import Params
+from .plugin import register
+from .scorers import Group, Scorer
+
+__all__ = ["PRECISE_SCORES", "PrecisePrefixScorer"]
+
+PRECISE_SCORES = "precise-prefix"
+
+
+@register("precise-prefix")
+class PrecisePrefixScorer(Scorer):
+    produces = frozenset({PRECISE_SCORES})
+
+    def __init__(
+        self,
+        tokenizer: str = "sim",
+        block_size: int = 16,
+        hash_seed: str = DEFAULT_SEED,
+        hash_algo: str = "sha256_cbor",
+        cpu_weight: float = 0.5,
+        max_blocks: int = 2048,
+        index: str = "default",
+        add_special_tokens: bool = True,
+    ) -> None:
+        self.tokenizer = load_tokenizer(tokenizer, add_special_tokens)
+        self.hasher = BlockHasher(block_size, hash_seed, hash_algo, max_blocks)
+        self.cpu_weight = cpu_weight
+        self.index = get_index(index)
+        # Simulation only (bench/des/kvprecise.py): score the request's prefix_hashes, which
+        # there are the engines' own block hashes, instead of tokenizing prompt_text.
+        self.request_hashes = False
+
+    @classmethod
+    def from_params(cls, p: Params) -> PrecisePrefixScorer:
+        out = cls(
+            tokenizer=p.string("tokenizer", "sim"),
+            block_size=p.integer("block_size", 16, lo=1),
+            hash_seed=str(p.raw("hash_seed", DEFAULT_SEED)),
+            hash_algo=p.string("hash_algo", "sha256_cbor"),
+            cpu_weight=p.number("cpu_weight", 0.5, lo=0.0, hi=1.0),
+            max_blocks=p.integer("max_blocks", 2048, lo=1),
+            index=p.string("index", "default"),
+            add_special_tokens=p.boolean("add_special_tokens", True),
+        )
+        p.done()
+        return out
+
+    def hashes(self, text: str) -> list[int]:
+        return self.hasher.hashes(self.tokenizer.encode(text)) if text else []
+
+    def score(self, ctx: Context, group: Group) -> list[float] | None:
+        req = ctx.request
+        idx = self.index
+        now = ctx.now
+        live = [idx.is_live(s.address, now) for s in group]
+        out = [0.0] * len(group)
+        precise = any(live)
+        if precise:
+            hashes = req.prefix_hashes if self.request_hashes else self.hashes(req.prompt_text)
+            idx.remember(req.request_id, hashes)
+            if hashes:
+                matched = idx.match(hashes, now, self.cpu_weight)
+                inv = 1.0 / len(hashes)
+                for i, s in enumerate(group):
+                    m = matched.get(s.address)
+                    if m:
+                        out[i] = min(1.0, m * inv)
+        if not all(live) and req.prefix_hashes:  # the rest on the approximate path
+            inv = 1.0 / len(req.prefix_hashes)
+            for i, m in ctx.prefix_hits(group):
+                if not live[i]:
+                    out[i] = m * inv
+        idx.routed["approximate" if not precise else "precise" if all(live) else "mixed"] += 1
+        ctx.put(PRECISE_SCORES, group, out)
+        return out if any(out) else None
