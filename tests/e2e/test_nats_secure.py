@@ -101,6 +101,8 @@ async def stack(secure_nats: SecureNats) -> AsyncIterator[Stack]:
         round_robin_envoy=False,
         nats_url=secure_nats.url,
         nats_args={s: secure_nats.args(s) for s in services},
+        kv_events=True,  # the KV-cache events' subjects and stream are locked down too
+        profile="precise-prefix",
     )
     async with Stack(config) as s:
         yield s
@@ -139,6 +141,23 @@ async def test_the_stack_works_with_one_locked_down_user_per_service(stack: Stac
         return 4.0 in ready and sum(rate) > 0
 
     await eventually(autoscaler_serves, 20, "the autoscaler serving ready replicas and the arrival rate")
+
+    # Pods -> collector -> pickers (KV-cache events): the pickers route on the precise path.
+    async def precise_routed() -> bool:
+        for _ in range(2):
+            await post(stack.gateway_url, completion())
+        key = 'infergate_picker_prefix_path_total{path="precise"}'
+        async with aiohttp.ClientSession() as session:
+            for p in stack.pickers:
+                async with session.get(f"http://127.0.0.1:{p.metrics_port}/metrics") as resp:
+                    if any(
+                        line.startswith(key) and not line.endswith(" 0.0")
+                        for line in (await resp.text()).splitlines()
+                    ):
+                        return True
+        return False
+
+    await eventually(precise_routed, 20, "a request routed on the precise prefix path")
 
 
 def forged_snapshot(pod: str) -> tuple[str, bytes]:
