@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
+from collector.accel import from_pod_metadata
 from collector.targets import Key, Target
 from shared import crds, kube
 
@@ -53,6 +54,7 @@ class KubeDiscovery:
         self.synced = asyncio.Event()
         self.current: dict[Key, Target] = {}
         self.invalid_pools: dict[tuple[str, str], str] = {}
+        self._accel_warned: set[tuple[str, str]] = set()  # pods whose bad label was logged (bounded)
 
     async def run(self) -> None:
         scopes: list[str | None] = list(self.namespaces) or [None]
@@ -142,11 +144,20 @@ class KubeDiscovery:
                     continue  # the API server filters by node; this guards a lax one
                 labels = meta.get("labels") or {}
                 ip = status.get("podIP")
+                accel, cost, problems = from_pod_metadata(meta)
+                if problems and (ns, name) not in self._accel_warned:
+                    if len(self._accel_warned) >= 4096:
+                        self._accel_warned.clear()
+                    self._accel_warned.add((ns, name))
+                    log.warning(
+                        "ignoring a bad accelerator label",
+                        extra={"pod": f"{ns}/{name}", "problems": problems},
+                    )
                 for pool in self.pools.values():
                     if pool.namespace != ns or not pool.selects(labels):
                         continue
                     for port in pool.target_ports:
-                        t = Target(ns, pool.name, name, ip, port, self.node)
+                        t = Target(ns, pool.name, name, ip, port, self.node, accel, cost)
                         out[t.key] = t
         return out
 
