@@ -111,6 +111,9 @@ class PoolState:
         self.peer_count = 1
         self.peer_unseen = 1.0
         self._version = 0  # bumped by every change that can change a request's candidates
+        # Learners fed with every assignment (before it is counted) and every completion with
+        # its outcome, local and peers' alike (picker.latency.LatencyPredictor).
+        self.observers: list[Any] = []
         self._memo: tuple[Any, int, Candidates] | None = None
 
     def __len__(self) -> int:
@@ -155,6 +158,8 @@ class PoolState:
             st = self._states.get(address)
             bs = st.block_size if st is not None else 16
             cached = self.prefix.matched(address, hashes) * bs if hashes else 0
+            for obs in self.observers:
+                obs.on_assigned(request, address, st, cached, now, replica)
             prompt = max(0, request.prompt_tokens)
             out = request.expected_output_tokens
             tokens = max(0, prompt - cached) + (out if out > 0 else self.default_output_tokens)
@@ -164,9 +169,24 @@ class PoolState:
         except Exception:
             self.on_error("on_assigned", self.name)
 
-    def on_completed(self, request_id: str, now: float, *, replica: str = "") -> None:
-        """``replica``'s request ``request_id`` ended (unknown ids are ignored)."""
+    def on_completed(
+        self,
+        request_id: str,
+        now: float,
+        *,
+        replica: str = "",
+        status: int = 0,
+        ttft_s: float = 0.0,
+        latency_s: float = 0.0,
+        output_tokens: int = 0,
+    ) -> None:
+        """``replica``'s request ``request_id`` ended (unknown ids are ignored).
+
+        The outcome (``status`` 0 = unknown, TTFT, latency, output tokens) goes to the observers.
+        """
         try:
+            for obs in self.observers:
+                obs.on_completed(request_id, replica, status, ttft_s, latency_s, output_tokens, now)
             self.inflight.complete(request_id, now, replica)
         except Exception:
             self.on_error("on_completed", self.name)
