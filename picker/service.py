@@ -45,6 +45,7 @@ from .config import PickerConfig
 from .director import Director
 from .extproc import ExtProcServicer
 from .hooks import EventSink
+from .latency.metrics import register_latency_metrics
 from .metrics import PickerMetrics
 from .models import ModelTable
 from .protocol import EXT_PROC_SERVICE, HEALTH_LIVENESS, HEALTH_READINESS
@@ -104,6 +105,7 @@ class Picker:
             destination_header_list=cfg.destination_header_list,
         )
         self.metrics.add_pool_collector(cfg.pool_name, self.view.stats, self._view_counters, self.view.list)
+        register_latency_metrics(self.registry, cfg.pool_name, self.state)  # empty unless a profile learns
         if cfg.kube or cfg.kubeconfig or cfg.kube_host:
             self.source: Any = KubeSource(cfg, self._set_models)
         elif cfg.config_files:

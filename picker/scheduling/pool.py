@@ -185,11 +185,28 @@ class PoolState:
         The outcome (``status`` 0 = unknown, TTFT, latency, output tokens) goes to the observers.
         """
         try:
-            for obs in self.observers:
-                obs.on_completed(request_id, replica, status, ttft_s, latency_s, output_tokens, now)
+            if self.observers and status:
+                self.on_outcome(request_id, replica, status, ttft_s, latency_s, output_tokens, now)
             self.inflight.complete(request_id, now, replica)
         except Exception:
             self.on_error("on_completed", self.name)
+
+    def on_outcome(
+        self,
+        request_id: str,
+        replica: str,
+        status: int,
+        ttft_s: float,
+        latency_s: float,
+        output_tokens: int,
+        now: float,
+    ) -> None:
+        """How ``replica``'s request ended (a peer's Completion event): for the observers only."""
+        for obs in self.observers:
+            try:
+                obs.on_completed(request_id, replica, status, ttft_s, latency_s, output_tokens, now)
+            except Exception:
+                self.on_error("observer", self.name)
 
     def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None:
         """This replica is ``index`` (0-based) of ``count`` picker replicas sharing one view.

@@ -195,3 +195,42 @@ def test_bad_parameters_are_named(params, field):
     cfg["plugins"][0]["parameters"] = params
     with pytest.raises(ConfigError, match=field):
         build_profile("predicted-latency", config=cfg)
+
+
+def test_metrics_show_mape_samples_and_slo_outcomes():
+    from prometheus_client import CollectorRegistry
+
+    from picker.latency.metrics import register_latency_metrics
+
+    p = build_profile("predicted-latency", rng=random.Random(1))
+    reg = CollectorRegistry()
+    register_latency_metrics(reg, "pool", p.state)
+    train(p, n=100)
+    p.state.on_snapshot(snap("a:1", "fast", ts=5.0), 5.0)
+    req = RequestInfo("slo", "m", "m", prompt_tokens=100, slo_ttft_ms=10, slo_tpot_ms=100)
+    p.state.on_assigned(req, "a:1", 5.0, replica="me")
+    p.state.on_completed("slo", 5.0, replica="me", status=200, ttft_s=0.05, latency_s=0.5, output_tokens=10)
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in reg.collect() for s in f.samples}
+    assert got[("infergate_latency_training_samples_total", (("name", "pool"),))] == 101
+    assert got[("infergate_latency_model_ready", (("name", "pool"),))] == 1
+    mape = got[
+        ("infergate_latency_prediction_mape", (("accelerator", "all"), ("kind", "ttft"), ("name", "pool")))
+    ]
+    assert 0 < mape < 1
+    key = ("infergate_slo_requests_total", (("name", "pool"), ("objective", "ttft"), ("outcome", "missed")))
+    assert got[key] == 1
+    key = ("infergate_slo_requests_total", (("name", "pool"), ("objective", "tpot"), ("outcome", "met")))
+    assert got[key] == 1
+    empty = CollectorRegistry()
+    register_latency_metrics(empty, "pool", build_profile("gie-v1").state)
+    assert not list(empty.collect())  # a profile without a predictor shows nothing
+
+
+def test_slo_headers_parse():
+    from picker.latency.headers import parse_slo_headers
+
+    assert parse_slo_headers(None, "") == (0.0, 0.0)
+    assert parse_slo_headers("500", "50.5") == (500.0, 50.5)
+    for bad in ("abc", "-1", "0", "nan", "inf", "1e12"):
+        with pytest.raises(ValueError, match="x-slo-ttft-ms"):
+            parse_slo_headers(bad, None)
