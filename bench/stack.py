@@ -40,6 +40,8 @@ class PodPlan:
     name: str
     node: str
     lora_adapters: tuple[str, ...] = ()
+    accelerator: str = ""  # a sim accelerator profile (sim/accelerators.yaml); "" = the default H100
+    cost_per_hour: float = 0.0  # put in the targets file with the accelerator (0 = unknown)
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,8 @@ class Stack:
         ]  # fmt: skip
         if plan.lora_adapters:
             args += ["--lora-adapters", ",".join(plan.lora_adapters)]
+        if plan.accelerator:
+            args += ["--accelerator", plan.accelerator]
         proc = ServiceProcess(
             f"sim-{plan.name}",
             python_module("sim", *args),
@@ -301,6 +305,8 @@ class Stack:
     def _collector(self, node: str) -> ServiceProcess:
         targets = [
             {"pool": POOL, "namespace": NAMESPACE, "pod": p.plan.name, "address": p.address, "node": node}
+            | ({"accelerator": p.plan.accelerator} if p.plan.accelerator else {})
+            | ({"cost_per_hour": p.plan.cost_per_hour} if p.plan.cost_per_hour else {})
             for p in self.pods
             if p.plan.node == node
         ]
