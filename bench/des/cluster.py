@@ -65,6 +65,8 @@ from .oracle import PREFILL_WEIGHT, OracleScheduler, cached_prefix_tokens
 from .workload import Sampler, WorkloadSpec
 
 POLICIES = ("round-robin", "random", "gie-v0", "gie-v1", "default", "oracle")
+# Profiles a point may also run that the seed experiment does not sweep by default.
+EXTRA_POLICIES = ("predicted-latency",)
 MODEL = "meta-llama/Llama-2-7b-hf"
 
 NAMESPACE, POOL = "bench", "pool"
@@ -166,7 +168,7 @@ class Cluster:
     """The simulated deployment for one :class:`DESConfig`. ``run()`` returns a :class:`PointResult`."""
 
     def __init__(self, cfg: DESConfig) -> None:
-        if cfg.policy not in POLICIES:
+        if cfg.policy not in POLICIES and cfg.policy not in EXTRA_POLICIES:
             raise ValueError(f"unknown policy {cfg.policy!r} (known: {', '.join(POLICIES)})")
         if cfg.spread not in ("round-robin", "random"):
             raise ValueError("spread must be 'round-robin' or 'random'")
@@ -362,7 +364,10 @@ class Cluster:
                 if r.t_finished > self.last_finish:
                     self.last_finish = r.t_finished
             pk = self.pickers[p]
-            pk.profile.state.on_completed(info.request_id, now, replica=pk.name)
+            pk.profile.state.on_completed(
+                info.request_id, now, replica=pk.name, status=200, ttft_s=r.t_first_token - r.arrival,
+                latency_s=r.t_finished - r.arrival, output_tokens=r.max_tokens,
+            )  # fmt: skip
             if pk.batcher is not None:
                 pk.batcher.on_local_completion(
                     info, address, 200, r.prompt_tokens, r.max_tokens, r.t_finished - r.arrival,

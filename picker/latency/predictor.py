@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .features import D_TPOT, D_TTFT, tpot_features, ttft_features
+from .features import D_TPOT, D_TTFT, TPOT_NONNEG, TTFT_NONNEG, tpot_features, ttft_features
 from .rls import OnlineRegression
 
 if TYPE_CHECKING:  # picker.scheduling imports this package (its slo-latency plugin)
@@ -103,7 +103,10 @@ class LatencyPredictor:
 
     def _pair(self) -> tuple[OnlineRegression, OnlineRegression]:
         lam = self.forgetting
-        return OnlineRegression(D_TTFT, lam), OnlineRegression(D_TPOT, lam)
+        return (
+            OnlineRegression(D_TTFT, lam, nonneg=TTFT_NONNEG),
+            OnlineRegression(D_TPOT, lam, nonneg=TPOT_NONNEG),
+        )
 
     def bind_state(self, state) -> LatencyPredictor:
         """Observe ``state`` (a :class:`~picker.scheduling.pool.PoolState`); idempotent."""
@@ -146,12 +149,12 @@ class LatencyPredictor:
                 w = weights[accel] = (m[0].w, m[1].w)
             a, b = w
             load = st.load
-            n_run = st.running + load.n
-            qk = (st.queue_demand * st.cap + load.tokens) * 1e-3
-            t = a[0] + a[1] * uncached[i] * 1e-3 + a[2] * qk + a[3] * n_run * 0.1 + a[4] * st.waiting * 0.1
+            n_run = (st.running + load.n) * 0.1
+            ahead = (st.queue_demand * st.cap + load.tokens + uncached[i]) * 1e-3
+            t = a[0] + a[1] * ahead + a[2] * n_run
             add_a(t if t > MIN_TTFT_MS else MIN_TTFT_MS)
-            ck = (st.kv * st.cap + load.tokens) * 1e-4
-            d = b[0] + b[1] * (n_run + st.waiting) * 0.1 + b[2] * ck
+            ctx = (st.kv * st.cap + load.tokens) * 1e-4
+            d = b[0] + b[1] * (n_run + st.waiting * 0.1) + b[2] * ctx
             add_b(d if d > MIN_TPOT_MS else MIN_TPOT_MS)
         return Prediction(ttft, tpot)
 

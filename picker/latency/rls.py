@@ -19,12 +19,21 @@ __all__ = ["OnlineRegression"]
 class OnlineRegression:
     """``y ≈ w · x``, updated by :meth:`update`; ``n`` samples seen."""
 
-    __slots__ = ("d", "lam", "n", "p", "w")
+    __slots__ = ("d", "lam", "n", "nonneg", "p", "w")
 
     def __init__(
-        self, d: int, lam: float = 0.998, prior_var: float = 1e4, w0: list[float] | None = None
+        self,
+        d: int,
+        lam: float = 0.998,
+        prior_var: float = 1e4,
+        w0: list[float] | None = None,
+        nonneg: tuple[int, ...] = (),
     ) -> None:
         self.d = d
+        # Coefficients that physics says cannot be negative (more work ahead never makes a
+        # request faster): kept >= 0 after every update, so the model cannot learn "a longer
+        # queue is quicker" from a lull and extrapolate it into an overload.
+        self.nonneg = nonneg
         self.lam = lam
         self.n = 0
         self.w = list(w0) if w0 is not None else [0.0] * d
@@ -48,6 +57,15 @@ class OnlineRegression:
         w = self.w
         for i in range(d):
             w[i] += k[i] * err
+        for i in self.nonneg:
+            if w[i] < 0.0 and p[i][i] > 0.0:
+                # Project onto w[i] = 0 in P's metric: the others absorb what the negative
+                # coefficient was explaining (the intercept takes the mean), as a fit with
+                # that coefficient fixed at 0 would.
+                c = w[i] / p[i][i]
+                for j in range(d):
+                    w[j] -= p[j][i] * c
+                w[i] = 0.0
         # P = (P - k (P x)^T) / lam ; P stays symmetric
         inv = 1.0 / lam
         for i in range(d):
