@@ -1,4 +1,4 @@
-"""Accelerator profiles: built-ins match their sources, YAML extends them, engines differ as the hardware does."""
+"""Accelerator profiles: built-ins meet their sources, YAML extends them, engines differ by hardware."""
 
 from __future__ import annotations
 
@@ -47,8 +47,11 @@ def test_a_wrong_hand_fit_fails_its_points(tmp_path):
                 hbm_tb_s: 0.864
                 bf16_dense_tflops: 362
                 kv_capacity_tokens: 54512
-                step: {base_s: 0.0005, floor_s: 0.0056, n_base_s: 0.001, per_token_s: 20.0e-6, per_ctx_s: 0.196e-6}
-                points: [{kind: roofline_decode, tolerance: 0.1}, {kind: step_ms, tokens: 1, ctx: 0, value: 4.8}]
+                step: {base_s: 0.0005, floor_s: 0.0056, n_base_s: 0.001, per_token_s: 20.0e-6,
+                       per_ctx_s: 0.196e-6}
+                points:
+                  - {kind: roofline_decode, tolerance: 0.1}
+                  - {kind: step_ms, tokens: 1, ctx: 0, value: 4.8}
             """
         )
     )
@@ -116,3 +119,15 @@ def test_launcher_pods_file_sets_each_pods_accelerator(tmp_path):
     assert specs[0].engine.kv_capacity_tokens == profile("a100-80gb").kv_capacity_tokens
     assert specs[1].engine.kv_capacity_tokens == profile("l40s-48gb").kv_capacity_tokens
     assert specs[1].engine.slowdown == EngineConfig().slowdown
+
+
+def test_demo_mixed_pool_flag():
+    from bench import demo
+    from bench.mixed import mixed_pool
+
+    args = demo.parse_args(["--mixed-pool"])
+    assert args.mixed_pool and args.profile == "predicted-latency"
+    assert demo.parse_args([]).profile == "default"
+    pods = mixed_pool()
+    assert [p.accelerator for p in pods] == ["h100-80gb", "a100-80gb", "a100-80gb", "l40s-48gb"]
+    assert pods[3].cost_per_hour == profile("l40s-48gb").cost_per_hour and pods[0].lora_adapters
