@@ -364,10 +364,13 @@ class Cluster:
                 if r.t_finished > self.last_finish:
                     self.last_finish = r.t_finished
             pk = self.pickers[p]
-            pk.profile.state.on_completed(
-                info.request_id, now, replica=pk.name, status=200, ttft_s=r.t_first_token - r.arrival,
-                latency_s=r.t_finished - r.arrival, output_tokens=r.max_tokens,
-            )  # fmt: skip
+            state = pk.profile.state
+            if getattr(state, "observers", None):  # learners (picker.latency) get the outcome
+                state.on_outcome(
+                    info.request_id, pk.name, 200, r.t_first_token - r.arrival, r.t_finished - r.arrival,
+                    r.max_tokens, now,
+                )  # fmt: skip
+            state.on_completed(info.request_id, now, replica=pk.name)
             if pk.batcher is not None:
                 pk.batcher.on_local_completion(
                     info, address, 200, r.prompt_tokens, r.max_tokens, r.t_finished - r.arrival,
