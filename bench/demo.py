@@ -33,7 +33,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -118,7 +118,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--phases", default="sharegpt,prefix", help="which phases to run, comma-separated")
     p.add_argument("--pickers", type=int, default=2, help="picker replicas")
-    p.add_argument("--profile", default="default", help="scheduler profile of the pickers")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="scheduler profile of the pickers (default; predicted-latency with --mixed-pool)",
+    )
+    p.add_argument(
+        "--mixed-pool",
+        action="store_true",
+        help="pods on H100, A100, A100, L40S profiles, labelled with accelerator and cost (bench/mixed.py)",
+    )
     p.add_argument("--seed", type=int, default=1, help="workload seed (both runs get the same requests)")
     p.add_argument(
         "--out",
@@ -128,6 +137,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "reference copy is bench/results/demo, written only when named here)",
     )
     args = p.parse_args(argv)
+    if args.profile is None:
+        args.profile = "predicted-latency" if args.mixed_pool else "default"
     args.sharegpt_convs = None  # set by main() before the stack starts (parsing takes seconds)
     return args
 
@@ -221,6 +232,10 @@ async def run_phase(
     config = StackConfig(
         pickers=args.pickers, profile=args.profile, time_scale=phase.time_scale, sim_args=phase.sim_args
     )
+    if args.mixed_pool:
+        from bench.mixed import mixed_pool
+
+        config = replace(config, pods=mixed_pool())
     async with Stack(config) as stack:
         say(f"stack ready in {time.monotonic() - t0:.1f} s (logs: {stack.log_dir})")
         runs = (("InferGate picker", stack.gateway_url), ("Envoy round-robin", stack.round_robin_url))
@@ -359,6 +374,8 @@ def write_report(
     if args.duration is not None:
         flags.append(f"--duration {args.duration:g}")
     flags += [f"--pickers {args.pickers}", f"--profile {args.profile}", f"--seed {args.seed}"]
+    if args.mixed_pool:
+        flags.append("--mixed-pool")
     per_phase = "; ".join(f"{p.name} time scale {p.time_scale:g}, {p.duration:g} s" for p in phases(args))
     command = f"infergate-bench demo {' '.join(flags)} (per phase: {per_phase})"
     lines = [

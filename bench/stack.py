@@ -41,6 +41,8 @@ class PodPlan:
     name: str
     node: str
     lora_adapters: tuple[str, ...] = ()
+    accelerator: str = ""  # a sim accelerator profile (sim/accelerators.yaml); "" = the default H100
+    cost_per_hour: float = 0.0  # put in the targets file with the accelerator (0 = unknown)
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,8 @@ class Stack:
             kv_port, kv_replay = free_port(), free_port()
             kv_cfg = {"endpoint": f"tcp://*:{kv_port}", "replay_endpoint": f"tcp://*:{kv_replay}"}
             args += ["--kv-events-config", json.dumps(kv_cfg)]
+        if plan.accelerator:
+            args += ["--accelerator", plan.accelerator]
         proc = ServiceProcess(
             f"sim-{plan.name}",
             python_module("sim", *args),
@@ -318,6 +322,8 @@ class Stack:
                 if p.kv_port
                 else {}
             )
+            | ({"accelerator": p.plan.accelerator} if p.plan.accelerator else {})
+            | ({"cost_per_hour": p.plan.cost_per_hour} if p.plan.cost_per_hour else {})
             for p in self.pods
             if p.plan.node == node
         ]

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
+from collector.accel import from_pod_metadata
 from collector.kvevents import kv_addresses
 from collector.targets import Key, Target
 from shared import crds, kube
@@ -54,6 +55,7 @@ class KubeDiscovery:
         self.synced = asyncio.Event()
         self.current: dict[Key, Target] = {}
         self.invalid_pools: dict[tuple[str, str], str] = {}
+        self._accel_warned: set[tuple[str, str]] = set()  # pods whose bad label was logged (bounded)
 
     async def run(self) -> None:
         scopes: list[str | None] = list(self.namespaces) or [None]
@@ -143,12 +145,24 @@ class KubeDiscovery:
                     continue  # the API server filters by node; this guards a lax one
                 labels = meta.get("labels") or {}
                 ip = status.get("podIP")
+                accel, cost, problems = from_pod_metadata(meta)
+                if problems and (ns, name) not in self._accel_warned:
+                    if len(self._accel_warned) >= 4096:
+                        self._accel_warned.clear()
+                    self._accel_warned.add((ns, name))
+                    log.warning(
+                        "ignoring a bad accelerator label",
+                        extra={"pod": f"{ns}/{name}", "problems": problems},
+                    )
                 for pool in self.pools.values():
                     if pool.namespace != ns or not pool.selects(labels):
                         continue
                     for rank, port in enumerate(pool.target_ports):
                         kv_ev, kv_rp = kv_addresses(meta.get("annotations"), ip, rank)
-                        t = Target(ns, pool.name, name, ip, port, self.node, kv_ev, kv_rp)
+                        t = Target(
+                            ns, pool.name, name, ip, port, self.node,
+                            kv_events=kv_ev, kv_replay=kv_rp, accelerator=accel, cost_per_hour=cost,
+                        )  # fmt: skip
                         out[t.key] = t
         return out
 

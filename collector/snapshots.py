@@ -47,6 +47,8 @@ def change_key(s: EndpointSnapshot) -> tuple:
         tuple(lora.waiting),
         lora.max_lora,
         tuple(s.served_models),
+        s.accelerator,
+        s.cost_per_hour,
     )
 
 
@@ -72,6 +74,8 @@ def snapshot_of(
         preemptions=pm.preemptions,
         lora=LoraState(running=pm.lora_running, waiting=pm.lora_waiting, max_lora=pm.max_lora),
         served_models=served_models,
+        accelerator=target.accelerator,
+        cost_per_hour=target.cost_per_hour,
         ts=ts,
     )
 
@@ -130,7 +134,13 @@ class EndpointState:
                 self.healthy = False
                 self._on_health_change()
             base = self.snapshot or EndpointSnapshot(
-                namespace=t.namespace, pool=t.pool, pod=t.pod, address=t.address, node=self.node
+                namespace=t.namespace,
+                pool=t.pool,
+                pod=t.pod,
+                address=t.address,
+                node=self.node,
+                accelerator=t.accelerator,
+                cost_per_hour=t.cost_per_hour,
             )
             # the last known values, with the verdict: current even though the metrics are not
             snap = msgspec.structs.replace(

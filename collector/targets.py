@@ -8,6 +8,8 @@ Without Kubernetes the targets come from a YAML file, a list of entries::
       pod: vllm-0            # required
       address: 10.0.0.5:8000 # required, ip:port ([v6]:port for IPv6)
       node: gpu-node-1       # optional: only the collector with this --node-name scrapes it
+      accelerator: a100-80gb # optional: what the pod runs on (collector.accel)
+      cost_per_hour: 1.8     # optional: its price per hour, >= 0
 
 (a mapping with a ``targets:`` list is accepted too), plus repeated
 ``--target [namespace/]pool/pod=ip:port`` flags. :class:`StaticDiscovery` polls the
@@ -27,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from collector.accel import accelerator_value, cost_value
+
 log = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "default"
@@ -44,6 +48,8 @@ class Target:
     node: str = ""
     kv_events: str = ""  # the pod's KV events PUB address (tcp://ip:port), "" = none (collector/kvevents.py)
     kv_replay: str = ""  # its replay ROUTER address, "" = none
+    accelerator: str = ""
+    cost_per_hour: float = 0.0
 
     @property
     def key(self) -> Key:
@@ -113,7 +119,8 @@ def parse_targets(data: Any, source: str = "<targets>") -> list[Target]:
         where = f"{source}: targets[{i}]"
         if not isinstance(entry, Mapping):
             raise TargetsError(f"{where}: must be a mapping, got {type(entry).__name__}")
-        unknown = set(entry) - {"pool", "namespace", "pod", "address", "node", "kv_events", "kv_replay"}
+        known = {"pool", "namespace", "pod", "address", "node", "kv_events", "kv_replay"}
+        unknown = set(entry) - known - {"accelerator", "cost_per_hour"}
         if unknown:
             raise TargetsError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         ip, port = split_address(entry.get("address"), where)  # type: ignore[arg-type]
@@ -133,12 +140,21 @@ def parse_targets(data: Any, source: str = "<targets>") -> list[Target]:
             node=node,
             kv_events=kv_ev,
             kv_replay=kv_rp,
+            accelerator=_checked(accelerator_value, entry.get("accelerator"), f"{where}: accelerator"),
+            cost_per_hour=_checked(cost_value, entry.get("cost_per_hour"), f"{where}: cost_per_hour"),
         )
         if t.key in seen:
             raise TargetsError(f"{where}: duplicate of targets[{seen[t.key]}] ({t.describe()})")
         seen[t.key] = i
         out.append(t)
     return out
+
+
+def _checked(check: Callable[[Any, str], Any], value: Any, where: str) -> Any:
+    try:
+        return check(value, where)
+    except ValueError as exc:
+        raise TargetsError(str(exc)) from None
 
 
 def load_targets_text(text: str, source: str = "<targets>") -> list[Target]:

@@ -33,6 +33,7 @@ from shared.tokens import estimate_tokens
 
 from .body import BodyError, ParsedRequest, parse_request, path_kind
 from .hooks import EventSink
+from .latency.headers import parse_slo_headers
 from .metrics import PickerMetrics, RequestLabels
 from .models import ModelTable, UnknownModel
 from .protocol import MODELS_PATH, Dropped
@@ -65,6 +66,8 @@ class RequestHeaders:
     rewrite: str | None = None
     objective: str | None = None
     fairness_id: str | None = None
+    slo_ttft: str | None = None  # x-slo-ttft-ms / x-llm-d-slo-ttft-ms, as sent
+    slo_tpot: str | None = None
     selection: str | None = None  # test-epp-endpoint-selection (used only with the hooks on)
     content_length: int | None = None
     count: int = 0  # header entries as Envoy sent them (pseudo-headers included)
@@ -279,6 +282,11 @@ class Director:
             )
         info = self._info(hdr, req, res.target, res.criticality, cands)
         info.priority = priority
+        try:
+            info.slo_ttft_ms, info.slo_tpot_ms = parse_slo_headers(hdr.slo_ttft, hdr.slo_tpot)
+        except ValueError as exc:
+            return self.reject(400, str(exc), req.model, res.target, request_id=hdr.request_id)
+        info.objective = hdr.objective or ""
         now = time.time()
         s0 = time.perf_counter()
         state = self.state
@@ -448,7 +456,15 @@ class Director:
         now = time.time()
         self.inflight.pop(info.request_id, None)
         try:
-            self.state.on_completed(info.request_id, now, replica=self.replica)
+            self.state.on_completed(
+                info.request_id,
+                now,
+                replica=self.replica,
+                status=status,
+                ttft_s=ttft,
+                latency_s=latency,
+                output_tokens=output_tokens,
+            )
         except Exception:
             log.exception("pool state on_completed failed", extra={"request_id": info.request_id})
         if self.sink is not None:

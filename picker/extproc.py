@@ -56,6 +56,8 @@ from .protocol import (
     MODEL_REWRITE,
     OBJECTIVE,
     REQUEST_ID,
+    SLO_TPOT,
+    SLO_TTFT,
     SUBSET_NAMESPACE,
 )
 from .response import ResponseRewriter
@@ -71,6 +73,8 @@ _CONTROL = {
     **{name: ("rewrite", i == 0) for i, name in enumerate(MODEL_REWRITE)},
     **{name: ("objective", i == 0) for i, name in enumerate(OBJECTIVE)},
     **{name: ("fairness_id", i == 0) for i, name in enumerate(FAIRNESS_ID)},
+    **{name: ("slo_ttft", i == 0) for i, name in enumerate(SLO_TTFT)},
+    **{name: ("slo_tpot", i == 0) for i, name in enumerate(SLO_TPOT)},
 }
 
 _Mode = processing_mode_pb2.ProcessingMode

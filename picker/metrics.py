@@ -154,6 +154,50 @@ def _gauge(
     return g
 
 
+def _accelerator_families(pool: str, eps: list[Any]):
+    """Each endpoint's accelerator and price (from its snapshot), and the pool's totals per accelerator.
+
+    Label values come from the collector, which accepts only label-like names; the series
+    are per endpoint, so they are bounded by the pool's size like the queue series above.
+    """
+    per_accel: dict[str, list[float]] = {}
+    info, cost = [], []
+    for e in eps:
+        snap = e.snapshot
+        accel = getattr(snap, "accelerator", "") or "unknown"
+        price = float(getattr(snap, "cost_per_hour", 0.0) or 0.0)
+        info.append(([pool, e.address, accel], 1.0))
+        cost.append(([pool, e.address], price))
+        agg = per_accel.setdefault(accel, [0.0, 0.0])
+        if snap.ready and snap.healthy:
+            agg[0] += 1
+            agg[1] += price
+    yield _gauge(
+        "infergate_pool_endpoint_accelerator_info",
+        "The accelerator each endpoint runs on (its pod label/annotation or the targets file)",
+        ["name", "model_server_endpoint", "accelerator"],
+        info,
+    )
+    yield _gauge(
+        "infergate_pool_endpoint_cost_per_hour",
+        "Each endpoint's price per hour (0 = unknown)",
+        ["name", "model_server_endpoint"],
+        cost,
+    )
+    yield _gauge(
+        "infergate_pool_ready_endpoints_by_accelerator",
+        "Ready endpoints per accelerator",
+        ["name", "accelerator"],
+        [([pool, a], v[0]) for a, v in per_accel.items()],
+    )
+    yield _gauge(
+        "infergate_pool_cost_per_hour",
+        "Price per hour of the ready endpoints, per accelerator",
+        ["name", "accelerator"],
+        [([pool, a], v[1]) for a, v in per_accel.items()],
+    )
+
+
 class _PoolCollector(Collector):
     """Reads the view's stats at scrape time."""
 
@@ -206,6 +250,7 @@ class _PoolCollector(Collector):
                 ["name", "model_server_endpoint"],
                 [([self.pool, e.address], e.snapshot.waiting) for e in eps],
             )
+            yield from _accelerator_families(self.pool, eps)
         yield _gauge(
             "infergate_picker_view_endpoints",
             "Endpoints in the pool view",

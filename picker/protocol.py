@@ -56,6 +56,9 @@ REQUEST_ID = "x-request-id"
 OBJECTIVE = ("x-llm-d-inference-objective", "x-gateway-inference-objective")
 FAIRNESS_ID = ("x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id")
 MODEL_REWRITE = ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite")
+# Latency objectives in milliseconds (picker/latency/README.md); llm-d's names first.
+SLO_TTFT = ("x-llm-d-slo-ttft-ms", "x-slo-ttft-ms")
+SLO_TPOT = ("x-llm-d-slo-tpot-ms", "x-slo-tpot-ms")
 # The flow a request without a fairness id belongs to (upstream's value).
 DEFAULT_FAIRNESS_ID = "default-flow"
 

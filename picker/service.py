@@ -46,6 +46,7 @@ from .director import Director
 from .extproc import ExtProcServicer
 from .hooks import EventSink
 from .kvfeed import KVFeed, KVIndexCollector, attach_precise, precise_scorers
+from .latency.metrics import register_latency_metrics
 from .metrics import PickerMetrics
 from .models import ModelTable
 from .protocol import EXT_PROC_SERVICE, HEALTH_LIVENESS, HEALTH_READINESS
@@ -124,6 +125,7 @@ class Picker:
         self.kv_feed: KVFeed | None = None
         if attach_precise(self.profile, self.kv_index):
             self.registry.register(KVIndexCollector(self.kv_index))
+        register_latency_metrics(self.registry, cfg.pool_name, self.state)  # empty unless a profile learns
         if cfg.kube or cfg.kubeconfig or cfg.kube_host:
             self.source: Any = KubeSource(cfg, self._set_models)
         elif cfg.config_files:

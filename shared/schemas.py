@@ -66,6 +66,12 @@ class EndpointSnapshot(_Message, tag="snap"):
     # running or waiting, so this is how a picker avoids sending a request for an adapter
     # to a server that would answer 404.
     served_models: list[str] = []
+    # What the endpoint runs on, from the pod's label/annotation or the targets file
+    # (collector/README.md): the accelerator's name ("" = unknown) and its price per hour
+    # (any currency, 0 = unknown). Latency prediction learns per accelerator; SLO routing
+    # prefers the cheapest endpoint predicted to meet the request's SLO.
+    accelerator: str = ""
+    cost_per_hour: float = 0.0
     ts: float = 0.0
     seq: int = 0
     epoch: str = ""

@@ -39,7 +39,9 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--pods", type=int, default=1, help="number of pods (ignored with --ports or --pods-file)")
     p.add_argument("--ports", type=_csv, default=[], help="comma-separated ports, one pod each")
     p.add_argument(
-        "--pods-file", default="", help="YAML/JSON list of pods (name, port, model, lora_adapters, engine)"
+        "--pods-file",
+        default="",
+        help="YAML/JSON list of pods (name, port, model, lora_adapters, engine, accelerator)",
     )
     p.add_argument("--name-prefix", default="sim", help="pod names are <prefix>-<i>")
     p.add_argument("--model", default="meta-llama/Llama-2-7b-hf", help="served base model")
@@ -86,12 +88,33 @@ def build_parser() -> EnvArgumentParser:
         help="vLLM's KV events config (JSON: endpoint, replay_endpoint, topic, hash_seed); "
         "pod i adds i to the ports (sim/README.md, KV events)",
     )
+    p.add_argument(
+        "--accelerator",
+        default="",
+        help="accelerator profile (h100-80gb, a100-80gb, l40s-48gb, or one from --accelerators-file): "
+        "its step-time coefficients and KV capacity replace the defaults",
+    )
+    p.add_argument("--accelerators-file", default="", help="extra accelerator profiles (YAML, sim/README.md)")
     add_ops_flags(p, default_port=9100)
     add_logging_flags(p)
     return p
 
 
-def engine_config(args: argparse.Namespace, model: str) -> EngineConfig:
+def engine_config(args: argparse.Namespace, model: str, accelerator: str = "") -> EngineConfig:
+    cfg = _engine_config(args, model)
+    name = accelerator or getattr(args, "accelerator", "")
+    if not name:
+        return cfg
+    from sim.accel import load_profiles
+
+    extra = [args.accelerators_file] if getattr(args, "accelerators_file", "") else []
+    profs = load_profiles(*extra)
+    if name not in profs:
+        raise SystemExit(f"unknown accelerator {name!r} (known: {', '.join(sorted(profs))})")
+    return profs[name].engine_config(cfg)
+
+
+def _engine_config(args: argparse.Namespace, model: str) -> EngineConfig:
     return EngineConfig(
         model=model,
         kv_capacity_tokens=args.kv_capacity_tokens,
@@ -137,7 +160,7 @@ def pod_specs(args: argparse.Namespace) -> list[PodSpec]:
                     host=args.host,
                     model=model,
                     lora_adapters=list(loras),
-                    engine=engine_config(args, model),
+                    engine=engine_config(args, model, str(it.get("accelerator", ""))),
                     time_scale=float(it.get("time_scale", args.time_scale)),
                     flavor=str(it.get("engine", args.engine)),
                     fail_adapters=list(it.get("fail_adapters", args.fail_adapters)),

@@ -259,7 +259,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora-enabled-factor", type=float, default=None, help="override lora_enabled_factor")
     ap.add_argument("--requests", type=int, default=3000, help="requests per measured point")
     ap.add_argument("--sweep", default="", help="comma-separated slowdown values to compare")
+    ap.add_argument(
+        "--accelerators",
+        action="store_true",
+        help="check every accelerator profile (sim/accelerators.yaml) against its source points",
+    )
+    ap.add_argument("--accelerators-file", action="append", default=[], help="extra profiles (YAML)")
     args = ap.parse_args(argv)
+    if args.accelerators or args.accelerators_file:
+        from sim.accel import load_profiles
+        from sim.accel_check import check_all
+        from sim.accel_check import report as accel_report
+
+        profs = load_profiles(*args.accelerators_file)
+        return 0 if accel_report(check_all(profs, n_requests=args.requests), profs, sys.stdout) else 1
     if args.sweep:
         ok = True
         for s in args.sweep.split(","):

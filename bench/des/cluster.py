@@ -65,8 +65,9 @@ from .oracle import PREFILL_WEIGHT, OracleScheduler, cached_prefix_tokens
 from .workload import Sampler, WorkloadSpec
 
 POLICIES = ("round-robin", "random", "gie-v0", "gie-v1", "default", "oracle")
-# Profiles only the precise-prefix experiment runs (bench/sweep/precise_prefix.py).
-EXTRA_POLICIES = ("precise-prefix", "load-only")
+# Profiles a point may also run that the seed experiment does not sweep by default: the
+# precise-prefix experiment's (bench/sweep/precise_prefix.py) and the hetero experiment's.
+EXTRA_POLICIES = ("precise-prefix", "load-only", "predicted-latency")
 MODEL = "meta-llama/Llama-2-7b-hf"
 
 NAMESPACE, POOL = "bench", "pool"
@@ -369,7 +370,13 @@ class Cluster:
                 if r.t_finished > self.last_finish:
                     self.last_finish = r.t_finished
             pk = self.pickers[p]
-            pk.profile.state.on_completed(info.request_id, now, replica=pk.name)
+            state = pk.profile.state
+            if getattr(state, "observers", None):  # learners (picker.latency) get the outcome
+                state.on_outcome(
+                    info.request_id, pk.name, 200, r.t_first_token - r.arrival, r.t_finished - r.arrival,
+                    r.max_tokens, now,
+                )  # fmt: skip
+            state.on_completed(info.request_id, now, replica=pk.name)
             if pk.batcher is not None:
                 pk.batcher.on_local_completion(
                     info, address, 200, r.prompt_tokens, r.max_tokens, r.t_finished - r.arrival,

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from bench.des import POLICIES
+from bench.des.cluster import EXTRA_POLICIES
 from bench.sharegpt import package_available
 
 from .experiments import DEFAULT_OUT, replica_jobs, seed_jobs, seed_suites
@@ -51,7 +52,9 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--experiment", choices=("seed", "replicas", "all", "precise-prefix"), default="seed")
+    ap.add_argument(
+        "--experiment", choices=("seed", "replicas", "all", "precise-prefix", "hetero"), default="seed"
+    )
     ap.add_argument("--quick", action="store_true", help="a short smoke version (few points, 15 s windows)")
     ap.add_argument(
         "--points", type=_floats, default=None, help="comma-separated QPS (overrides every suite)"
@@ -103,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    unknown = [p for p in args.policies if p not in POLICIES]
+    unknown = [p for p in args.policies if p not in POLICIES and p not in EXTRA_POLICIES]
     if unknown:
         print(f"unknown policies: {', '.join(unknown)} (known: {', '.join(POLICIES)})", file=sys.stderr)
         return 2
@@ -123,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     command = "infergate-bench sweep " + " ".join(argv)
+    if args.experiment == "hetero":  # a mixed pool (bench/sweep/hetero.py); not part of "all"
+        from .hetero import main as hetero_main
+
+        return hetero_main(args, command)
     t0 = time.monotonic()
     written = []
     args.profiles_data, digest = (None, "") if args.render else snapshot_profiles(args.scheduler_config)

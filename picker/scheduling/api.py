@@ -43,6 +43,12 @@ class RequestInfo:
     priority: int = 0
     # The prompt as text, for plugins that tokenize it (precise-prefix); "" when unknown.
     prompt_text: str = ""
+    # Latency objectives from x-slo-ttft-ms / x-slo-tpot-ms (llm-d: x-llm-d-slo-*), in ms;
+    # 0 = none given (an SLO-aware plugin may apply its per-objective default). ``objective``
+    # is the InferenceObjective's name (x-gateway-inference-objective), "" when none.
+    slo_ttft_ms: float = 0.0
+    slo_tpot_ms: float = 0.0
+    objective: str = ""
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ import yaml
 from . import choosers as _choosers  # noqa: F401
 from . import filters as _filters  # noqa: F401  (import registers the built-in plugin types)
 from . import scorers as _scorers  # noqa: F401
+from . import slo as _slo  # noqa: F401  (the slo-latency selector)
 from .admission import SheddingAdmission
 from .api import CRITICALITIES
 from .choosers import Chooser
@@ -307,6 +308,10 @@ def _build(profile: ProfileSpec, rng: random.Random) -> Profile:
         name=profile.name,
         on_error=on_error,
     )
+    for u in uses:  # plugins that learn from the pool's traffic (picker.latency) attach to its state
+        bind = getattr(u.plugin, "bind_state", None)
+        if callable(bind):
+            bind(state)
     scheduler = ProfileScheduler(
         profile.name,
         selector,

@@ -29,6 +29,7 @@ class Context:
         "peer_index",
         "peer_unseen",
         "prefix",
+        "rejection",
         "request",
         "rng",
         "score_unit",
@@ -60,6 +61,9 @@ class Context:
         self.peer_index = peer_index
         self.peer_count = peer_count
         self.peer_unseen = peer_unseen  # peers' assignments not heard of yet, typically
+        # (status, reason): a selector that finds no endpoint acceptable for this request (an
+        # SLO no endpoint can meet, for a sheddable request) sets it; the scheduler answers it.
+        self.rejection: tuple[int, str] | None = None
         self.score_unit = 1.0  # score points per unit of the totals a picker sees (set by the selector)
         self._matches: dict[str, int] | None = None
         self._data: dict[str, tuple[object, Any]] | None = None

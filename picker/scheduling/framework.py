@@ -171,6 +171,8 @@ class ProfileScheduler:
             fresh = self._window(ctx, state, fresh)
         m = 1 + self.fallbacks
         chosen = self.selector.select(ctx, fresh, m) if fresh else []
+        if ctx.rejection is not None:
+            return Decision([], ctx.rejection[0], ctx.rejection[1], self.name)
         if len(chosen) < m and stale:
             chosen += self.selector.select(ctx, stale, m - len(chosen))
         if not chosen:  # a selector returned nothing for a non-empty pool: never leave empty-handed

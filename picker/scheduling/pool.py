@@ -112,6 +112,9 @@ class PoolState:
         self.peer_count = 1
         self.peer_unseen = 1.0
         self._version = 0  # bumped by every change that can change a request's candidates
+        # Learners fed with every assignment (before it is counted) and every completion with
+        # its outcome, local and peers' alike (picker.latency.LatencyPredictor).
+        self.observers: list[Any] = []
         self._memo: tuple[Any, int, Candidates] | None = None
 
     def __len__(self) -> int:
@@ -156,6 +159,8 @@ class PoolState:
             st = self._states.get(address)
             bs = st.block_size if st is not None else 16
             cached = self.prefix.matched(address, hashes) * bs if hashes else 0
+            for obs in self.observers:
+                obs.on_assigned(request, address, st, cached, now, replica)
             prompt = max(0, request.prompt_tokens)
             out = request.expected_output_tokens
             tokens = max(0, prompt - cached) + (out if out > 0 else self.default_output_tokens)
@@ -167,12 +172,44 @@ class PoolState:
         except Exception:
             self.on_error("on_assigned", self.name)
 
-    def on_completed(self, request_id: str, now: float, *, replica: str = "") -> None:
-        """``replica``'s request ``request_id`` ended (unknown ids are ignored)."""
+    def on_completed(
+        self,
+        request_id: str,
+        now: float,
+        *,
+        replica: str = "",
+        status: int = 0,
+        ttft_s: float = 0.0,
+        latency_s: float = 0.0,
+        output_tokens: int = 0,
+    ) -> None:
+        """``replica``'s request ``request_id`` ended (unknown ids are ignored).
+
+        The outcome (``status`` 0 = unknown, TTFT, latency, output tokens) goes to the observers.
+        """
         try:
+            if self.observers and status:
+                self.on_outcome(request_id, replica, status, ttft_s, latency_s, output_tokens, now)
             self.inflight.complete(request_id, now, replica)
         except Exception:
             self.on_error("on_completed", self.name)
+
+    def on_outcome(
+        self,
+        request_id: str,
+        replica: str,
+        status: int,
+        ttft_s: float,
+        latency_s: float,
+        output_tokens: int,
+        now: float,
+    ) -> None:
+        """How ``replica``'s request ended (a peer's Completion event): for the observers only."""
+        for obs in self.observers:
+            try:
+                obs.on_completed(request_id, replica, status, ttft_s, latency_s, output_tokens, now)
+            except Exception:
+                self.on_error("observer", self.name)
 
     def set_peer_rank(self, index: int, count: int, unseen: float = 1.0) -> None:
         """This replica is ``index`` (0-based) of ``count`` picker replicas sharing one view.

@@ -97,6 +97,17 @@ class EventApplier:
                 # An id whose assignment we never saw is still released: the state ignores unknown ids.
                 ok = self.ledger.complete(ev.replica, ev.request_id, at)
                 if ok:
+                    outcome = getattr(self.hooks, "on_outcome", None)  # the pool state's learners
+                    if outcome is not None:
+                        outcome(
+                            ev.request_id,
+                            ev.replica,
+                            ev.status,
+                            ev.ttft_s,
+                            ev.latency_s,
+                            ev.output_tokens,
+                            at,
+                        )
                     self.hooks.on_completed(ev.request_id, at, replica=ev.replica)
                 kind = "completion"
         except Exception:  # a state bug must not kill the subscription

@@ -1,0 +1,181 @@
+"""SLO-aware routing on predicted latency: the ``slo-latency`` selector (profile ``predicted-latency``).
+
+For each candidate the :class:`~picker.latency.LatencyPredictor` (learnt online from every
+completion the replicas see) predicts the request's TTFT and TPOT there. The request's
+SLO comes from its headers (``RequestInfo.slo_ttft_ms`` / ``slo_tpot_ms``: ``x-slo-ttft-ms``,
+``x-slo-tpot-ms`` or llm-d's ``x-llm-d-slo-*``), else from the plugin's per-objective
+defaults, else from its global defaults. Then:
+
+* some pods are predicted to meet it (with ``margin`` to spare): the **cheapest** of them
+  (``cost_per_hour`` from the snapshot; unknown prices count as ``unknown_cost``), the one
+  with the most headroom among equal prices; fallbacks follow in the same order;
+* none is: a request whose criticality is in ``shed`` is rejected with 429 (reason
+  header ``rejected-saturated``, body naming the SLO); any other goes to the pod with
+  the most headroom and is counted as a predicted violation;
+* no SLO at all: the pod with the lowest predicted end-to-end latency
+  (TTFT + TPOT x expected output tokens);
+* before the predictor has learnt (``min_samples`` completions): least waiting +
+  in-flight requests, then least KV use, and nothing is rejected.
+
+Headroom of a pod = min over the request's objectives of ``(slo - predicted) / slo``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from picker.latency import LatencyPredictor
+
+from .api import CRITICALITIES
+from .context import Context
+from .params import ConfigError, Params
+from .plugin import Plugin, register
+from .state import EndpointState
+
+__all__ = ["SloLatencySelector"]
+
+
+@register("slo-latency")
+class SloLatencySelector(Plugin):
+    def __init__(
+        self,
+        *,
+        default_ttft_ms: float = 0.0,
+        default_tpot_ms: float = 0.0,
+        objectives: dict[str, tuple[float, float]] | None = None,
+        margin: float = 0.1,
+        shed: frozenset[str] = frozenset({"Sheddable"}),
+        unknown_cost: float = 0.0,
+        default_output_tokens: int = 200,
+        predictor: LatencyPredictor | None = None,
+    ) -> None:
+        self.default_ttft_ms = default_ttft_ms
+        self.default_tpot_ms = default_tpot_ms
+        self.objectives = dict(objectives or {})
+        self.margin = margin
+        self.shed = frozenset(shed)
+        self.unknown_cost = unknown_cost
+        self.default_output_tokens = default_output_tokens
+        self.predictor = predictor or LatencyPredictor()
+
+    def bind_state(self, state: Any) -> None:
+        """Learn from the pool state's traffic (the config loader calls this once per profile)."""
+        self.predictor.bind_state(state)
+
+    # -- the request's SLO ----------------------------------------------------------------------
+
+    def slo_of(self, request) -> tuple[float, float]:
+        ttft, tpot = request.slo_ttft_ms, request.slo_tpot_ms
+        if ttft > 0 and tpot > 0:
+            return ttft, tpot
+        d = self.objectives.get(request.objective) if request.objective else None
+        dt, dp = d if d is not None else (self.default_ttft_ms, self.default_tpot_ms)
+        return (ttft if ttft > 0 else dt), (tpot if tpot > 0 else dp)
+
+    # -- selection --------------------------------------------------------------------------------
+
+    def select(self, ctx: Context, group: list[EndpointState], m: int) -> list[EndpointState]:
+        n = len(group)
+        if not n:
+            return []
+        req = ctx.request
+        prompt = max(0, req.prompt_tokens)
+        unc = [prompt] * n
+        if req.prefix_hashes:
+            for i, blocks in ctx.prefix_hits(group):
+                unc[i] = max(0, prompt - blocks * group[i].block_size)
+        pred = self.predictor.predict(group, unc)
+        if pred is None:  # warm-up: least requests ahead, then least KV
+            idx = list(range(n))
+            ctx.rng.shuffle(idx)
+            idx.sort(key=lambda i: (group[i].waiting + group[i].load.n, group[i].kv))
+            return [group[i] for i in idx[:m]]
+        ttft, tpot = pred.ttft_ms, pred.tpot_ms
+        s_ttft, s_tpot = self.slo_of(req)
+        if s_ttft <= 0 and s_tpot <= 0:
+            out = req.expected_output_tokens if req.expected_output_tokens > 0 else self.default_output_tokens
+            e2e = [a + b * out for a, b in zip(ttft, tpot, strict=True)]
+            idx = sorted(range(n), key=e2e.__getitem__)
+            return [group[i] for i in idx[:m]]
+        head = _headroom(ttft, tpot, s_ttft, s_tpot)
+        margin = self.margin
+        meet = [i for i in range(n) if head[i] >= margin]
+        if meet:
+            uc = self.unknown_cost
+            cost = [group[i].snap.cost_per_hour or uc for i in range(n)]
+            meet.sort(key=lambda i: (cost[i], -head[i]))
+            chosen = meet[:m]
+            if len(chosen) < m:
+                taken = set(chosen)
+                rest = sorted((i for i in range(n) if i not in taken), key=lambda i: -head[i])
+                chosen += rest[: m - len(chosen)]
+            return [group[i] for i in chosen]
+        if req.criticality in self.shed:
+            self.predictor.rejected += 1
+            ctx.rejection = (
+                429,
+                f"no endpoint is predicted to meet the request's SLO ({_describe(s_ttft, s_tpot)})",
+            )
+            return []
+        self.predictor.predicted_violations += 1
+        idx = sorted(range(n), key=lambda i: -head[i])
+        return [group[i] for i in idx[:m]]
+
+    # -- config ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_params(cls, p: Params) -> SloLatencySelector:
+        shed_raw = p.raw("shed", ["Sheddable"])
+        if not isinstance(shed_raw, list) or any(c not in CRITICALITIES for c in shed_raw):
+            raise ConfigError(p.field("shed"), f"must be a list of {', '.join(CRITICALITIES)}")
+        if "Critical" in shed_raw:
+            raise ConfigError(p.field("shed"), "Critical requests are never shed")
+        objectives: dict[str, tuple[float, float]] = {}
+        raw = p.raw("objectives", {}) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                p.field("objectives"), "must be a mapping of objective name to {ttft_ms, tpot_ms}"
+            )
+        for name, v in raw.items():
+            sub = Params(v, f"{p.field('objectives')}.{name}")
+            objectives[str(name)] = (sub.number("ttft_ms", 0.0, lo=0.0), sub.number("tpot_ms", 0.0, lo=0.0))
+            sub.done()
+        out = cls(
+            default_ttft_ms=p.number("default_ttft_ms", 0.0, lo=0.0),
+            default_tpot_ms=p.number("default_tpot_ms", 0.0, lo=0.0),
+            objectives=objectives,
+            margin=p.number("margin", 0.1, lo=0.0, hi=0.9),
+            shed=frozenset(shed_raw),
+            unknown_cost=p.number("unknown_cost", 0.0, lo=0.0),
+            default_output_tokens=p.integer("default_output_tokens", 200, lo=1),
+            predictor=LatencyPredictor(
+                min_samples=p.integer("min_samples", 30, lo=1),
+                forgetting=p.number("forgetting", 0.998, lo=0.9, hi=1.0),
+            ),
+        )
+        return out
+
+
+def _headroom(ttft: list[float], tpot: list[float], s_ttft: float, s_tpot: float) -> list[float]:
+    if s_ttft > 0 and s_tpot > 0:
+        it, ip = 1.0 / s_ttft, 1.0 / s_tpot
+        return [min((s_ttft - a) * it, (s_tpot - b) * ip) for a, b in zip(ttft, tpot, strict=True)]
+    if s_ttft > 0:
+        it = 1.0 / s_ttft
+        return [(s_ttft - a) * it for a in ttft]
+    ip = 1.0 / s_tpot
+    return [(s_tpot - b) * ip for b in tpot]
+
+
+def _describe(s_ttft: float, s_tpot: float) -> str:
+    parts = []
+    if s_ttft > 0:
+        parts.append(f"TTFT {_fmt(s_ttft)} ms")
+    if s_tpot > 0:
+        parts.append(f"TPOT {_fmt(s_tpot)} ms")
+    return ", ".join(parts)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if math.isfinite(x) and x == int(x) else f"{x:g}"

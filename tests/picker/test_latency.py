@@ -1,0 +1,244 @@
+"""The online latency model and the slo-latency selector, on an in-memory pool state (no bus)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from picker.latency import LatencyPredictor, OnlineRegression
+from picker.scheduling import RequestInfo, build_profile
+from picker.scheduling.slo import SloLatencySelector
+from shared.schemas import EndpointSnapshot
+
+SPEED = {"fast": 1.0, "slow": 3.0}
+COST = {"fast": 3.0, "slow": 1.0}
+
+
+def test_rls_recovers_a_linear_law():
+    rng = random.Random(1)
+    m = OnlineRegression(3)
+    for _ in range(200):
+        x = [1.0, rng.uniform(0, 2), rng.uniform(0, 5)]
+        m.update(x, 4.0 + 10.0 * x[1] + 2.5 * x[2])
+    assert m.w == pytest.approx([4.0, 10.0, 2.5], rel=1e-3)
+    m.update([1.0, float("nan"), 0.0], 1.0)  # ignored
+    assert m.n == 200
+
+
+def snap(addr: str, accel: str, waiting=0, running=0, kv=0.0, ts=0.0) -> EndpointSnapshot:
+    return EndpointSnapshot(
+        namespace="ns",
+        pool="p",
+        pod=addr,
+        address=addr,
+        model="m",
+        waiting=waiting,
+        running=running,
+        kv_usage=kv,
+        kv_capacity_tokens=100_000,
+        accelerator=accel,
+        cost_per_hour=COST[accel],
+        ts=ts,
+    )
+
+
+def truth(accel: str, prompt: int, running: int, waiting: int) -> tuple[float, float]:
+    """A synthetic pod: TTFT and TPOT (ms) linear in the work ahead, scaled by the hardware."""
+    s = SPEED[accel]
+    return s * (15 + 0.05 * prompt + 4 * running), s * (8 + 0.3 * (running + waiting))
+
+
+def train(profile, n=400, seed=3, replicas=("me", "peer")):
+    """Assignments and completions as the shared view delivers them: this replica's and a peer's."""
+    rng = random.Random(seed)
+    state = profile.state
+    addrs = [("a:1", "fast"), ("b:1", "slow")]
+    t = 1.0
+    for i in range(n):
+        addr, accel = addrs[i % 2]
+        running, waiting = rng.randint(0, 30), 0
+        state.on_snapshot(snap(addr, accel, waiting, running, ts=t), t)
+        prompt = rng.randint(10, 1000)
+        req = RequestInfo(f"r{i}", "m", "m", prompt_tokens=prompt)
+        replica = replicas[i % len(replicas)]
+        state.on_assigned(req, addr, t, replica=replica)
+        ttft, tpot = truth(accel, prompt, running, waiting)
+        out = 100
+        latency = (ttft + tpot * (out - 1)) / 1e3
+        state.on_completed(
+            f"r{i}", t, replica=replica, status=200, ttft_s=ttft / 1e3, latency_s=latency, output_tokens=out
+        )
+        t += 0.01
+    return state
+
+
+def predictor_of(profile) -> LatencyPredictor:
+    (pred,) = profile.state.observers
+    return pred
+
+
+def test_learns_per_accelerator_from_local_and_peer_completions():
+    p = build_profile("predicted-latency", rng=random.Random(1))
+    train(p)
+    pred = predictor_of(p)
+    assert pred.samples == 400 and pred.pending == 0
+    assert set(pred.models) == {"fast", "slow"}
+    # recent predictions (made before each completion was learnt) are within a few percent
+    assert pred.mape("ttft") < 0.1 and pred.mape("tpot") < 0.1  # warm-up included
+    recent = list(pred.errors["ttft"].window)[-100:]
+    assert sum(recent) / len(recent) < 0.01  # the law is linear: once learnt, nearly exact
+    assert 0 < pred.mape("ttft", "slow") < 0.1
+    state = p.state
+    state.on_snapshot(snap("a:1", "fast", 0, 10, ts=10.0), 10.0)
+    state.on_snapshot(snap("b:1", "slow", 0, 10, ts=10.0), 10.0)
+    group = [state.endpoint_state("a:1"), state.endpoint_state("b:1")]
+    out = pred.predict(group, [500, 500])
+    assert out.ttft_ms == pytest.approx(
+        [truth("fast", 500, 10, 0)[0], truth("slow", 500, 10, 0)[0]], rel=0.05
+    )
+    assert out.tpot_ms == pytest.approx(
+        [truth("fast", 500, 10, 0)[1], truth("slow", 500, 10, 0)[1]], rel=0.05
+    )
+
+
+def test_failed_and_untimed_completions_teach_nothing_and_pending_is_bounded():
+    pred = LatencyPredictor(max_pending=10, pending_ttl_s=5.0)
+    p = build_profile("gie-v1")
+    pred.bind_state(p.state)
+    pred.bind_state(p.state)  # idempotent
+    assert p.state.observers.count(pred) == 1
+    p.state.on_snapshot(snap("a:1", "fast", ts=1.0), 1.0)
+    for i in range(30):
+        p.state.on_assigned(RequestInfo(f"r{i}", "m", "m", prompt_tokens=10), "a:1", 1.0, replica="me")
+    assert pred.pending == 10 and pred.dropped_pending == 20
+    p.state.on_completed("r29", 1.0, replica="me", status=503, ttft_s=0.1, latency_s=0.2, output_tokens=5)
+    p.state.on_completed("r28", 1.0, replica="me", status=200, ttft_s=0.0, latency_s=0.2, output_tokens=5)
+    p.state.on_completed("r27", 1.0, replica="other", status=200, ttft_s=0.1, latency_s=0.2, output_tokens=5)
+    assert pred.samples == 0 and pred.pending == 8
+    p.state.on_assigned(RequestInfo("late", "m", "m", prompt_tokens=10), "a:1", 100.0, replica="me")
+    assert pred.pending == 1  # the rest outlived the TTL
+
+
+def decide(profile, req, now=20.0):
+    state = profile.state
+    for addr, accel, running in (("a:1", "fast", 20), ("b:1", "slow", 20)):
+        state.on_snapshot(snap(addr, accel, 0, running, ts=now), now)
+    return profile.decide(req, now)
+
+
+def test_cheapest_pod_meeting_the_slo_else_the_fastest():
+    p = build_profile("predicted-latency", rng=random.Random(1))
+    train(p)
+    # slow pod: TTFT 3 x (15 + 10 + 80) = 315 ms, TPOT 3 x 14 = 42 ms; fast: 105 / 14 ms
+    easy = RequestInfo("x1", "m", "m", prompt_tokens=200, slo_ttft_ms=1000, slo_tpot_ms=100)
+    assert decide(p, easy).endpoints[0] == "b:1"  # the cheaper one meets it
+    tight = RequestInfo("x2", "m", "m", prompt_tokens=200, slo_ttft_ms=200, slo_tpot_ms=100)
+    assert decide(p, tight).endpoints[0] == "a:1"  # only the fast one does
+    no_slo = RequestInfo("x3", "m", "m", prompt_tokens=200, expected_output_tokens=50)
+    p2 = build_profile("predicted-latency", config=_no_defaults())
+    train(p2)
+    assert decide(p2, no_slo).endpoints[0] == "a:1"  # no SLO: lowest predicted latency
+
+
+def _no_defaults():
+    return {
+        "version": 2,
+        "plugins": [{"name": "s", "type": "slo-latency"}],
+        "schedulingProfiles": [{"name": "predicted-latency", "plugins": [{"pluginRef": "s"}]}],
+    }
+
+
+def test_nobody_meets_it_sheddable_rejected_others_served_and_counted():
+    p = build_profile("predicted-latency", rng=random.Random(1))
+    train(p)
+    pred = predictor_of(p)
+    hopeless = dict(prompt_tokens=200, slo_ttft_ms=20, slo_tpot_ms=5)
+    d = decide(p, RequestInfo("s", "m", "m", criticality="Sheddable", **hopeless))
+    assert d.status == 429 and d.endpoints == []
+    assert "TTFT 20 ms, TPOT 5 ms" in d.reason and pred.rejected == 1
+    d = decide(p, RequestInfo("c", "m", "m", criticality="Standard", **hopeless))
+    assert d.ok and d.endpoints[0] == "a:1" and pred.predicted_violations == 1  # most headroom
+
+
+def test_defaults_per_objective_and_headers_win():
+    sel = SloLatencySelector(default_ttft_ms=500, default_tpot_ms=50, objectives={"batch": (5000.0, 200.0)})
+    assert sel.slo_of(RequestInfo("r", "m", "m")) == (500, 50)
+    assert sel.slo_of(RequestInfo("r", "m", "m", objective="batch")) == (5000, 200)
+    assert sel.slo_of(RequestInfo("r", "m", "m", objective="batch", slo_ttft_ms=100)) == (100, 200)
+    assert sel.slo_of(RequestInfo("r", "m", "m", slo_ttft_ms=1, slo_tpot_ms=2)) == (1, 2)
+
+
+def test_before_warm_up_nothing_is_rejected_and_the_least_loaded_wins():
+    p = build_profile("predicted-latency", rng=random.Random(1))
+    state = p.state
+    state.on_snapshot(snap("a:1", "fast", waiting=3, ts=1.0), 1.0)
+    state.on_snapshot(snap("b:1", "slow", waiting=0, ts=1.0), 1.0)
+    d = p.decide(RequestInfo("s", "m", "m", criticality="Sheddable", slo_ttft_ms=1, slo_tpot_ms=1), 1.0)
+    assert d.ok and d.endpoints[0] == "b:1"
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"shed": ["Critical"]}, "shed"),
+        ({"margin": 2}, "margin"),
+        ({"objectives": {"x": {"ttft_ms": -1}}}, "objectives.x"),
+        ({"objectives": [1]}, "objectives"),
+        ({"nope": 1}, "nope"),
+    ],
+)
+def test_bad_parameters_are_named(params, field):
+    from picker.scheduling import ConfigError
+
+    cfg = _no_defaults()
+    cfg["plugins"][0]["parameters"] = params
+    with pytest.raises(ConfigError, match=field):
+        build_profile("predicted-latency", config=cfg)
+
+
+def test_metrics_show_mape_samples_and_slo_outcomes():
+    from prometheus_client import CollectorRegistry
+
+    from picker.latency.metrics import register_latency_metrics
+
+    p = build_profile("predicted-latency", rng=random.Random(1))
+    reg = CollectorRegistry()
+    register_latency_metrics(reg, "pool", p.state)
+    train(p, n=100)
+    p.state.on_snapshot(snap("a:1", "fast", ts=5.0), 5.0)
+    req = RequestInfo("slo", "m", "m", prompt_tokens=100, slo_ttft_ms=10, slo_tpot_ms=100)
+    p.state.on_assigned(req, "a:1", 5.0, replica="me")
+    p.state.on_completed("slo", 5.0, replica="me", status=200, ttft_s=0.05, latency_s=0.5, output_tokens=10)
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in reg.collect() for s in f.samples}
+    assert got[("infergate_latency_training_samples_total", (("name", "pool"),))] == 101
+    assert got[("infergate_latency_model_ready", (("name", "pool"),))] == 1
+    mape = got[
+        ("infergate_latency_prediction_mape", (("accelerator", "all"), ("kind", "ttft"), ("name", "pool")))
+    ]
+    assert 0 < mape < 1
+    key = ("infergate_slo_requests_total", (("name", "pool"), ("objective", "ttft"), ("outcome", "missed")))
+    assert got[key] == 1
+    key = ("infergate_slo_requests_total", (("name", "pool"), ("objective", "tpot"), ("outcome", "met")))
+    assert got[key] == 1
+    empty = CollectorRegistry()
+    register_latency_metrics(empty, "pool", build_profile("gie-v1").state)
+    assert not list(empty.collect())  # a profile without a predictor shows nothing
+
+
+def test_slo_headers_parse():
+    from picker.latency.headers import parse_slo_headers
+
+    assert parse_slo_headers(None, "") == (0.0, 0.0)
+    assert parse_slo_headers("500", "50.5") == (500.0, 50.5)
+    for bad in ("abc", "-1", "0", "nan", "inf", "1e12"):
+        with pytest.raises(ValueError, match="x-slo-ttft-ms"):
+            parse_slo_headers(bad, None)
+
+
+def test_work_coefficients_never_turn_negative():
+    """A lull must not teach 'more work ahead is faster' (it would extrapolate into an overload)."""
+    m = OnlineRegression(2, nonneg=(1,))
+    for i in range(100):  # noise that an unconstrained fit would read as a negative slope
+        m.update([1.0, i * 0.01], 50.0 - 0.5 * i * 0.01)
+    assert m.w[1] == 0.0 and m.w[0] == pytest.approx(50.0, abs=1.0)
