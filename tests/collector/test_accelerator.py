@@ -58,7 +58,15 @@ def test_pod_metadata_label_then_annotation():
 
 async def test_static_targets_publish_accelerator_and_cost(make_collector, subscriber):
     async with FakePods(1) as pods:
-        t = Target("default", "pool", pods[0].name, "127.0.0.1", pods[0].port, "", "a100-80gb", 1.8)
+        t = Target(
+            "default",
+            "pool",
+            pods[0].name,
+            "127.0.0.1",
+            pods[0].port,
+            accelerator="a100-80gb",
+            cost_per_hour=1.8,
+        )
         c = await make_collector(targets=[t])
         await c.wait_ready()
         await wait_until(lambda: subscriber.last(pods[0].name), what="a snapshot")
