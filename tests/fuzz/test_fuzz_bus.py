@@ -267,7 +267,7 @@ def _route_one(picker: Picker) -> int:
 _round = itertools.count(1)
 
 
-@budget(100, shrink=False)
+@budget(60, shrink=False)
 @given(pubs=publications)
 async def test_hostile_bus_payloads_are_counted_and_never_corrupt_the_views(readers, pubs):
     nc, picker, scaler, errors = readers

@@ -352,7 +352,7 @@ async def _normal_request(channel: grpc.aio.Channel) -> None:
     await s.close()
 
 
-@budget(150)
+@budget(120)
 @given(case=streams())
 async def test_any_ext_proc_stream_ends_cleanly_and_leaks_nothing(served, case):
     picker, channel, errors = served
