@@ -30,7 +30,7 @@ from bench.procs import ServiceProcess, python_module, stop_all
 from picker.envoy.bootstrap import build_bootstrap
 from picker.envoy.options import BootstrapOptions
 from picker.envoy.process import EnvoyProcess
-from shared.natsd import NatsServer, free_port
+from shared.natsd import NatsServer
 
 BASE_MODEL = "meta-llama/Llama-2-7b-hf"
 NAMESPACE = "default"
@@ -184,21 +184,22 @@ class Stack:
             self.autoscaler = self._autoscaler()
             starts.append(self.autoscaler.start(60))
         await asyncio.gather(*starts)
-        self.envoy_port = free_port()
         self.envoy = EnvoyProcess(build_bootstrap(self.picker_envoy_options()))
         envoys = [self.envoy.start(30)]
         if self.config.round_robin_envoy:
-            self.round_robin_port = free_port()
             rr = BootstrapOptions(
                 mode="round-robin",
                 listen_address="127.0.0.1",
-                listen_port=self.round_robin_port,
-                admin_port=free_port(),
+                listen_port=0,
+                admin_port=0,
                 pool_endpoints=tuple(p.address for p in self.pods),
             )
             self.round_robin = EnvoyProcess(build_bootstrap(rr))
             envoys.append(self.round_robin.start(30))
         await asyncio.gather(*envoys)
+        self.envoy_port = self.envoy.port  # Envoy bound port 0; the admin API says where
+        if self.round_robin is not None:
+            self.round_robin_port = self.round_robin.port
 
     def picker_envoy_options(
         self, port: int | None = None, failure_mode: str | None = None
@@ -207,7 +208,7 @@ class Stack:
             mode="picker",
             listen_address="127.0.0.1",
             listen_port=self.envoy_port if port is None else port,
-            admin_port=free_port(),
+            admin_port=0,
             pickers=tuple(f"127.0.0.1:{p.grpc_port}" for p in self.pickers),
             picker_health_ports=tuple(p.health_port for p in self.pickers),
             pool_endpoints=tuple(p.address for p in self.pods),
@@ -224,14 +225,13 @@ class Stack:
         edits the generated bootstrap in place, to measure a proposed Envoy change side by
         side with the generated configuration.
         """
-        port = free_port()
-        bootstrap = build_bootstrap(self.picker_envoy_options(port, failure_mode))
+        bootstrap = build_bootstrap(self.picker_envoy_options(0, failure_mode))
         if patch is not None:
             patch(bootstrap)
         envoy = EnvoyProcess(bootstrap)
         await envoy.start(30)
         self.extra_envoys.append(envoy)
-        return f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{envoy.port}"
 
     async def stop(self) -> None:
         envoys = [e.stop() for e in (self.envoy, self.round_robin, *self.extra_envoys) if e is not None]

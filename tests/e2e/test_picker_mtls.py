@@ -20,7 +20,6 @@ from picker.envoy.bootstrap import build_bootstrap
 from picker.envoy.options import BootstrapOptions
 from picker.envoy.process import EnvoyProcess
 from picker.service import Picker
-from shared.natsd import free_port
 from tests.support.certs import TestCA
 from tests.support.least_load import least_load_profile
 from tests.support.pickers import loopback_config
@@ -48,8 +47,8 @@ def _envoy(picker: Picker, ca: TestCA, client) -> EnvoyProcess:
     opts = BootstrapOptions(
         pickers=(picker.address,),
         listen_address="127.0.0.1",
-        listen_port=free_port(),
-        admin_port=free_port(),
+        listen_port=0,  # Envoy binds free ports; EnvoyProcess reads them back
+        admin_port=0,
         picker_tls=True,
         picker_ca_file=str(ca.cert),
         picker_client_cert_file=str(client.cert),
@@ -61,7 +60,7 @@ def _envoy(picker: Picker, ca: TestCA, client) -> EnvoyProcess:
 
 
 async def _post(http: aiohttp.ClientSession, envoy: EnvoyProcess) -> int:
-    port = envoy.bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    port = envoy.port
     body = {"model": "base", "prompt": "hello"}
     async with http.post(f"http://127.0.0.1:{port}/v1/completions", json=body) as r:
         return r.status
