@@ -110,3 +110,14 @@ async def test_envoy_with_the_right_client_certificate_routes_and_others_are_ref
             assert picker.servicer.streams == streams  # the rogue Envoy never opened a stream
     finally:
         await runner.cleanup()
+
+
+def test_half_configured_mutual_tls_is_refused_at_start():
+    from picker.config import PickerConfig
+
+    with pytest.raises(ValueError, match="needs --secure-serving"):
+        PickerConfig(client_ca_file="ca.crt")
+    with pytest.raises(ValueError, match="both the certificate and the key"):
+        BootstrapOptions(picker_tls=True, picker_client_cert_file="c.crt")
+    with pytest.raises(ValueError, match="need picker_tls"):
+        BootstrapOptions(picker_ca_file="ca.crt")
