@@ -12,6 +12,7 @@ from shared.config import EnvArgumentParser, add_settings, from_args
 from shared.log import add_logging_flags, setup_logging
 from shared.natsconn import add_nats_flags, options_from_args
 from shared.ops import add_ops_flags
+from shared.portfile import add_port_file_flag, report_ports
 from shared.service import run
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def build_parser() -> EnvArgumentParser:
     add_logging_flags(p)
     add_ops_flags(p, default_port=9095)
     add_settings(p, AutoscalerConfig)
+    add_port_file_flag(p)
     return p
 
 
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             await autoscaler.start(stop=stop)
         except ConnectionError:
             return  # stopped before NATS answered
+        ports = {"api": autoscaler.secure_port, "ops": autoscaler.ops.port}
+        report_ports("autoscaler", ports, args.port_file)
         try:
             await stop.wait()
         finally:

@@ -156,6 +156,7 @@ class Aggregator:
             "snapshots": 0,
             "tombstones": 0,
             "reordered": 0,
+            "invalid": 0,
             "assignments": 0,
             "completions": 0,
             "duplicates": 0,
@@ -168,6 +169,9 @@ class Aggregator:
 
     def on_endpoint(self, msg: EndpointSnapshot | Tombstone, now: float | None = None) -> None:
         now = self.clock() if now is None else now
+        if not self._order.plausible(msg, now):
+            self.counters["invalid"] += 1
+            return
         if not self._order.admit(msg, now):
             self.counters["reordered"] += 1
             return

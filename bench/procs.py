@@ -4,6 +4,12 @@ The demo, the fault report and the end-to-end tests run every InferGate service 
 own process through its real command line, so what they exercise is what a user runs,
 and a fault (SIGKILL of a picker, a collector, a pod) is a real process dying.
 Output goes to a log file per process, named in error messages when a start fails.
+
+Ports: a service given ``port_flags`` (port name -> flag) is started with each flag at 0
+and ``--port-file``; :meth:`ServiceProcess.start` reads the ports it bound back
+(:mod:`shared.portfile`) into ``ports``, and ``ready_url`` may name them
+(``http://127.0.0.1:{metrics}/readyz``). A restart passes the ports it got the first time,
+since Envoy and the collectors' targets name them.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from pathlib import Path
 
 import aiohttp
 
+from shared.portfile import read_port_file
+
 
 @dataclass
 class ServiceProcess:
@@ -30,6 +38,8 @@ class ServiceProcess:
     ready_url: str | None = None
     ready_port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    port_flags: dict[str, str] = field(default_factory=dict)  # port name -> flag, bound at 0
+    ports: dict[str, int] = field(default_factory=dict)  # what the service reported
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
 
@@ -41,12 +51,25 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
+    @property
+    def port_file(self) -> Path:
+        return self.log_dir / f"{self.name}.ports.json"
+
+    def _argv(self) -> list[str]:
+        argv = list(self.argv)
+        if self.port_flags:
+            for name, flag in self.port_flags.items():
+                argv += [flag, str(self.ports.get(name, 0))]  # 0 at first, the same ports on a restart
+            argv += ["--port-file", str(self.port_file)]
+        return argv
+
     async def start(self, timeout: float = 30.0) -> ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.port_file.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *self._argv(),
                 stdout=log,
                 stderr=log,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -55,6 +78,11 @@ class ServiceProcess:
             )
         finally:
             log.close()
+        if self.port_flags:
+            try:
+                self.ports = await read_port_file(self.port_file, timeout, alive=lambda: self.running)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"{self.name}: {exc} ({self.log_path}):\n{self.tail()}") from exc
         await self.wait_ready(timeout)
         return self
 
@@ -75,7 +103,7 @@ class ServiceProcess:
     async def _is_ready(self, session: aiohttp.ClientSession) -> bool:
         try:
             if self.ready_url is not None:
-                async with session.get(self.ready_url) as resp:
+                async with session.get(self.ready_url.format(**self.ports)) as resp:
                     return resp.status == 200
             if self.ready_port is not None:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.ready_port)

@@ -5,7 +5,9 @@ JetStream; simulated vLLM pods (one process per pod, so a fault can kill one pod
 one collector per simulated node (static targets files); N picker replicas; the
 autoscaler; an Envoy consulting the pickers over ext_proc; and an Envoy doing plain
 round-robin over the same pods, for comparison. Everything listens on 127.0.0.1 on free
-ports and is stopped on exit (SIGTERM, then SIGKILL), on Ctrl-C too.
+ports and is stopped on exit (SIGTERM, then SIGKILL), on Ctrl-C too. Every InferGate
+service binds port 0 and reports the ports it got (``--port-file``, see
+:mod:`shared.portfile`), so nothing races another process for a port.
 
 The demo, the fault report and the end-to-end tests all use this one class, so each
 exercises the same command lines a user would run.
@@ -106,10 +108,13 @@ spec: {{modelName: batch, criticality: Sheddable, poolRef: {{name: {POOL}}},
 @dataclass
 class SimPod:
     plan: PodPlan
-    port: int
     process: ServiceProcess
     kv_port: int = 0  # KV events PUB (0: none)
     kv_replay_port: int = 0
+
+    @property
+    def port(self) -> int:
+        return self.process.ports["pod-0"]
 
     @property
     def address(self) -> str:
@@ -119,10 +124,19 @@ class SimPod:
 @dataclass
 class Picker:
     name: str
-    grpc_port: int
-    health_port: int
-    metrics_port: int
     process: ServiceProcess
+
+    @property
+    def grpc_port(self) -> int:
+        return self.process.ports["grpc"]
+
+    @property
+    def health_port(self) -> int:
+        return self.process.ports["health"]
+
+    @property
+    def metrics_port(self) -> int:
+        return self.process.ports["metrics"]
 
 
 def metric_samples(page: str, name: str) -> list[float]:
@@ -144,7 +158,6 @@ class Stack:
         self.collectors: dict[str, ServiceProcess] = {}
         self.pickers: list[Picker] = []
         self.autoscaler: ServiceProcess | None = None
-        self.autoscaler_port = 0
         self.envoy: EnvoyProcess | None = None
         self.envoy_port = 0
         self.round_robin: EnvoyProcess | None = None
@@ -177,21 +190,22 @@ class Stack:
             self.autoscaler = self._autoscaler()
             starts.append(self.autoscaler.start(60))
         await asyncio.gather(*starts)
-        self.envoy_port = free_port()
         self.envoy = EnvoyProcess(build_bootstrap(self.picker_envoy_options()))
         envoys = [self.envoy.start(30)]
         if self.config.round_robin_envoy:
-            self.round_robin_port = free_port()
             rr = BootstrapOptions(
                 mode="round-robin",
                 listen_address="127.0.0.1",
-                listen_port=self.round_robin_port,
-                admin_port=free_port(),
+                listen_port=0,
+                admin_port=0,
                 pool_endpoints=tuple(p.address for p in self.pods),
             )
             self.round_robin = EnvoyProcess(build_bootstrap(rr))
             envoys.append(self.round_robin.start(30))
         await asyncio.gather(*envoys)
+        self.envoy_port = self.envoy.port  # Envoy bound port 0; the admin API says where
+        if self.round_robin is not None:
+            self.round_robin_port = self.round_robin.port
 
     def picker_envoy_options(
         self, port: int | None = None, failure_mode: str | None = None
@@ -200,7 +214,7 @@ class Stack:
             mode="picker",
             listen_address="127.0.0.1",
             listen_port=self.envoy_port if port is None else port,
-            admin_port=free_port(),
+            admin_port=0,
             pickers=tuple(f"127.0.0.1:{p.grpc_port}" for p in self.pickers),
             picker_health_ports=tuple(p.health_port for p in self.pickers),
             pool_endpoints=tuple(p.address for p in self.pods),
@@ -217,14 +231,13 @@ class Stack:
         edits the generated bootstrap in place, to measure a proposed Envoy change side by
         side with the generated configuration.
         """
-        port = free_port()
-        bootstrap = build_bootstrap(self.picker_envoy_options(port, failure_mode))
+        bootstrap = build_bootstrap(self.picker_envoy_options(0, failure_mode))
         if patch is not None:
             patch(bootstrap)
         envoy = EnvoyProcess(bootstrap)
         await envoy.start(30)
         self.extra_envoys.append(envoy)
-        return f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{envoy.port}"
 
     async def stop(self) -> None:
         envoys = [e.stop() for e in (self.envoy, self.round_robin, *self.extra_envoys) if e is not None]
@@ -260,6 +273,10 @@ class Stack:
         return f"http://127.0.0.1:{self.round_robin_port}"
 
     @property
+    def autoscaler_port(self) -> int:
+        return self.autoscaler.ports["api"] if self.autoscaler is not None else 0
+
+    @property
     def autoscaler_url(self) -> str:
         return f"https://127.0.0.1:{self.autoscaler_port}"
 
@@ -282,15 +299,12 @@ class Stack:
         (self.work_dir / "pool.yaml").write_text(text)
 
     def _pod(self, plan: PodPlan) -> SimPod:
-        port, ops = free_port(), free_port()
         args = [
             "serve",
-            "--ports", str(port),
             "--name-prefix", plan.name,
             "--model", BASE_MODEL,
             "--time-scale", str(self.config.time_scale),
             "--ops-host", "127.0.0.1",
-            "--ops-port", str(ops),
             "--log-format", "json",
             *self.config.sim_args,
         ]  # fmt: skip
@@ -307,9 +321,10 @@ class Stack:
             f"sim-{plan.name}",
             python_module("sim", *args),
             self.log_dir,
-            ready_url=f"http://127.0.0.1:{port}/health",
+            ready_url="http://127.0.0.1:{pod-0}/health",
+            port_flags={"pod-0": "--ports", "ops": "--ops-port"},
         )
-        return SimPod(plan, port, proc, kv_port, kv_replay)
+        return SimPod(plan, proc, kv_port, kv_replay)
 
     def _collector(self, node: str) -> ServiceProcess:
         targets = [
@@ -329,7 +344,6 @@ class Stack:
         ]
         path = self.work_dir / f"targets-{node}.yaml"
         path.write_text(yaml.safe_dump(targets))
-        ops = free_port()
         argv = python_module(
             "collector",
             "--discovery", "static",
@@ -337,24 +351,23 @@ class Stack:
             "--node-name", node,
             *self._nats_flags("collector"),
             "--ops-host", "127.0.0.1",
-            "--ops-port", str(ops),
         )  # fmt: skip
         return ServiceProcess(
-            f"collector-{node}", argv, self.log_dir, ready_url=f"http://127.0.0.1:{ops}/readyz"
+            f"collector-{node}",
+            argv,
+            self.log_dir,
+            ready_url="http://127.0.0.1:{ops}/readyz",
+            port_flags={"ops": "--ops-port"},
         )
 
     def _picker(self, index: int) -> Picker:
         name = f"picker-{index}"
-        grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
         argv = python_module(
             "picker",
             "--pool-name", POOL,
             "--pool-namespace", NAMESPACE,
             "--grpc-host", "127.0.0.1",
-            "--grpc-port", str(grpc_port),
-            "--grpc-health-port", str(health_port),
             "--metrics-host", "127.0.0.1",
-            "--metrics-port", str(metrics_port),
             "--profile", self.config.profile,
             "--config-files", str(self.work_dir / "pool.yaml"),
             "--unknown-model-policy", self.config.unknown_model_policy,
@@ -362,21 +375,30 @@ class Stack:
             *self._nats_flags("picker"),
             *self.config.picker_args,
         )  # fmt: skip
-        proc = ServiceProcess(name, argv, self.log_dir, ready_url=f"http://127.0.0.1:{metrics_port}/readyz")
-        return Picker(name, grpc_port, health_port, metrics_port, proc)
+        proc = ServiceProcess(
+            name,
+            argv,
+            self.log_dir,
+            ready_url="http://127.0.0.1:{metrics}/readyz",
+            port_flags={"grpc": "--grpc-port", "health": "--grpc-health-port", "metrics": "--metrics-port"},
+        )
+        return Picker(name, proc)
 
     def _autoscaler(self) -> ServiceProcess:
-        self.autoscaler_port, ops = free_port(), free_port()
         argv = python_module(
             "autoscaler",
             *self._nats_flags("autoscaler"),
             "--bind-address", "127.0.0.1",
-            "--secure-port", str(self.autoscaler_port),
             "--ops-host", "127.0.0.1",
-            "--ops-port", str(ops),
             "--config-files", str(self.work_dir / "pool.yaml"),
         )  # fmt: skip
-        return ServiceProcess("autoscaler", argv, self.log_dir, ready_url=f"http://127.0.0.1:{ops}/readyz")
+        return ServiceProcess(
+            "autoscaler",
+            argv,
+            self.log_dir,
+            ready_url="http://127.0.0.1:{ops}/readyz",
+            port_flags={"api": "--secure-port", "ops": "--ops-port"},
+        )
 
     # -- faults ----------------------------------------------------------------------------
     async def restart_nats_after(self, outage_s: float) -> None:

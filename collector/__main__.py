@@ -21,6 +21,7 @@ from shared import natsconn
 from shared.config import EnvArgumentParser, add_settings, from_args
 from shared.log import add_logging_flags, setup_logging
 from shared.ops import add_ops_flags
+from shared.portfile import add_port_file_flag, report_ports
 from shared.service import run
 
 log = logging.getLogger("collector")
@@ -35,6 +36,7 @@ def build_parser() -> EnvArgumentParser:
     natsconn.add_nats_flags(p)
     add_ops_flags(p, default_port=DEFAULT_OPS_PORT)
     add_logging_flags(p)
+    add_port_file_flag(p)
     return p
 
 
@@ -65,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def _main(stop: asyncio.Event) -> None:
         collector = Collector(config)
         await collector.start()
+        report_ports("collector", {"ops": collector.ops.port} if collector.ops else {}, args.port_file)
         try:
             await stop.wait()
         finally:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from shared.config import EnvArgumentParser, add_settings, from_args
 from shared.log import add_logging_flags, setup_logging
 from shared.natsconn import add_nats_flags, options_from_args
+from shared.portfile import add_port_file_flag, report_ports
 from shared.service import run
 
 from .config import PickerConfig
@@ -33,6 +34,7 @@ def build_parser() -> EnvArgumentParser:
     add_nats_flags(p)
     add_sharing_flags(p)  # also --replica-name
     add_logging_flags(p)
+    add_port_file_flag(p)
     return p
 
 
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def _main(stop: asyncio.Event) -> None:
         await picker.start()
+        ports = {"grpc": picker.grpc_port, "health": picker.health_port, "metrics": picker.metrics_port}
+        report_ports("picker", ports, args.port_file)
         await stop.wait()
         await picker.stop()
 

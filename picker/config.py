@@ -49,6 +49,13 @@ class PickerConfig:
     )
     cert_file: str | None = setting(None, group=SERVING, help="TLS certificate PEM (overrides --cert-path)")
     key_file: str | None = setting(None, group=SERVING, help="TLS private key PEM (overrides --cert-path)")
+    # Mutual TLS: only clients (Envoy) with a certificate signed by this CA may open a connection.
+    client_ca_file: str | None = setting(
+        None,
+        group=SERVING,
+        help="with --secure-serving: require a client certificate signed by this CA (PEM) on the "
+        "ext_proc port (mutual TLS between Envoy and the picker)",
+    )
     grace_period: float = setting(10.0, group=SERVING, help="seconds in-flight streams get on SIGTERM")
     default_body_mode: str = setting(
         "FULL_DUPLEX_STREAMED",
@@ -143,3 +150,5 @@ class PickerConfig:
         if self.cert_path and not self.cert_file:
             self.cert_file = os.path.join(self.cert_path, "tls.crt")
             self.key_file = self.key_file or os.path.join(self.cert_path, "tls.key")
+        if self.client_ca_file and not self.secure_serving:
+            raise ValueError("--client-ca-file (mutual TLS) needs --secure-serving")

@@ -221,7 +221,7 @@ class Picker:
             server.add_insecure_port(f"unix:{backend}")
             await server.start()
             self._server = server
-            front = TlsFront(server_context(self.certificate, key), backend)
+            front = TlsFront(server_context(self.certificate, key, cfg.client_ca_file), backend)
             self._tls_front = await front.start(cfg.grpc_host, cfg.grpc_port)
             self.grpc_port = front.port
         else:
@@ -262,6 +262,7 @@ class Picker:
                 "health_port": self.health_port,
                 "metrics_port": self.metrics_port,
                 "tls": cfg.secure_serving,
+                "mtls": bool(cfg.client_ca_file),
                 "scheduler": getattr(self.scheduler, "name", type(self.scheduler).__name__),
             },
         )

@@ -29,11 +29,19 @@ log = logging.getLogger(__name__)
 _HIGH_WATER = 1 << 20
 
 
-def server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
-    """A TLS server context from PEM bytes; ``h2`` offered over ALPN, never required."""
+def server_context(cert_pem: bytes, key_pem: bytes, client_ca_file: str | None = None) -> ssl.SSLContext:
+    """A TLS server context from PEM bytes; ``h2`` offered over ALPN, never required.
+
+    With ``client_ca_file`` the handshake requires a client certificate signed by that CA
+    (mutual TLS): a client without one, or with one from another CA, is refused before
+    a byte reaches the gRPC server.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["h2"])
+    if client_ca_file:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=client_ca_file)
     with tempfile.TemporaryDirectory(prefix="infergate-tls-") as d:  # load_cert_chain wants files
         cert, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
         for path, data in ((cert, cert_pem), (key, key_pem)):

@@ -63,7 +63,7 @@ class PoolView:
         self.decoder = endpoint_decoder(self._on_decode_error)
         # Counters read by the metrics collector.
         self.accepted = 0
-        self.dropped: dict[str, int] = {"stale": 0, "foreign": 0}
+        self.dropped: dict[str, int] = {"stale": 0, "foreign": 0, "invalid": 0}
         self.tombstones = 0
         self.last_update = 0.0
 
@@ -87,6 +87,9 @@ class PoolView:
         now = self.clock() if now is None else now
         if msg.namespace != self.namespace or msg.pool != self.pool:
             self.dropped["foreign"] += 1
+            return False
+        if not self.order.plausible(msg, now):  # a time that cannot be ordered (NaN, far future)
+            self.dropped["invalid"] += 1
             return False
         if not self.order.admit(msg, now):
             self.dropped["stale"] += 1

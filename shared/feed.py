@@ -17,6 +17,12 @@ is the same one (its last message decides). Per endpoint, a collector incarnatio
   timestamp proves nothing, and keeping what was accepted first means a replay of the
   stored last values after a re-subscription never changes the state.
 
+A message whose ``ts`` is not a finite time at most ``MAX_FUTURE_S`` ahead of the reader's
+clock is dropped as invalid (:meth:`SnapshotOrder.plausible`): one message stamped far in
+the future would otherwise win against every later message of every other incarnation,
+freezing the endpoint until that time. A collector whose clock runs that far ahead is
+broken, and the readers' drop counters say so.
+
 Tombstones obey the same order (a stale tombstone cannot remove a live endpoint) and leave
 their mark, so a reordered snapshot older than the tombstone cannot resurrect the
 endpoint; marks are forgotten after a memory each service chooses (longer than its
@@ -52,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Literal
@@ -62,6 +69,7 @@ from shared.schemas import now as wall_now
 from shared.subjects import Origin
 
 __all__ = [
+    "MAX_FUTURE_S",
     "EndpointKey",
     "EventFeed",
     "EventLedger",
@@ -75,6 +83,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EndpointKey = tuple[str, str, str]  # namespace, pool, address
+MAX_FUTURE_S = 60.0  # how far ahead of the reader's clock a message's ts may be (clock skew)
 Source = Literal["live", "start", "reconnect"]
 
 
@@ -89,8 +98,15 @@ class SnapshotOrder:
         self._last: dict[EndpointKey, tuple[str, int, float]] = {}  # (epoch, seq, ts) accepted
         self._gone: dict[EndpointKey, float] = {}  # tombstoned endpoints -> when, by the reader's clock
 
+    @staticmethod
+    def plausible(msg: EndpointSnapshot | Tombstone, now: float) -> bool:
+        """Whether ``msg``'s time can be ordered: finite, and not beyond the allowed clock skew."""
+        return math.isfinite(msg.ts) and msg.ts <= now + MAX_FUTURE_S
+
     def admit(self, msg: EndpointSnapshot | Tombstone, now: float) -> bool:
-        """Whether ``msg`` is newer than what was applied for its endpoint; records it if so."""
+        """Whether ``msg`` is plausible and newer than what was applied for its endpoint; records it if so."""
+        if not self.plausible(msg, now):
+            return False
         key = endpoint_key(msg)
         last = self._last.get(key)
         if last is not None:

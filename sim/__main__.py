@@ -14,6 +14,7 @@ import sys
 from shared.config import EnvArgumentParser
 from shared.log import add_logging_flags, setup_logging
 from shared.ops import Health, OpsServer, add_ops_flags
+from shared.portfile import add_port_file_flag, report_ports
 from shared.service import run
 from sim.engine import EngineConfig
 from sim.kvevents import KVEventsConfig
@@ -97,6 +98,7 @@ def build_parser() -> EnvArgumentParser:
     p.add_argument("--accelerators-file", default="", help="extra accelerator profiles (YAML, sim/README.md)")
     add_ops_flags(p, default_port=9100)
     add_logging_flags(p)
+    add_port_file_flag(p)
     return p
 
 
@@ -200,6 +202,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     await cluster.start()
     await ops.start()
     log.info("sim serving", extra={"pods": [f"{p.name}={p.address}" for p in cluster.pods]})
+    ports = {"ops": ops.port, **{f"pod-{i}": p.port for i, p in enumerate(cluster.pods)}}
+    report_ports("sim", ports, args.port_file)
     try:
         await stop.wait()
     finally:

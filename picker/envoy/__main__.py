@@ -66,6 +66,21 @@ def build_parser() -> EnvArgumentParser:
         help="one health port per --pickers entry (replicas sharing a host); overrides --picker-health-port",
     )
     p.add_argument(
+        "--picker-tls",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="connect to the pickers over TLS (they run --secure-serving); health checks then use the "
+        "ext_proc port",
+    )
+    p.add_argument("--picker-ca-file", default="", help="CA of the pickers' certificate (to verify them)")
+    p.add_argument(
+        "--picker-client-cert-file",
+        default="",
+        help="client certificate Envoy presents to the pickers (mutual TLS: their --client-ca-file)",
+    )
+    p.add_argument("--picker-client-key-file", default="", help="key of --picker-client-cert-file")
+    p.add_argument("--picker-sni", default="", help="server name sent to the pickers")
+    p.add_argument(
         "--pool-endpoints", nargs="*", default=[], help="model servers ip:port, for FailOpen and round-robin"
     )
     p.add_argument(
@@ -158,6 +173,11 @@ def options_from_args(args: argparse.Namespace) -> BootstrapOptions:
         pickers=tuple(args.pickers),
         picker_health_port=args.picker_health_port,
         picker_health_ports=tuple(args.picker_health_ports),
+        picker_tls=args.picker_tls,
+        picker_ca_file=args.picker_ca_file,
+        picker_client_cert_file=args.picker_client_cert_file,
+        picker_client_key_file=args.picker_client_key_file,
+        picker_sni=args.picker_sni,
         pool_endpoints=tuple(args.pool_endpoints),
         failure_mode=FailureMode(args.failure_mode),
         request_body_mode=None

@@ -25,10 +25,12 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
+    DataSource,
     HealthCheck,
     HealthCheckGrpcHealthCheck,
     Http2ProtocolOptions,
     SocketAddress,
+    TransportSocket,
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import (
     ClusterLoadAssignment,
@@ -38,6 +40,12 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
     LocalityLbEndpoints,
 )
 from envoy_data_plane.envoy.extensions.clusters.composite.v3 import ClusterConfig, ClusterConfigClusterEntry
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
+    TlsCertificate,
+    UpstreamTlsContext,
+)
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
@@ -119,6 +127,26 @@ def _picker_outlier_detection() -> OutlierDetection:
     )
 
 
+def picker_transport_socket(opts: BootstrapOptions) -> TransportSocket | None:
+    """TLS to the pickers (``h2`` over ALPN), verifying them and presenting a client certificate if set."""
+    if not opts.picker_tls:
+        return None
+    common = CommonTlsContext(alpn_protocols=["h2"])
+    if opts.picker_client_cert_file:
+        common.tls_certificates = [
+            TlsCertificate(
+                certificate_chain=DataSource(filename=opts.picker_client_cert_file),
+                private_key=DataSource(filename=opts.picker_client_key_file),
+            )
+        ]
+    if opts.picker_ca_file:
+        common.validation_context = CertificateValidationContext(
+            trusted_ca=DataSource(filename=opts.picker_ca_file)
+        )
+    context = UpstreamTlsContext(common_tls_context=common, sni=opts.picker_sni)
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=Any.pack(context))
+
+
 def picker_cluster(opts: BootstrapOptions) -> Cluster:
     """The Endpoint Picker replicas: HTTP/2 (gRPC), health-checked with grpc.health.v1.
 
@@ -128,6 +156,8 @@ def picker_cluster(opts: BootstrapOptions) -> Cluster:
     sharing one host (local runs) name their own ports in ``picker_health_ports``.
     """
     health_ports = opts.picker_health_ports or (opts.picker_health_port,) * len(opts.pickers)
+    if opts.picker_tls:  # the health port is plaintext: check the ext_proc port over the same TLS
+        health_ports = (0,) * len(opts.pickers)
     endpoints = [
         LbEndpoint(
             endpoint=Endpoint(
@@ -145,6 +175,7 @@ def picker_cluster(opts: BootstrapOptions) -> Cluster:
         typed_extension_protocol_options=_http2_options(),
         circuit_breakers=_circuit_breakers(),
         outlier_detection=_picker_outlier_detection(),
+        transport_socket=picker_transport_socket(opts),
         health_checks=[
             HealthCheck(
                 timeout=seconds(1.0),

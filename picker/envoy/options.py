@@ -101,6 +101,15 @@ class BootstrapOptions:
     # One health port per picker, in the order of ``pickers``, when replicas share a host
     # (local runs); empty means ``picker_health_port`` everywhere.
     picker_health_ports: tuple[int, ...] = ()
+    # TLS to the pickers (they run --secure-serving): off by default. ``picker_ca_file`` verifies
+    # their certificate (empty: not verified, as upstream's self-signed default); a client
+    # certificate and key make it mutual TLS (the pickers' --client-ca-file). With TLS the
+    # health check goes to the ext_proc port over the same TLS (the health port is plaintext).
+    picker_tls: bool = False
+    picker_ca_file: str = ""
+    picker_client_cert_file: str = ""
+    picker_client_key_file: str = ""
+    picker_sni: str = ""
     # The pool's model servers, for FailOpen and round-robin (static: ip:port or dns:port).
     pool_endpoints: tuple[HostPort, ...] = ()
     failure_mode: FailureMode = FailureMode.FAIL_CLOSE
@@ -166,6 +175,10 @@ class BootstrapOptions:
                     "FailOpen needs request body mode BUFFERED: Envoy cannot fail open once it has "
                     "streamed body chunks to the picker (FULL_DUPLEX_STREAMED)"
                 )
+        if bool(self.picker_client_cert_file) != bool(self.picker_client_key_file):
+            raise ValueError("a picker client certificate needs both the certificate and the key file")
+        if (self.picker_client_cert_file or self.picker_ca_file or self.picker_sni) and not self.picker_tls:
+            raise ValueError("picker CA, client certificate and SNI options need picker_tls")
         if self.max_endpoint_attempts < 1:
             raise ValueError("max_endpoint_attempts must be at least 1")
         if self.max_request_bytes < 0:

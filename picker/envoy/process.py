@@ -4,6 +4,10 @@ Everything is asyncio: the child is an ``asyncio`` subprocess, readiness is poll
 with non-blocking connects, and stopping awaits the exit. Several Envoys can run on
 one machine because each asks for ``--use-dynamic-base-id`` (the shared-memory region
 Envoy uses for hot restart would otherwise collide on the default id 0).
+
+Ports may be 0: Envoy binds free ones, writes its admin address to ``--admin-address-path``
+and reports its listeners' addresses on the admin ``/listeners``; :meth:`EnvoyProcess.start`
+reads both back (``admin``, ``listener_ports``, ``port``), so callers never race for a port.
 """
 
 from __future__ import annotations
@@ -47,7 +51,34 @@ async def _admin_get(host: str, port: int, path: str) -> tuple[int, bytes]:
             await writer.wait_closed()
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head else 0
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
     return status, body
+
+
+def _dechunk(data: bytes) -> bytes:
+    """The payload of a chunked HTTP/1.1 body (``<hex size>\\r\\n<bytes>\\r\\n`` ... ``0``)."""
+    out, i = [], 0
+    while True:
+        end = data.find(b"\r\n", i)
+        if end < 0:
+            return b"".join(out)
+        size = int(data[i:end].split(b";", 1)[0] or b"0", 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2 : end + 2 + size])
+        i = end + 2 + size + 2
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def _listener_names(bootstrap: dict[str, Any]) -> list[str]:
+    return [ls.get("name", "") for ls in bootstrap.get("static_resources", {}).get("listeners", [])]
 
 
 def _listeners(bootstrap: dict[str, Any]) -> list[tuple[str, int]]:
@@ -55,7 +86,7 @@ def _listeners(bootstrap: dict[str, Any]) -> list[tuple[str, int]]:
     for listener in bootstrap.get("static_resources", {}).get("listeners", []):
         sock = listener["address"]["socket_address"]
         host = sock.get("address", "127.0.0.1")
-        out.append(("127.0.0.1" if host in ("0.0.0.0", "::") else host, int(sock["port_value"])))
+        out.append(("127.0.0.1" if host in ("0.0.0.0", "::") else host, int(sock.get("port_value", 0))))
     return out
 
 
@@ -75,10 +106,16 @@ class EnvoyProcess:
         self.log_level = log_level
         self.extra_args = extra_args
         admin = bootstrap["admin"]["address"]["socket_address"]
-        self.admin = (admin.get("address", "127.0.0.1"), int(admin["port_value"]))
+        self.admin = (admin.get("address", "127.0.0.1"), int(admin.get("port_value", 0)))  # 0: omitted
         self.proc: asyncio.subprocess.Process | None = None
+        self.listener_ports: dict[str, int] = {}  # listener name -> the port it bound
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self.log_path: Path | None = None
+
+    @property
+    def port(self) -> int:
+        """The first listener's port (the one the generated bootstrap has), as bound."""
+        return next(iter(self.listener_ports.values()))
 
     @property
     def admin_url(self) -> str:
@@ -89,6 +126,7 @@ class EnvoyProcess:
         config = Path(self._dir.name) / "envoy.json"
         await asyncio.to_thread(config.write_text, json.dumps(self.bootstrap))
         self.log_path = Path(self._dir.name) / "envoy.log"
+        admin_path = Path(self._dir.name) / "admin.address"
         log = await asyncio.to_thread(self.log_path.open, "wb")
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -105,6 +143,8 @@ class EnvoyProcess:
                 # Access logs are read by tests and the demo while Envoy runs (default: 10 s).
                 "--file-flush-interval-msec",
                 "200",
+                "--admin-address-path",
+                str(admin_path),
                 *self.extra_args,
                 stdout=log,
                 stderr=log,
@@ -113,21 +153,45 @@ class EnvoyProcess:
         finally:
             log.close()
         try:
-            await asyncio.wait_for(self._wait_ready(), timeout)
+            await asyncio.wait_for(self._wait_ready(admin_path), timeout)
         except (TimeoutError, EnvoyStartError) as exc:
             tail = await asyncio.to_thread(self.log_tail)
             await self.stop()
             raise EnvoyStartError(f"envoy did not become ready ({exc!r}); its log ends:\n{tail}") from exc
         return self
 
-    async def _wait_ready(self) -> None:
+    async def _wait_ready(self, admin_path: Path) -> None:
         assert self.proc is not None
         while True:
             if self.proc.returncode is not None:
                 raise EnvoyStartError(f"exited with {self.proc.returncode}")
-            if await self._ready() and all([await _accepts(h, p) for h, p in _listeners(self.bootstrap)]):
+            if self.admin[1] == 0:  # "127.0.0.1:41234" in the file, once bound
+                host, _, port = (await asyncio.to_thread(_read, admin_path)).strip().rpartition(":")
+                if port.isdigit():
+                    self.admin = (host.strip("[]"), int(port))
+            if self.admin[1] and await self._ready() and await self._listeners_accept():
                 return
             await asyncio.sleep(0.05)
+
+    async def _listeners_accept(self) -> bool:
+        """Every listener accepts; its bound port (the admin ``/listeners``) recorded first."""
+        try:
+            status, body = await _admin_get(*self.admin, "/listeners?format=json")
+        except OSError:
+            return False
+        if status != 200:
+            return False
+        bound = {
+            ls["name"]: int(ls["local_address"]["socket_address"]["port_value"])
+            for ls in json.loads(body).get("listener_statuses", [])
+        }
+        names = _listener_names(self.bootstrap)
+        for name, (host, port) in zip(names, _listeners(self.bootstrap), strict=True):
+            port = port or bound.get(name, 0)
+            if not port or not await _accepts(host, port):
+                return False
+            self.listener_ports[name] = port
+        return True
 
     async def _ready(self) -> bool:
         try:

@@ -26,7 +26,7 @@ from autoscaler.quantity import parse_quantity
 from autoscaler.service import Autoscaler, AutoscalerConfig
 from autoscaler.tls import issue, make_ca
 from shared.natsconn import NatsOptions, connect, ensure_streams
-from shared.natsd import free_port
+from shared.portfile import read_port_file
 from shared.schemas import Assignment, Completion, EndpointSnapshot, EventBatch, Tombstone, encode
 from shared.subjects import Subjects
 
@@ -340,14 +340,19 @@ async def test_front_proxy_client_certificate_is_required_when_configured(nats_s
 
 
 async def test_main_serves_and_exits_cleanly_on_sigterm(nats_server, tmp_path):
-    secure, ops = free_port(), free_port()
-    env = {**os.environ, "INFERGATE_NATS_URL": nats_server.url, "INFERGATE_SECURE_PORT": str(secure)}
+    port_file = tmp_path / "ports.json"  # through the environment, as the other flags here
+    env = {
+        **os.environ,
+        "INFERGATE_NATS_URL": nats_server.url,
+        "INFERGATE_SECURE_PORT": "0",
+        "INFERGATE_PORT_FILE": str(port_file),
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "autoscaler",
         "--ops-port",
-        str(ops),
+        "0",
         "--bind-address",
         "127.0.0.1",
         "--ops-host",
@@ -356,6 +361,8 @@ async def test_main_serves_and_exits_cleanly_on_sigterm(nats_server, tmp_path):
         stderr=asyncio.subprocess.PIPE,
     )
     try:
+        ports = await read_port_file(port_file, 30, alive=lambda: proc.returncode is None)
+        secure, ops = ports["api"], ports["ops"]
         async with aiohttp.ClientSession() as http:
 
             async def ready() -> bool:

@@ -16,7 +16,7 @@ from collector.__main__ import build_parser, config_from_args
 from collector.service import Collector, CollectorConfig
 from collector.targets import Target
 from shared.natsconn import NatsOptions
-from shared.natsd import free_port
+from shared.portfile import read_port_file
 from tests.collector.conftest import Subscriber, targets_of
 from tests.support.fakepod import FakePods
 from tests.support.waiting import wait_until
@@ -140,8 +140,8 @@ async def test_ops_endpoints(nats_server):
             await c.stop()
 
 
-async def test_subprocess_runs_and_stops_cleanly_on_sigterm(nats_server):
-    ops_port = free_port()
+async def test_subprocess_runs_and_stops_cleanly_on_sigterm(nats_server, tmp_path):
+    port_file = tmp_path / "ports.json"
     async with FakePods(1) as pods:
         sub = await Subscriber().start(nats_server.url)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "NODE_NAME": "node-z"}
@@ -149,12 +149,13 @@ async def test_subprocess_runs_and_stops_cleanly_on_sigterm(nats_server):
             sys.executable, "-m", "collector",
             "--target", f"pool/{pods[0].name}={pods[0].address}",
             "--nats-url", nats_server.url,
-            "--ops-host", "127.0.0.1", "--ops-port", str(ops_port),
+            "--ops-host", "127.0.0.1", "--ops-port", "0", "--port-file", str(port_file),
             "--log-format", "json",
             cwd=str(ROOT), env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
+            ops_port = (await read_port_file(port_file, 30, alive=lambda: proc.returncode is None))["ops"]
             await wait_until(lambda: sub.last("pod-0"), deadline_s=20, what="a snapshot from the subprocess")
             snap = sub.last("pod-0")
             assert snap.collector.startswith("node-z/") and snap.node == "node-z"

@@ -14,7 +14,6 @@ from picker.envoy.process import EnvoyProcess
 from picker.models import ModelTable
 from picker.service import Picker
 from shared.crds import InferenceModel, TargetModel
-from shared.natsd import free_port
 from tests.support.least_load import least_load_profile
 from tests.support.pickers import loopback_config
 from tests.support.snapshots import snapshot
@@ -80,8 +79,9 @@ async def start_server(name: str):
     app.router.add_get("/v1/models", lambda r: web.json_response({"server": name}))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, f"127.0.0.1:{port}", seen
 
 
@@ -105,15 +105,18 @@ async def stack(request, envoy_binary):
         pickers=(p.address,),
         picker_health_port=p.health_port,
         listen_address="127.0.0.1",
-        listen_port=free_port(),
-        admin_port=free_port(),
+        listen_port=0,
+        admin_port=0,
         request_body_mode=request.param,
     )
     try:
-        async with EnvoyProcess(build_bootstrap(opts), envoy_binary), aiohttp.ClientSession() as http:
+        async with (
+            EnvoyProcess(build_bootstrap(opts), envoy_binary) as envoy,
+            aiohttp.ClientSession() as http,
+        ):
             yield {
                 "picker": p,
-                "url": f"http://127.0.0.1:{opts.listen_port}",
+                "url": f"http://127.0.0.1:{envoy.port}",
                 "http": http,
                 "a": (a, a_seen),
                 "b": (b, b_seen),

@@ -20,7 +20,7 @@ from picker.config import PickerConfig
 from picker.envoy_client import EnvoyStream, headers_of
 from picker.service import Picker
 from shared.natsconn import ensure_streams
-from shared.natsd import free_port
+from shared.portfile import read_port_file
 from shared.schemas import encode
 from shared.subjects import Subjects
 from tests.support.least_load import least_load_profile
@@ -211,7 +211,7 @@ async def test_cli_subprocess_serves_and_exits_on_sigterm(nats_server, tmp_path)
     await nc.close()
     f = tmp_path / "models.yaml"
     f.write_text(textwrap.dedent(MODELS % "tgt"))
-    grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+    port_file = tmp_path / "ports.json"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -221,13 +221,15 @@ async def test_cli_subprocess_serves_and_exits_on_sigterm(nats_server, tmp_path)
         "--grpc-host",
         "127.0.0.1",
         "--grpc-port",
-        str(grpc_port),
+        "0",
         "--grpc-health-port",
-        str(health_port),
+        "0",
         "--metrics-host",
         "127.0.0.1",
         "--metrics-port",
-        str(metrics_port),
+        "0",
+        "--port-file",
+        str(port_file),
         "--config-files",
         str(f),
         "--nats-url",
@@ -237,6 +239,9 @@ async def test_cli_subprocess_serves_and_exits_on_sigterm(nats_server, tmp_path)
         stderr=asyncio.subprocess.PIPE,
     )
     try:
+        ports = await read_port_file(port_file, 30, alive=lambda: proc.returncode is None)
+        assert len({ports["grpc"], ports["health"], ports["metrics"]}) == 3 and 0 not in ports.values()
+        grpc_port, metrics_port = ports["grpc"], ports["metrics"]
         async with aiohttp.ClientSession() as http:
 
             async def ready() -> bool:

@@ -170,7 +170,7 @@ def test_pure_view_ordering_rules():
     assert not v.apply(snapshot("a:1", pool="pool", seq=9, epoch="e0", ts=9.0), now=11)  # other epoch, older
     assert v.apply(snapshot("a:1", pool="pool", seq=1, epoch="e2", ts=12.0), now=12)  # restart, newer
     assert not v.apply(snapshot("a:1", pool="other", seq=5), now=12)
-    assert v.dropped == {"stale": 2, "foreign": 1}
+    assert v.dropped == {"stale": 2, "foreign": 1, "invalid": 0}
 
 
 async def test_peer_sharing_is_wired_on_the_same_connection(nats_server, nc):
