@@ -44,6 +44,7 @@ from shared.service import Supervisor
 from .config import PickerConfig
 from .director import Director
 from .extproc import ExtProcServicer
+from .flow.service import build_flow
 from .hooks import EventSink
 from .metrics import PickerMetrics
 from .models import ModelTable
@@ -59,6 +60,11 @@ log = logging.getLogger(__name__)
 
 # Services that follow readiness; liveness follows the process.
 _READY_SERVICES = ("", HEALTH_READINESS, EXT_PROC_SERVICE)
+
+
+def _replica_of(cfg: PickerConfig) -> str:
+    sharing = cfg.sharing
+    return sharing.replica if sharing is not None and getattr(sharing, "replica", "") else cfg.replica_name
 
 
 def make_profile(profile: str, config_path: str | None = None) -> Profile:
@@ -89,6 +95,8 @@ class Picker:
             cfg.pool_namespace, cfg.pool_name, self.state, staleness=cfg.metrics_staleness_threshold
         )
         self.models = ModelTable([], cfg.pool_name, cfg.unknown_model_policy)
+        # Flow control (picker.flow): None unless the profile or --flow-control turns it on.
+        self.flow = build_flow(cfg, self.profile, self.registry, _replica_of(cfg))
         self.director = Director(
             view=self.view,
             admission=self.profile.admission,
@@ -102,6 +110,7 @@ class Picker:
             is_ready=self.is_ready,
             conformance_hooks=cfg.conformance_test_hooks,
             destination_header_list=cfg.destination_header_list,
+            flow=self.flow.runner if self.flow is not None else None,
         )
         self.metrics.add_pool_collector(cfg.pool_name, self.view.stats, self._view_counters, self.view.list)
         if cfg.kube or cfg.kubeconfig or cfg.kube_host:
@@ -225,6 +234,8 @@ class Picker:
         if not isinstance(self.source, StaticSource):
             self.supervisor.spawn("config", self.source.run)
         self.supervisor.spawn("health", self._health_loop)
+        if self.flow is not None:
+            self.flow.start(self.supervisor)
         log.info(
             "picker started",
             extra={
@@ -255,6 +266,9 @@ class Picker:
         self.sharing.start(self.supervisor)
         if not self._explicit_sink:
             self.sink = self.sharing.sink
+        if self.flow is not None:  # pool-wide flow control rides on the same connection
+            bus = self.feed.bus
+            self.flow.start_pool(bus, bus.subjects, cfg.pool_namespace, cfg.pool_name, self.supervisor)
         log.info("peer sharing started", extra={"replica": cfg.sharing.replica})
 
     async def wait_ready(self, timeout: float = 10.0) -> None:

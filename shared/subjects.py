@@ -4,6 +4,7 @@ Layout, with the default prefix ``infergate``::
 
     infergate.<namespace>.<pool>.ep.<pod>.<port>        endpoint snapshots / tombstones
     infergate.<namespace>.<pool>.ev.<replica>            picker assignment/completion batches
+    infergate.<namespace>.<pool>.fc.<replica>            flow control: a replica's demand, flow service
 
 Tokens are escaped so that any Kubernetes name is a single, reversible NATS token
 (pod names may contain dots, which NATS uses as its separator).
@@ -70,6 +71,13 @@ class Subjects:
 
     def events_of_pool(self, namespace: str, pool: str) -> str:
         return f"{self.prefix}.{token(namespace)}.{token(pool)}.ev.*"
+
+    def flow(self, namespace: str, pool: str, replica: str) -> str:
+        """Flow control's per-replica demand and flow service (picker.flow.pool)."""
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.fc.{token(replica)}"
+
+    def flow_of_pool(self, namespace: str, pool: str) -> str:
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.fc.*"
 
     def all_events(self) -> str:
         return f"{self.prefix}.*.*.ev.*"
