@@ -109,6 +109,11 @@ class FlowController:
             self._order = sorted(self.bands.values(), key=lambda x: -x.priority)
         return b
 
+    def _any_ready(self) -> bool:
+        """Some endpoint of the pool is ready: an empty candidate set is then the request's own (503)."""
+        st = self.state
+        return any(s is not None and s.ok for s in map(st.endpoint_state, list(st.endpoints)))
+
     def _waiting_at_or_above(self, priority: int) -> bool:
         for b in self._order:
             if b.priority < priority:
@@ -135,7 +140,7 @@ class FlowController:
         state = self.state
         cands = state.candidates(info)
         if not cands:
-            if self.cfg.scale_from_zero_ttl_s <= 0 or len(state):
+            if self.cfg.scale_from_zero_ttl_s <= 0 or self._any_ready():
                 self.metrics.outcome(info.priority, Outcome.REJECTED_OTHER, 0.0)
                 return Decision([], 503, cands.why or "no candidate endpoints")
         elif not self._waiting_at_or_above(info.priority):

@@ -180,7 +180,10 @@ def test_no_endpoints_503_without_scale_from_zero_and_waits_with_it():
     assert w.outcome == ("ok", "10.0.0.0:8000")
     _, out, _ = submit(fc, st, log, "c")  # the pod is there, with room: no wait
     assert not isinstance(out, Item) and out.ok
-    fc2, st2 = make(FlowConfig(enabled=True, scale_from_zero_ttl_s=1.0), pods=0)
+    fc2, st2 = make(FlowConfig(enabled=True, scale_from_zero_ttl_s=1.0), pods=1, ready=False)
+    _, out, _ = submit(fc2, st2, log, "not-ready")  # a pod that is not ready counts as none
+    assert isinstance(out, Item)
+    fc2.cancel(out, NOW)
     w3, _, _ = submit(fc2, st2, log, "d")
     fc2.pump(NOW + 2)
     assert w3.outcome == (503, NO_ENDPOINTS)
