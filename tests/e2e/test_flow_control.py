@@ -168,7 +168,7 @@ async def pair() -> AsyncIterator[Stack]:
         pickers=2,
         autoscaler=False,
         round_robin_envoy=False,
-        picker_args=FLOW_ARGS[:-2],
+        picker_args=(*FLOW_ARGS[:6], "--flow-control-ttl", "60"),
     )
     async with Stack(config) as s:
         yield s
@@ -191,7 +191,7 @@ async def test_two_replicas_respect_one_pool_wide_limit(pair: Stack) -> None:
             await asyncio.sleep(0.05)
 
     async def one(i: int) -> int:
-        body = {"model": BASE_MODEL, "prompt": text_for_tokens(40, seed=100 + i), "max_tokens": 60}
+        body = {"model": BASE_MODEL, "prompt": text_for_tokens(40, seed=100 + i), "max_tokens": 20}
         return (await post(pair.gateway_url, body, timeout_s=60)).status
 
     watcher = asyncio.create_task(watch())
