@@ -79,6 +79,19 @@ class Subjects:
     def flow_of_pool(self, namespace: str, pool: str) -> str:
         return f"{self.prefix}.{token(namespace)}.{token(pool)}.fc.*"
 
+    def all_flows(self) -> str:
+        return f"{self.prefix}.*.*.fc.*"
+
+    def parse_flow(self, subject: str) -> tuple[str, str, str] | None:
+        """(namespace, pool, replica) of a flow-control subject; None for anything else."""
+        head = self.prefix + "."
+        if not subject.startswith(head):
+            return None
+        parts = subject[len(head) :].split(".")
+        if len(parts) != 4 or parts[2] != "fc":
+            return None
+        return untoken(parts[0]), untoken(parts[1]), untoken(parts[3])
+
     def all_events(self) -> str:
         return f"{self.prefix}.*.*.ev.*"
 

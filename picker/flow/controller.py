@@ -90,6 +90,7 @@ class FlowController:
         self.bands: dict[int, Band] = {}
         self._order: list[Band] = []  # highest priority first
         self.queued = 0
+        self.by_model: dict[str, int] = {}  # target model -> queued (the autoscaler's metric)
         self.last_saturation = 0.0
 
     # -- state ------------------------------------------------------------------------------
@@ -163,7 +164,17 @@ class FlowController:
         item = Item((info, waiter), info.priority, info.fairness_id, size, now, now + ttl, deadline)
         band.push(item)
         self.queued += 1
+        self._count(info.target_model, 1)
         return item
+
+    def _count(self, model: str, delta: int) -> None:
+        if model not in self.by_model and len(self.by_model) >= 256:
+            model = "other"  # model names can come from clients: the table stays bounded
+        n = self.by_model.get(model, 0) + delta
+        if n > 0:
+            self.by_model[model] = n
+        else:
+            self.by_model.pop(model, None)
 
     def cancel(self, item: Item, now: float) -> bool:
         """The client went away: the request leaves the queue at once. False if it had left."""
@@ -171,6 +182,7 @@ class FlowController:
             return False
         item.band.drop(item)
         self.queued -= 1
+        self._count(item.payload[0].target_model, -1)
         self.metrics.outcome(item.priority, Outcome.EVICTED_CANCELLED, max(0.0, now - item.enqueued))
         return True
 
@@ -217,6 +229,7 @@ class FlowController:
                     return self._done(t0, sent)  # saturated: nothing below may overtake it
                 band.take(item)
                 self.queued -= 1
+                self._count(info.target_model, -1)
                 wait = max(0.0, now - item.enqueued)
                 if d.ok:
                     self._dispatched(info, now)
@@ -241,6 +254,7 @@ class FlowController:
             for item in band.expired(now):
                 self.queued -= 1
                 info, waiter = item.payload
+                self._count(info.target_model, -1)
                 wait = max(0.0, now - item.enqueued)
                 self.metrics.outcome(item.priority, Outcome.EVICTED_TTL, wait)
                 if not state.candidates(info):

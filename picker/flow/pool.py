@@ -15,6 +15,9 @@ computes it, a larger one only after two publication intervals, by which time th
 replica giving the capacity up has heard the same demands and shrunk. So the shares
 sum to at most the limit even while demands move (up to one message lost in between).
 
+* **Autoscaling**: the message also carries the replica's queue length per target model;
+  the autoscaler sums the replicas' latest values into ``infergate-flow-control-queue-length``
+  (an external metric), which exists even while no pod serves the model (scale from zero).
 * **Bus cost**: one message per replica per interval, independent of the request rate:
   10 msg/s per replica, ~60 bytes plus ~20 bytes per active flow; at 1,000 req/s on
   four replicas, 40 msg/s and a few kB/s, against the ~2 events per request (assignment
@@ -38,18 +41,13 @@ from typing import Any
 
 import msgspec
 
+from shared.flowmsg import FlowMessage, decode_flow, encode_flow
+
 __all__ = ["FlowMessage", "PoolCoordinator", "Shares", "split"]
 
 log = logging.getLogger(__name__)
 
 MAX_FLOWS_PER_MESSAGE = 64
-
-
-class FlowMessage(msgspec.Struct, array_like=True):
-    replica: str
-    ts: float
-    demand: int
-    service: dict[str, float] = {}
 
 
 def split(limit: int, weights: list[tuple[str, float]], rotate: int = 0) -> dict[str, int]:
@@ -176,12 +174,10 @@ class PoolCoordinator:
         self.runner = runner
         self.sent = 0
         self.received = 0
-        self._enc = msgspec.msgpack.Encoder()
-        self._dec = msgspec.msgpack.Decoder(FlowMessage)
 
     def on_message(self, subject: str, data: bytes) -> None:
         try:
-            msg = self._dec.decode(data)
+            msg = decode_flow(data)
         except (msgspec.DecodeError, ValueError):
             return
         if msg.replica == self.replica:
@@ -204,11 +200,12 @@ class PoolCoordinator:
         if len(pending) > MAX_FLOWS_PER_MESSAGE:
             top = sorted(pending.items(), key=lambda kv: -kv[1])[:MAX_FLOWS_PER_MESSAGE]
             pending = dict(top)
-        msg = FlowMessage(self.replica, time.time(), self.shares.demand, pending)
+        queued = dict(self.controller.by_model)
+        msg = FlowMessage(self.replica, time.time(), self.shares.demand, pending, queued)
         if not self.shares.connected:
             return
         try:
-            await self.bus.publish(self.subject, self._enc.encode(msg))
+            await self.bus.publish(self.subject, encode_flow(msg))
             self.sent += 1
         except Exception as exc:  # a bus hiccup: the next interval tries again
             self.shares.connected = False
