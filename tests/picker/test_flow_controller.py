@@ -266,3 +266,31 @@ def test_shares_grow_late_shrink_at_once_and_fall_back_when_disconnected():
     assert s.requests("p", 4) == 4
     s.connected = False  # NATS down: half of the limit (2 replicas last known), never all of it
     assert s.requests("p", 4) == 2
+
+
+def test_profile_block_and_flags_turn_flow_control_on():
+    from types import SimpleNamespace
+
+    from picker.flow.service import flow_settings
+    from picker.scheduling import build_profile as build
+
+    data = {
+        "version": 2,
+        "plugins": [{"name": "rr", "type": "round-robin"}],
+        "schedulingProfiles": [
+            {"name": "fc", "plugins": [{"pluginRef": "rr"}], "flow_control": {"ttl_s": 5, "ordering": "edf"}},
+            {"name": "plain", "plugins": [{"pluginRef": "rr"}]},
+        ],
+    }
+    names = ("ttl", "scale_from_zero_ttl", "fairness", "detector", "max_requests_per_pod")
+    flags = SimpleNamespace(flow_control="profile", **{f"flow_control_{n}": None for n in names})
+    fc = flow_settings(flags, build("fc", data))
+    assert fc is not None and fc.ttl_s == 5 and fc.ordering == "edf"
+    assert flow_settings(flags, build("plain", data)) is None
+    flags.flow_control, flags.flow_control_ttl = "on", 7.0
+    assert flow_settings(flags, build("plain", data)).ttl_s == 7.0
+    flags.flow_control = "off"
+    assert flow_settings(flags, build("fc", data)) is None
+    flags.flow_control, flags.flow_control_detector = "on", "concurrency"
+    with pytest.raises(ConfigError):
+        flow_settings(flags, build("plain", data))  # concurrency needs a limit
