@@ -34,6 +34,7 @@ CAPACITY_QPS = 330.0
 MIX = ((100, 0.2), (0, 0.5), (-1, 0.3))
 FC = FlowConfig(enabled=True)
 FC_LAS = FlowConfig(enabled=True, fairness="least-attained-service")
+FC_Q1 = FlowConfig(enabled=True, queue_depth=1)  # a pod may hold 1 waiting request, not 5
 
 
 def points(args: argparse.Namespace) -> dict[str, list[FlowPoint]]:
@@ -52,6 +53,9 @@ def points(args: argparse.Namespace) -> dict[str, list[FlowPoint]]:
         for label, pol, fc in rows:
             d = replace(base, policy=pol, qps=CAPACITY_QPS * x)
             out["mixed"].append(FlowPoint(d, MIX, flow=fc, label=label, load=x))
+        if x in (0.5, 2.0):  # the detector's queue depth: what the top band pays for 5
+            d = replace(base, policy="gie-v1", qps=CAPACITY_QPS * x)
+            out["mixed"].append(FlowPoint(d, MIX, flow=FC_Q1, label="flow control, queue depth 1", load=x))
     total = 1.5 * CAPACITY_QPS
     two = (("heavy", 10.0), ("light", 1.0))
     for label, fc in (
