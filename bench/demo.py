@@ -207,7 +207,7 @@ async def demo(args: argparse.Namespace) -> int:
     if "priority" in args.phases:  # flow control vs round-robin, over capacity (bench/demo_flow.py)
         from bench.demo_flow import run_priority_phase
 
-        await run_priority_phase(args, rows, results, Row)
+        await run_priority_phase(args, rows, Row)
     table = format_table(rows)
     print("\n" + table + "\n")
     if peak:
@@ -368,6 +368,7 @@ def write_report(
     if args.duration is not None:
         flags.append(f"--duration {args.duration:g}")
     flags += [f"--pickers {args.pickers}", f"--profile {args.profile}", f"--seed {args.seed}"]
+    flags += [f"--phases {args.phases}", f"--priority-load {args.priority_load:g}"]
     per_phase = "; ".join(f"{p.name} time scale {p.time_scale:g}, {p.duration:g} s" for p in phases(args))
     command = f"infergate-bench demo {' '.join(flags)} (per phase: {per_phase})"
     lines = [

@@ -16,7 +16,7 @@ import asyncio
 import time
 from typing import Any
 
-from bench.loadgen import LoadResult, run_load, sharegpt_like_items
+from bench.loadgen import run_load, sharegpt_like_items
 from bench.stack import BASE_MODEL, Stack, StackConfig
 
 PRIORITY_TIME_SCALE = 16.0  # streaming over capacity: keep the wall rate within the machine
@@ -24,7 +24,7 @@ POD_CAPACITY_QPS = 26.0  # the fit saturates one calibrated pod near 26 req/s (b
 BANDS = (("top band (priority 100)", BASE_MODEL, 0.3), ("batch band (priority -100)", "batch", 0.7))
 
 
-async def run_priority_phase(args: Any, rows: list, results: dict[str, LoadResult], row_type: Any) -> None:
+async def run_priority_phase(args: Any, rows: list, row_type: Any) -> None:
     from bench.demo import h100_equivalent, say, wait_idle  # the demo's helpers (no import cycle at load)
 
     scale = args.time_scale or PRIORITY_TIME_SCALE
@@ -56,7 +56,7 @@ async def run_priority_phase(args: Any, rows: list, results: dict[str, LoadResul
                     )
                 )  # fmt: skip
             for (band, _, _), result in zip(BANDS, await asyncio.gather(*runs), strict=True):
-                results[f"{band}: {route}"] = result
+                # (not in ``results``: the latency plot is per phase of the ShareGPT/prefix kind)
                 rows.append(
                     row_type(f"mixed priority, {band}", route, h100_equivalent(result.summary(), scale))
                 )
