@@ -20,6 +20,7 @@ class FlowMessage(msgspec.Struct, array_like=True):
     demand: int
     service: dict[str, float] = {}
     queued: dict[str, int] = {}  # target model -> requests waiting in this replica
+    top: int | None = None  # the highest priority waiting in this replica (None: nothing waits)
 
 
 _enc = msgspec.msgpack.Encoder()

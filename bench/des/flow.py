@@ -21,6 +21,7 @@ from typing import Any
 
 from picker.flow.config import FlowConfig
 from picker.flow.controller import FlowController
+from picker.flow.pool import Shares
 from picker.models import criticality_of
 from picker.scheduling import RequestInfo
 from sim.engine import SimRequest
@@ -94,6 +95,20 @@ class FlowCluster(Cluster):
         self.tenant_recs: dict[str, list[tuple[float, float, int]]] = {t: [] for t, _ in point.tenants}
         self._info_priority: dict[int, int] = {}
         self._ticking = [False] * len(self.pickers)
+        # Pool-wide band order: each replica publishes its highest waiting priority every
+        # publish interval (picker.flow.pool); peers hold lower bands back while it waits.
+        self.shares: list[Shares] = []
+        if point.flow is not None and self.shared and point.flow.pool_wide:
+            for pk, fc in zip(self.pickers, self.controllers, strict=True):
+                sh = Shares(pk.name, point.flow.publish_interval_s, clock=lambda: self.now)
+                sh.connected = True
+                self.shares.append(sh)
+                assert fc is not None
+                fc.peer_top = sh.peer_top
+            for p in range(len(self.pickers)):
+                self._call_later(
+                    point.flow.publish_interval_s * (p + 1) / len(self.pickers), lambda p=p: self._publish(p)
+                )
 
     # -- arrival ---------------------------------------------------------------------------
     @staticmethod
@@ -126,6 +141,8 @@ class FlowCluster(Cluster):
         )
         w = _Waiter(self, p, item, measured, now, tenant)
         self._info_priority[id(w)] = prio
+        if measured:  # open from arrival: a request waiting in a picker keeps the run going
+            self.open_measured += 1
         fc = self.controllers[p]
         if fc is None:
             d = pk.profile.decide(info, now)
@@ -147,6 +164,7 @@ class FlowCluster(Cluster):
     def _rejected(self, w: _Waiter, prio: int) -> None:
         self._info_priority.pop(id(w), None)
         if w.measured:
+            self.open_measured -= 1
             self.shed += 1
             self.band_rej[prio] = self.band_rej.get(prio, 0) + 1
 
@@ -164,9 +182,22 @@ class FlowCluster(Cluster):
         )
         req.ctx = (info, w.p, w.measured, w.t_arrive, w.tenant)
         self.engines[address].add(req, now)
-        if w.measured:
-            self.open_measured += 1
         self._kick(address, now)
+
+    def _publish(self, p: int) -> None:
+        fc = self.controllers[p]
+        assert fc is not None and self.point.flow is not None
+        top, name = fc.top(), self.pickers[p].name
+        for q, sh in enumerate(self.shares):
+            if q != p:
+                self._call_later(self.cfg.share_delay_s, lambda sh=sh, top=top: self._heard(sh, name, top))
+        self._call_later(self.point.flow.publish_interval_s, lambda: self._publish(p))
+
+    def _heard(self, sh: Shares, name: str, top: int | None) -> None:
+        sh.heard(name, 0, self.now, top)
+        for p, fc in enumerate(self.controllers):  # a peer's queue emptied: held bands may go
+            if fc is not None and fc.queued:
+                self._tick(p)
 
     # -- dispatch ticks ----------------------------------------------------------------------
     def _tick(self, p: int) -> None:

@@ -79,6 +79,7 @@ class FlowController:
         service: AttainedService | None = None,
         own_load: Callable[[str], tuple[int, int]] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        peer_top: Callable[[], int | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.scheduler = scheduler
@@ -87,6 +88,8 @@ class FlowController:
         self.metrics = metrics or _NoMetrics()
         self.service = service or AttainedService(cfg.las_half_life_s, cfg.las_output_weight)
         self.clock = clock  # for the dispatch-cycle histogram only
+        # Pool-wide: the highest priority a peer replica has waiting (None: none / alone).
+        self.peer_top = peer_top
         self.bands: dict[int, Band] = {}
         self._order: list[Band] = []  # highest priority first
         self.queued = 0
@@ -115,7 +118,23 @@ class FlowController:
         st = self.state
         return any(s is not None and s.ok for s in map(st.endpoint_state, list(st.endpoints)))
 
+    def top(self) -> int | None:
+        """The highest priority with something waiting here (published to the peers)."""
+        for b in self._order:
+            if b.size:
+                return b.priority
+        return None
+
+    def _held(self, priority: int) -> bool:
+        """A peer waits with a higher priority: leave the next free slot to it."""
+        if self.peer_top is None:
+            return False
+        top = self.peer_top()
+        return top is not None and top > priority
+
     def _waiting_at_or_above(self, priority: int) -> bool:
+        if self._held(priority):
+            return True
         for b in self._order:
             if b.priority < priority:
                 return False
@@ -216,6 +235,8 @@ class FlowController:
         self._expire(now)
         sent = 0
         for band in self._order:
+            if band.size and self._held(band.priority):
+                return self._done(t0, sent)
             while band.size:
                 item = band.peek()
                 if item is None:

@@ -90,15 +90,37 @@ class Shares:
         self.clock = clock
         self.demand = 0  # this replica's, set by the coordinator before it publishes
         self.peers: dict[str, tuple[int, float]] = {}  # replica -> (demand, heard at)
+        self.tops: dict[str, tuple[int, float]] = {}  # replica -> (highest waiting priority, heard at)
         self.connected = False  # the coordinator's bus is up
         self.known = 1  # replicas last known while connected (the fallback's divisor)
         self.known_names: list[str] = [replica]
         self._granted: dict[str, tuple[int, float | None]] = {}  # address -> (share, grow pending since)
 
     # -- fed by the coordinator --------------------------------------------------------
-    def heard(self, replica: str, demand: int, now: float) -> None:
+    def heard(self, replica: str, demand: int, now: float, top: int | None = None) -> None:
         if replica != self.replica:
             self.peers[replica] = (max(0, demand), now)
+            if top is None:
+                self.tops.pop(replica, None)
+            else:
+                self.tops[replica] = (top, now)
+
+    def peer_top(self) -> int | None:
+        """The highest priority a live peer has waiting (None: none, or the bus is down).
+
+        The controller holds its lower bands back while a peer waits with a higher one, so
+        a slot that frees goes to the pool's top band, not to whichever replica sees it first.
+        """
+        if not self.connected:
+            return None
+        now = self.clock()
+        out = None
+        for r, (top, at) in list(self.tops.items()):
+            if now - at > self.peer_timeout:
+                del self.tops[r]
+            elif out is None or top > out:
+                out = top
+        return out
 
     def live(self, now: float) -> list[tuple[str, float]]:
         """(replica, demand) of every replica believed alive, this one included, by name."""
@@ -184,7 +206,7 @@ class PoolCoordinator:
             return
         self.received += 1
         now = time.time()
-        self.shares.heard(msg.replica, msg.demand, now)
+        self.shares.heard(msg.replica, msg.demand, now, msg.top)
         svc = self.controller.service
         for flow, tokens in list(msg.service.items())[:MAX_FLOWS_PER_MESSAGE]:
             if isinstance(flow, str) and len(flow) <= 256 and tokens > 0:
@@ -201,7 +223,9 @@ class PoolCoordinator:
             top = sorted(pending.items(), key=lambda kv: -kv[1])[:MAX_FLOWS_PER_MESSAGE]
             pending = dict(top)
         queued = dict(self.controller.by_model)
-        msg = FlowMessage(self.replica, time.time(), self.shares.demand, pending, queued)
+        msg = FlowMessage(
+            self.replica, time.time(), self.shares.demand, pending, queued, self.controller.top()
+        )
         if not self.shares.connected:
             return
         try:

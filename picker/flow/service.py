@@ -71,7 +71,12 @@ class FlowControl:
             share, token_share = self.shares.requests, self.shares.tokens
         gate = build_gate(fc, own=self.runner.own_load, share=share, token_share=token_share)
         self.controller = FlowController(
-            fc, profile.scheduler, profile.state, gate=gate, metrics=self.metrics
+            fc,
+            profile.scheduler,
+            profile.state,
+            gate=gate,
+            metrics=self.metrics,
+            peer_top=self.shares.peer_top if self.shares is not None else None,
         )
         self.runner.controller = self.controller
         self.metrics.add_gauges(self.controller.sizes, self.controller.saturation)

@@ -294,3 +294,20 @@ def test_profile_block_and_flags_turn_flow_control_on():
     flags.flow_control, flags.flow_control_detector = "on", "concurrency"
     with pytest.raises(ConfigError):
         flow_settings(flags, build("plain", data))  # concurrency needs a limit
+
+
+def test_lower_bands_wait_while_a_peer_waits_with_a_higher_one():
+    fc, st = make(CONC1)
+    peer = [100]
+    fc.peer_top = lambda: peer[0]
+    log: list = []
+    _, out, _ = submit(fc, st, log, "low", priority=0)
+    assert isinstance(out, Item) and fc.top() == 0  # held: the pod has room, the peer's top band comes first
+    _, out, _ = submit(fc, st, log, "top", priority=100)
+    assert not isinstance(out, Item) and out.ok  # the same band as the peer's: no hold
+    st.on_completed("top", NOW)
+    fc.pump(NOW)
+    assert log == ["top"]
+    peer[0] = None  # the peer's queue emptied
+    fc.pump(NOW)
+    assert log == ["top", "low"] and fc.top() is None
