@@ -15,6 +15,8 @@ computes it, a larger one only after two publication intervals, by which time th
 replica giving the capacity up has heard the same demands and shrunk. So the shares
 sum to at most the limit even while demands move (up to one message lost in between).
 
+* **Band order**: the message carries the replica's highest waiting priority; a replica holds
+  its lower bands back while a peer waits with a higher one (:meth:`Shares.peer_top`).
 * **Autoscaling**: the message also carries the replica's queue length per target model;
   the autoscaler sums the replicas' latest values into ``infergate-flow-control-queue-length``
   (an external metric), which exists even while no pod serves the model (scale from zero).
