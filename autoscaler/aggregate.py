@@ -62,6 +62,7 @@ OUTPUT_TOKENS = "infergate-output-tokens-per-second"
 KV_CACHE = "infergate-kv-cache-usage"
 READY_REPLICAS = "infergate-ready-replicas"
 OTHER = "other"  # the target of models past the unknown-model bound
+FLOW_QUEUE = "infergate-flow-control-queue-length"
 
 METRICS: dict[str, str] = {
     INFLIGHT: "requests assigned by the pickers and not completed yet",
@@ -70,6 +71,7 @@ METRICS: dict[str, str] = {
     OUTPUT_TOKENS: "output tokens completed per second over the sliding window",
     KV_CACHE: "mean KV-cache use (0..1) of the ready, healthy pods serving the model",
     READY_REPLICAS: "ready, healthy pods serving the model",
+    FLOW_QUEUE: "requests waiting in the pickers' flow control, all replicas (scale from zero)",
 }
 
 
@@ -152,6 +154,8 @@ class Aggregator:
         self._windows: dict[ModelKey, _Window] = {}
         self._names: dict[ModelKey, str] = {}  # target -> client-facing model name (latest seen)
         self._declared: dict[ModelKey, str] = {}  # target -> modelName from InferenceModels
+        # (namespace, pool, replica) -> (queued per target model, received at): flow control
+        self._flow: dict[tuple[str, str, str], tuple[dict[str, int], float]] = {}
         self.counters: dict[str, int] = {
             "snapshots": 0,
             "tombstones": 0,
@@ -311,6 +315,29 @@ class Aggregator:
     def model_name(self, key: ModelKey) -> str:
         return self._declared.get(key) or self._names.get(key) or key.target_model
 
+    # ---- flow control (picker replicas' queues) ------------------------------------------
+
+    def on_flow(
+        self, namespace: str, pool: str, replica: str, queued: dict[str, int], now: float | None = None
+    ) -> None:
+        """A picker replica's flow-control message: its queue length per target model."""
+        now = self.clock() if now is None else now
+        clean = {m: int(n) for m, n in list(queued.items())[:256] if isinstance(m, str) and m and n > 0}
+        key = (namespace, pool, replica)
+        if key in self._flow or len(self._flow) < 4096:
+            self._flow[key] = (clean, now)
+
+    def _flow_queues(self, now: float) -> dict[ModelKey, float]:
+        out: dict[ModelKey, float] = {}
+        limit = now - self.staleness
+        for key in [k for k, (_, at) in self._flow.items() if at < limit]:
+            del self._flow[key]  # a replica gone silent: its queue went with it
+        for (ns, pool, _), (queued, _) in self._flow.items():
+            for model, n in queued.items():
+                mk = ModelKey(ns, pool, model)
+                out[mk] = out.get(mk, 0.0) + n
+        return out
+
     # ---- the served view ----------------------------------------------------------------
 
     def inflight(self, key: ModelKey) -> int:
@@ -368,6 +395,9 @@ class Aggregator:
         for key, w in self._windows.items():
             if w.last_event >= cutoff:
                 fresh_ts[key] = max(fresh_ts.get(key, 0.0), w.last_event)
+        flow = self._flow_queues(now)
+        for key in flow:  # a model with requests waiting exists even with no pod (scale from zero)
+            fresh_ts.setdefault(key, now)
 
         out: list[Series] = []
         for key, ts in fresh_ts.items():
@@ -383,6 +413,7 @@ class Aggregator:
                 ARRIVAL_RATE: len(w.arrivals) / self.window if w else 0.0,
                 OUTPUT_TOKENS: w.token_sum / self.window if w else 0.0,
                 READY_REPLICAS: float(len(pods.get(key, ()))),
+                FLOW_QUEUE: flow.get(key, 0.0),
             }
             snaps = serving.get(key)
             if snaps:

@@ -20,6 +20,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 from prometheus_client import CollectorRegistry
@@ -33,6 +34,7 @@ from autoscaler.models import ModelWatcher, names_from_files
 from autoscaler.tls import self_signed, server_context
 from shared import schemas
 from shared.feed import EventFeed, LastValueFeed, Source
+from shared.flowmsg import decode_flow
 from shared.kube import api_client
 from shared.natsbus import NatsBus
 from shared.ops import Health, OpsServer
@@ -96,6 +98,9 @@ class Autoscaler:
             )
             self.feeds.append(events)
             self.supervisor.spawn(f"events-{i}", events.run)
+        flow_subjects = [subjects.flow_of_pool(ns, p) for ns, p in pools] or [subjects.all_flows()]
+        for subject in flow_subjects:  # flow control's queues: infergate-flow-control-queue-length
+            await bus.subscribe(subject, self._on_flow)  # closed with the bus
         self.supervisor.spawn("housekeeping", self._housekeeping)
         if cfg.model_files:
             self.aggregator.declare_names(await asyncio.to_thread(names_from_files, cfg.model_files))
@@ -218,6 +223,17 @@ class Autoscaler:
     def _bad(self, stream: str, exc: Exception) -> None:
         self.metrics.decode_failures.labels(stream).inc()
         log.warning("undecodable bus message", extra={"stream": stream, "error": str(exc)})
+
+    def _on_flow(self, subject: str, data: bytes) -> None:
+        where = self.bus.subjects.parse_flow(subject) if self.bus is not None else None
+        if where is None:
+            return
+        try:
+            msg = decode_flow(data)
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            self._bad("flow", exc)
+            return
+        self.aggregator.on_flow(*where, msg.queued)
 
     def _on_endpoint(self, subject: str, data: bytes) -> None:
         decoded = self._endpoint_decoder.decode(data)

@@ -116,7 +116,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="wall seconds per simulated H100 second (default per phase: ShareGPT 8, shared prefix 1; "
         "raise it on a slow machine; keep duration/scale well above a request's lifetime, ~5 s)",
     )
-    p.add_argument("--phases", default="sharegpt,prefix", help="which phases to run, comma-separated")
+    p.add_argument(
+        "--phases", default="sharegpt,prefix,priority", help="which phases to run, comma-separated"
+    )
+    p.add_argument(
+        "--priority-load", type=float, default=1.5, help="mixed-priority phase: offered load x capacity"
+    )
     p.add_argument("--pickers", type=int, default=2, help="picker replicas")
     p.add_argument(
         "--profile",
@@ -201,7 +206,7 @@ def phases(args: argparse.Namespace) -> list[Phase]:
             sim_args=("--kv-capacity-tokens", "30000"),
         ),
     }
-    return [every[name.strip()] for name in args.phases.split(",") if name.strip()]
+    return [every[name.strip()] for name in args.phases.split(",") if name.strip() in every]
 
 
 async def demo(args: argparse.Namespace) -> int:
@@ -210,6 +215,10 @@ async def demo(args: argparse.Namespace) -> int:
     peak: dict[str, float] = {}
     for phase in phases(args):
         await run_phase(args, phase, rows, results, peak)
+    if "priority" in args.phases:  # flow control vs round-robin, over capacity (bench/demo_flow.py)
+        from bench.demo_flow import run_priority_phase
+
+        await run_priority_phase(args, rows, Row)
     table = format_table(rows)
     print("\n" + table + "\n")
     if peak:
@@ -376,6 +385,7 @@ def write_report(
     flags += [f"--pickers {args.pickers}", f"--profile {args.profile}", f"--seed {args.seed}"]
     if args.mixed_pool:
         flags.append("--mixed-pool")
+    flags += [f"--phases {args.phases}", f"--priority-load {args.priority_load:g}"]
     per_phase = "; ".join(f"{p.name} time scale {p.time_scale:g}, {p.duration:g} s" for p in phases(args))
     command = f"infergate-bench demo {' '.join(flags)} (per phase: {per_phase})"
     lines = [

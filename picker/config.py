@@ -23,6 +23,7 @@ __all__ = ["BODY_MODES", "PickerConfig"]
 
 BODY_MODES = ("FULL_DUPLEX_STREAMED", "STREAMED", "BUFFERED")
 POOL, SERVING, SCHEDULING, SOURCE = "pool", "serving", "scheduling", "configuration source"
+FLOW = "flow control"
 
 
 @dataclass
@@ -118,6 +119,24 @@ class PickerConfig:
         2.0,
         group=SCHEDULING,
         help="metrics older than this (s) count as stale in the view metrics and headers-only routing",
+    )
+    # flow control (picker.flow): the profile's flow_control block, these override it
+    flow_control: str = setting(
+        "profile",
+        group=FLOW,
+        choices=("profile", "on", "off"),
+        help="queue requests in the picker (bands, fairness, late binding): as the profile says, or force it",
+    )
+    flow_control_ttl: float | None = setting(None, group=FLOW, help="seconds a request may wait (default 60)")
+    flow_control_scale_from_zero_ttl: float | None = setting(
+        None, group=FLOW, help="seconds a request waits for a first ready endpoint (0: 503 at once)"
+    )
+    flow_control_fairness: str | None = setting(
+        None, group=FLOW, help="round-robin | least-attained-service | global-strict"
+    )
+    flow_control_detector: str | None = setting(None, group=FLOW, help="utilization | concurrency")
+    flow_control_max_requests_per_pod: int | None = setting(
+        None, group=FLOW, help="concurrency detector: requests in flight per pod, all replicas together"
     )
     # configuration source
     config_files: list[str] = setting(

@@ -7,7 +7,9 @@ order, each in one place of :meth:`Director._route`:
 1. **resolve**: parse the body, resolve the model (InferenceObjective/rewrite), restrict
    the candidates (subset hint, conformance header);
 2. **admit**: the profile's admission (``admit(request, state)``): 503 without
-   candidates, 429 when shed (later: the flow controller's entry point);
+   candidates, 429 when shed. With flow control on (:mod:`picker.flow`) the flow
+   controller takes this step and the next: the request may wait (a :class:`Queued`
+   the ext_proc stream awaits) and is scheduled only when dispatched (late binding);
 3. **schedule**: the profile's scheduler (``schedule(request, state)``) picks the
    endpoint and its fallbacks;
 4. **account**: the pool state counts the assignment (in-flight load, prefix index),
@@ -32,15 +34,17 @@ from shared.hashing import prefix_block_hashes
 from shared.tokens import estimate_tokens
 
 from .body import BodyError, ParsedRequest, parse_request, path_kind
+from .flow.controller import NO_ENDPOINTS, SATURATED
+from .flow.runner import FlowRunner, Queued, slo_seconds
 from .hooks import EventSink
 from .latency.headers import parse_slo_headers
 from .metrics import PickerMetrics, RequestLabels
 from .models import ModelTable, UnknownModel
-from .protocol import MODELS_PATH, Dropped
-from .scheduling.api import Admission, RequestInfo, Scheduler
+from .protocol import DEFAULT_FAIRNESS_ID, MODELS_PATH, Dropped
+from .scheduling.api import Admission, Decision, RequestInfo, Scheduler
 from .view import PoolView
 
-__all__ = ["Answered", "Director", "Inflight", "Rejected", "RequestHeaders", "Routed"]
+__all__ = ["Answered", "Director", "Inflight", "Queued", "Rejected", "RequestHeaders", "Routed"]
 
 log = logging.getLogger(__name__)
 reqlog = logging.getLogger("picker.requests")
@@ -66,7 +70,7 @@ class RequestHeaders:
     rewrite: str | None = None
     objective: str | None = None
     fairness_id: str | None = None
-    slo_ttft: str | None = None  # x-slo-ttft-ms / x-llm-d-slo-ttft-ms, as sent
+    slo_ttft: str | None = None  # x-slo-ttft-ms / x-llm-d-slo-ttft-ms as sent; flow control's EDF deadline
     slo_tpot: str | None = None
     selection: str | None = None  # test-epp-endpoint-selection (used only with the hooks on)
     content_length: int | None = None
@@ -130,6 +134,7 @@ class Director:
         is_ready=lambda: True,
         conformance_hooks: bool = False,
         destination_header_list: bool = False,
+        flow: FlowRunner | None = None,
     ) -> None:
         self.view = view
         self.state = view.state  # the pool state the view feeds: what admission and scheduling read
@@ -148,6 +153,10 @@ class Director:
         # Put the whole list in x-gateway-destination-endpoint, not only the choice.
         self.destination_header_list = destination_header_list
         self.inflight: dict[str, Inflight] = {}
+        # Flow control (picker.flow): between admission and scheduling; None = admit as before.
+        self.flow = flow
+        if flow is not None:
+            flow.finish, flow.fail, flow.abandon = self._flow_finish, self._flow_fail, self._flow_abandon
         # The "created" of /v1/models entries: a constant, so that every replica (each with
         # its own start time) gives the same answer for the same view.
         self.created = 0
@@ -244,7 +253,9 @@ class Director:
             log.exception("routing failed", extra={"request_id": hdr.request_id})
             return self.reject(500, "internal error in the endpoint picker", request_id=hdr.request_id)
 
-    def _route(self, hdr: RequestHeaders, body: bytes, subset: list[str] | None) -> Routed | Rejected:
+    def _route(
+        self, hdr: RequestHeaders, body: bytes, subset: list[str] | None
+    ) -> Routed | Rejected | Queued:
         # 1. resolve
         t0 = time.perf_counter()
         if len(body) > self.max_body_bytes:
@@ -291,6 +302,8 @@ class Director:
         s0 = time.perf_counter()
         state = self.state
         state.advance(now)
+        if self.flow is not None:  # 2-3. flow control: queue, then schedule at dispatch
+            return self._route_flow(info, req, res.target, len(body), hdr, body, t0, s0)
         # 2. admit
         rejection = self.admission.admit(info, state)
         # 3. schedule (only an admitted request)
@@ -310,13 +323,86 @@ class Director:
                 priority=priority,
             )
         # 4. account
-        out = req.with_model(res.target)
+        return self._routed(info, decision, req, res.target, decision_s, t0, now)
+
+    def _routed(
+        self,
+        info: RequestInfo,
+        decision: Decision,
+        req: ParsedRequest,
+        target: str,
+        decision_s: float,
+        t0: float,
+        now: float,
+    ) -> Routed:
+        out = req.with_model(target)
         destination = ",".join(decision.endpoints)
         inflight = self._assign(info, decision.endpoints[0], destination, now)
         inflight.decision_s = decision_s
-        inflight.fairness_id = fairness
+        inflight.fairness_id = info.fairness_id
         self.metrics.picker_cpu.observe(time.perf_counter() - t0)
-        return Routed(destination, out, inflight, req.model, res.target)
+        return Routed(destination, out, inflight, req.model, target)
+
+    # -- flow control (picker.flow) -----------------------------------------------------------
+    def _route_flow(
+        self,
+        info: RequestInfo,
+        req: ParsedRequest,
+        target: str,
+        size: int,
+        hdr: RequestHeaders,
+        body: bytes,
+        t0: float,
+        s0: float,
+    ) -> Routed | Rejected | Queued:
+        assert self.flow is not None
+        info.fairness_id = info.fairness_id or DEFAULT_FAIRNESS_ID
+        ctx = (req, target, hdr.request_id, t0)
+        out = self.flow.submit(info, size, ctx, body, slo_seconds(hdr.slo_ttft))
+        if isinstance(out, Queued):
+            return out
+        decision_s = time.perf_counter() - s0
+        self.metrics.decision(decision_s)
+        if out.ok:
+            return self._flow_finish(ctx, out, info, decision_s)
+        status = out.status if out.status in (429, 503) else 503
+        return self._flow_fail(ctx, status, out.reason, SATURATED if status == 429 else NO_ENDPOINTS, info)
+
+    def _flow_finish(
+        self, ctx: tuple, decision: Decision, info: RequestInfo, decision_s: float = 0.0
+    ) -> Routed:
+        """A request dispatched: account it now (the pump reads the count next)."""
+        req, target, _, t0 = ctx
+        routed = self._routed(info, decision, req, target, decision_s, t0, time.time())
+        assert self.flow is not None
+        self.flow.assigned(routed.inflight.address, _tokens(info))
+        return routed
+
+    def _flow_fail(
+        self, ctx: tuple, status: int, reason: str, dropped: str, info: RequestInfo | None = None
+    ) -> Rejected:
+        req, target, rid, _ = ctx
+        fairness, priority = (info.fairness_id, info.priority) if info is not None else ("", 0)
+        return self.reject(
+            status, reason, req.model, target, request_id=rid, dropped=dropped,
+            fairness_id=fairness, priority=priority,
+        )  # fmt: skip
+
+    def _flow_abandon(self, routed: Routed) -> None:
+        self.complete(routed.inflight, 499)
+
+    async def wait_queued(self, q: Queued) -> Routed | Rejected:
+        """The outcome of a queued request (the ext_proc stream awaits it)."""
+        try:
+            return await q.future
+        except Exception:
+            log.exception("flow control failed a queued request", extra={"request_id": q.context[2]})
+            return self._flow_fail(q.context, 500, "internal error in flow control", Dropped.INTERNAL)
+
+    def cancel_queued(self, q: Queued) -> None:
+        """The stream closed while the request waited: it leaves the queue now."""
+        if self.flow is not None:
+            self.flow.cancel(q)
 
     def _info(
         self,
@@ -467,6 +553,8 @@ class Director:
             )
         except Exception:
             log.exception("pool state on_completed failed", extra={"request_id": info.request_id})
+        if self.flow is not None:
+            self.flow.completed(info, inflight.address, _tokens(info), output_tokens, now)
         if self.sink is not None:
             try:
                 self.sink.on_local_completion(
@@ -512,6 +600,10 @@ class Director:
         """Shutdown: release whatever is still in flight."""
         for inflight in list(self.inflight.values()):
             self.complete(inflight, status)
+
+
+def _tokens(info: RequestInfo) -> int:
+    return info.prompt_tokens + max(0, info.expected_output_tokens)
 
 
 def new_request_id() -> str:

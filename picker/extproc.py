@@ -41,7 +41,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
-from .director import Answered, Director, Inflight, Rejected, RequestHeaders, Routed, new_request_id
+from .director import Answered, Director, Inflight, Queued, Rejected, RequestHeaders, Routed, new_request_id
 from .ids import bounded_request_id
 from .protocol import (
     CONFORMANCE_SELECTION,
@@ -222,6 +222,7 @@ class Exchange:
         "done_request",
         "hdr",
         "inflight",
+        "pending",
         "req_mode",
         "resp_mode",
         "resp_status",
@@ -249,6 +250,7 @@ class Exchange:
         self.rewriter: ResponseRewriter | None = None
         self.resp_status = 0
         self.served: str | None = None  # from the response metadata (conformance hooks)
+        self.pending: Queued | None = None  # waiting in flow control (the stream awaits it)
         if default_mode is not None:
             self.req_mode = self.resp_mode = default_mode
 
@@ -386,6 +388,10 @@ class Exchange:
         body = self.body_chunks[0] if len(self.body_chunks) == 1 else b"".join(self.body_chunks)
         self.body_chunks = []
         result = self.director.route(self.hdr, body, self.subset)
+        if isinstance(result, Queued):  # flow control: Process awaits it (resume)
+            result.body_ends = body_ends
+            self.pending = result
+            return []
         if isinstance(result, (Rejected, Answered)):
             return [immediate(result, self.hdr.request_id)]
         self.inflight = result.inflight
@@ -432,6 +438,18 @@ class Exchange:
         for start in range(0, max(n, 1), MAX_CHUNK):
             out.append(_streamed(body[start : start + MAX_CHUNK], body_ends and start + MAX_CHUNK >= n))
         return out
+
+    async def resume(self, out: list[ep.ProcessingResponse]) -> list[ep.ProcessingResponse]:
+        """A request queued by flow control: await its dispatch, answer it, then ``out``."""
+        q = self.pending
+        assert q is not None and self.hdr is not None
+        result = await self.director.wait_queued(q)
+        self.pending = None
+        if isinstance(result, Rejected):
+            return [immediate(result, self.hdr.request_id), *out]
+        self.inflight = result.inflight
+        self.routed = result
+        return [*self._answer_routed(result, q.body, q.body_ends), *out]
 
     # -- response ---------------------------------------------------------------------------
     def _response_headers(self, msg: ep.HttpHeaders) -> list[ep.ProcessingResponse]:
@@ -525,6 +543,9 @@ class Exchange:
     # -- end of stream ----------------------------------------------------------------------
     def close(self) -> None:
         """The gRPC stream ended: release the assignment if the response did not finish."""
+        if self.pending is not None:  # still queued: leave the flow-control queue now
+            self.director.cancel_queued(self.pending)
+            self.pending = None
         inflight = self.inflight
         if inflight is not None and not inflight.done:
             status = self.resp_status if self.resp_status else 499
@@ -552,6 +573,8 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
             async for req in request_iterator:
                 try:
                     out = ex.handle(req)
+                    if ex.pending is not None:
+                        out = await ex.resume(out)
                 except Exception:
                     log.exception(
                         "ext_proc message handling failed",

@@ -33,6 +33,7 @@ __all__ = [
     "MODEL_REWRITE",
     "OBJECTIVE",
     "REQUEST_ID",
+    "SLO_TTFT",
     "SUBSET_NAMESPACE",
     "Dropped",
 ]
@@ -56,7 +57,8 @@ REQUEST_ID = "x-request-id"
 OBJECTIVE = ("x-llm-d-inference-objective", "x-gateway-inference-objective")
 FAIRNESS_ID = ("x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id")
 MODEL_REWRITE = ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite")
-# Latency objectives in milliseconds (picker/latency/README.md); llm-d's names first.
+# Latency objectives in milliseconds (picker/latency/README.md; TTFT is also flow control's
+# EDF deadline); llm-d's names first.
 SLO_TTFT = ("x-llm-d-slo-ttft-ms", "x-slo-ttft-ms")
 SLO_TPOT = ("x-llm-d-slo-tpot-ms", "x-slo-tpot-ms")
 # The flow a request without a fairness id belongs to (upstream's value).
@@ -71,6 +73,7 @@ class Dropped:
 
     SATURATED = "rejected-saturated"  # 429: shed under load
     NO_ENDPOINTS = "rejected-no-endpoints"  # 503: no candidate endpoint
+    TTL_EXPIRED = "rejected-ttl-expired"  # 429: queued in flow control past its TTL
     INTERNAL = "rejected-internal"  # 500
     # InferGate's: the request itself is wrong, or the picker cannot route yet.
     BAD_REQUEST = "rejected-bad-request"  # 400 / 413

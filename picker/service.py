@@ -44,6 +44,7 @@ from shared.service import Supervisor
 from .config import PickerConfig
 from .director import Director
 from .extproc import ExtProcServicer
+from .flow.service import build_flow
 from .hooks import EventSink
 from .kvfeed import KVFeed, KVIndexCollector, attach_precise, precise_scorers
 from .latency.metrics import register_latency_metrics
@@ -62,6 +63,11 @@ log = logging.getLogger(__name__)
 
 # Services that follow readiness; liveness follows the process.
 _READY_SERVICES = ("", HEALTH_READINESS, EXT_PROC_SERVICE)
+
+
+def _replica_of(cfg: PickerConfig) -> str:
+    sharing = cfg.sharing
+    return sharing.replica if sharing is not None and getattr(sharing, "replica", "") else cfg.replica_name
 
 
 def make_profile(profile: str, config_path: str | None = None) -> Profile:
@@ -96,6 +102,8 @@ class Picker:
             cfg.pool_namespace, cfg.pool_name, self.state, staleness=cfg.metrics_staleness_threshold
         )
         self.models = ModelTable([], cfg.pool_name, cfg.unknown_model_policy)
+        # Flow control (picker.flow): None unless the profile or --flow-control turns it on.
+        self.flow = build_flow(cfg, self.profile, self.registry, _replica_of(cfg))
         self.director = Director(
             view=self.view,
             admission=self.profile.admission,
@@ -109,6 +117,7 @@ class Picker:
             is_ready=self.is_ready,
             conformance_hooks=cfg.conformance_test_hooks,
             destination_header_list=cfg.destination_header_list,
+            flow=self.flow.runner if self.flow is not None else None,
         )
         self.metrics.add_pool_collector(cfg.pool_name, self.view.stats, self._view_counters, self.view.list)
         self.metrics.add_tables(self.state, self.director)
@@ -254,6 +263,8 @@ class Picker:
         if not isinstance(self.source, StaticSource):
             self.supervisor.spawn("config", self.source.run)
         self.supervisor.spawn("health", self._health_loop)
+        if self.flow is not None:
+            self.flow.start(self.supervisor)
         log.info(
             "picker started",
             extra={
@@ -285,6 +296,9 @@ class Picker:
         self.sharing.start(self.supervisor)
         if not self._explicit_sink:
             self.sink = self.sharing.sink
+        if self.flow is not None:  # pool-wide flow control rides on the same connection
+            bus = self.feed.bus
+            self.flow.start_pool(bus, bus.subjects, cfg.pool_namespace, cfg.pool_name, self.supervisor)
         log.info("peer sharing started", extra={"replica": cfg.sharing.replica})
 
     async def _wire_kv(self) -> None:

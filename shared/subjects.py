@@ -6,6 +6,7 @@ Layout, with the default prefix ``infergate``::
     infergate.<namespace>.<pool>.ev.<replica>            picker assignment/completion batches
     infergate.<namespace>.<pool>.kv.<pod>.<port>        KV-cache block deltas (shared.kvevents)
     infergate.<namespace>.<pool>.kvd.<pod>.<port>       KV-cache digests (last value kept)
+    infergate.<namespace>.<pool>.fc.<replica>            flow control: a replica's demand, flow service
 
 Tokens are escaped so that any Kubernetes name is a single, reversible NATS token
 (pod names may contain dots, which NATS uses as its separator).
@@ -72,6 +73,26 @@ class Subjects:
 
     def events_of_pool(self, namespace: str, pool: str) -> str:
         return f"{self.prefix}.{token(namespace)}.{token(pool)}.ev.*"
+
+    def flow(self, namespace: str, pool: str, replica: str) -> str:
+        """Flow control's per-replica demand and flow service (picker.flow.pool)."""
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.fc.{token(replica)}"
+
+    def flow_of_pool(self, namespace: str, pool: str) -> str:
+        return f"{self.prefix}.{token(namespace)}.{token(pool)}.fc.*"
+
+    def all_flows(self) -> str:
+        return f"{self.prefix}.*.*.fc.*"
+
+    def parse_flow(self, subject: str) -> tuple[str, str, str] | None:
+        """(namespace, pool, replica) of a flow-control subject; None for anything else."""
+        head = self.prefix + "."
+        if not subject.startswith(head):
+            return None
+        parts = subject[len(head) :].split(".")
+        if len(parts) != 4 or parts[2] != "fc":
+            return None
+        return untoken(parts[0]), untoken(parts[1]), untoken(parts[3])
 
     def all_events(self) -> str:
         return f"{self.prefix}.*.*.ev.*"

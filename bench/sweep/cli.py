@@ -8,6 +8,8 @@ Experiments (``--experiment``):
   sheds under saturation), ``prefix`` (the shared-prefix workload, at lower QPS: its
   2,304-token prompts saturate the pool near 60-80 QPS) and ``lora`` (12 adapters, Zipf
   popularity, ``max_loras`` 4). Writes ``seed.md``, PNG plots and ``seed.json``.
+* ``flow-control`` - priority bands, fairness and replicas with flow control
+  (bench/sweep/flow_control.py); writes ``flow-control.md`` and ``flow-control.json``.
 * ``replicas`` - 1, 2 and 4 picker replicas, with and without the shared view, for
   ``default`` and ``gie-v1``, on ``sharegpt`` and ``prefix`` at a mid and a high point.
   Writes ``replicas.md`` and ``replicas.json``.
@@ -53,7 +55,9 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument(
-        "--experiment", choices=("seed", "replicas", "all", "precise-prefix", "hetero"), default="seed"
+        "--experiment",
+        choices=("seed", "replicas", "all", "precise-prefix", "hetero", "flow-control"),
+        default="seed",
     )
     ap.add_argument("--quick", action="store_true", help="a short smoke version (few points, 15 s windows)")
     ap.add_argument(
@@ -175,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import precise_prefix
 
         written.append(precise_prefix.run(args, command, digest))
+    if args.experiment == "flow-control":  # bench/sweep/flow_control.py
+        from .flow_control import run as run_flow_control
+
+        written += run_flow_control(args, command)
     if args.experiment in ("replicas", "all"):
         jobs = replica_jobs(args)
         print(f"replicas experiment: {len(jobs)} points on {args.jobs} processes", file=sys.stderr)

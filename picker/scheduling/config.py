@@ -282,6 +282,9 @@ def _build(profile: ProfileSpec, rng: random.Random) -> Profile:
     require_served = p.boolean("require_served_model", True)
     default_out = p.integer("default_output_tokens", 200, lo=0)
     max_candidates = p.integer("max_candidates", 0, lo=0)
+    from picker.flow.config import parse_flow_config  # here: picker.flow imports this package
+
+    flow = parse_flow_config(p.raw("flow_control"), p.field("flow_control"))
     p.done()
     on_error = ErrorLog()
 
@@ -321,4 +324,4 @@ def _build(profile: ProfileSpec, rng: random.Random) -> Profile:
         rng=rng,
         on_error=on_error,
     )
-    return Profile(profile.name, state, SheddingAdmission(shed, profile=profile.name), scheduler)
+    return Profile(profile.name, state, SheddingAdmission(shed, profile=profile.name), scheduler, flow)

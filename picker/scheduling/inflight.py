@@ -91,6 +91,9 @@ class InflightTracker:
         self._pending: dict[str, deque[_Entry]] = {}  # extra entries per endpoint, by time
         self._snap_ts: dict[str, float] = {}  # newest snapshot time seen per endpoint
         self._expiry: deque[_Entry] = deque()
+        # Every open request per endpoint, reflected in its metrics or not (flow control's
+        # concurrency detector reads it; peers' assignments count too).
+        self._live: dict[str, Load] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -105,6 +108,13 @@ class InflightTracker:
         load = self._loads.get(address)
         if load is None:
             load = self._loads[address] = Load()
+        return load
+
+    def live(self, address: str) -> Load:
+        """Open requests (and their tokens) on ``address``, from every replica."""
+        load = self._live.get(address)
+        if load is None:
+            load = self._live[address] = Load()
         return load
 
     def assign(self, request_id: str, address: str, tokens: int, now: float, replica: str = "") -> None:
@@ -125,6 +135,9 @@ class InflightTracker:
         entry = _Entry(key, address, now, tokens)
         self._entries[key] = entry
         self._expiry.append(entry)
+        live = self.live(address)
+        live.n += 1
+        live.tokens += tokens
         if now <= self._snap_ts.get(address, float("-inf")) - self.propagation:
             return  # a newer snapshot already counts it
         entry.extra = True
@@ -205,6 +218,10 @@ class InflightTracker:
 
     def _release(self, entry: _Entry) -> None:
         entry.live = False
+        live = self._live.get(entry.address)
+        if live is not None:
+            live.n -= 1
+            live.tokens -= entry.tokens
         if entry.extra:
             entry.extra = False
             load = self._loads.get(entry.address)

@@ -10,6 +10,7 @@ director calls the steps one by one (resolve -> admit -> schedule -> account);
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .api import Admission, Decision, RequestInfo, Scheduler
 from .pool import PoolState
@@ -23,6 +24,7 @@ class Profile:
     state: PoolState
     admission: Admission
     scheduler: Scheduler
+    flow: Any = None  # picker.flow.config.FlowConfig: the profile's flow_control block
 
     def decide(self, request: RequestInfo, now: float) -> Decision:
         """Advance the state's clock to ``now``, admit, schedule. Accounting is the caller's."""
