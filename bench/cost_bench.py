@@ -147,7 +147,9 @@ async def measure(args: argparse.Namespace) -> Report:
 
         work = items(int(args.qps * args.duration * 2) + 10, args.prompt_tokens, args.max_tokens, seed=3)
         rep.loadavg.append(("InferGate load start", loadavg()[0]))
-        rep.load_ig = await _load(stack.gateway_url, work, args.qps, args.duration, CpuMeter({**pids, **rr_pids}))
+        rep.load_ig = await _load(
+            stack.gateway_url, work, args.qps, args.duration, CpuMeter({**pids, **rr_pids})
+        )
         await asyncio.sleep(2.0)
         rep.loadavg.append(("round-robin load start", loadavg()[0]))
         rep.load_rr = await _load(
@@ -164,7 +166,9 @@ async def measure(args: argparse.Namespace) -> Report:
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        )
         dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=False)
         return out.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
     except OSError:
