@@ -191,7 +191,8 @@ def format_report(rep: Report) -> str:
         f"{rep.load_ig.output_tokens / max(1, rep.load_ig.ok):.0f} output tokens (= SSE chunks) per request",
         "load average (1 min): " + ", ".join(f"{k} {v:.1f}" for k, v in rep.loadavg),
         "",
-        "| process | fixed (cores at idle) | InferGate marginal CPU s / 1k req | InferGate total CPU s / 1k req |",
+        "| process | fixed (cores at idle) | InferGate marginal CPU s / 1k req "
+        "| InferGate total CPU s / 1k req |",
         "|---|---|---|---|",
     ]
     for k in IG_PROCS:
