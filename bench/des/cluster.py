@@ -62,6 +62,7 @@ from sim.engine import Engine, EngineConfig, SimRequest
 from sim.workloads import percentile, poisson_arrivals
 
 from .oracle import PREFILL_WEIGHT, OracleScheduler, cached_prefix_tokens
+from .picker_cpu import PickerCores, PickerCpu
 from .workload import Sampler, WorkloadSpec
 
 POLICIES = ("round-robin", "random", "gie-v0", "gie-v1", "default", "oracle")
@@ -71,7 +72,7 @@ NAMESPACE, POOL = "bench", "pool"
 WATCH_INTERVAL_S = 0.1  # the sharing layer's liveness watch period
 
 # event kinds (ints: cheap to compare in heap tuples)
-ARRIVAL, STEP_END, WAKE, SCRAPE, DELIVER, FLUSH, WATCH = range(7)
+ARRIVAL, STEP_END, WAKE, SCRAPE, DELIVER, FLUSH, WATCH, DECIDE = range(8)
 
 
 def des_sharing() -> SharingSettings:
@@ -104,10 +105,13 @@ class DESConfig:
     # A parsed scheduling config (the profiles.yaml mapping); None = the built-in file, read
     # when the point starts. A sweep passes one snapshot so every point measures the same profiles.
     scheduler_config: dict[str, Any] | None = None
+    # The picker replicas' own CPU (bench/des/picker_cpu.py); the default charges nothing.
+    picker_cpu: PickerCpu = field(default_factory=PickerCpu)
 
     def label(self) -> dict[str, Any]:
         d = asdict(self)
         d["workload"] = self.workload.name
+        d.pop("picker_cpu")  # its name is in the PointResult
         d.pop("engine")
         d.pop("scheduler_config")
         d.pop("sharing")
@@ -142,6 +146,10 @@ class PointResult:
     wall_s: float = 0.0
     cpu_s: float = 0.0  # process CPU time: what the point costs on an idle core
     events: int = 0
+    picker_cpu: str = "free"  # the picker CPU model (bench/des/picker_cpu.py)
+    picker_wait_p50: float = 0.0  # arrival -> decided on its replica's core, s
+    picker_wait_p90: float = 0.0
+    picker_util: float = 0.0  # the busiest replica core's demand / the arrivals' span (> 1: overloaded)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -217,6 +225,8 @@ class Cluster:
             self._publish_snapshot(a, -cfg.metrics_delay_s)
         self.shared = cfg.shared_view and cfg.picker_replicas > 1
         self.pickers = [self._make_replica(p) for p in range(cfg.picker_replicas)]
+        self.cores = PickerCores(cfg.picker_cpu, cfg.picker_replicas) if cfg.picker_cpu.enabled else None
+        self.deciding = 0  # measured requests queued for their replica's core
 
     def _make_replica(self, p: int) -> Replica:
         profile = self._make_profile(p)
@@ -353,11 +363,11 @@ class Cluster:
         cfg = self.cfg
         t_lo, t_hi = cfg.warmup_s, cfg.warmup_s + cfg.duration_s
         for r in finished:
-            info, p, measured = r.ctx
+            info, p, measured, t0 = r.ctx  # t0: the arrival at the picker (before any wait for its core)
             if t_lo <= r.t_finished < t_hi:
                 self.window_tokens += r.max_tokens
             if measured:
-                self.records.append((r.t_first_token - r.arrival, r.t_finished - r.arrival, r.max_tokens))
+                self.records.append((r.t_first_token - t0, r.t_finished - t0, r.max_tokens))
                 self.open_measured -= 1
                 if r.t_finished > self.last_finish:
                     self.last_finish = r.t_finished
@@ -365,8 +375,8 @@ class Cluster:
             pk.profile.state.on_completed(info.request_id, now, replica=pk.name)
             if pk.batcher is not None:
                 pk.batcher.on_local_completion(
-                    info, address, 200, r.prompt_tokens, r.max_tokens, r.t_finished - r.arrival,
-                    r.t_first_token - r.arrival, now,
+                    info, address, 200, r.prompt_tokens, r.max_tokens, r.t_finished - t0,
+                    r.t_first_token - t0, now,
                 )  # fmt: skip
 
     def _on_step_end(self, address: str, res: Any, now: float) -> None:
@@ -375,6 +385,8 @@ class Cluster:
             res.num_decode + len(res.first_token) + PREFILL_WEIGHT * (res.tokens - res.num_decode)
         )
         self.work[address] = w if eng.num_requests and w > 0.0 else 0.0
+        if self.cores is not None:  # the streamed tokens' ext_proc round trips
+            self.cores.on_tokens(now, res.num_decode + len(res.first_token))
         self._finish(address, res.finished, now)
         self._busy[address] = False
         self._kick(address, now)
@@ -391,7 +403,6 @@ class Cluster:
             self._rr += 1
         else:
             p = self._rng_spread.randrange(len(self.pickers))
-        pk = self.pickers[p]
         rid = f"r{self._seq}"
         info = RequestInfo(
             request_id=rid,
@@ -402,6 +413,17 @@ class Cluster:
             prefix_hashes=item.block_hashes,
             expected_output_tokens=item.output_tokens,
         )
+        if self.cores is not None:
+            at = self.cores.decide_at(p, now)
+            if at > now:  # decided once the replica's core gets to it
+                self.deciding += measured
+                self._push(at, DECIDE, (p, info, item, measured, now))
+                return
+        self._decide(p, info, item, measured, now, now)
+
+    def _decide(self, p: int, info: RequestInfo, item: Any, measured: bool, t0: float, now: float) -> None:
+        pk = self.pickers[p]
+        rid = info.request_id
         decision = pk.profile.decide(info, now)  # admit, then schedule
         if not decision.ok:
             self.shed += measured
@@ -414,7 +436,7 @@ class Cluster:
         cached = cached_prefix_tokens(eng, item.block_hashes) if self.is_oracle else 0
         self.work[address] += PREFILL_WEIGHT * (item.prompt_tokens - cached) + item.output_tokens
         req = SimRequest(rid, item.prompt_tokens, item.output_tokens, item.block_hashes, item.lora)
-        req.ctx = (info, p, measured)
+        req.ctx = (info, p, measured, t0)
         eng.add(req, now)
         if measured:
             self.open_measured += 1
@@ -476,7 +498,10 @@ class Cluster:
             elif kind == WATCH:
                 a.listener.check_peers(t)
                 self._push(t + WATCH_INTERVAL_S, WATCH, a)
-            if stopped and self.open_measured <= 0:
+            elif kind == DECIDE:
+                self.deciding -= a[3]
+                self._decide(*a, t)
+            if stopped and self.open_measured <= 0 and self.deciding <= 0:
                 break
             if t > deadline:
                 break
@@ -503,7 +528,7 @@ class Cluster:
             arrived=self.arrived,
             served=len(recs),
             shed=self.shed,
-            unfinished=max(0, self.open_measured),
+            unfinished=max(0, self.open_measured) + max(0, self.deciding),
             output_tokens=out,
             tok_per_min=out / span * 60.0 if span > 0 else 0.0,
             window_tok_per_min=self.window_tokens / cfg.duration_s * 60.0,
@@ -518,6 +543,10 @@ class Cluster:
             virtual_s=self.now,
             wall_s=wall,
             events=events,
+            picker_cpu=cfg.picker_cpu.name,
+            picker_wait_p50=percentile(self.cores.waits, 50) if self.cores else 0.0,
+            picker_wait_p90=percentile(self.cores.waits, 90) if self.cores else 0.0,
+            picker_util=self.cores.utilization(cfg.warmup_s + cfg.duration_s) if self.cores else 0.0,
         )
 
 
