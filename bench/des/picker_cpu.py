@@ -36,13 +36,15 @@ class PickerCpu:
         return self.decision_s > 0.0 or self.per_token_s > 0.0
 
 
-# bench/results/picker-extproc.md (this branch's run, concurrency 32, request log on as in
-# production): one full exchange with a JSON response, and the increment per SSE event of
-# a streamed response over it.
+# bench/results/picker-extproc.md, concurrency 32, request log on (the production default):
+# one full exchange with a JSON response (the seed experiment's responses are not
+# streamed) is 743 us of the picker process's CPU, the quiet-machine run; a streamed
+# response adds 0.082 of that per SSE event (186 us per event against 2,260 us per JSON
+# exchange, both from this branch's run on the loaded machine), i.e. 61 us per token.
 MEASURED = {
     "free": PickerCpu(0.0, 0.0, "free"),
-    "decision": PickerCpu(950e-6, 0.0, "decision"),
-    "decision+stream": PickerCpu(950e-6, 95e-6, "decision+stream"),
+    "decision": PickerCpu(743e-6, 0.0, "decision"),
+    "decision+stream": PickerCpu(743e-6, 61e-6, "decision+stream"),
 }
 
 
