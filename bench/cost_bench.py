@@ -55,6 +55,7 @@ class Phase:
     ok: int = 0
     sent: int = 0
     output_tokens: int = 0
+    ext_proc_msgs: float = 0.0  # Envoy -> picker messages during the phase (Envoy's own counter)
 
 
 @dataclass
@@ -91,7 +92,24 @@ def items(n: int, prompt_tokens: int, max_tokens: int, seed: int) -> list[LoadIt
     return [LoadItem(text_for_tokens(prompt_tokens, seed=rng.getrandbits(64)), max_tokens) for _ in range(n)]
 
 
-async def _load(url: str, work: list[LoadItem], qps: float, duration: float, meter: CpuMeter) -> Phase:
+async def ext_proc_sent(envoy: EnvoyProcess | None) -> float:
+    """Envoy's ``ext_proc...stream_msgs_sent`` summed (0 without an ext_proc filter)."""
+    if envoy is None:
+        return 0.0
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{envoy.admin_url}/stats?filter=ext_proc.*stream_msgs_sent") as resp,
+    ):
+        text = await resp.text()
+    return sum(float(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line)
+
+
+async def _load(
+    url: str, work: list[LoadItem], qps: float, duration: float, meter: CpuMeter, envoy: EnvoyProcess | None
+) -> Phase:
+    msgs0 = await ext_proc_sent(envoy)
     meter.start()
     t0 = time.monotonic()
     res = await run_load(url, list(work), qps, duration, stream=True, model=BASE_MODEL, seed=1)
@@ -99,7 +117,10 @@ async def _load(url: str, work: list[LoadItem], qps: float, duration: float, met
     cpu = meter.stop()
     s = res.summary()
     ok = [r for r in res.records if r.ok]
-    return Phase("load", wall, dict(cpu), int(s["ok"]), int(s["sent"]), sum(r.output_tokens for r in ok))
+    msgs = await ext_proc_sent(envoy) - msgs0
+    return Phase(
+        "load", wall, dict(cpu), int(s["ok"]), int(s["sent"]), sum(r.output_tokens for r in ok), msgs
+    )
 
 
 async def _ttft_probe(urls: dict[str, str], rounds: int, max_tokens: int) -> dict[str, list[float]]:
@@ -148,12 +169,12 @@ async def measure(args: argparse.Namespace) -> Report:
         work = items(int(args.qps * args.duration * 2) + 10, args.prompt_tokens, args.max_tokens, seed=3)
         rep.loadavg.append(("InferGate load start", loadavg()[0]))
         rep.load_ig = await _load(
-            stack.gateway_url, work, args.qps, args.duration, CpuMeter({**pids, **rr_pids})
+            stack.gateway_url, work, args.qps, args.duration, CpuMeter({**pids, **rr_pids}), envoy
         )
         await asyncio.sleep(2.0)
         rep.loadavg.append(("round-robin load start", loadavg()[0]))
         rep.load_rr = await _load(
-            stack.round_robin_url, work, args.qps, args.duration, CpuMeter({**pids, **rr_pids})
+            stack.round_robin_url, work, args.qps, args.duration, CpuMeter({**pids, **rr_pids}), None
         )
         rep.loadavg.append(("latency probe start", loadavg()[0]))
         probe = await _ttft_probe(
@@ -183,12 +204,16 @@ def format_report(rep: Report) -> str:
     m_rr = rep.marginal_per_1k(rep.load_rr)
     t_rr = rep.total_per_1k(rep.load_rr)
     a = rep.args
+    msgs_per_req = rep.load_ig.ext_proc_msgs / max(1, rep.load_ig.ok)
+    per_msg_us = sum(m_ig.get(k, 0) for k in IG_PROCS) / 1000 / max(1.0, msgs_per_req) * 1e6
     lines = [
         f"commit {_commit()}; python {platform.python_version()}; {os.cpu_count()} cores (shared); "
         f"response body mode {a.get('response_body_mode') or 'default'}; time scale {a['time_scale']}",
         f"load: {rep.load_ig.ok}/{rep.load_ig.sent} ok through InferGate in {rep.load_ig.wall_s:.1f} s, "
         f"{rep.load_rr.ok}/{rep.load_rr.sent} through round-robin in {rep.load_rr.wall_s:.1f} s; "
-        f"{rep.load_ig.output_tokens / max(1, rep.load_ig.ok):.0f} output tokens (= SSE chunks) per request",
+        f"{rep.load_ig.output_tokens / max(1, rep.load_ig.ok):.0f} output tokens (SSE events) per request",
+        f"ext_proc messages Envoy -> picker per request: {msgs_per_req:.1f}"
+        f" (InferGate marginal: {per_msg_us:.0f} us of CPU per message, all processes)",
         "load average (1 min): " + ", ".join(f"{k} {v:.1f}" for k, v in rep.loadavg),
         "",
         "| process | fixed (cores at idle) | InferGate marginal CPU s / 1k req "
