@@ -82,8 +82,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     cfgs = jobs(args)
+    results = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(run_point, cfgs))
+        for cfg, r in zip(cfgs, pool.map(run_point, cfgs), strict=True):
+            results.append(r)
+            print(table([(cfg, r)]).splitlines()[-1], file=sys.stderr, flush=True)  # progress
     rows = list(zip(cfgs, results, strict=True))
     print(table(rows))
     if args.out is not None:
