@@ -27,6 +27,8 @@ pure function of its seed):
 * **flush** - a replica's batcher is due (its linger, or a heartbeat when idle);
 * **watch** - every 0.1 s each replica's listener checks its peers and tells its
   pool state its rank and unseen estimate, as the sharing layer's liveness watch does.
+* **decide** - with a picker CPU model (``DESConfig.picker_cpu``, bench/des/picker_cpu.py)
+  an arrival waits for its replica's core and is decided at this event instead.
 
 So schedulers always decide from metrics between ``metrics_delay_s`` and
 ``scrape_interval_s + metrics_delay_s`` old, as in the real deployment. ``share_delay_s``
