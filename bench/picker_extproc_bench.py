@@ -57,6 +57,24 @@ RESPONSE = json.dumps(
 ).encode()
 
 
+def sse_chunks(n: int) -> list[bytes]:
+    """A streamed chat response as the server sends it: one SSE event per token, then usage, [DONE]."""
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "llama-2-7b"}
+    out = [
+        b"data: "
+        + json.dumps(
+            {**head, "choices": [{"index": 0, "delta": {"content": f" tok{i}"}, "finish_reason": None}]}
+        ).encode()
+        + b"\n\n"
+        for i in range(n)
+    ]
+    usage = {"prompt_tokens": 520, "completion_tokens": n, "total_tokens": 520 + n}
+    out.append(
+        b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode() + b"\n\ndata: [DONE]\n\n"
+    )
+    return out
+
+
 # -- servers ---------------------------------------------------------------------------------
 async def serve_echo(port: int) -> None:
     from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
@@ -146,7 +164,7 @@ async def serve_picker(port: int, request_log: bool) -> None:
 
 
 # -- client ----------------------------------------------------------------------------------
-async def one_request(ch: grpc.aio.Channel, mode: str) -> None:
+async def one_request(ch: grpc.aio.Channel, mode: str, sse: list[bytes] | None = None) -> None:
     s = EnvoyStream(ch, mode).open()
     s.request_headers(headers={"x-request-id": os.urandom(8).hex()})
     buffered = mode == "BUFFERED"
@@ -165,10 +183,18 @@ async def one_request(ch: grpc.aio.Channel, mode: str) -> None:
                 or b.request_body.response.body_mutation.WhichOneof("mutation") != "streamed_response"
             ):
                 break
-    s.response_headers()
-    await s.recv()
-    s.response_body(RESPONSE, True)
-    await s.recv()
+    if sse is None:
+        s.response_headers()
+        await s.recv()
+        s.response_body(RESPONSE, True)
+        await s.recv()
+    else:  # one message and one answer per SSE event, as Envoy streams a response
+        s.response_headers(content_type="text/event-stream")
+        await s.recv()
+        last = len(sse) - 1
+        for i, chunk in enumerate(sse):
+            s.response_body(chunk, i == last)
+            await s.recv()
     await s.close()
 
 
@@ -256,10 +282,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(port: int, pid: int, mode: str, concurrency: int, n: int) -> dict[str, float]:
+async def drive(
+    port: int, pid: int, mode: str, concurrency: int, n: int, sse: list[bytes] | None = None
+) -> dict[str, float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         for _ in range(50):  # warm up
-            await one_request(ch, mode)
+            await one_request(ch, mode, sse)
         remaining = n
         lat: list[float] = []
 
@@ -268,7 +296,7 @@ async def drive(port: int, pid: int, mode: str, concurrency: int, n: int) -> dic
             while remaining > 0:
                 remaining -= 1
                 t = time.perf_counter()
-                await one_request(ch, mode)
+                await one_request(ch, mode, sse)
                 lat.append(time.perf_counter() - t)
 
         cpu0, t0 = cpu_seconds(pid), time.perf_counter()
@@ -296,7 +324,9 @@ async def start_server(kind: str, port: int, request_log: bool = False) -> async
     return proc
 
 
-async def bench(n: int, repeat: int = 1) -> list[tuple[str, str, int, dict[str, float]]]:
+async def bench(
+    n: int, repeat: int = 1, chunks: int = 128, stream_only: bool = False
+) -> list[tuple[str, str, int, dict[str, float]]]:
     """Every point, every server, interleaved ``repeat`` times; the best run of each is kept.
 
     The servers run side by side and take turns, so a burst of other load on a shared
@@ -309,7 +339,14 @@ async def bench(n: int, repeat: int = 1) -> list[tuple[str, str, int, dict[str, 
         ("picker", "FULL_DUPLEX_STREAMED", False),
         ("picker", "BUFFERED", False),
         ("picker+log", "FULL_DUPLEX_STREAMED", True),
+        # a streamed (SSE) response of ``chunks`` events: one round trip per event
+        ("echo", "FULL_DUPLEX_STREAMED+sse", False),
+        ("picker", "FULL_DUPLEX_STREAMED+sse", False),
+        ("picker+log", "FULL_DUPLEX_STREAMED+sse", True),
     ]
+    if stream_only:
+        points = [pt for pt in points if pt[1].endswith("+sse") or pt[0] == "picker+log"]
+    sse = sse_chunks(chunks)
     servers: dict[str, tuple[int, asyncio.subprocess.Process]] = {}
     try:
         for kind in ("echo", "picker", "picker+log"):
@@ -320,7 +357,11 @@ async def bench(n: int, repeat: int = 1) -> list[tuple[str, str, int, dict[str, 
             for conc in (1, 32):
                 for kind, mode, _log in points:
                     port, proc = servers[kind]
-                    r = await drive(port, proc.pid, mode, conc, n)
+                    streamed = mode.endswith("+sse")
+                    r = await drive(
+                        port, proc.pid, mode.removesuffix("+sse"), conc, max(20, n // 10) if streamed else n,
+                        sse if streamed else None,
+                    )  # fmt: skip
                     key = (kind, mode, conc)
                     old = best.get(key)
                     if old is None or r["cpu_us"] < old["cpu_us"]:
@@ -354,6 +395,10 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--repeat", type=int, default=3, help="runs per point; the best one is reported")
     ap.add_argument("--quick", action="store_true", help="500 requests per point, one run")
+    ap.add_argument("--chunks", type=int, default=128, help="SSE events of the streamed-response points")
+    ap.add_argument(
+        "--stream-only", action="store_true", help="only the streamed-response points (and picker+log JSON)"
+    )
     args = ap.parse_args()
     if args.serve:
         import uvloop  # both servers on uvloop, as `shared.service.run` does in production
@@ -373,14 +418,20 @@ def main() -> int:
     )
     own = in_process()
     print(f"in-process picker logic (no gRPC): {own:.0f} us CPU per request", flush=True)
-    rows = asyncio.run(bench(n, repeat))
-    floor = {(c): r["cpu_us"] for k, m, c, r in rows if k == "echo"}
+    rows = asyncio.run(bench(n, repeat, args.chunks, args.stream_only))
+    floor = {(m, c): r["cpu_us"] for k, m, c, r in rows if k == "echo"}
     print("\nratio of server CPU per request to the gRPC floor (echo):")
     for kind, mode, conc, r in rows:
-        if kind != "echo":
+        f = floor.get((mode, conc)) or floor.get(("FULL_DUPLEX_STREAMED", conc))
+        if kind != "echo" and f:
+            print(f"  {kind:11s} {mode:25s} c={conc:<3d} {r['cpu_us'] / f:.2f}x (+{r['cpu_us'] - f:.0f} us)")
+    json_cost = {(k, c): r["cpu_us"] for k, m, c, r in rows if m == "FULL_DUPLEX_STREAMED"}
+    print(f"\nper SSE event ({args.chunks} events + usage/[DONE] per streamed response):")
+    for kind, mode, conc, r in rows:
+        if mode.endswith("+sse") and (kind, conc) in json_cost:
+            per = (r["cpu_us"] - json_cost[(kind, conc)]) / (args.chunks + 1)
             print(
-                f"  {kind:11s} {mode:21s} c={conc:<3d} {r['cpu_us'] / floor[conc]:.2f}x "
-                f"(+{r['cpu_us'] - floor[conc]:.0f} us)"
+                f"  {kind:11s} c={conc:<3d} {r['cpu_us']:8.0f} us/request, {per:.0f} us per event over JSON"
             )
     return 0
 

@@ -27,6 +27,8 @@ pure function of its seed):
 * **flush** - a replica's batcher is due (its linger, or a heartbeat when idle);
 * **watch** - every 0.1 s each replica's listener checks its peers and tells its
   pool state its rank and unseen estimate, as the sharing layer's liveness watch does.
+* **decide** - with a picker CPU model (``DESConfig.picker_cpu``, bench/des/picker_cpu.py)
+  an arrival waits for its replica's core and is decided at this event instead.
 
 So schedulers always decide from metrics between ``metrics_delay_s`` and
 ``scrape_interval_s + metrics_delay_s`` old, as in the real deployment. ``share_delay_s``
@@ -62,6 +64,7 @@ from sim.engine import Engine, EngineConfig, SimRequest
 from sim.workloads import percentile, poisson_arrivals
 
 from .oracle import PREFILL_WEIGHT, OracleScheduler, cached_prefix_tokens
+from .picker_cpu import PickerCores, PickerCpu
 from .workload import Sampler, WorkloadSpec
 
 POLICIES = ("round-robin", "random", "gie-v0", "gie-v1", "default", "oracle")
@@ -74,7 +77,7 @@ NAMESPACE, POOL = "bench", "pool"
 WATCH_INTERVAL_S = 0.1  # the sharing layer's liveness watch period
 
 # event kinds (ints: cheap to compare in heap tuples)
-ARRIVAL, STEP_END, WAKE, SCRAPE, DELIVER, FLUSH, WATCH = range(7)
+ARRIVAL, STEP_END, WAKE, SCRAPE, DELIVER, FLUSH, WATCH, DECIDE = range(8)
 
 
 def des_sharing() -> SharingSettings:
@@ -107,10 +110,13 @@ class DESConfig:
     # A parsed scheduling config (the profiles.yaml mapping); None = the built-in file, read
     # when the point starts. A sweep passes one snapshot so every point measures the same profiles.
     scheduler_config: dict[str, Any] | None = None
+    # The picker replicas' own CPU (bench/des/picker_cpu.py); the default charges nothing.
+    picker_cpu: PickerCpu = field(default_factory=PickerCpu)
 
     def label(self) -> dict[str, Any]:
         d = asdict(self)
         d["workload"] = self.workload.name
+        d.pop("picker_cpu")  # its name is in the PointResult
         d.pop("engine")
         d.pop("scheduler_config")
         d.pop("sharing")
@@ -145,6 +151,10 @@ class PointResult:
     wall_s: float = 0.0
     cpu_s: float = 0.0  # process CPU time: what the point costs on an idle core
     events: int = 0
+    picker_cpu: str = "free"  # the picker CPU model (bench/des/picker_cpu.py)
+    picker_wait_p50: float = 0.0  # arrival -> decided on its replica's core, s
+    picker_wait_p90: float = 0.0
+    picker_util: float = 0.0  # the busiest replica core's demand / the arrivals' span (> 1: overloaded)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -225,6 +235,8 @@ class Cluster:
             from .kvprecise import KVEventsModel
 
             self.kv = KVEventsModel(self, NAMESPACE, POOL)
+        self.cores = PickerCores(cfg.picker_cpu, cfg.picker_replicas) if cfg.picker_cpu.enabled else None
+        self.deciding = 0  # measured requests queued for their replica's core
 
     def _make_replica(self, p: int) -> Replica:
         profile = self._make_profile(p)
@@ -361,11 +373,11 @@ class Cluster:
         cfg = self.cfg
         t_lo, t_hi = cfg.warmup_s, cfg.warmup_s + cfg.duration_s
         for r in finished:
-            info, p, measured = r.ctx
+            info, p, measured, t0 = r.ctx  # t0: the arrival at the picker (before any wait for its core)
             if t_lo <= r.t_finished < t_hi:
                 self.window_tokens += r.max_tokens
             if measured:
-                self.records.append((r.t_first_token - r.arrival, r.t_finished - r.arrival, r.max_tokens))
+                self.records.append((r.t_first_token - t0, r.t_finished - t0, r.max_tokens))
                 self.open_measured -= 1
                 if r.t_finished > self.last_finish:
                     self.last_finish = r.t_finished
@@ -379,8 +391,8 @@ class Cluster:
             state.on_completed(info.request_id, now, replica=pk.name)
             if pk.batcher is not None:
                 pk.batcher.on_local_completion(
-                    info, address, 200, r.prompt_tokens, r.max_tokens, r.t_finished - r.arrival,
-                    r.t_first_token - r.arrival, now,
+                    info, address, 200, r.prompt_tokens, r.max_tokens, r.t_finished - t0,
+                    r.t_first_token - t0, now,
                 )  # fmt: skip
 
     def _on_step_end(self, address: str, res: Any, now: float) -> None:
@@ -389,6 +401,8 @@ class Cluster:
             res.num_decode + len(res.first_token) + PREFILL_WEIGHT * (res.tokens - res.num_decode)
         )
         self.work[address] = w if eng.num_requests and w > 0.0 else 0.0
+        if self.cores is not None:  # the streamed tokens' ext_proc round trips
+            self.cores.on_tokens(now, res.num_decode + len(res.first_token))
         self._finish(address, res.finished, now)
         self._busy[address] = False
         self._kick(address, now)
@@ -405,7 +419,6 @@ class Cluster:
             self._rr += 1
         else:
             p = self._rng_spread.randrange(len(self.pickers))
-        pk = self.pickers[p]
         rid = f"r{self._seq}"
         info = RequestInfo(
             request_id=rid,
@@ -416,6 +429,17 @@ class Cluster:
             prefix_hashes=item.block_hashes,
             expected_output_tokens=item.output_tokens,
         )
+        if self.cores is not None:
+            at = self.cores.decide_at(p, now)
+            if at > now:  # decided once the replica's core gets to it
+                self.deciding += measured
+                self._push(at, DECIDE, (p, info, item, measured, now))
+                return
+        self._decide(p, info, item, measured, now, now)
+
+    def _decide(self, p: int, info: RequestInfo, item: Any, measured: bool, t0: float, now: float) -> None:
+        pk = self.pickers[p]
+        rid = info.request_id
         decision = pk.profile.decide(info, now)  # admit, then schedule
         if not decision.ok:
             self.shed += measured
@@ -428,7 +452,7 @@ class Cluster:
         cached = cached_prefix_tokens(eng, item.block_hashes) if self.is_oracle else 0
         self.work[address] += PREFILL_WEIGHT * (item.prompt_tokens - cached) + item.output_tokens
         req = SimRequest(rid, item.prompt_tokens, item.output_tokens, item.block_hashes, item.lora)
-        req.ctx = (info, p, measured)
+        req.ctx = (info, p, measured, t0)
         eng.add(req, now)
         if measured:
             self.open_measured += 1
@@ -492,7 +516,10 @@ class Cluster:
             elif kind == WATCH:
                 a.listener.check_peers(t)
                 self._push(t + WATCH_INTERVAL_S, WATCH, a)
-            if stopped and self.open_measured <= 0:
+            elif kind == DECIDE:
+                self.deciding -= a[3]
+                self._decide(*a, t)
+            if stopped and self.open_measured <= 0 and self.deciding <= 0:
                 break
             if t > deadline:
                 break
@@ -519,7 +546,7 @@ class Cluster:
             arrived=self.arrived,
             served=len(recs),
             shed=self.shed,
-            unfinished=max(0, self.open_measured),
+            unfinished=max(0, self.open_measured) + max(0, self.deciding),
             output_tokens=out,
             tok_per_min=out / span * 60.0 if span > 0 else 0.0,
             window_tok_per_min=self.window_tokens / cfg.duration_s * 60.0,
@@ -534,6 +561,10 @@ class Cluster:
             virtual_s=self.now,
             wall_s=wall,
             events=events,
+            picker_cpu=cfg.picker_cpu.name,
+            picker_wait_p50=percentile(self.cores.waits, 50) if self.cores else 0.0,
+            picker_wait_p90=percentile(self.cores.waits, 90) if self.cores else 0.0,
+            picker_util=self.cores.utilization(cfg.warmup_s + cfg.duration_s) if self.cores else 0.0,
         )
 
 
