@@ -23,7 +23,6 @@ It also answers the gateway's own ``GET /v1/models`` from the view (:meth:`Direc
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -39,6 +38,7 @@ from .flow.runner import FlowRunner, Queued, slo_seconds
 from .hooks import EventSink
 from .latency.headers import parse_slo_headers
 from .metrics import PickerMetrics, RequestLabels
+from .modellist import model_list
 from .models import ModelTable, UnknownModel
 from .protocol import DEFAULT_FAIRNESS_ID, MODELS_PATH, Dropped
 from .scheduling.api import Admission, Decision, RequestInfo, Scheduler
@@ -452,35 +452,10 @@ class Director:
         return Answered(200, self.models_list())
 
     def models_list(self) -> bytes:
-        """OpenAI's model list from the picker's view, in a stable order.
-
-        First the client-facing names of the configuration (InferenceModels, rewrite
-        rules), then the base models and the adapters that some ready pod serves, each
-        group sorted and every name once. ``created`` is 0 (the same on every replica).
-        """
+        """OpenAI's model list from the picker's view (:func:`picker.modellist.model_list`)."""
         names_of = getattr(self.models, "client_names", None)
         client = names_of() if names_of is not None else list(self.models.by_model)
-        bases: set[str] = set()
-        adapters: dict[str, str] = {}  # adapter -> a base model serving it
-        for ev in self.view.list():
-            s = ev.snapshot
-            if not (s.ready and s.healthy):
-                continue
-            if s.model:
-                bases.add(s.model)
-            for name in (*s.served_models, *s.lora.running):
-                if name and name != s.model:
-                    adapters.setdefault(name, s.model)
-        cards: dict[str, dict] = {}
-        base = {"object": "model", "created": self.created, "owned_by": "infergate"}
-        for name in sorted(client):
-            cards.setdefault(name, {"id": name, **base})
-        for name in sorted(bases):
-            cards.setdefault(name, {"id": name, **base, "root": name})
-        for name in sorted(adapters):
-            parent = adapters[name]
-            cards.setdefault(name, {"id": name, **base, "root": name, "parent": parent or None})
-        return json.dumps({"object": "list", "data": list(cards.values())}, separators=(",", ":")).encode()
+        return model_list(client, self.view.list(), self.created)
 
     def route_headers_only(
         self, hdr: RequestHeaders, subset: list[str] | None
