@@ -43,6 +43,7 @@ def servers_of(c: Collector) -> list[ServerView]:
                 healthy=st.healthy is True and snap is not None,
                 base_model=snap.model if snap is not None else "",
                 served=frozenset(loaded) if loaded else None,
+                served_at=scraper.models_read_at,
                 running=frozenset(snap.lora.running) if snap is not None else frozenset(),
                 waiting=frozenset(snap.lora.waiting) if snap is not None else frozenset(),
                 max_lora=snap.lora.max_lora if snap is not None else 0,

@@ -12,7 +12,9 @@ record left in the bucket (an adapter taken out of the spec is unloaded too):
    marked ``releasing``: hide the adapter from the server's published ``served_models`` so
    the pickers stop sending it new requests, wait ``drain_s``, then **unload**
    (``POST /v1/unload_lora_adapter``) only once the server's metrics show no running or
-   waiting request for it, then drop the holder.
+   waiting request for it, then drop the holder. A releasing holder whose adapter the
+   server does not list is dropped without an unload, but only on a ``/v1/models`` list
+   read after this collector's last load there returned (an older one may predate it).
 
 Capacity: a server takes a new adapter only while the adapters loaded or being loaded
 there stay below its slots: ``--adapter-slots`` (vLLM's ``--max-cpu-loras``, which the
@@ -57,6 +59,7 @@ class ServerView:
     healthy: bool
     base_model: str
     served: frozenset[str] | None  # /v1/models ids (base model included); None = unknown yet
+    served_at: float = 0.0  # monotonic time the /v1/models read behind ``served`` was sent
     running: frozenset[str] = frozenset()
     waiting: frozenset[str] = frozenset()
     max_lora: int = 0
@@ -181,7 +184,8 @@ class AdapterReconciler:
         self._failures: dict[OpKey, _Failures] = {}
         self._draining: dict[OpKey, float] = {}  # when the adapter was hidden on the server
         self._short: dict[str, int] = {}  # record key -> consecutive passes it was short
-        # loads done lately: /v1/models (read every second) may not list them yet
+        # when our last load of an adapter on a server returned (monotonic): a /v1/models list
+        # asked for before that cannot show it, so its absence there proves nothing
         self._loaded_at: dict[OpKey, float] = {}
         self._wake = asyncio.Event()
 
@@ -379,16 +383,25 @@ class AdapterReconciler:
                 if op in self._draining:  # wanted again: show it again
                     del self._draining[op]
                     self.hide(ns, pool, server, name, False)
-                recent = time.monotonic() - self._loaded_at.get(op, -1e9) < 5.0
-                if want is not None and name not in s.adapters and not recent:
+                if want is not None and name not in s.adapters and self._view_after_load(op, s):
                     f = self._failures.get(op)
                     if f is None or time.monotonic() >= f.retry_at:
                         self._spawn(op, self._load(op, key, s, want))
 
+    def _view_after_load(self, op: OpKey, s: ServerView) -> bool:
+        """Whether ``s.served`` is known and was read after our last load of ``op`` returned.
+
+        Only such a list can prove the adapter absent: /v1/models is read on the scrape
+        loop's own schedule, so right after a load the view may still predate it.
+        """
+        return s.served is not None and s.served_at > self._loaded_at.get(op, float("-inf"))
+
     def _release(self, op: OpKey, key: str, s: ServerView) -> None:
         ns, pool, server, name = op
-        if name not in s.adapters:  # nothing to unload (gone already): drop the holder
-            self._spawn(op, self._drop_holder(op, key))
+        if name not in s.adapters:
+            if not self._view_after_load(op, s):
+                return  # the list predates our load (or is unknown): wait for a newer read
+            self._spawn(op, self._drop_holder(op, key))  # nothing to unload (gone already)
             return
         since = self._draining.get(op)
         if since is None:

@@ -68,6 +68,9 @@ class Scraper:
         self.models_url = target.url("/v1/models")
         self.served_models: list[str] = []  # from /v1/models; kept when a read fails
         self.loaded_models: list[str] = []  # the same, before hiding adapters being drained
+        # monotonic time the request behind ``loaded_models`` was sent (0 = never read): the
+        # adapter reconciler trusts an adapter's absence only in a list asked for after its load
+        self.models_read_at = 0.0
         self.hidden_models: set[str] = set()  # set by the adapter reconciler (collector/adapters.py)
         self.scrapes = 0
         self.task: asyncio.Task | None = None  # set by the service that runs it
@@ -102,6 +105,7 @@ class Scraper:
         Adapters change rarely, so this runs every ``models_interval``, not every scrape; a
         failed read keeps the previous list (a dead pod is the metrics scrape's business).
         """
+        sent = time.monotonic()
         try:
             async with self.session.get(self.models_url, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
@@ -110,6 +114,7 @@ class Scraper:
         except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError):
             return
         self.loaded_models = sorted({card.id for card in page.data})
+        self.models_read_at = sent
         self.served_models = [m for m in self.loaded_models if m not in self.hidden_models]
 
     async def scrape_once(self, timeout: aiohttp.ClientTimeout) -> None:
