@@ -27,6 +27,9 @@ from shared.schemas import EndpointSnapshot, Tombstone, encode
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
+# Reasons of a publish that re-sends every endpoint (start, reconnect): kept when a fresher
+# snapshot of the same endpoint replaces the queued one before it goes out.
+RESYNC_REASONS = frozenset({"connect", "reconnect"})
 
 
 class Publisher:
@@ -66,6 +69,10 @@ class Publisher:
         self._subject: dict[Key, str] = {}
         self._wake = asyncio.Event()
         self._resyncing = False
+        # Set from a reconnect until its resync has re-created the streams: a restarted server
+        # may have lost them, and a tombstone published into no stream is never stored (it is
+        # not republished: removed endpoints are not in ``latest``).
+        self._held = False
         self.streams_ready = False
         self.published = 0
 
@@ -94,6 +101,9 @@ class Publisher:
             return
         if not self.connected:
             self.metrics.publish_deferred.inc()
+        prev = self.pending.get(key)
+        if prev is not None and prev[1] in RESYNC_REASONS:
+            reason = prev[1]  # a fresher snapshot replaces a queued resync, which stays one
         self.pending[key] = (snap, reason)
         self._wake.set()
 
@@ -119,8 +129,8 @@ class Publisher:
         """Publish everything pending (tombstones first), as long as the bus is up."""
         bus = self.bus
         while self.pending_tombs or self.pending:
-            if bus is None or not bus.connected:
-                return  # keep the latest per endpoint; the reconnect wakes us
+            if bus is None or not bus.connected or self._held:
+                return  # keep the latest per endpoint; the reconnect's resync wakes us
             if self.pending_tombs:
                 tkey = next(iter(self.pending_tombs))
                 key = tkey[0]
@@ -158,6 +168,7 @@ class Publisher:
         # so re-create them (a background job), then republish every endpoint.
         if not self._resyncing:
             self._resyncing = True
+            self._held = True
             self._spawn("collector-resync", self._resync_after_reconnect)
 
     async def _resync_after_reconnect(self) -> None:
@@ -165,6 +176,8 @@ class Publisher:
             await self.resync("reconnect")
         finally:
             self._resyncing = False
+            self._held = False  # publish what waited, into the re-created streams
+            self._wake.set()
 
     async def resync(self, reason: str, *, ensure: bool = True) -> None:
         """(Re-)create the streams, then queue every endpoint's latest snapshot."""
