@@ -17,7 +17,9 @@ new record and stops: the count never overshoots.
   adapter first, then the one with the most free adapter slots), at most one per pass,
   and a second one of its own only after the record stayed short for ``spread_passes``
   passes, which lets collectors on other nodes take their share first;
-* refresh ``seen`` of its holders.
+* refresh ``seen`` of its holders;
+* adopt an orphan (the adapter loaded on one of its servers with no holder) while the
+  record is short, and release it once the record is full.
 """
 
 from __future__ import annotations
@@ -148,4 +150,17 @@ def plan(
                 h.state = LOADED if server in loaded_here else LOADING
                 out.changed = True
                 break
+    # An orphan: the adapter is loaded on one of my servers but the record has no holder
+    # for it (its owner died and the holder expired, or a record was lost). While the
+    # record is short the claim step above adopts it (serving servers first); once the
+    # record is full it is surplus, released (drained, then unloaded) like any other.
+    # Only adapters this pool manages get here: with none wanted, ``candidates`` is empty.
+    if len(active) >= replicas and out.claimed is None:
+        for c in candidates:
+            if c.serving and c.server not in holders:
+                holders[c.server] = Holder(
+                    collector=me, address=c.address, claimed=now, seen=now, state=RELEASING
+                )
+                out.released.append(c.server)
+                out.changed = True
     return out

@@ -184,9 +184,9 @@ class AdapterReconciler:
         self._failures: dict[OpKey, _Failures] = {}
         self._draining: dict[OpKey, float] = {}  # when the adapter was hidden on the server
         self._short: dict[str, int] = {}  # record key -> consecutive passes it was short
-        # when our last load of an adapter on a server returned (monotonic): a /v1/models list
-        # asked for before that cannot show it, so its absence there proves nothing
-        self._loaded_at: dict[OpKey, float] = {}
+        # when our last load or unload of an adapter on a server returned (monotonic): a
+        # /v1/models list asked for before that cannot show its effect, so it proves nothing
+        self._acted_at: dict[OpKey, float] = {}
         self._wake = asyncio.Event()
 
     def set_spec(self, spec: AdapterSpec) -> None:
@@ -235,6 +235,10 @@ class AdapterReconciler:
         pools: dict[tuple[str, str], _PoolPass] = {}
         for s in self.servers():
             pools.setdefault((s.namespace, s.pool), _PoolPass([])).servers.append(s)
+        here = {(ns, pool, s.server) for (ns, pool), pp in pools.items() for s in pp.servers}
+        for book in (self._acted_at, self._failures):  # servers gone from the node: forget them
+            for op in [op for op in book if op[:3] not in here]:
+                del book[op]
         all_keys = await self.kv.keys()
         series: set[tuple[str, str, str]] = set()
         undeclared = 0
@@ -352,9 +356,10 @@ class AdapterReconciler:
                 1 for (n2, p2, srv, a), t in self._ops.items() if (n2, p2, srv) == (ns, pool, s.server)
                 and not t.done() and a not in s.adapters
             )  # fmt: skip
-            out.append(
-                place.Candidate(s.server, s.address, name in s.adapters, slots - len(s.adapters) - pending)
-            )
+            # "serving" only from a list read after our last operation: right after an unload
+            # a stale list would still show the adapter and make it look like an orphan
+            serving = name in s.adapters and self._view_after_op((ns, pool, s.server, name), s)
+            out.append(place.Candidate(s.server, s.address, serving, slots - len(s.adapters) - pending))
         return out
 
     # -- acting on this collector's holders ---------------------------------------------------
@@ -383,23 +388,24 @@ class AdapterReconciler:
                 if op in self._draining:  # wanted again: show it again
                     del self._draining[op]
                     self.hide(ns, pool, server, name, False)
-                if want is not None and name not in s.adapters and self._view_after_load(op, s):
+                if want is not None and name not in s.adapters and self._view_after_op(op, s):
                     f = self._failures.get(op)
                     if f is None or time.monotonic() >= f.retry_at:
                         self._spawn(op, self._load(op, key, s, want))
 
-    def _view_after_load(self, op: OpKey, s: ServerView) -> bool:
-        """Whether ``s.served`` is known and was read after our last load of ``op`` returned.
+    def _view_after_op(self, op: OpKey, s: ServerView) -> bool:
+        """Whether ``s.served`` is known and was read after our last load or unload of ``op``.
 
-        Only such a list can prove the adapter absent: /v1/models is read on the scrape
-        loop's own schedule, so right after a load the view may still predate it.
+        Only such a list can prove the adapter absent (or, after an unload, present):
+        /v1/models is read on the scrape loop's own schedule, so right after an operation
+        the view may still predate it.
         """
-        return s.served is not None and s.served_at > self._loaded_at.get(op, float("-inf"))
+        return s.served is not None and s.served_at > self._acted_at.get(op, float("-inf"))
 
     def _release(self, op: OpKey, key: str, s: ServerView) -> None:
         ns, pool, server, name = op
         if name not in s.adapters:
-            if not self._view_after_load(op, s):
+            if not self._view_after_op(op, s):
                 return  # the list predates our load (or is unknown): wait for a newer read
             self._spawn(op, self._drop_holder(op, key))  # nothing to unload (gone already)
             return
@@ -425,7 +431,7 @@ class AdapterReconciler:
         )
         if ok or "already" in detail:
             self._failures.pop(op, None)
-            self._loaded_at[op] = time.monotonic()
+            self._acted_at[op] = time.monotonic()
             self.metrics.ops.labels("load", "ok" if ok else "present").inc()
             log.info(
                 "adapter loaded",
@@ -463,6 +469,7 @@ class AdapterReconciler:
                 "adapter unload failed; retrying", extra={"adapter": name, "server": server, "error": detail}
             )
             return
+        self._acted_at[op] = time.monotonic()
         self.metrics.ops.labels("unload", "ok").inc()
         log.info("adapter unloaded", extra={"adapter": name, "server": server, "pool": f"{ns}/{pool}"})
         await self._drop_holder(op, key)

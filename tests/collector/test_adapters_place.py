@@ -153,3 +153,25 @@ def test_deploy_examples_parse() -> None:
         "chat-lora-v2",
         (5, 25, 50, 100),
     )
+
+
+def test_an_orphaned_copy_is_adopted_while_short_and_released_once_full() -> None:
+    """A managed adapter loaded on our server with no holder (its record or holder was lost)."""
+    other = Holder(collector="other", address="x", claimed=1.0, seen=99.0, state=place.LOADED)
+    short = place.plan(
+        Record(replicas=2, holders={"a:1": other}), me="me", replicas=2, now=100.0, ttl=30,
+        local={"b:1"}, candidates=[cand("b:1", serving=True)], loaded_here={"b:1"},
+    )  # fmt: skip
+    assert short.claimed == "b:1" and short.record.holders["b:1"].state == place.LOADED
+    full = place.plan(
+        Record(replicas=1, holders={"a:1": other}), me="me", replicas=1, now=100.0, ttl=30,
+        local={"b:1"}, candidates=[cand("b:1", serving=True)], loaded_here={"b:1"},
+    )  # fmt: skip
+    assert full.released == ["b:1"] and full.record.holders["b:1"].state == place.RELEASING
+    assert full.record.holders["b:1"].collector == "me" and full.changed
+    # a copy the spec does not ask for (no candidates) is someone else's: never touched
+    unmanaged = place.plan(
+        None, me="me", replicas=0, now=100.0, ttl=30, local={"b:1"}, candidates=[],
+        loaded_here={"b:1"},
+    )  # fmt: skip
+    assert not unmanaged.record.holders and not unmanaged.released

@@ -176,3 +176,14 @@ async def test_a_dead_nodes_claims_expire_and_another_node_takes_over(tmp_path) 
                 await wait_until(lambda: "a" in p1.loras, 15, "node b took the replica over")
             finally:
                 await b.stop()
+
+
+async def test_orphaned_copies_beyond_the_replicas_are_unloaded(tmp_path) -> None:
+    """Copies of a managed adapter that no record holds (a lost record, a dead owner) are surplus."""
+    spec = tmp_path / "adapters.yaml"
+    write(spec, "adapters:\n  - {name: a, source: /ad/a, replicas: 1}\n")
+    specs = [PodSpec(name=f"p{i}", lora_adapters=["a", "x"], engine=engine(max_loras=4)) for i in range(3)]
+    async with SimCluster(specs) as cluster, node(cluster.pods, spec) as c:
+        await wait_until(lambda: sum("a" in p.loras for p in cluster.pods) == 1, 10, "one copy of a left")
+        assert all("x" in p.loras for p in cluster.pods)  # not ours to manage: never touched
+        assert ops(c, "unload", "ok") == 2 and ops(c, "load", "ok") == 0

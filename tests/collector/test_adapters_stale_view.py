@@ -38,7 +38,7 @@ async def test_an_adapter_missing_from_a_list_older_than_its_load_is_not_taken_a
     )  # fmt: skip
     rec.set_spec(AdapterSpec())  # "a" is no longer wanted
     loaded = time.monotonic()
-    rec._loaded_at[("default", "llama", SERVER, "a")] = loaded  # our load of "a" just returned
+    rec._acted_at[("default", "llama", SERVER, "a")] = loaded  # our load of "a" just returned
 
     async def settle() -> None:
         await rec.pass_once()
