@@ -7,6 +7,7 @@ port so outage handling is tested against the real server.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -48,13 +49,13 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
 
 
 class NatsServer:
-    """A ``nats-server -js`` child process on a fixed loopback port."""
+    """A ``nats-server -js`` child process on a loopback port (its own choice unless given)."""
 
     def __init__(
         self, port: int | None = None, store_dir: str | None = None, host: str = "127.0.0.1"
     ) -> None:
         self.host = host
-        self.port = port or free_port(host)
+        self.port = port or 0  # 0: nats-server picks a free port on the first start
         self._own_dir = store_dir is None
         self.store_dir = store_dir or tempfile.mkdtemp(prefix="infergate-nats-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -66,13 +67,20 @@ class NatsServer:
     def start(self, timeout: float = 10.0) -> NatsServer:
         if self.proc is not None and self.proc.poll() is None:
             return self
+        # The first start binds port -1 (the server's own free port, no race with another
+        # process picking the same one) and reads it back from its ports file; a restart
+        # re-binds that port, which outage tests rely on.
+        port = str(self.port) if self.port else "-1"
         self.proc = subprocess.Popen(
-            [find_binary("nats-server"), "-js", "-a", self.host, "-p", str(self.port), "-sd", self.store_dir],
+            [find_binary("nats-server"), "-js", "-a", self.host, "-p", port, "-sd", self.store_dir,
+             "--ports_file_dir", self.store_dir],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-        )
+        )  # fmt: skip
         try:
+            if not self.port:
+                self.port = _read_client_port(Path(self.store_dir), self.proc, timeout)
             wait_for_port(self.host, self.port, timeout)
         except TimeoutError:
             self.stop()
@@ -105,6 +113,21 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_client_port(directory: Path, proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """The client port a ``-p -1`` server chose, from the ports file it writes once listening."""
+    path = directory / f"nats-server_{proc.pid}.ports"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TimeoutError(f"nats-server exited with status {proc.returncode} before listening")
+        try:
+            urls = json.loads(path.read_text())["nats"]
+            return int(urls[0].rsplit(":", 1)[1])
+        except (OSError, ValueError, KeyError, IndexError):
+            time.sleep(0.02)
+    raise TimeoutError(f"nats-server wrote no ports file in {directory} after {timeout}s")
 
 
 def env_nats_url() -> str | None:
