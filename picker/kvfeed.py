@@ -25,8 +25,16 @@ from picker.scheduling.profile import Profile
 from shared import kvevents as kv
 from shared.bus import Bus, Subscription
 from shared.kvstream import follow_kv_digests
+from shared.tables import TableCollector
 
-__all__ = ["KVFeed", "KVIndexCollector", "attach_precise", "precise_scorers"]
+__all__ = [
+    "KVFeed",
+    "KVIndexCollector",
+    "attach_precise",
+    "kv_tables",
+    "precise_scorers",
+    "register_kv_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,25 @@ def attach_precise(profile: Profile, index: PreciseIndex) -> bool:
     if found:
         profile.state.assign_hooks.append(index.on_assigned)
     return bool(found)
+
+
+def kv_tables(profile: Profile, index: PreciseIndex) -> dict[str, tuple[Callable, int, Callable]]:
+    """The precise path's bounded tables, for the picker's ``TableCollector`` (shared/tables.py)."""
+    out: dict[str, tuple[Callable, int, Callable]] = {
+        "kv_index_blocks": (index.size, index.max_blocks, lambda: index.dropped)
+    }
+    caches = [s.token_cache for s in precise_scorers(profile) if s.token_cache is not None]
+    for i, c in enumerate(caches):
+        name = "tokenize_cache_chunks" + (f"_{i}" if i else "")
+        out[name] = (c.__len__, c.max_chunks, lambda c=c: c.evicted)
+    return out
+
+
+def register_kv_metrics(registry: Any, profile: Profile, index: PreciseIndex) -> None:
+    """The precise path's metrics: index and tokenization cache, and their bounds
+    (``infergate_picker_kv_table_entries{table}``, ``..._table_limit``, ``..._table_evicted_total``)."""
+    registry.register(KVIndexCollector(index, profile))
+    registry.register(TableCollector("infergate_picker_kv", kv_tables(profile, index)))
 
 
 class KVFeed:
@@ -102,10 +129,13 @@ class KVFeed:
 
 
 class KVIndexCollector:
-    """Prometheus: the index's size (bounded) and which path scored each decision."""
+    """Prometheus: the index's size (bounded), which path scored each decision, the tokenization cache."""
 
-    def __init__(self, index: PreciseIndex) -> None:
+    def __init__(self, index: PreciseIndex, profile: Profile | None = None) -> None:
         self.index = index
+        self.caches = [
+            s.token_cache for s in (precise_scorers(profile) if profile else []) if s.token_cache is not None
+        ]
 
     def describe(self) -> list:
         return []
@@ -125,3 +155,13 @@ class KVIndexCollector:
         d = CounterMetricFamily("infergate_picker_kv_index_dropped", "Blocks not indexed (index full)")
         d.add_metric([], self.index.dropped)
         yield d
+        if self.caches:
+            t = CounterMetricFamily(
+                "infergate_picker_tokenize_cache",
+                "Prompts tokenized for the precise path: reusing a cached prefix (hit), in full (miss), "
+                "or spliced but differing from a full tokenization in an audit (mismatch)",
+                labels=["result"],
+            )
+            for label, attr in (("hit", "hits"), ("miss", "misses"), ("mismatch", "mismatches")):
+                t.add_metric([label], sum(getattr(c, attr) for c in self.caches))
+            yield t
