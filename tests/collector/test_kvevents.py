@@ -9,7 +9,8 @@ import nats
 import pytest
 import zmq.asyncio
 
-from collector.kvevents import KVSettings, PodKVState, PodKVStream, kv_addresses
+from collector.__main__ import build_parser, config_from_args
+from collector.kvevents import KVSettings, PodKVState, PodKVStream, kv_addresses, kv_settings
 from collector.targets import Target, TargetsError, parse_targets
 from shared import kvevents as kv
 from shared.bus import MemoryBus
@@ -45,6 +46,23 @@ def test_state_folds_events_into_one_delta_per_tier():
     st.apply(_batch(kv.AllBlocksCleared(), kv.BlockStored([8], None, [], 16)))
     d = st.take_delta("a", "e", 3)
     assert d.clear and d.stored == [8] and st.gpu == {8} and st.cpu == set()
+
+
+def test_flush_and_digest_intervals_from_flags_and_env(monkeypatch):
+    def settings(argv, env=None):
+        for k in ("INFERGATE_KV_FLUSH_INTERVAL", "INFERGATE_KV_DIGEST_INTERVAL"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        cfg = config_from_args(build_parser().parse_args(["--target", "p/a=127.0.0.1:1", *argv]))
+        cfg.validate()
+        return kv_settings(cfg)
+
+    assert (settings([]).flush_interval, settings([]).digest_interval) == (0.02, 1.0)
+    s = settings(["--kv-flush-interval", "0.05"], {"INFERGATE_KV_DIGEST_INTERVAL": "0.5"})
+    assert (s.flush_interval, s.digest_interval) == (0.05, 0.5)
+    with pytest.raises(ValueError, match="KV flush interval"):
+        settings(["--kv-flush-interval", "2"])
 
 
 def test_addresses_from_annotations_and_targets_file():
