@@ -5,7 +5,8 @@ picker's own :class:`~picker.scheduling.kvindex.PreciseIndex` and hooks its spec
 writes onto the pool state's assignments (local and peers'). :class:`KVFeed` follows the
 pool's digests (the last one per pod from JetStream first, :mod:`shared.kvstream`, so a
 starting replica converges at once) and deltas (live, core NATS), and applies them with
-the picker's clock. nats-py re-subscribes both after a reconnection; during an outage
+the picker's clock. nats-py re-subscribes both after a reconnection, and the digest feed
+reads the stored ones again; during an outage
 digests stop, the pods turn non-live after ``stale_after_s`` and the scorer routes them on
 the approximate path until digests flow again.
 """
@@ -24,7 +25,8 @@ from picker.scheduling.precise import PrecisePrefixScorer
 from picker.scheduling.profile import Profile
 from shared import kvevents as kv
 from shared.bus import Bus, Subscription
-from shared.kvstream import follow_kv_digests
+from shared.feed import LastValueFeed
+from shared.kvstream import kv_digest_feed
 from shared.tables import TableCollector
 
 __all__ = [
@@ -90,6 +92,7 @@ class KVFeed:
         self.clock = clock
         self.deltas = self.digests = self.bad = 0
         self._subs: list[Subscription] = []
+        self.feed: LastValueFeed | None = None
 
     def on_delta(self, subject: str, data: bytes) -> None:
         try:
@@ -110,14 +113,18 @@ class KVFeed:
         self.index.apply_digest(d, self.clock())
 
     async def start(self) -> None:
+        """Subscribe to the deltas and open the digest feed's live subscription; then ``run()``."""
         s = self.bus.subjects
         self._subs.append(
             await self.bus.subscribe(s.kv_deltas_of_pool(self.namespace, self.pool), self.on_delta)
         )
-        self._subs.append(
-            await follow_kv_digests(self.bus, s.kv_digests_of_pool(self.namespace, self.pool), self.on_digest)
-        )
+        self.feed = kv_digest_feed(self.bus, s.kv_digests_of_pool(self.namespace, self.pool), self.on_digest)
         log.info("following KV events", extra={"pool": f"{self.namespace}/{self.pool}"})
+
+    async def run(self) -> None:
+        """The digests: the stored last ones, then live, re-read after every reconnect (until cancelled)."""
+        assert self.feed is not None, "start() first"
+        await self.feed.run()
 
     async def close(self) -> None:
         for sub in self._subs:

@@ -309,6 +309,7 @@ class Picker:
         cfg = self.config
         self.kv_feed = KVFeed(self.feed.bus, cfg.pool_namespace, cfg.pool_name, self.kv_index)
         await self.kv_feed.start()
+        await self.kv_feed.run()  # until cancelled
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the health loop saw the picker ready (raises TimeoutError)."""

@@ -14,7 +14,7 @@ from collector.kvevents import KVSettings, PodKVState, PodKVStream, kv_addresses
 from collector.targets import Target, TargetsError, parse_targets
 from shared import kvevents as kv
 from shared.bus import MemoryBus
-from shared.kvstream import follow_kv_digests
+from shared.kvstream import kv_digest_feed
 from shared.natsbus import NatsBus
 from shared.natsconn import NatsOptions
 from shared.subjects import Subjects
@@ -186,12 +186,15 @@ async def test_events_reach_nats_as_deltas_and_a_digest_kept_in_jetstream(make_c
         # a replica that starts now converges from the stored digest, without history
         bus = await NatsBus.connect(NatsOptions(servers=[nats_server.url]))
         got: list[kv.KVDigest] = []
-        sub = await follow_kv_digests(
+        feed = kv_digest_feed(
             bus, subjects.kv_digests_of_pool("default", "pool"), lambda s, d: got.append(kv.decode_digest(d))
         )
+        task = asyncio.create_task(feed.run())
+        await asyncio.wait_for(feed.bootstrapped.wait(), 5)  # the stored digest read, consumer released
         await wait_until(lambda: got and set(got[-1].gpu) == set(pod.engine.kv.cached), what="digest")
-        assert got[-1].live and got[-1].block_size == 16
-        await sub.unsubscribe()
+        assert got[-1].live and got[-1].block_size == 16 and feed.subscriptions == 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await bus.close()
     finally:
         await nc.close()
