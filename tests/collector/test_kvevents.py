@@ -10,7 +10,15 @@ import pytest
 import zmq.asyncio
 
 from collector.__main__ import build_parser, config_from_args
-from collector.kvevents import KVSettings, PodKVState, PodKVStream, kv_addresses, kv_settings
+from collector.kvevents import (
+    ANNOTATION,
+    REPLAY_ANNOTATION,
+    KVSettings,
+    PodKVState,
+    PodKVStream,
+    kv_addresses,
+    kv_settings,
+)
 from collector.targets import Target, TargetsError, parse_targets
 from shared import kvevents as kv
 from shared.bus import MemoryBus
@@ -22,6 +30,8 @@ from shared.tokens import text_for_tokens
 from sim.engine import EngineConfig
 from sim.kvevents import KVEventsConfig
 from sim.pod import PodSpec, SimPod
+from tests.collector.test_kube import pool_v1
+from tests.support.kubeapi import pod as kube_pod
 from tests.support.waiting import wait_until
 
 
@@ -137,7 +147,10 @@ async def test_gap_is_recovered_from_the_replay_socket_or_resets_the_state():
         await pod.stop()
 
 
-async def test_events_reach_nats_as_deltas_and_a_digest_kept_in_jetstream(make_collector, nats_server):
+async def test_events_reach_nats_as_deltas_and_a_digest_kept_in_jetstream(
+    make_collector, nats_server, kube_api
+):
+    """Through Kubernetes discovery: the pod annotations name the KV events and replay ports."""
     pod = await _sim_pod()
     nc = await nats.connect(nats_server.url)
     deltas: list[kv.KVDelta] = []
@@ -149,19 +162,23 @@ async def test_events_reach_nats_as_deltas_and_a_digest_kept_in_jetstream(make_c
     await nc.subscribe(subjects.kv_deltas_of_pool("default", "pool"), cb=on_delta)
     try:
         pub = pod.kv_publisher
-        plain = Target("default", "pool", "plain", "127.0.0.1", 1, "")  # no events: untouched
-        t = Target(
-            "default",
-            "pool",
+        await kube_api.upsert(pool_v1(namespace="default", ports=(pod.port,)))
+        annotated = kube_pod("kv-0", "127.0.0.1")
+        annotated["metadata"]["annotations"] = {
+            ANNOTATION: pub.endpoint.rpartition(":")[2],  # a port, taken on the pod IP
+            REPLAY_ANNOTATION: "tcp://*:" + pub.replay_endpoint.rpartition(":")[2],
+        }
+        await kube_api.upsert(annotated)
+        await kube_api.upsert(kube_pod("plain", "127.0.0.2"))  # no annotation: not followed
+        c = await make_collector(kube_api_server=kube_api.url)
+        await c.wait_ready()
+        await wait_until(lambda: c.kv.streams, what="the annotated pod followed")
+        [t] = [s.target for s in c.kv.streams.values()]
+        assert (t.pod, t.kv_events, t.kv_replay) == (
             "kv-0",
-            "127.0.0.1",
-            pod.port,
-            "",
             _local(pub.endpoint),
             _local(pub.replay_endpoint),
         )
-        c = await make_collector(targets=[t, plain])
-        await c.wait_ready()
         await wait_until(
             lambda: c.kv.streams and next(iter(c.kv.streams.values())).need_digest is False,
             what="first digest",
