@@ -12,6 +12,13 @@ Two workloads at rising QPS on the seed's pool (10 calibrated engines):
   74,630) and 128-token queries and answers (the engines' max_model_len is 4,096).
 * ``prefix`` - the seed's shared-prefix workload (256 groups x 16 prompts, system 2,048 +
   question 256, output 256).
+* ``llm-d-4r`` - the llm-d-like workload through 4 picker replicas that do not share their
+  assignments: each replica's approximate index sees a quarter of the traffic, as
+  upstream's per-replica index does (llm-d's baseline); ``default`` and ``precise-prefix``.
+
+A full run measures the goal's policies (``default``, ``precise-prefix``, ``oracle``) at each
+suite's highest QPS with ``TOP_SEEDS`` seeds and reports the medians; the report is
+rewritten after every point, so a cut run keeps what finished.
 
 Policies: ``random``, ``load-only`` (queue and KV with in-flight work, prefix-blind),
 ``gie-v1``, ``default`` (InferGate's approximate prefix index), ``precise-prefix`` (the
