@@ -66,9 +66,9 @@ class TokenPrefixCache:
         self,
         tokenizer,
         hasher: BlockHasher,
-        chunk_chars: int = 1024,
+        chunk_chars: int = 512,
         max_chunks: int = 8192,
-        window_chars: int = 256,
+        window_chars: int = 128,
         margin_chars: int = 32,
         audit_every: int = 100,
     ) -> None:
