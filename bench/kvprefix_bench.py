@@ -6,8 +6,9 @@
    time, median of repeats): the simulator's tokenizer, and the Hugging Face
    ``tokenizers`` library on ``--tokenizer`` (a model's ``tokenizer.json``) or else on a
    byte-level BPE trained here (none is downloaded), then vLLM's
-   ``sha256_cbor`` chain (:class:`shared.kvhash.BlockHasher`). CPU time, not wall time:
-   the machine is shared.
+   ``sha256_cbor`` chain (:class:`shared.kvhash.BlockHasher`); and the same with the
+   picker's prefix cache (:mod:`picker.scheduling.kvtokcache`), for a context seen before
+   plus a new question, in the same run. CPU time, not wall time: the machine is shared.
 2. **Bus traffic per 1,000 req/s**: a simulated pod (the simulator's engine, virtual
    time) with KV events runs a shared-prefix workload (customers with a long shared
    context, short queries); every engine step's events go through the collector's real
@@ -70,9 +71,17 @@ def _local_bpe() -> str:
 
 
 def tokenize_and_hash(tokenizer_path: str | None, repeats: int) -> list[dict]:
-    hasher = BlockHasher(16, "0")
-    from picker.scheduling.kvtokenizer import HFTokenizer
+    """Per prompt size: tokenize (sim, HF) and hash, uncached; then with the prefix cache.
 
+    The cached figures are the llm-d-like case: a context of ``n - 128`` tokens seen
+    before, a new 128-token question after it (``*_cached_us``: the cache's answer, which
+    the tests check equals the uncached one), and the first sight of a context
+    (``*_cache_miss_us``: the full tokenization plus filling the cache).
+    """
+    from picker.scheduling.kvtokcache import TokenPrefixCache
+    from picker.scheduling.kvtokenizer import HFTokenizer, SimTokenizer
+
+    hasher = BlockHasher(16, "0")
     hf = HFTokenizer(tokenizer_path or _local_bpe())
     rows = []
     for n in (1024, 8192, 32768):
@@ -87,6 +96,17 @@ def tokenize_and_hash(tokenizer_path: str | None, repeats: int) -> list[dict]:
         row["sim_total_us"] = row["sim_tokenize_us"] + row["hash_us"]
         row["hf_tokenize_us"] = cpu_us(lambda t=text: hf.encode(t), repeats)
         row["hf_total_us"] = row["hf_tokenize_us"] + row["hash_us"]
+        context = text_for_tokens(n - 128, seed=n)
+        for name, tok in (("sim", SimTokenizer()), ("hf", hf)):
+            cache = TokenPrefixCache(
+                tok, hasher, chunk_chars=512, window_chars=128, margin_chars=32, audit_every=0
+            )
+            firsts = iter([text_for_tokens(n - 128, seed=n + 1 + r) + " q" for r in range(repeats)])
+            row[f"{name}_cache_miss_us"] = cpu_us(lambda it=firsts, c=cache: c.hashes(next(it)), repeats)
+            cache.hashes(context + " warm")
+            qs = iter([f"{context}\n[user] {text_for_tokens(128, seed=r)}" for r in range(repeats)])
+            row[f"{name}_cached_us"] = cpu_us(lambda it=qs, c=cache: c.hashes(next(it)), repeats)
+            row[f"{name}_cache_speedup"] = round(row[f"{name}_total_us"] / row[f"{name}_cached_us"], 1)
         rows.append(row)
     return rows
 

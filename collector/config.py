@@ -19,6 +19,7 @@ from shared.natsconn import NatsOptions, StreamSettings
 DEFAULT_OPS_PORT = 9091
 IDENTITY, DISCOVERY, SCRAPING, PUBLISHING = "identity", "discovery", "scraping", "publishing"
 ADAPTERS = "LoRA adapters"
+KV_EVENTS = "KV-cache events"
 
 
 def positive(text: str) -> float:
@@ -153,6 +154,20 @@ class CollectorConfig:
         type=positive,
         help="seconds after which another collector's unconfirmed claim counts as dead",
     )
+    # vLLM's KV-cache events, followed for the precise prefix path (collector/kvevents.py)
+    kv_flush_interval: float = setting(
+        0.02,
+        group=KV_EVENTS,
+        type=positive,
+        help="seconds between a pod's KV block deltas on NATS (at most; none when nothing changed)",
+    )
+    kv_digest_interval: float = setting(
+        1.0,
+        group=KV_EVENTS,
+        type=positive,
+        help="seconds between a pod's full KV digests (the pickers' resync and liveness: keep it well "
+        "under their 3 s staleness)",
+    )
     # from the NATS flags (shared.natsconn)
     nats: NatsOptions = field(default_factory=NatsOptions)
     stream_settings: StreamSettings = field(default_factory=StreamSettings)
@@ -187,6 +202,8 @@ class CollectorConfig:
             problems.append("--adapters-configmap must be NAMESPACE/NAME")
         if self.adapter_slots < 0 or self.adapter_drain < 0:
             problems.append("adapter slots and drain must be >= 0")
+        if not 0 < self.kv_flush_interval <= self.kv_digest_interval:
+            problems.append("KV flush interval must be > 0 and <= the KV digest interval")
         if self.discovery_mode() not in ("static", "kubernetes"):
             problems.append(f"unknown discovery mode {self.discovery!r}")
         if self.discovery_mode() == "kubernetes" and not self.node_name:

@@ -47,6 +47,7 @@ __all__ = [
     "PodKVState",
     "PodKVStream",
     "kv_addresses",
+    "kv_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,11 @@ class KVSettings:
     digest_interval: float = 1.0  # seconds between digests
     replay_timeout: float = 1.0
     max_blocks: int = 1 << 20  # per pod and tier: bounds memory whatever the pod sends
+
+
+def kv_settings(config: Any) -> KVSettings:
+    """The settings from the collector's flags (``--kv-flush-interval``, ``--kv-digest-interval``)."""
+    return KVSettings(flush_interval=config.kv_flush_interval, digest_interval=config.kv_digest_interval)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 from collector import adapter_wiring
 from collector.adapters import AdapterReconciler
 from collector.config import DEFAULT_OPS_PORT, CollectorConfig
-from collector.kvevents import KVEventsHub, KVStreamsCollector
+from collector.kvevents import KVEventsHub, KVStreamsCollector, kv_settings
 from collector.metrics import CollectorMetrics
 from collector.publisher import Publisher
 from collector.scraper import Scraper
@@ -78,7 +78,7 @@ class Collector:
             self.subjects, self.epoch, self.identity, self.metrics, spawn=self._spawn_once
         )
         self.scrapers: dict[Key, Scraper] = {}
-        self.kv = KVEventsHub(lambda: self.publisher.bus, self.epoch)  # pods' KV events -> NATS
+        self.kv = KVEventsHub(lambda: self.publisher.bus, self.epoch, kv_settings(config))  # KV events
         self.metrics.registry.register(KVStreamsCollector(self.kv))
         self.health = Health()
         self.health.add_check("discovery", self.discovery_synced)

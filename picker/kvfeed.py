@@ -5,7 +5,8 @@ picker's own :class:`~picker.scheduling.kvindex.PreciseIndex` and hooks its spec
 writes onto the pool state's assignments (local and peers'). :class:`KVFeed` follows the
 pool's digests (the last one per pod from JetStream first, :mod:`shared.kvstream`, so a
 starting replica converges at once) and deltas (live, core NATS), and applies them with
-the picker's clock. nats-py re-subscribes both after a reconnection; during an outage
+the picker's clock. nats-py re-subscribes both after a reconnection, and the digest feed
+reads the stored ones again; during an outage
 digests stop, the pods turn non-live after ``stale_after_s`` and the scorer routes them on
 the approximate path until digests flow again.
 """
@@ -24,9 +25,18 @@ from picker.scheduling.precise import PrecisePrefixScorer
 from picker.scheduling.profile import Profile
 from shared import kvevents as kv
 from shared.bus import Bus, Subscription
-from shared.kvstream import follow_kv_digests
+from shared.feed import LastValueFeed
+from shared.kvstream import kv_digest_feed
+from shared.tables import TableCollector
 
-__all__ = ["KVFeed", "KVIndexCollector", "attach_precise", "precise_scorers"]
+__all__ = [
+    "KVFeed",
+    "KVIndexCollector",
+    "attach_precise",
+    "kv_tables",
+    "precise_scorers",
+    "register_kv_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,25 @@ def attach_precise(profile: Profile, index: PreciseIndex) -> bool:
     return bool(found)
 
 
+def kv_tables(profile: Profile, index: PreciseIndex) -> dict[str, tuple[Callable, int, Callable]]:
+    """The precise path's bounded tables, for the picker's ``TableCollector`` (shared/tables.py)."""
+    out: dict[str, tuple[Callable, int, Callable]] = {
+        "kv_index_blocks": (index.size, index.max_blocks, lambda: index.dropped)
+    }
+    caches = [s.token_cache for s in precise_scorers(profile) if s.token_cache is not None]
+    for i, c in enumerate(caches):
+        name = "tokenize_cache_chunks" + (f"_{i}" if i else "")
+        out[name] = (c.__len__, c.max_chunks, lambda c=c: c.evicted)
+    return out
+
+
+def register_kv_metrics(registry: Any, profile: Profile, index: PreciseIndex) -> None:
+    """The precise path's metrics: index and tokenization cache, and their bounds
+    (``infergate_picker_kv_table_entries{table}``, ``..._table_limit``, ``..._table_evicted_total``)."""
+    registry.register(KVIndexCollector(index, profile))
+    registry.register(TableCollector("infergate_picker_kv", kv_tables(profile, index)))
+
+
 class KVFeed:
     def __init__(
         self,
@@ -63,6 +92,7 @@ class KVFeed:
         self.clock = clock
         self.deltas = self.digests = self.bad = 0
         self._subs: list[Subscription] = []
+        self.feed: LastValueFeed | None = None
 
     def on_delta(self, subject: str, data: bytes) -> None:
         try:
@@ -83,14 +113,18 @@ class KVFeed:
         self.index.apply_digest(d, self.clock())
 
     async def start(self) -> None:
+        """Subscribe to the deltas and open the digest feed's live subscription; then ``run()``."""
         s = self.bus.subjects
         self._subs.append(
             await self.bus.subscribe(s.kv_deltas_of_pool(self.namespace, self.pool), self.on_delta)
         )
-        self._subs.append(
-            await follow_kv_digests(self.bus, s.kv_digests_of_pool(self.namespace, self.pool), self.on_digest)
-        )
+        self.feed = kv_digest_feed(self.bus, s.kv_digests_of_pool(self.namespace, self.pool), self.on_digest)
         log.info("following KV events", extra={"pool": f"{self.namespace}/{self.pool}"})
+
+    async def run(self) -> None:
+        """The digests: the stored last ones, then live, re-read after every reconnect (until cancelled)."""
+        assert self.feed is not None, "start() first"
+        await self.feed.run()
 
     async def close(self) -> None:
         for sub in self._subs:
@@ -102,10 +136,13 @@ class KVFeed:
 
 
 class KVIndexCollector:
-    """Prometheus: the index's size (bounded) and which path scored each decision."""
+    """Prometheus: the index's size (bounded), which path scored each decision, the tokenization cache."""
 
-    def __init__(self, index: PreciseIndex) -> None:
+    def __init__(self, index: PreciseIndex, profile: Profile | None = None) -> None:
         self.index = index
+        self.caches = [
+            s.token_cache for s in (precise_scorers(profile) if profile else []) if s.token_cache is not None
+        ]
 
     def describe(self) -> list:
         return []
@@ -125,3 +162,13 @@ class KVIndexCollector:
         d = CounterMetricFamily("infergate_picker_kv_index_dropped", "Blocks not indexed (index full)")
         d.add_metric([], self.index.dropped)
         yield d
+        if self.caches:
+            t = CounterMetricFamily(
+                "infergate_picker_tokenize_cache",
+                "Prompts tokenized for the precise path: reusing a cached prefix (hit), in full (miss), "
+                "or spliced but differing from a full tokenization in an audit (mismatch)",
+                labels=["result"],
+            )
+            for label, attr in (("hit", "hits"), ("miss", "misses"), ("mismatch", "mismatches")):
+                t.add_metric([label], sum(getattr(c, attr) for c in self.caches))
+            yield t

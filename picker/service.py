@@ -46,7 +46,7 @@ from .director import Director
 from .extproc import ExtProcServicer
 from .flow.service import build_flow
 from .hooks import EventSink
-from .kvfeed import KVFeed, KVIndexCollector, attach_precise, precise_scorers
+from .kvfeed import KVFeed, attach_precise, precise_scorers, register_kv_metrics
 from .latency.metrics import register_latency_metrics
 from .metrics import PickerMetrics
 from .models import ModelTable
@@ -133,7 +133,7 @@ class Picker:
         self.kv_index = PreciseIndex()
         self.kv_feed: KVFeed | None = None
         if attach_precise(self.profile, self.kv_index):
-            self.registry.register(KVIndexCollector(self.kv_index))
+            register_kv_metrics(self.registry, self.profile, self.kv_index)
         register_latency_metrics(self.registry, cfg.pool_name, self.state)  # empty unless a profile learns
         if cfg.kube or cfg.kubeconfig or cfg.kube_host:
             self.source: Any = KubeSource(cfg, self._set_models)
@@ -309,6 +309,7 @@ class Picker:
         cfg = self.config
         self.kv_feed = KVFeed(self.feed.bus, cfg.pool_namespace, cfg.pool_name, self.kv_index)
         await self.kv_feed.start()
+        await self.kv_feed.run()  # until cancelled
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the health loop saw the picker ready (raises TimeoutError)."""

@@ -84,7 +84,10 @@ class Bus(Protocol):
 
     async def subscribe(self, subject: str, handler: Handler) -> Subscription: ...
 
-    async def follow_last_values(self, subject: str, handler: Handler) -> LastValues: ...
+    async def follow_last_values(
+        self, subject: str, handler: Handler, stream: str | None = None
+    ) -> LastValues:
+        """The stored last value of every subject under ``subject`` (in ``stream``, else the endpoints')."""
 
     async def replay(self, subject: str, since: float, handler: Handler) -> int:
         """Feed every stored message on ``subject`` newer than ``since``; return how many.
@@ -196,7 +199,7 @@ class MemoryBus:
     async def subscribe(self, subject: str, handler: Handler) -> _Sub:
         return self.subscribe_nowait(subject, handler)
 
-    async def follow_last_values(self, subject: str, handler: Handler) -> _Sub:
+    async def follow_last_values(self, subject: str, handler: Handler, stream: str | None = None) -> _Sub:
         return self.follow_last_values_nowait(subject, handler)
 
     async def replay(self, subject: str, since: float, handler: Handler) -> int:

@@ -44,8 +44,9 @@ Ids are forgotten ``ttl`` after their last event (longer than the event stream's
 a replayed duplicate is still recognised).
 
 **Feeds.** :class:`LastValueFeed` follows live updates on a core subscription, opened
-first, and bootstraps from the stored last value of every endpoint; once the stored values
-are in, it releases their consumer. Live traffic therefore never waits on the stream: on a
+first, and bootstraps from the stored last value of every endpoint (or of every subject of
+another last-value stream: the pods' KV digests, :mod:`shared.kvstream`); once the stored
+values are in, it releases their consumer. Live traffic therefore never waits on the stream: on a
 NATS cluster that loses the node leading the endpoint stream, snapshots keep arriving while
 the survivors elect a new leader. It re-subscribes after every reconnect (the stream may
 have been recreated; the replayed last values fail the ordering test when already applied,
@@ -289,6 +290,7 @@ class LastValueFeed:
         manage_streams: bool = True,
         on_bootstrapped: Callable[[], None] | None = None,
         retry_s: float = 0.5,
+        stream: str | None = None,
     ) -> None:
         self.bus = bus
         self.subject = subject
@@ -296,6 +298,8 @@ class LastValueFeed:
         self.manage_streams = manage_streams
         self.on_bootstrapped = on_bootstrapped
         self.retry_s = retry_s
+        self.stream = stream  # where the last values are kept (None: the endpoint stream)
+        self.failures = 0  # consecutive failed bootstraps
         self.bootstrapped = asyncio.Event()
         self.subscriptions = 0
         self._live: Subscription | None = None
@@ -310,9 +314,17 @@ class LastValueFeed:
                 try:
                     await self._subscribe()
                 except Exception as exc:
-                    log.warning("last-value subscription failed; retrying", extra={"error": repr(exc)})
+                    # the first failure of a streak is worth a warning, not every retry
+                    self.failures += 1
+                    level = logging.WARNING if self.failures == 1 else logging.DEBUG
+                    log.log(
+                        level,
+                        "last-value subscription failed; retrying",
+                        extra={"error": repr(exc), "subject": self.subject},
+                    )
                     await asyncio.sleep(self.retry_s)
                     continue
+                self.failures = 0
                 await self._await_bootstrap()
                 await self._resync.wait()
                 self._resync.clear()
@@ -329,7 +341,10 @@ class LastValueFeed:
             self._live = await self.bus.subscribe(self.subject, self.handler)
         if self.manage_streams:
             await self.bus.ensure_streams()
-        self._sub = await self.bus.follow_last_values(self.subject, self.handler)
+        if self.stream is None:
+            self._sub = await self.bus.follow_last_values(self.subject, self.handler)
+        else:
+            self._sub = await self.bus.follow_last_values(self.subject, self.handler, stream=self.stream)
         self.subscriptions += 1
 
     async def _await_bootstrap(self) -> None:

@@ -92,12 +92,22 @@ class BlockHasher:
 
     def digests(self, tokens: Sequence[int], extra_keys: tuple | None = None) -> list[bytes]:
         """The full 32-byte digests of the complete leading blocks."""
+        return self.digests_from(tokens, None, 0, extra_keys)
+
+    def digests_from(
+        self, tokens: Sequence[int], parent: bytes | None, start_block: int, extra_keys: tuple | None = None
+    ) -> list[bytes]:
+        """The chain resumed: ``tokens`` begin at block ``start_block``, whose parent is ``parent``.
+
+        ``digests(t)[n:] == digests_from(t[n * block_size:], digests(t)[n - 1], n)`` (the root
+        for ``n == 0``): a cached prefix's digests need not be recomputed.
+        """
         bs = self.block_size
         n = len(tokens) // bs
         if self.max_blocks is not None:
-            n = min(n, self.max_blocks)
+            n = min(n, self.max_blocks - start_block)
         out: list[bytes] = []
-        prev = self.root
+        prev = self.root if parent is None else parent
         for i in range(n):
             prev = block_hash(prev, tokens[i * bs : (i + 1) * bs], extra_keys)
             out.append(prev)

@@ -135,11 +135,12 @@ class NatsBus:
         js = self.nc.jetstream(timeout=JS_API_TIMEOUT_S)
         await ensure_streams(js, self.subjects, self.stream_settings)
 
-    async def follow_last_values(self, subject: str, handler: Handler) -> _NatsSub:
+    async def follow_last_values(self, subject: str, handler: Handler, stream: str | None = None) -> _NatsSub:
         js = self.nc.jetstream(timeout=JS_API_TIMEOUT_S)
+        stream = stream or self.subjects.endpoint_stream
         # Subjects the stream holds right now: zero means the bootstrap is trivially complete
         # (no message would ever say num_pending == 0).
-        info = await js.stream_info(self.subjects.endpoint_stream, subjects_filter=subject)
+        info = await js.stream_info(stream, subjects_filter=subject)
         held = len(info.state.subjects or {}) if info.state else 0
         out = _NatsSub()
 
@@ -155,7 +156,7 @@ class NatsBus:
 
         out.sub = await js.subscribe(
             subject,
-            stream=self.subjects.endpoint_stream,  # named: no stream lookup by subject, no
+            stream=stream,  # named: no stream lookup by subject, no
             cb=cb,  # need for the STREAM.NAMES permission on a locked-down server
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,

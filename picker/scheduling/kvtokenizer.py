@@ -16,14 +16,29 @@ __all__ = ["HFTokenizer", "SimTokenizer", "Tokenizer", "load_tokenizer"]
 
 
 class Tokenizer(Protocol):
+    """``encode``: the ids vLLM sees; ``encode_offsets`` + ``specials``: what the prefix cache needs."""
+
+    specials: tuple[list[int], list[int]]
+
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[int]]: ...
 
 
 class SimTokenizer:
+    specials: tuple[list[int], list[int]] = ([], [])  # the simulator adds no special tokens
+
     def encode(self, text: str) -> list[int]:
         from sim.tokenize import encode
 
         return encode(text)
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """The ids and each token's first character (a token is 4 characters: sim/tokenize.py)."""
+        from shared.tokens import CHARS_PER_TOKEN
+        from sim.tokenize import encode
+
+        return encode(text), list(range(0, len(text), CHARS_PER_TOKEN))
 
 
 class HFTokenizer:
@@ -32,9 +47,24 @@ class HFTokenizer:
 
         self._tok = _HF.from_file(path)  # a local file: from_pretrained would download
         self.add_special_tokens = add_special_tokens
+        self.specials = self._specials() if add_special_tokens else ([], [])
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=self.add_special_tokens).ids
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """The ids without special tokens and each token's first character in ``text``."""
+        e = self._tok.encode(text, add_special_tokens=False)
+        return e.ids, [a for a, _b in e.offsets]
+
+    def _specials(self) -> tuple[list[int], list[int]]:
+        """What the post-processor adds before and after a single sequence (BOS, EOS...)."""
+        plain = self._tok.encode("a", add_special_tokens=False).ids
+        full = self._tok.encode("a", add_special_tokens=True).ids
+        for i in range(len(full) - len(plain) + 1):
+            if full[i : i + len(plain)] == plain:
+                return full[:i], full[i + len(plain) :]
+        raise ValueError("the tokenizer's post-processor changes the text's own tokens")
 
 
 @lru_cache(maxsize=16)

@@ -20,6 +20,7 @@ from shared.kvhash import DEFAULT_SEED, BlockHasher
 
 from .context import Context
 from .kvindex import get_index
+from .kvtokcache import TokenPrefixCache
 from .kvtokenizer import load_tokenizer
 from .params import Params
 from .plugin import register
@@ -44,9 +45,24 @@ class PrecisePrefixScorer(Scorer):
         max_blocks: int = 2048,
         index: str = "default",
         add_special_tokens: bool = True,
+        token_cache_chunks: int = 8192,
+        token_cache_chunk_chars: int = 512,
     ) -> None:
         self.tokenizer = load_tokenizer(tokenizer, add_special_tokens)
         self.hasher = BlockHasher(block_size, hash_seed, hash_algo, max_blocks)
+        # Repeated prefixes are tokenized and hashed once (kvtokcache.py); 0 chunks: off.
+        self.token_cache = (
+            TokenPrefixCache(
+                self.tokenizer,
+                self.hasher,
+                chunk_chars=token_cache_chunk_chars,
+                max_chunks=token_cache_chunks,
+                window_chars=token_cache_chunk_chars // 4,
+                margin_chars=token_cache_chunk_chars // 16,
+            )
+            if token_cache_chunks > 0
+            else None
+        )
         self.cpu_weight = cpu_weight
         self.index = get_index(index)
         # Simulation only (bench/des/kvprecise.py): score the request's prefix_hashes, which
@@ -64,12 +80,18 @@ class PrecisePrefixScorer(Scorer):
             max_blocks=p.integer("max_blocks", 2048, lo=1),
             index=p.string("index", "default"),
             add_special_tokens=p.boolean("add_special_tokens", True),
+            token_cache_chunks=p.integer("token_cache_chunks", 8192, lo=0),
+            token_cache_chunk_chars=p.integer("token_cache_chunk_chars", 512, lo=64),
         )
         p.done()
         return out
 
     def hashes(self, text: str) -> list[int]:
-        return self.hasher.hashes(self.tokenizer.encode(text)) if text else []
+        if not text:
+            return []
+        if self.token_cache is not None:
+            return self.token_cache.hashes(text)
+        return self.hasher.hashes(self.tokenizer.encode(text))
 
     def score(self, ctx: Context, group: Group) -> list[float] | None:
         req = ctx.request

@@ -9,11 +9,20 @@ import nats
 import pytest
 import zmq.asyncio
 
-from collector.kvevents import KVSettings, PodKVState, PodKVStream, kv_addresses
+from collector.__main__ import build_parser, config_from_args
+from collector.kvevents import (
+    ANNOTATION,
+    REPLAY_ANNOTATION,
+    KVSettings,
+    PodKVState,
+    PodKVStream,
+    kv_addresses,
+    kv_settings,
+)
 from collector.targets import Target, TargetsError, parse_targets
 from shared import kvevents as kv
 from shared.bus import MemoryBus
-from shared.kvstream import follow_kv_digests
+from shared.kvstream import kv_digest_feed
 from shared.natsbus import NatsBus
 from shared.natsconn import NatsOptions
 from shared.subjects import Subjects
@@ -21,6 +30,8 @@ from shared.tokens import text_for_tokens
 from sim.engine import EngineConfig
 from sim.kvevents import KVEventsConfig
 from sim.pod import PodSpec, SimPod
+from tests.collector.test_kube import pool_v1
+from tests.support.kubeapi import pod as kube_pod
 from tests.support.waiting import wait_until
 
 
@@ -45,6 +56,23 @@ def test_state_folds_events_into_one_delta_per_tier():
     st.apply(_batch(kv.AllBlocksCleared(), kv.BlockStored([8], None, [], 16)))
     d = st.take_delta("a", "e", 3)
     assert d.clear and d.stored == [8] and st.gpu == {8} and st.cpu == set()
+
+
+def test_flush_and_digest_intervals_from_flags_and_env(monkeypatch):
+    def settings(argv, env=None):
+        for k in ("INFERGATE_KV_FLUSH_INTERVAL", "INFERGATE_KV_DIGEST_INTERVAL"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        cfg = config_from_args(build_parser().parse_args(["--target", "p/a=127.0.0.1:1", *argv]))
+        cfg.validate()
+        return kv_settings(cfg)
+
+    assert (settings([]).flush_interval, settings([]).digest_interval) == (0.02, 1.0)
+    s = settings(["--kv-flush-interval", "0.05"], {"INFERGATE_KV_DIGEST_INTERVAL": "0.5"})
+    assert (s.flush_interval, s.digest_interval) == (0.05, 0.5)
+    with pytest.raises(ValueError, match="KV flush interval"):
+        settings(["--kv-flush-interval", "2"])
 
 
 def test_addresses_from_annotations_and_targets_file():
@@ -119,7 +147,10 @@ async def test_gap_is_recovered_from_the_replay_socket_or_resets_the_state():
         await pod.stop()
 
 
-async def test_events_reach_nats_as_deltas_and_a_digest_kept_in_jetstream(make_collector, nats_server):
+async def test_events_reach_nats_as_deltas_and_a_digest_kept_in_jetstream(
+    make_collector, nats_server, kube_api
+):
+    """Through Kubernetes discovery: the pod annotations name the KV events and replay ports."""
     pod = await _sim_pod()
     nc = await nats.connect(nats_server.url)
     deltas: list[kv.KVDelta] = []
@@ -131,19 +162,23 @@ async def test_events_reach_nats_as_deltas_and_a_digest_kept_in_jetstream(make_c
     await nc.subscribe(subjects.kv_deltas_of_pool("default", "pool"), cb=on_delta)
     try:
         pub = pod.kv_publisher
-        plain = Target("default", "pool", "plain", "127.0.0.1", 1, "")  # no events: untouched
-        t = Target(
-            "default",
-            "pool",
+        await kube_api.upsert(pool_v1(namespace="default", ports=(pod.port,)))
+        annotated = kube_pod("kv-0", "127.0.0.1")
+        annotated["metadata"]["annotations"] = {
+            ANNOTATION: pub.endpoint.rpartition(":")[2],  # a port, taken on the pod IP
+            REPLAY_ANNOTATION: "tcp://*:" + pub.replay_endpoint.rpartition(":")[2],
+        }
+        await kube_api.upsert(annotated)
+        await kube_api.upsert(kube_pod("plain", "127.0.0.2"))  # no annotation: not followed
+        c = await make_collector(kube_api_server=kube_api.url)
+        await c.wait_ready()
+        await wait_until(lambda: c.kv.streams, what="the annotated pod followed")
+        [t] = [s.target for s in c.kv.streams.values()]
+        assert (t.pod, t.kv_events, t.kv_replay) == (
             "kv-0",
-            "127.0.0.1",
-            pod.port,
-            "",
             _local(pub.endpoint),
             _local(pub.replay_endpoint),
         )
-        c = await make_collector(targets=[t, plain])
-        await c.wait_ready()
         await wait_until(
             lambda: c.kv.streams and next(iter(c.kv.streams.values())).need_digest is False,
             what="first digest",
@@ -168,12 +203,15 @@ async def test_events_reach_nats_as_deltas_and_a_digest_kept_in_jetstream(make_c
         # a replica that starts now converges from the stored digest, without history
         bus = await NatsBus.connect(NatsOptions(servers=[nats_server.url]))
         got: list[kv.KVDigest] = []
-        sub = await follow_kv_digests(
+        feed = kv_digest_feed(
             bus, subjects.kv_digests_of_pool("default", "pool"), lambda s, d: got.append(kv.decode_digest(d))
         )
+        task = asyncio.create_task(feed.run())
+        await asyncio.wait_for(feed.bootstrapped.wait(), 5)  # the stored digest read, consumer released
         await wait_until(lambda: got and set(got[-1].gpu) == set(pod.engine.kv.cached), what="digest")
-        assert got[-1].live and got[-1].block_size == 16
-        await sub.unsubscribe()
+        assert got[-1].live and got[-1].block_size == 16 and feed.subscriptions == 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await bus.close()
     finally:
         await nc.close()

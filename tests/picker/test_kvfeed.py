@@ -75,6 +75,12 @@ async def test_pickers_converge_restart_and_fall_back_when_nats_is_out(nats_serv
         await wait_until(lambda: holds(p2), what="second picker converged")
         page = p1.registry.get_sample_value("infergate_picker_kv_index_blocks")
         assert page == len(cached())
+        # the precise path's bounded tables, as the picker's others (shared/tables.py)
+        table = lambda m, t: p1.registry.get_sample_value(f"infergate_picker_kv_table_{m}", {"table": t})  # noqa: E731
+        assert table("entries", "kv_index_blocks") == len(cached())
+        assert (
+            table("limit", "tokenize_cache_chunks") == 8192 and table("entries", "tokenize_cache_chunks") == 0
+        )
 
         # NATS out: digests stop, the pod is no longer live: the approximate path takes over
         nats_server.stop()
