@@ -3,11 +3,12 @@
 Upstream runs flow control per replica, so N active replicas admit N times the limit.
 Here every replica publishes, every ``publish_interval`` (100 ms), one small message on
 ``<prefix>.<ns>.<pool>.fc.<replica>``: its *demand* (requests queued plus its own requests
-in flight) and the service it gave each flow since the last message (least-attained-
-service tokens, at most 64 flows). From the demands every replica computes the same split
-of each pod's concurrency limit (largest remainder, proportional to demand, ties rotated
-by pod so small limits spread over the replicas), and dispatches to a pod only while its
-own requests there stay under its share **and** the pod's total in flight (every
+in flight; its queued count zero while a peer waits with a higher priority, see
+``FlowController.queued_demand``) and the service it gave each flow since the last
+message (least-attained-service tokens, at most 64 flows). From the demands every replica
+computes the same split of each pod's concurrency limit (largest remainder, proportional
+to demand, ties rotated by pod so small limits spread over the replicas), and dispatches
+to a pod only while its own requests there stay under its share **and** the pod's total in flight (every
 replica's, from the shared in-flight view) stays under the limit.
 
 Shares grow late and shrink at once: a replica applies a smaller share as soon as it
@@ -198,6 +199,14 @@ class PoolCoordinator:
         self.runner = runner
         self.sent = 0
         self.received = 0
+        self.min_gap = shares.interval / 10  # early publications (a rise) at most this often
+        self._early: asyncio.Event | None = None
+        self._last_sent = -1e9
+
+    def top_rose(self) -> None:
+        """The controller's highest waiting priority went up: publish now, not on the tick."""
+        if self._early is not None:
+            self._early.set()
 
     def on_message(self, subject: str, data: bytes) -> None:
         try:
@@ -215,7 +224,7 @@ class PoolCoordinator:
                 svc.add(flow, float(tokens), now, local=False)
 
     def demand(self) -> int:
-        return self.controller.queued + sum(n for n, _ in self.runner.own.values())
+        return self.controller.queued_demand() + sum(n for n, _ in self.runner.own.values())
 
     async def publish_once(self) -> None:
         self.shares.connected = bool(self.bus.connected)
@@ -233,18 +242,30 @@ class PoolCoordinator:
         try:
             await self.bus.publish(self.subject, encode_flow(msg))
             self.sent += 1
+            self._last_sent = time.monotonic()
         except Exception as exc:  # a bus hiccup: the next interval tries again
             self.shares.connected = False
             log.debug("flow-control publish failed", extra={"error": str(exc)})
 
     async def run(self) -> None:
         sub = await self.bus.subscribe(self.pattern, self.on_message)
+        self._early = early = asyncio.Event()
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 await self.publish_once()
                 self.runner.kick()  # shares may have grown: queued requests may go
-                await asyncio.sleep(self.shares.interval)
+                tick_at = loop.time() + self.shares.interval
+                while (left := tick_at - loop.time()) > 0:
+                    try:
+                        await asyncio.wait_for(early.wait(), left)
+                    except TimeoutError:
+                        break
+                    early.clear()
+                    await asyncio.sleep(max(0.0, self._last_sent + self.min_gap - time.monotonic()))
+                    await self.publish_once()  # a rise: tell the peers now; the tick stays
         finally:
+            self._early = None
             try:
                 await sub.unsubscribe()
             except Exception:

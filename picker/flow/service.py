@@ -94,6 +94,8 @@ class FlowControl:
         self.coordinator = PoolCoordinator(
             bus, subjects, namespace, pool, self.replica, self.shares, self.controller, self.runner
         )
+        if self.config.publish_on_rise:
+            self.controller.on_top_rise = self.coordinator.top_rose
         supervisor.spawn("flow-control-pool", self.coordinator.run)
 
 
