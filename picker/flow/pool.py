@@ -17,11 +17,16 @@ replica giving the capacity up has heard the same demands and shrunk. So the sha
 sum to at most the limit even while demands move (up to one message lost in between).
 
 * **Band order**: the message carries the replica's highest waiting priority; a replica holds
-  its lower bands back while a peer waits with a higher one (:meth:`Shares.peer_top`).
+  its lower bands back while a peer waits with a higher one (:meth:`Shares.peer_top`), and
+  claims no share of the pods for its held queue. A rise of that priority (a request queues
+  above everything waiting here) is published at once (:meth:`PoolCoordinator.top_rose`, at
+  most one extra message per 10 ms); a fall waits for the tick: holding a lower band a
+  little too long costs less than letting one overtake.
 * **Autoscaling**: the message also carries the replica's queue length per target model;
   the autoscaler sums the replicas' latest values into ``infergate-flow-control-queue-length``
   (an external metric), which exists even while no pod serves the model (scale from zero).
-* **Bus cost**: one message per replica per interval, independent of the request rate:
+* **Bus cost**: one message per replica per interval, independent of the request rate
+  (plus one per rise of the top waiting priority, at most 100/s per replica):
   10 msg/s per replica, ~60 bytes plus ~20 bytes per active flow; at 1,000 req/s on
   four replicas, 40 msg/s and a few kB/s, against the ~2 events per request (assignment
   and completion, batched) that the shared view already carries.
@@ -199,7 +204,7 @@ class PoolCoordinator:
         self.runner = runner
         self.sent = 0
         self.received = 0
-        self.min_gap = shares.interval / 10  # early publications (a rise) at most this often
+        self.min_gap = min(0.01, shares.interval / 10)  # early publications (a rise) at most this often
         self._early: asyncio.Event | None = None
         self._last_sent = -1e9
 
