@@ -26,7 +26,8 @@ sum to at most the limit even while demands move (up to one message lost in betw
   the autoscaler sums the replicas' latest values into ``infergate-flow-control-queue-length``
   (an external metric), which exists even while no pod serves the model (scale from zero).
 * **Bus cost**: one message per replica per interval, independent of the request rate
-  (plus one per rise of the top waiting priority, at most 100/s per replica):
+  (plus one per rise of the top waiting priority: up to the top band's queued arrivals,
+  at most 100/s per replica):
   10 msg/s per replica, ~60 bytes plus ~20 bytes per active flow; at 1,000 req/s on
   four replicas, 40 msg/s and a few kB/s, against the ~2 events per request (assignment
   and completion, batched) that the shared view already carries.
