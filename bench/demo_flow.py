@@ -99,6 +99,20 @@ async def run_priority_phase(args: Any, rows: list, row_type: Any) -> None:
             await wait_idle(stack)
 
 
+def report_note(args: Any) -> list[str]:
+    """The mixed-priority phase's lines in the demo report (its workload, load and time scale)."""
+    scale = args.time_scale or PRIORITY_TIME_SCALE
+    duration = args.duration or PRIORITY_DURATION_H100_S * scale
+    cap = POD_CAPACITY_QPS * 4
+    return [
+        f"Mixed-priority phase: {args.priority_load:g}x the 4 pods' capacity ({cap:g} req/s, measured by",
+        "`python -m bench.demo_flow --calibrate`) of long prompts with short answers (1,000-3,000",
+        "prompt tokens, 8-24 output tokens: prefill-bound, so the pods' queues build within seconds),",
+        "30% top band (priority 100), 70% batch (priority -100); pickers with `--flow-control on`",
+        f"(TTL {TTL_H100_S:g} s H100); time scale {scale:g}, {duration:g} s wall of sending per route.",
+    ]
+
+
 def calibrate(
     rates: list[float], duration_s: float = 20.0, seed: int = 3
 ) -> list[tuple[float, float, float]]:
