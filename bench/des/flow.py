@@ -53,7 +53,8 @@ class FlowPointResult:
     replicas: int
     per_band: dict[int, dict[str, float]] = field(default_factory=dict)
     per_tenant: dict[str, dict[str, float]] = field(default_factory=dict)
-    total_tok_s: float = 0.0
+    total_tok_s: float = 0.0  # output tokens of the measured requests / (last finish - warm-up)
+    window_tok_s: float = 0.0  # output tokens finished inside the measured window / its length
     rejected: int = 0
     served: int = 0
     unfinished: int = 0
@@ -267,6 +268,7 @@ class FlowCluster(Cluster):
         res.rejected = self.shed
         res.unfinished = base.unfinished
         res.total_tok_s = base.output_tokens / span
+        res.window_tok_s = base.window_tok_per_min / 60.0
         for b, _ in self.point.bands:
             res.per_band[b] = _stats(self.band_recs.get(b, []), span) | {"rejected": self.band_rej.get(b, 0)}
         shares = []
