@@ -106,6 +106,7 @@ class FlowCluster(Cluster):
                 self.shares.append(sh)
                 assert fc is not None
                 fc.peer_top = sh.peer_top
+                fc.replicas = sh.replicas
                 if point.flow.publish_on_rise:
                     fc.on_top_rise = lambda p=p: self._send_top(p)
             for p in range(len(self.pickers)):

@@ -91,6 +91,7 @@ class FlowController:
         clock: Callable[[], float] = time.perf_counter,
         peer_top: Callable[[], int | None] | None = None,
         on_top_rise: Callable[[], None] | None = None,
+        replicas: Callable[[], int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.scheduler = scheduler
@@ -102,6 +103,8 @@ class FlowController:
         # Pool-wide: the highest priority a peer replica has waiting (None: none / alone).
         self.peer_top = peer_top
         self.on_top_rise = on_top_rise
+        # Pool-wide: the replicas alive (the band bounds are the pool's: each keeps 1/n).
+        self.replicas = replicas
         self._seen: dict[int, float] = {}  # priority -> last submit (the band-aware gate)
         self._last_flow: str | None = None
         self._other_flow_at = -1e18  # last submit of a flow other than the one before it
@@ -227,7 +230,7 @@ class FlowController:
                     self.metrics.outcome(info.priority, Outcome.REJECTED_OTHER, 0.0)
                 return d
         band = self.band(info.priority)
-        if not band.fits(size):
+        if not self._fits(band, size):
             self.metrics.outcome(info.priority, Outcome.REJECTED_CAPACITY, 0.0)
             return Decision([], 429, f"flow control: the priority {info.priority} queue is full")
         ttl = self.cfg.ttl_s
@@ -242,6 +245,13 @@ class FlowController:
         if self.on_top_rise is not None and (before is None or info.priority > before):
             self.on_top_rise()
         return item
+
+    def _fits(self, band: Band, size: int) -> bool:
+        """The band's bounds, this replica's part of them when the pool has several replicas."""
+        n = self.replicas() if self.replicas is not None else 1
+        if n <= 1:
+            return band.fits(size)
+        return band.size < max(1, band.max_requests // n) and band.bytes + size <= band.max_bytes // n
 
     def _count(self, model: str, delta: int) -> None:
         if model not in self.by_model and len(self.by_model) >= 256:

@@ -22,6 +22,9 @@ sum to at most the limit even while demands move (up to one message lost in betw
   above everything waiting here) is published at once (:meth:`PoolCoordinator.top_rose`, at
   most one extra message per 10 ms); a fall waits for the tick: holding a lower band a
   little too long costs less than letting one overtake.
+* **Band bounds**: ``max_requests_per_band`` / ``max_bytes_per_band`` hold for the pool:
+  each replica keeps at most the bound divided by the replicas alive (:meth:`Shares.replicas`),
+  so four replicas do not queue four times the bound.
 * **Autoscaling**: the message also carries the replica's queue length per target model;
   the autoscaler sums the replicas' latest values into ``infergate-flow-control-queue-length``
   (an external metric), which exists even while no pod serves the model (scale from zero).
@@ -143,6 +146,12 @@ class Shares:
             self.known = len(out)
             self.known_names = [r for r, _ in out]
         return out
+
+    def replicas(self) -> int:
+        """Replicas believed alive, this one included; NATS down: the number last known."""
+        if not self.connected:
+            return max(1, self.known)
+        return len(self.live(self.clock()))
 
     @property
     def degraded(self) -> bool:

@@ -77,6 +77,7 @@ class FlowControl:
             gate=gate,
             metrics=self.metrics,
             peer_top=self.shares.peer_top if self.shares is not None else None,
+            replicas=self.shares.replicas if self.shares is not None else None,
         )
         self.runner.controller = self.controller
         self.metrics.add_gauges(self.controller.sizes, self.controller.saturation)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from picker.flow.config import FlowConfig, parse_flow_config
@@ -401,3 +403,15 @@ def test_round_robin_per_replica_is_pool_fair_when_flows_spread_over_replicas():
 
     assert run([replica(["A", "B"]), replica(["A", "B"])]) == {"A": 6, "B": 6}
     assert run([replica(["A", "B"]), replica(["A"])]) == {"A": 9, "B": 3}  # B confined to one replica
+
+
+def test_band_bounds_are_the_pools_each_replica_keeps_its_part():
+    fc, st = make(replace(CONC1, max_requests_per_band=8))
+    alive = [4]
+    fc.replicas = lambda: alive[0]
+    log: list = []
+    submit(fc, st, log, "busy")
+    outs = [submit(fc, st, log, f"q{i}")[0] for i in range(3)]
+    assert [w.outcome for w in outs] == [None, None, (429, "direct")]  # 8 / 4 replicas = 2 here
+    alive[0] = 1  # the peers are gone: the whole bound
+    assert submit(fc, st, log, "q3")[0].outcome is None
