@@ -174,7 +174,7 @@ class FlowController:
     def queued_demand(self) -> int:
         """The queued requests this replica claims capacity for (pool-wide shares).
 
-        None while a peer waits with a higher priority: this replica holds its bands back
+        Zero while a peer waits with a higher priority: this replica holds its bands back
         for it (:meth:`_held`), so claiming a share of the pods' limits for them would only
         starve the peer whose request goes first (with a limit of one per pod, a replica
         with three low requests would otherwise get every pod's slot and hold them all).
