@@ -403,6 +403,7 @@ def write_report(
         f"ShareGPT phase: {sharegpt_data.source_label(args.sharegpt_convs)}.",
         "The shared-prefix phase gives each pod a 30,000-token KV cache, so that its 24 prompt",
         "groups (2,304 tokens each) overflow one pod's cache but fit in the pool's.",
+        *(_priority_note(args) if "priority" in args.phases else ()),
         "",
         table,
         "",
@@ -413,6 +414,12 @@ def write_report(
         lines += [f"![latency distributions]({plot.name})", ""]
     report.write_text("\n".join(lines))
     return report, plot
+
+
+def _priority_note(args: argparse.Namespace) -> list[str]:
+    from bench.demo_flow import report_note  # the mixed-priority phase describes itself
+
+    return report_note(args)
 
 
 def plot_latency(args: argparse.Namespace, results: dict[str, LoadResult]) -> Path | None:

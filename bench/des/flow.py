@@ -53,7 +53,8 @@ class FlowPointResult:
     replicas: int
     per_band: dict[int, dict[str, float]] = field(default_factory=dict)
     per_tenant: dict[str, dict[str, float]] = field(default_factory=dict)
-    total_tok_s: float = 0.0
+    total_tok_s: float = 0.0  # output tokens of the measured requests / (last finish - warm-up)
+    window_tok_s: float = 0.0  # output tokens finished inside the measured window / its length
     rejected: int = 0
     served: int = 0
     unfinished: int = 0
@@ -99,12 +100,15 @@ class FlowCluster(Cluster):
         # publish interval (picker.flow.pool); peers hold lower bands back while it waits.
         self.shares: list[Shares] = []
         if point.flow is not None and self.shared and point.flow.pool_wide:
-            for pk, fc in zip(self.pickers, self.controllers, strict=True):
+            for p, (pk, fc) in enumerate(zip(self.pickers, self.controllers, strict=True)):
                 sh = Shares(pk.name, point.flow.publish_interval_s, clock=lambda: self.now)
                 sh.connected = True
                 self.shares.append(sh)
                 assert fc is not None
                 fc.peer_top = sh.peer_top
+                fc.replicas = sh.replicas
+                if point.flow.publish_on_rise:
+                    fc.on_top_rise = lambda p=p: self._send_top(p)
             for p in range(len(self.pickers)):
                 self._call_later(
                     point.flow.publish_interval_s * (p + 1) / len(self.pickers), lambda p=p: self._publish(p)
@@ -185,13 +189,18 @@ class FlowCluster(Cluster):
         self._kick(address, now)
 
     def _publish(self, p: int) -> None:
+        assert self.point.flow is not None
+        self._send_top(p)
+        self._call_later(self.point.flow.publish_interval_s, lambda: self._publish(p))
+
+    def _send_top(self, p: int) -> None:
+        """One message of replica ``p`` (its highest waiting priority) to every peer, after the bus delay."""
         fc = self.controllers[p]
-        assert fc is not None and self.point.flow is not None
+        assert fc is not None
         top, name = fc.top(), self.pickers[p].name
         for q, sh in enumerate(self.shares):
             if q != p:
                 self._call_later(self.cfg.share_delay_s, lambda sh=sh, top=top: self._heard(sh, name, top))
-        self._call_later(self.point.flow.publish_interval_s, lambda: self._publish(p))
 
     def _heard(self, sh: Shares, name: str, top: int | None) -> None:
         sh.heard(name, 0, self.now, top)
@@ -260,6 +269,7 @@ class FlowCluster(Cluster):
         res.rejected = self.shed
         res.unfinished = base.unfinished
         res.total_tok_s = base.output_tokens / span
+        res.window_tok_s = base.window_tok_per_min / 60.0
         for b, _ in self.point.bands:
             res.per_band[b] = _stats(self.band_recs.get(b, []), span) | {"rejected": self.band_rej.get(b, 0)}
         shares = []

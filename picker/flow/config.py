@@ -4,7 +4,9 @@ A profile turns flow control on by carrying the block (``enabled: true`` is impl
 ``--flow-control`` / ``INFERGATE_FLOW_CONTROL`` turns it on or off for whatever profile
 runs, and the other ``--flow-control-*`` flags override single fields. Every field has
 upstream's default where upstream has one (TTL 60 s, 5,000 requests per band, utilization
-limits 5 / 0.8 / 200 ms, LAS half-life 60 s).
+limits 5 / 0.8 / 200 ms, LAS half-life 60 s). One is ours: ``mixed_queue_depth`` (1), the
+utilization detector's queue depth while several priority bands or flows are active (measured in
+bench/results/flow-control.md; set it to ``queue_depth`` for upstream's behaviour).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class FlowConfig:
     max_flows_per_band: int = 1000  # fairness ids beyond fold into one overflow flow
     detector: str = "utilization"
     queue_depth: int = 5  # utilization: a pod with more waiting requests is saturated
+    # utilization, band-aware: while several priority bands (or flows) are active, a pod with
+    # more waiting requests than this is saturated (its FCFS queue knows neither: the backlog
+    # stays in the picker, in band and fairness order). Equal to queue_depth: upstream's gate.
+    mixed_queue_depth: int = 1
     kv_cache: float = 0.8  # utilization: a pod over this KV use is saturated
     staleness_ms: float = 200.0  # utilization: older metrics count as saturated
     max_requests_per_pod: int = 0  # concurrency: requests in flight per pod (0: no limit)
@@ -46,6 +52,7 @@ class FlowConfig:
     tick_s: float = 0.02  # dispatch re-check period while something waits
     pool_wide: bool = True  # share limits and fairness with the other replicas over NATS
     publish_interval_s: float = 0.1  # pool-wide: how often a replica publishes its demand
+    publish_on_rise: bool = True  # pool-wide: publish at once when the top waiting priority rises
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **kw: Any) -> FlowConfig:
@@ -81,6 +88,7 @@ def parse_flow_config(raw: Any, where: str) -> FlowConfig:
         max_flows_per_band=p.integer("max_flows_per_band", 1000, lo=1),
         detector=kind,
         queue_depth=det.integer("queue_depth", 5, lo=0),
+        mixed_queue_depth=det.integer("mixed_queue_depth", 1, lo=0),
         kv_cache=det.number("kv_cache", 0.8, lo=0.0, hi=1.0),
         staleness_ms=det.number("staleness_ms", 200.0, lo=0.0),
         max_requests_per_pod=det.integer("max_requests_per_pod", 0, lo=0),
@@ -90,6 +98,7 @@ def parse_flow_config(raw: Any, where: str) -> FlowConfig:
         tick_s=p.number("tick_ms", 20.0, lo=1.0) / 1000.0,
         pool_wide=p.boolean("pool_wide", True),
         publish_interval_s=p.number("publish_interval_ms", 100.0, lo=5.0) / 1000.0,
+        publish_on_rise=p.boolean("publish_on_rise", True),
     )
     det.done()
     p.done()

@@ -16,6 +16,14 @@ binding). The first request that cannot go (no pod with room) stops the pump: a 
 band never overtakes a higher one. Expired requests leave with 429 ``rejected-ttl-expired``
 (503 when still no endpoint: a scale from zero that did not come).
 
+With a band-aware detector (``mixed_queue_depth``), requests are gated by the smaller depth
+while the traffic is *mixed*: several priority bands active (submitted here in the last
+:data:`ACTIVE_WINDOW_S`, or waiting at a peer), or several flows (fairness ids).
+
+When the highest priority waiting here rises (:meth:`top` goes up on a submit), the
+controller calls ``on_top_rise``: the pool-wide coordinator publishes at once instead of
+on its next tick, so the peers hold their lower bands back without a 100-ms lag.
+
 Each queued request carries a *waiter* (``dispatch(decision, info)``, ``reject(status,
 reason, dropped)``): the caller's way to learn the outcome. :meth:`cancel` removes one at
 once (the client went away).
@@ -41,6 +49,8 @@ __all__ = ["NO_ENDPOINTS", "SATURATED", "TTL_EXPIRED", "FlowController", "Outcom
 SATURATED = "rejected-saturated"
 NO_ENDPOINTS = "rejected-no-endpoints"
 TTL_EXPIRED = "rejected-ttl-expired"
+ACTIVE_WINDOW_S = 10.0  # a priority submitted this recently is an active band (band-aware gate)
+MAX_TRACKED_PRIORITIES = 64  # priorities come from configured objectives; bounded anyway
 
 
 class Outcome:
@@ -80,6 +90,8 @@ class FlowController:
         own_load: Callable[[str], tuple[int, int]] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         peer_top: Callable[[], int | None] | None = None,
+        on_top_rise: Callable[[], None] | None = None,
+        replicas: Callable[[], int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.scheduler = scheduler
@@ -90,6 +102,12 @@ class FlowController:
         self.clock = clock  # for the dispatch-cycle histogram only
         # Pool-wide: the highest priority a peer replica has waiting (None: none / alone).
         self.peer_top = peer_top
+        self.on_top_rise = on_top_rise
+        # Pool-wide: the replicas alive (the band bounds are the pool's: each keeps 1/n).
+        self.replicas = replicas
+        self._seen: dict[int, float] = {}  # priority -> last submit (the band-aware gate)
+        self._last_flow: str | None = None
+        self._other_flow_at = -1e18  # last submit of a flow other than the one before it
         self.bands: dict[int, Band] = {}
         self._order: list[Band] = []  # highest priority first
         self.queued = 0
@@ -125,12 +143,46 @@ class FlowController:
                 return b.priority
         return None
 
+    def _saw(self, priority: int, now: float) -> None:
+        seen = self._seen
+        if priority not in seen and len(seen) >= MAX_TRACKED_PRIORITIES:
+            del seen[min(seen, key=seen.__getitem__)]  # the stalest
+        seen[priority] = now
+
+    def active_bands(self, now: float) -> set[int]:
+        """The priorities submitted here within :data:`ACTIVE_WINDOW_S`, and a live peer's top waiting one."""
+        out = {p for p, at in self._seen.items() if now - at <= ACTIVE_WINDOW_S}
+        if self.peer_top is not None:
+            peer = self.peer_top()
+            if peer is not None:
+                out.add(peer)
+        return out
+
+    def _mixed(self, now: float) -> bool:
+        """Several bands, or several flows, submitted within :data:`ACTIVE_WINDOW_S`."""
+        if not getattr(self.gate, "band_aware", False):
+            return False
+        return now - self._other_flow_at <= ACTIVE_WINDOW_S or len(self.active_bands(now)) > 1
+
     def _held(self, priority: int) -> bool:
         """A peer waits with a higher priority: leave the next free slot to it."""
         if self.peer_top is None:
             return False
         top = self.peer_top()
         return top is not None and top > priority
+
+    def queued_demand(self) -> int:
+        """The queued requests this replica claims capacity for (pool-wide shares).
+
+        Zero while a peer waits with a higher priority: this replica holds its bands back
+        for it (:meth:`_held`), so claiming a share of the pods' limits for them would only
+        starve the peer whose request goes first (with a limit of one per pod, a replica
+        with three low requests would otherwise get every pod's slot and hold them all).
+        """
+        top = self.top()
+        if top is None or self._held(top):
+            return 0
+        return self.queued
 
     def _waiting_at_or_above(self, priority: int) -> bool:
         if self._held(priority):
@@ -158,13 +210,18 @@ class FlowController:
         reason header value.
         """
         state = self.state
+        self._saw(info.priority, now)
+        if info.fairness_id != self._last_flow:
+            if self._last_flow is not None:
+                self._other_flow_at = now
+            self._last_flow = info.fairness_id
         cands = state.candidates(info)
         if not cands:
             if self.cfg.scale_from_zero_ttl_s <= 0 or self._any_ready():
                 self.metrics.outcome(info.priority, Outcome.REJECTED_OTHER, 0.0)
                 return Decision([], 503, cands.why or "no candidate endpoints")
         elif not self._waiting_at_or_above(info.priority):
-            d = self._try(info, cands)
+            d = self._try(info, cands, now)
             if d is not None:
                 if d.ok:
                     self._dispatched(info, now)
@@ -173,7 +230,7 @@ class FlowController:
                     self.metrics.outcome(info.priority, Outcome.REJECTED_OTHER, 0.0)
                 return d
         band = self.band(info.priority)
-        if not band.fits(size):
+        if not self._fits(band, size):
             self.metrics.outcome(info.priority, Outcome.REJECTED_CAPACITY, 0.0)
             return Decision([], 429, f"flow control: the priority {info.priority} queue is full")
         ttl = self.cfg.ttl_s
@@ -181,10 +238,20 @@ class FlowController:
             ttl = min(ttl, self.cfg.scale_from_zero_ttl_s)
         deadline = now + slo_ttft_s if slo_ttft_s is not None and slo_ttft_s > 0 else None
         item = Item((info, waiter), info.priority, info.fairness_id, size, now, now + ttl, deadline)
+        before = self.top()
         band.push(item)
         self.queued += 1
         self._count(info.target_model, 1)
+        if self.on_top_rise is not None and (before is None or info.priority > before):
+            self.on_top_rise()
         return item
+
+    def _fits(self, band: Band, size: int) -> bool:
+        """The band's bounds, this replica's part of them when the pool has several replicas."""
+        n = self.replicas() if self.replicas is not None else 1
+        if n <= 1:
+            return band.fits(size)
+        return band.size < max(1, band.max_requests // n) and band.bytes + size <= band.max_bytes // n
 
     def _count(self, model: str, delta: int) -> None:
         if model not in self.by_model and len(self.by_model) >= 256:
@@ -206,10 +273,10 @@ class FlowController:
         return True
 
     # -- dispatch -----------------------------------------------------------------------------
-    def _try(self, info: RequestInfo, cands) -> Decision | None:
+    def _try(self, info: RequestInfo, cands, now: float) -> Decision | None:
         """Schedule ``info`` among its candidates with room; None when none has room."""
         pool = cands.fresh or cands.stale
-        room = self.gate.available(pool, self.state)
+        room = self.gate.available(pool, self.state, self._mixed(now))
         if not room:
             return None
         if len(room) < len(pool):
@@ -245,7 +312,7 @@ class FlowController:
                 cands = state.candidates(info)
                 if not cands:
                     return self._done(t0, sent)  # waits for an endpoint (scale from zero)
-                d = self._try(info, cands)
+                d = self._try(info, cands, now)
                 if d is None:
                     return self._done(t0, sent)  # saturated: nothing below may overtake it
                 band.take(item)

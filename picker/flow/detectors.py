@@ -9,7 +9,12 @@ keeps waiting.
   queue is deeper than ``queue_depth``, its KV use above ``kv_cache``, or its metrics are
   older than ``staleness_ms``. Requests sent to the pod that its metrics do not show yet
   (from this replica or, through the shared view, any other) count as queued, so a burst
-  between two scrapes does not all land on a pod that looked empty.
+  between two scrapes does not all land on a pod that looked empty. **Band-aware**: while
+  several priority bands or flows are active (``mixed=True``) a pod is full past
+  ``mixed_queue_depth`` (1) instead: the pod's own queue is FCFS and knows no bands nor
+  tenants, so a top-band (or light-tenant) request sent there waits behind whatever it holds;
+  kept shallow, the backlog stays in the picker, in band and fairness order. With one band
+  and one flow the two orders agree and the deeper queue keeps the pods fed.
 * :class:`ConcurrencyGate` (``concurrency``): a pod is full when the requests, or the
   tokens, in flight on it (every replica's, from the shared in-flight view) reach the
   limit; and, pool-wide, when this replica's own requests on it reach its share of the
@@ -30,8 +35,11 @@ __all__ = ["ConcurrencyGate", "Gate", "UtilizationGate", "build_gate"]
 class Gate(Protocol):
     name: str
 
-    def available(self, endpoints: Sequence[EndpointState], state: PoolState) -> list[EndpointState]:
-        """The pods among ``endpoints`` that can take one more request now."""
+    def available(
+        self, endpoints: Sequence[EndpointState], state: PoolState, mixed: bool = False
+    ) -> list[EndpointState]:
+        """The pods among ``endpoints`` that can take one more request now (``mixed``:
+        several priority bands or flows are active)."""
         ...
 
     def saturation(self, endpoints: Sequence[EndpointState], state: PoolState) -> float:
@@ -42,8 +50,16 @@ class Gate(Protocol):
 class UtilizationGate:
     name = "utilization"
 
-    def __init__(self, queue_depth: int = 5, kv_cache: float = 0.8, staleness_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        queue_depth: int = 5,
+        kv_cache: float = 0.8,
+        staleness_s: float = 0.2,
+        mixed_queue_depth: int | None = None,
+    ) -> None:
         self.queue_depth = queue_depth
+        self.mixed_depth = queue_depth if mixed_queue_depth is None else mixed_queue_depth
+        self.band_aware = self.mixed_depth != queue_depth
         self.kv_cache = kv_cache
         self.staleness_s = staleness_s
 
@@ -51,14 +67,17 @@ class UtilizationGate:
         # fresh_until is the metrics' time plus the profile's staleness (-inf when failing).
         return state.now > s.fresh_until - state.thresholds.staleness + self.staleness_s
 
-    def _room(self, s: EndpointState, state: PoolState) -> bool:
+    def _room(self, s: EndpointState, state: PoolState, depth: int) -> bool:
         if self._stale(s, state):
             return False
         load = s.load
-        return s.waiting + load.n <= self.queue_depth and s.kv + load.tokens * s.inv_cap <= self.kv_cache
+        return s.waiting + load.n <= depth and s.kv + load.tokens * s.inv_cap <= self.kv_cache
 
-    def available(self, endpoints: Sequence[EndpointState], state: PoolState) -> list[EndpointState]:
-        return [s for s in endpoints if self._room(s, state)]
+    def available(
+        self, endpoints: Sequence[EndpointState], state: PoolState, mixed: bool = False
+    ) -> list[EndpointState]:
+        depth = self.mixed_depth if mixed else self.queue_depth
+        return [s for s in endpoints if self._room(s, state, depth)]
 
     def saturation(self, endpoints: Sequence[EndpointState], state: PoolState) -> float:
         if not endpoints:
@@ -87,6 +106,7 @@ class ConcurrencyGate:
     """
 
     name = "concurrency"
+    band_aware = False
 
     def __init__(
         self,
@@ -117,7 +137,9 @@ class ConcurrencyGate:
                 return False
         return True
 
-    def available(self, endpoints: Sequence[EndpointState], state: PoolState) -> list[EndpointState]:
+    def available(
+        self, endpoints: Sequence[EndpointState], state: PoolState, mixed: bool = False
+    ) -> list[EndpointState]:
         return [s for s in endpoints if self._room(s, state)]
 
     def saturation(self, endpoints: Sequence[EndpointState], state: PoolState) -> float:
@@ -138,4 +160,4 @@ class ConcurrencyGate:
 def build_gate(cfg, own=None, share=None, token_share=None) -> Gate:  # cfg: FlowConfig
     if cfg.detector == "concurrency":
         return ConcurrencyGate(cfg.max_requests_per_pod, cfg.max_tokens_per_pod, own, share, token_share)
-    return UtilizationGate(cfg.queue_depth, cfg.kv_cache, cfg.staleness_ms / 1000.0)
+    return UtilizationGate(cfg.queue_depth, cfg.kv_cache, cfg.staleness_ms / 1000.0, cfg.mixed_queue_depth)

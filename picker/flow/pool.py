@@ -3,11 +3,12 @@
 Upstream runs flow control per replica, so N active replicas admit N times the limit.
 Here every replica publishes, every ``publish_interval`` (100 ms), one small message on
 ``<prefix>.<ns>.<pool>.fc.<replica>``: its *demand* (requests queued plus its own requests
-in flight) and the service it gave each flow since the last message (least-attained-
-service tokens, at most 64 flows). From the demands every replica computes the same split
-of each pod's concurrency limit (largest remainder, proportional to demand, ties rotated
-by pod so small limits spread over the replicas), and dispatches to a pod only while its
-own requests there stay under its share **and** the pod's total in flight (every
+in flight; its queued count zero while a peer waits with a higher priority, see
+``FlowController.queued_demand``) and the service it gave each flow since the last
+message (least-attained-service tokens, at most 64 flows). From the demands every replica
+computes the same split of each pod's concurrency limit (largest remainder, proportional
+to demand, ties rotated by pod so small limits spread over the replicas), and dispatches
+to a pod only while its own requests there stay under its share **and** the pod's total in flight (every
 replica's, from the shared in-flight view) stays under the limit.
 
 Shares grow late and shrink at once: a replica applies a smaller share as soon as it
@@ -16,11 +17,20 @@ replica giving the capacity up has heard the same demands and shrunk. So the sha
 sum to at most the limit even while demands move (up to one message lost in between).
 
 * **Band order**: the message carries the replica's highest waiting priority; a replica holds
-  its lower bands back while a peer waits with a higher one (:meth:`Shares.peer_top`).
+  its lower bands back while a peer waits with a higher one (:meth:`Shares.peer_top`), and
+  claims no share of the pods for its held queue. A rise of that priority (a request queues
+  above everything waiting here) is published at once (:meth:`PoolCoordinator.top_rose`, at
+  most one extra message per 10 ms); a fall waits for the tick: holding a lower band a
+  little too long costs less than letting one overtake.
+* **Band bounds**: ``max_requests_per_band`` / ``max_bytes_per_band`` hold for the pool:
+  each replica keeps at most the bound divided by the replicas alive (:meth:`Shares.replicas`),
+  so four replicas do not queue four times the bound.
 * **Autoscaling**: the message also carries the replica's queue length per target model;
   the autoscaler sums the replicas' latest values into ``infergate-flow-control-queue-length``
   (an external metric), which exists even while no pod serves the model (scale from zero).
-* **Bus cost**: one message per replica per interval, independent of the request rate:
+* **Bus cost**: one message per replica per interval, independent of the request rate
+  (plus one per rise of the top waiting priority: up to the top band's queued arrivals,
+  at most 100/s per replica):
   10 msg/s per replica, ~60 bytes plus ~20 bytes per active flow; at 1,000 req/s on
   four replicas, 40 msg/s and a few kB/s, against the ~2 events per request (assignment
   and completion, batched) that the shared view already carries.
@@ -137,6 +147,12 @@ class Shares:
             self.known_names = [r for r, _ in out]
         return out
 
+    def replicas(self) -> int:
+        """Replicas believed alive, this one included; NATS down: the number last known."""
+        if not self.connected:
+            return max(1, self.known)
+        return len(self.live(self.clock()))
+
     @property
     def degraded(self) -> bool:
         return not self.connected and self.known > 1
@@ -198,6 +214,14 @@ class PoolCoordinator:
         self.runner = runner
         self.sent = 0
         self.received = 0
+        self.min_gap = min(0.01, shares.interval / 10)  # early publications (a rise) at most this often
+        self._early: asyncio.Event | None = None
+        self._last_sent = -1e9
+
+    def top_rose(self) -> None:
+        """The controller's highest waiting priority went up: publish now, not on the tick."""
+        if self._early is not None:
+            self._early.set()
 
     def on_message(self, subject: str, data: bytes) -> None:
         try:
@@ -215,7 +239,7 @@ class PoolCoordinator:
                 svc.add(flow, float(tokens), now, local=False)
 
     def demand(self) -> int:
-        return self.controller.queued + sum(n for n, _ in self.runner.own.values())
+        return self.controller.queued_demand() + sum(n for n, _ in self.runner.own.values())
 
     async def publish_once(self) -> None:
         self.shares.connected = bool(self.bus.connected)
@@ -233,18 +257,30 @@ class PoolCoordinator:
         try:
             await self.bus.publish(self.subject, encode_flow(msg))
             self.sent += 1
+            self._last_sent = time.monotonic()
         except Exception as exc:  # a bus hiccup: the next interval tries again
             self.shares.connected = False
             log.debug("flow-control publish failed", extra={"error": str(exc)})
 
     async def run(self) -> None:
         sub = await self.bus.subscribe(self.pattern, self.on_message)
+        self._early = early = asyncio.Event()
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 await self.publish_once()
                 self.runner.kick()  # shares may have grown: queued requests may go
-                await asyncio.sleep(self.shares.interval)
+                tick_at = loop.time() + self.shares.interval
+                while (left := tick_at - loop.time()) > 0:
+                    try:
+                        await asyncio.wait_for(early.wait(), left)
+                    except TimeoutError:
+                        break
+                    early.clear()
+                    await asyncio.sleep(max(0.0, self._last_sent + self.min_gap - time.monotonic()))
+                    await self.publish_once()  # a rise: tell the peers now; the tick stays
         finally:
+            self._early = None
             try:
                 await sub.unsubscribe()
             except Exception:

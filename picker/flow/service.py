@@ -77,6 +77,7 @@ class FlowControl:
             gate=gate,
             metrics=self.metrics,
             peer_top=self.shares.peer_top if self.shares is not None else None,
+            replicas=self.shares.replicas if self.shares is not None else None,
         )
         self.runner.controller = self.controller
         self.metrics.add_gauges(self.controller.sizes, self.controller.saturation)
@@ -94,6 +95,8 @@ class FlowControl:
         self.coordinator = PoolCoordinator(
             bus, subjects, namespace, pool, self.replica, self.shares, self.controller, self.runner
         )
+        if self.config.publish_on_rise:
+            self.controller.on_top_rise = self.coordinator.top_rose
         supervisor.spawn("flow-control-pool", self.coordinator.run)
 
 

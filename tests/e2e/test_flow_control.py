@@ -1,18 +1,19 @@
 """Flow control through the real stack: Envoy -> picker (flow control on) -> simulated vLLM pods, NATS.
 
-One pod, one picker, the concurrency detector at one request per pod: a long stream
-(``_hold``) occupies the pod, so every other request waits in the picker's queue. The
-assertions are about order and outcome, never about timing:
+One stack for the whole module: one pod, two picker replicas sharing one view over real
+NATS, the concurrency detector at one request per pod (pool-wide): a long stream
+(``_hold``) occupies the pod, so every other request waits in a picker's queue, on either
+replica. The assertions are about order and outcome, never about timing:
 
 * the top band (the base model: Critical, priority 100) is served before a backlog of a lower
-  band (``batch``: Sheddable) queued earlier;
+  band (``batch``: Sheddable) queued earlier, whichever replicas they wait on (pool-wide
+  band order);
 * a request queued past its TTL gets 429 with ``x-llm-d-request-dropped-reason:
   rejected-ttl-expired``;
 * a client that disconnects while queued leaves no entry (the queue gauge goes back to 0);
-* scale from zero: with the only pod stopped, a request waits and succeeds once the pod is back.
-
-A second stack (two pods, two pickers sharing one view over real NATS) checks that the
-replicas together keep each pod within one pool-wide limit.
+* the two replicas together keep the pod within the one pool-wide limit;
+* scale from zero (last: it stops the pod): with no pod ready a request waits and succeeds
+  once the pod is back.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ FLOW_ARGS = (
     "--flow-control", "on",
     "--flow-control-detector", "concurrency",
     "--flow-control-max-requests-per-pod", "1",
-    "--flow-control-ttl", "10",
+    "--flow-control-ttl", "6",
     "--flow-control-scale-from-zero-ttl", "25",
 )  # fmt: skip
 
@@ -45,7 +46,8 @@ FLOW_ARGS = (
 async def stack() -> AsyncIterator[Stack]:
     config = StackConfig(
         pods=(PodPlan("vllm-0", "node-a"),),
-        pickers=1,
+        pickers=2,
+        time_scale=2.0,  # short requests; the holding stream (4,000 tokens) still lasts ~50 s
         autoscaler=False,
         round_robin_envoy=False,
         picker_args=FLOW_ARGS,
@@ -142,40 +144,9 @@ async def _empty(stack: Stack) -> bool:
     return await _queued(stack) == 0
 
 
-async def test_scale_from_zero_waits_for_a_ready_pod(stack: Stack) -> None:
-    pod = stack.pod("vllm-0")
-    await pod.process.stop()
-    await eventually(lambda: _no_ready(stack), 20, "the picker sees no ready pod")
-    req = asyncio.create_task(post(stack.gateway_url, completion(max_tokens=2), timeout_s=60))
-    await eventually(lambda: _gte(stack, 1), 20, "the request waits in the queue")
-    assert not req.done()
-    await pod.process.start(60)
-    r = await req
-    assert r.status == 200, r
-
-
-async def _no_ready(stack: Stack) -> bool:
-    return sum(await picker_gauges(stack, "inference_pool_ready_pods")) == 0
-
-
-# -- two replicas, one pool-wide limit --------------------------------------------------
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def pair() -> AsyncIterator[Stack]:
-    config = StackConfig(
-        pods=(PodPlan("vllm-0", "node-a"), PodPlan("vllm-1", "node-a")),
-        pickers=2,
-        autoscaler=False,
-        round_robin_envoy=False,
-        picker_args=(*FLOW_ARGS[:6], "--flow-control-ttl", "60"),
-    )
-    async with Stack(config) as s:
-        yield s
-
-
-async def test_two_replicas_respect_one_pool_wide_limit(pair: Stack) -> None:
-    """Limit 1 per pod: whatever replica each stream lands on, no pod ever runs two at once."""
+async def test_two_replicas_respect_one_pool_wide_limit(stack: Stack) -> None:
+    """Limit 1 per pod: whatever replica each request lands on, the pod never runs two at once."""
+    pair = stack
     peak = 0
     stop = asyncio.Event()
 
@@ -191,14 +162,32 @@ async def test_two_replicas_respect_one_pool_wide_limit(pair: Stack) -> None:
             await asyncio.sleep(0.05)
 
     async def one(i: int) -> int:
-        body = {"model": BASE_MODEL, "prompt": text_for_tokens(40, seed=100 + i), "max_tokens": 20}
+        body = {"model": BASE_MODEL, "prompt": text_for_tokens(40, seed=100 + i), "max_tokens": 8}
         return (await post(pair.gateway_url, body, timeout_s=60)).status
 
+    handled = "llm_d_epp_flow_control_request_queue_duration_seconds_count"
+    before = await picker_gauges(pair, handled)
     watcher = asyncio.create_task(watch())
     statuses = await asyncio.gather(*(one(i) for i in range(8)))
     stop.set()
     await watcher
     assert statuses == [200] * 8, statuses
     assert 1 <= peak <= 1, peak
-    handled = await picker_gauges(pair, "llm_d_epp_flow_control_request_queue_duration_seconds_count")
-    assert all(v > 0 for v in handled), handled  # both replicas took part
+    after = await picker_gauges(pair, handled)
+    assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)  # both replicas took part
+
+
+async def test_scale_from_zero_waits_for_a_ready_pod(stack: Stack) -> None:
+    pod = stack.pod("vllm-0")
+    await pod.process.stop()
+    await eventually(lambda: _no_ready(stack), 20, "the picker sees no ready pod")
+    req = asyncio.create_task(post(stack.gateway_url, completion(max_tokens=2), timeout_s=60))
+    await eventually(lambda: _gte(stack, 1), 20, "the request waits in the queue")
+    assert not req.done()
+    await pod.process.start(60)
+    r = await req
+    assert r.status == 200, r
+
+
+async def _no_ready(stack: Stack) -> bool:
+    return sum(await picker_gauges(stack, "inference_pool_ready_pods")) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from picker.flow.config import FlowConfig, parse_flow_config
@@ -311,3 +313,105 @@ def test_lower_bands_wait_while_a_peer_waits_with_a_higher_one():
     peer[0] = None  # the peer's queue emptied
     fc.pump(NOW)
     assert log == ["top", "low"] and fc.top() is None
+
+
+def test_band_aware_gate_uses_the_mixed_depth_while_several_bands_are_active():
+    """Two bands active: a pod is full past mixed_queue_depth, for every band; one band: queue_depth."""
+    cfg = FlowConfig(enabled=True, queue_depth=5, mixed_queue_depth=1)
+    fc, st = make(cfg, waiting=2)
+    log: list = []
+    _, out, _ = submit(fc, st, log, "solo", priority=0)
+    assert not isinstance(out, Item) and out.ok  # one band: depth 5
+    _, out, _ = submit(fc, st, log, "top", priority=100)
+    assert isinstance(out, Item)  # two bands: 2 waiting > depth 1
+    submit(fc, st, log, "low", priority=0)
+    fc.pump(NOW + 0.05)
+    assert log == ["solo"]
+    st.on_snapshot(snap(0, waiting=1, ts=NOW + 0.1), NOW + 0.1)  # one waiting: room at depth 1
+    fc.pump(NOW + 0.1)
+    assert log == ["solo", "top"]  # the top band first; then the pod is full again
+    st.on_snapshot(snap(0, waiting=2, ts=NOW + 20), NOW + 20)
+    fc.pump(NOW + 20)  # the top band went quiet (ACTIVE_WINDOW_S): one band, depth 5 again
+    assert log == ["solo", "top", "low"]
+    upstream = FlowConfig(enabled=True, queue_depth=5, mixed_queue_depth=5)
+    fc, st = make(upstream, waiting=2)
+    submit(fc, st, log, "top2", priority=100)
+    _, out, _ = submit(fc, st, log, "low2", priority=0)
+    assert not isinstance(out, Item) and out.ok  # mixed depth = queue depth: upstream's gate
+    fc, st = make(cfg, waiting=2)
+    submit(fc, st, log, "a", flow="A")
+    _, out, _ = submit(fc, st, log, "b", flow="B")
+    assert isinstance(out, Item)  # one band, two flows: mixed too
+
+
+def test_a_rise_of_the_top_waiting_priority_is_signalled_once():
+    fc, st = make(CONC1)
+    rises: list[int | None] = []
+    fc.on_top_rise = lambda: rises.append(fc.top())
+    log: list = []
+    submit(fc, st, log, "busy")
+    submit(fc, st, log, "low", priority=-1)
+    submit(fc, st, log, "low2", priority=-1)  # same top: no signal
+    submit(fc, st, log, "top", priority=100)
+    submit(fc, st, log, "mid", priority=0)  # below the top: no signal
+    assert rises == [-1, 100]
+
+
+def test_a_held_replica_claims_no_share_for_its_queue():
+    """With a limit of 1 per pod, a replica holding low requests for a peer's top band must not
+    take the pods' slots from it (demand-proportional shares would give it every one)."""
+    fc, st = make(CONC1)
+    peer: list[int | None] = [None]
+    fc.peer_top = lambda: peer[0]
+    log: list = []
+    submit(fc, st, log, "busy")
+    for i in range(3):
+        submit(fc, st, log, f"low{i}", priority=0)
+    assert fc.queued_demand() == 3
+    peer[0] = 100
+    assert fc.queued_demand() == 0
+    mine = Shares("b", clock=lambda: NOW)
+    mine.connected = True
+    mine.demand = fc.queued_demand()
+    mine.heard("a", 1, NOW, 100)
+    assert mine.requests("10.0.0.0:8000", 1) == 0  # the slot is the peer's (with 3 claimed, it was ours)
+
+
+def test_round_robin_per_replica_is_pool_fair_when_flows_spread_over_replicas():
+    """Round-robin's turn is per replica; with every backlogged flow spread over the replicas
+    (Envoy picks a picker per request, whatever its fairness id), each replica alternates the
+    same flows, so the pool's dispatches split evenly too. A flow confined to one replica gets
+    a turn on that replica only: least-attained-service (pool-wide service) is the policy then."""
+
+    def replica(flows: list[str]) -> tuple[FlowController, list]:
+        fc, st = make(CONC1)
+        log: list = []
+        submit(fc, st, log, "busy")
+        for i in range(6):
+            for f in flows:
+                submit(fc, st, log, f"{f}{i}", flow=f)
+        return fc, st, log
+
+    def run(reps) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _ in range(6):  # each replica dispatches 6 (its pod frees 6 times)
+            for fc, st, log in reps:
+                st.on_completed(log[-1], NOW)
+                fc.pump(NOW)
+                counts[log[-1][0]] = counts.get(log[-1][0], 0) + 1
+        return counts
+
+    assert run([replica(["A", "B"]), replica(["A", "B"])]) == {"A": 6, "B": 6}
+    assert run([replica(["A", "B"]), replica(["A"])]) == {"A": 9, "B": 3}  # B confined to one replica
+
+
+def test_band_bounds_are_the_pools_each_replica_keeps_its_part():
+    fc, st = make(replace(CONC1, max_requests_per_band=8))
+    alive = [4]
+    fc.replicas = lambda: alive[0]
+    log: list = []
+    submit(fc, st, log, "busy")
+    outs = [submit(fc, st, log, f"q{i}")[0] for i in range(3)]
+    assert [w.outcome for w in outs] == [None, None, (429, "direct")]  # 8 / 4 replicas = 2 here
+    alive[0] = 1  # the peers are gone: the whole bound
+    assert submit(fc, st, log, "q3")[0].outcome is None

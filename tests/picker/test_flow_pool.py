@@ -95,3 +95,41 @@ def test_queue_lengths_per_model_are_counted_and_bounded():
     for i in range(300):
         ctl.submit(req(f"x{i}", model=f"model-{i}"), 10, NOW, W())
     assert len(ctl.by_model) <= 257
+
+
+@pytest.mark.asyncio
+async def test_a_rise_of_the_top_waiting_priority_is_published_before_the_tick():
+    """The peers learn of a new top band at once, not on the next interval (here an hour away)."""
+    bus = MemoryBus(Subjects())
+    profile = build_profile("gie-v1")  # no pod: every request waits (scale from zero)
+    ctl = FlowController(CFG, profile.scheduler, profile.state)
+    runner = FlowRunner(ctl)
+    coord = PoolCoordinator(bus, bus.subjects, "ns", "pool", "a", Shares("a", interval=3600), ctl, runner)
+    ctl.on_top_rise = coord.top_rose
+    tops: list[int | None] = []
+    await bus.subscribe(bus.subjects.flow_of_pool("ns", "pool"), lambda s, d: tops.append(decode_flow(d).top))
+    task = asyncio.create_task(coord.run())
+
+    class W:
+        def dispatch(self, d, i):
+            pass
+
+        def reject(self, *a):
+            pass
+
+    try:
+        for _ in range(100):
+            if tops:
+                break
+            await asyncio.sleep(0.01)
+        assert tops == [None]  # the first tick: nothing waits
+        ctl.submit(req("low", priority=0), 10, NOW, W())
+        ctl.submit(req("top", priority=100), 10, NOW, W())
+        for _ in range(200):
+            if 100 in tops:
+                break
+            await asyncio.sleep(0.01)
+        assert tops[0] is None and tops[-1] == 100 and tops.count(None) == 1, tops
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
