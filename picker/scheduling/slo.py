@@ -12,6 +12,8 @@ defaults, else from its global defaults. Then:
   count as ``unknown_cost``), the one with the most headroom among equal prices; with
   ``prefer: headroom`` the one with the most headroom whatever it costs (fastest, for a
   pool whose price is fixed anyway); fallbacks follow in the same order;
+* only pods outside their trusted batch sizes are: the least loaded of them (waiting +
+  in-flight, then KV), which moves the frontier out as their outcomes come back;
 * none is: a request whose criticality is in ``shed`` is rejected with 429 (reason
   header ``rejected-saturated``, body naming the SLO); any other is counted as a predicted
   violation and served: the objectives that no trusted pod can meet are dropped and the
@@ -116,6 +118,12 @@ class SloLatencySelector(Plugin):
         meet = [i for i in range(n) if head[i] >= margin and trusted[i]]
         if meet:
             return [group[i] for i in self._prefer(group, meet, head, m)]
+        maybe = [i for i in range(n) if head[i] >= margin]
+        if maybe:  # predicted to meet it only beyond what their models have seen: least loaded
+            ctx.rng.shuffle(maybe)
+            maybe.sort(key=lambda i: (group[i].waiting + group[i].load.n, group[i].kv))
+            rest = sorted((i for i in range(n) if head[i] < margin), key=lambda i: -head[i])
+            return [group[i] for i in (maybe + rest)[:m]]
         if req.criticality in self.shed:
             self.predictor.rejected += 1
             ctx.rejection = (
