@@ -29,6 +29,7 @@ Headroom of a pod = min over the request's objectives of ``(slo - predicted) / s
 
 from __future__ import annotations
 
+import heapq
 import math
 from typing import Any
 
@@ -138,15 +139,20 @@ class SloLatencySelector(Plugin):
         """Order the pods meeting the SLO (cheapest or most headroom first), then the rest by headroom."""
         if self.prefer == "cost":
             uc = self.unknown_cost
-            cost = {i: group[i].snap.cost_per_hour or uc for i in meet}
-            meet.sort(key=lambda i: (cost[i], -head[i]))
+
+            def key(i: int) -> tuple[float, float]:
+                return (group[i].snap.cost_per_hour or uc, -head[i])
         else:
-            meet.sort(key=lambda i: -head[i])
-        chosen = meet[:m]
+
+            def key(i: int) -> float:
+                return -head[i]
+
+        # the first m only (a primary and its fallbacks): no full sort (the decision budget)
+        chosen = heapq.nsmallest(m, meet, key=key) if m < len(meet) else sorted(meet, key=key)
         if len(chosen) < m:
             taken = set(chosen)
-            rest = sorted((i for i in range(len(group)) if i not in taken), key=lambda i: -head[i])
-            chosen += rest[: m - len(chosen)]
+            rest = (i for i in range(len(group)) if i not in taken)
+            chosen += heapq.nsmallest(m - len(chosen), rest, key=lambda i: -head[i])
         return chosen
 
     def _overload(
