@@ -116,10 +116,18 @@ class SloLatencySelector(Plugin):
         head = _headroom(ttft, tpot, s_ttft, s_tpot)
         margin = self.margin
         trusted = pred.trusted
+        # A pod past the pool's saturation thresholds (queue or KV, with what is in flight)
+        # is at its admission limit: its TTFT is set by departures, which a linear model of
+        # the work ahead does not see, and under sustained load it grows without bound (the
+        # DES: the H100s, fed until their queues formed, went from 70 ms to 800 ms TTFT in
+        # ten seconds). No prediction vouches for such a pod.
+        open_ = _unsaturated(group, ctx.thresholds)
+        if not all(open_):
+            trusted = [t and o for t, o in zip(trusted, open_, strict=True)]
         meet = [i for i in range(n) if head[i] >= margin and trusted[i]]
         if meet:
             return [group[i] for i in self._prefer(group, meet, head, m)]
-        maybe = [i for i in range(n) if head[i] >= margin]
+        maybe = [i for i in range(n) if head[i] >= margin and open_[i]]
         if maybe:  # predicted to meet it only beyond what their models have seen: least loaded
             ctx.rng.shuffle(maybe)
             maybe.sort(key=lambda i: (group[i].waiting + group[i].load.n, group[i].kv))
@@ -171,9 +179,11 @@ class SloLatencySelector(Plugin):
         wherever the request goes, and ranking by it would send every request to the one
         class of pod that misses it least: the DES showed the H100s taking all of an
         overload, queueing to a 1-s TTFT, while the TPOT was missed everywhere anyway);
-        the selection then runs on what is left. If nothing is left: the least predicted
-        TTFT, pods inside their model's trusted batch sizes first, so the overload spreads
-        over the pool instead of piling onto the fastest class.
+        of the trusted pods meeting what is left, the one with the most headroom (price
+        no longer decides: the request is a violation already, and the cheapest pods are
+        the ones already at their limit). If nothing is left: the least predicted TTFT,
+        trusted pods first, so the overload spreads over the pool instead of piling onto
+        the fastest class.
         """
         n = len(group)
         keep = 1.0 - self.margin
@@ -184,8 +194,8 @@ class SloLatencySelector(Plugin):
         if s_ttft > 0 or s_tpot > 0:
             head = _headroom(ttft, tpot, s_ttft, s_tpot)
             meet = [i for i in range(n) if head[i] >= self.margin and trusted[i]]
-            if meet:
-                return self._prefer(group, meet, head, m)
+            if meet:  # a violation whatever it costs: the most headroom on what is left
+                return heapq.nsmallest(m, meet, key=lambda i: -head[i])
             idx = sorted(range(n), key=lambda i: (not trusted[i], -head[i]))
             return idx[:m]
         idx = sorted(range(n), key=lambda i: (not trusted[i], ttft[i]))
@@ -228,6 +238,15 @@ class SloLatencySelector(Plugin):
             ),
         )
         return out
+
+
+def _unsaturated(group: list[EndpointState], th) -> list[bool]:
+    """Per endpoint: under the pool's queue and KV thresholds, in-flight work included."""
+    q, kv = th.queue, th.kv
+    return [
+        not st.sat_static and st.waiting + st.load.n <= q and st.kv + st.load.tokens * st.inv_cap <= kv
+        for st in group
+    ]
 
 
 def _headroom(ttft: list[float], tpot: list[float], s_ttft: float, s_tpot: float) -> list[float]:

@@ -197,11 +197,30 @@ def test_nobody_meets_it_sheddable_rejected_others_served_and_counted():
     assert "TTFT 20 ms, TPOT 5 ms" in d.reason and pred.rejected == 1
     d = decide(p, RequestInfo("c", "m", "m", criticality="Standard", **hopeless))
     assert d.ok and d.endpoints[0] == "a:1" and pred.predicted_violations == 1  # least TTFT
-    # TPOT 5 ms is lost everywhere; TTFT 400 ms is still met by both (105 / 315 ms): the
-    # hopeless objective is dropped and the cheaper pod meeting the rest wins, where ranking
-    # by both would send it to the pod missing TPOT least (the fast one)
+    # TPOT 5 ms is lost everywhere. With the fast pod busy (running 30: TTFT 145 ms, TPOT
+    # 17 ms) and the slow one idle (75 ms, 24 ms), ranking by both objectives would pick the
+    # fast pod (the least TPOT miss); the hopeless objective is dropped instead, and the
+    # most headroom on TTFT wins: the idle pod
+    state = p.state
+    state.on_snapshot(snap("a:1", "fast", 0, 30, ts=20.0), 20.0)
+    state.on_snapshot(snap("b:1", "slow", 0, 0, ts=20.0), 20.0)
     half = RequestInfo("h", "m", "m", prompt_tokens=200, slo_ttft_ms=400, slo_tpot_ms=5)
-    assert decide(p, half).endpoints[0] == "b:1" and pred.predicted_violations == 2
+    assert p.decide(half, 20.0).endpoints[0] == "b:1" and pred.predicted_violations == 2
+
+
+def test_a_saturated_pod_is_not_vouched_for():
+    """Past the pool's queue threshold a pod's TTFT is set by departures: no prediction trusts it."""
+    p = build_profile("predicted-latency", rng=random.Random(1))
+    train(p)
+    state = p.state
+    # the model (trained without queues) predicts both within this SLO; the cheap pod is
+    # queued beyond the threshold (5), so the other one serves, though it costs more
+    loose = RequestInfo("x", "m", "m", prompt_tokens=200, slo_ttft_ms=5000, slo_tpot_ms=1000)
+    state.on_snapshot(snap("a:1", "fast", waiting=0, running=10, ts=20.0), 20.0)
+    state.on_snapshot(snap("b:1", "slow", waiting=9, running=10, ts=20.0), 20.0)
+    assert p.decide(loose, 20.0).endpoints[0] == "a:1"
+    state.on_snapshot(snap("b:1", "slow", waiting=0, running=10, ts=20.1), 20.1)
+    assert p.decide(loose, 20.1).endpoints[0] == "b:1"  # queue gone: the cheaper one again
 
 
 def test_defaults_per_objective_and_headers_win():
