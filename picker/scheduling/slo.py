@@ -6,8 +6,9 @@ SLO comes from its headers (``RequestInfo.slo_ttft_ms`` / ``slo_tpot_ms``: ``x-s
 ``x-slo-tpot-ms`` or llm-d's ``x-llm-d-slo-*``), else from the plugin's per-objective
 defaults, else from its global defaults. Then:
 
-* some pods are predicted to meet it (with ``margin`` to spare, and inside the batch sizes
-  their accelerator's model has seen: ``Prediction.trusted``): with ``prefer: cost`` (the
+* some pods are predicted to meet it (with ``margin`` to spare, inside the batch sizes
+  their accelerator's model has seen: ``Prediction.trusted``, and under the pool's queue
+  and KV saturation thresholds): with ``prefer: cost`` (the
   default) the **cheapest** of them (``cost_per_hour`` from the snapshot; unknown prices
   count as ``unknown_cost``), the one with the most headroom among equal prices; with
   ``prefer: headroom`` the one with the most headroom whatever it costs (fastest, for a
@@ -16,9 +17,10 @@ defaults, else from its global defaults. Then:
   in-flight, then KV), which moves the frontier out as their outcomes come back;
 * none is: a request whose criticality is in ``shed`` is rejected with 429 (reason
   header ``rejected-saturated``, body naming the SLO); any other is counted as a predicted
-  violation and served: the objectives that no trusted pod can meet are dropped and the
-  selection runs on what is left (so a hopeless TPOT does not send every request to the
-  pod that misses it least); with nothing left, the least predicted TTFT, trusted pods first;
+  violation and served: the objectives that no trusted pod can meet are dropped, and the
+  trusted pod with the most headroom on what is left serves it (so a hopeless TPOT does
+  not send every request to the pod that misses it least); with nothing left, the least
+  predicted TTFT, trusted pods first;
 * no SLO at all: the pod with the lowest predicted end-to-end latency
   (TTFT + TPOT x expected output tokens), trusted pods first;
 * before the predictor has learnt (``min_samples`` completions): least waiting +
