@@ -70,7 +70,7 @@ from .workload import Sampler, WorkloadSpec
 POLICIES = ("round-robin", "random", "gie-v0", "gie-v1", "default", "oracle")
 # Profiles a point may also run that the seed experiment does not sweep by default: the
 # precise-prefix experiment's (bench/sweep/precise_prefix.py) and the hetero experiment's.
-EXTRA_POLICIES = ("precise-prefix", "load-only", "predicted-latency")
+EXTRA_POLICIES = ("precise-prefix", "load-only", "predicted-latency", "predicted-latency-fast")
 MODEL = "meta-llama/Llama-2-7b-hf"
 
 NAMESPACE, POOL = "bench", "pool"

@@ -8,7 +8,8 @@ picker code, scraping, bus delays, measurement) is the base cluster's.
 
 :func:`run_hetero_point` adds the figures of the heterogeneous experiment to the base
 result: SLO attainment (TTFT and TPOT objectives, and both), cost per million output
-tokens (the pool's price per hour over the measured span), and, for a profile that learns
+tokens (the pool's price per hour over the measured span; and each pod's price over its
+busy time, as if an idle pod cost nothing), and, for a profile that learns
 latency, its prediction error (MAPE over its last 2,000 predictions).
 """
 
@@ -47,6 +48,9 @@ class HeteroResult:
     slo_both: float = math.nan
     tpot_p90: float = math.nan
     cost_per_mtok: float = math.nan  # pool $/h x measured span / output tokens, per million
+    # each pod's $/h x its busy time (steps running) / every output token of the run, per
+    # million: what the tokens cost if an idle pod costs nothing (scaled to zero / down)
+    busy_cost_per_mtok: float = math.nan
     mape_ttft: float = math.nan
     mape_tpot: float = math.nan
     served_by: dict[str, int] = field(default_factory=dict)  # requests per accelerator
@@ -69,6 +73,7 @@ class HeteroCluster(Cluster):
         self.accel_of = dict(zip(self.addresses, pool, strict=True))
         self.engines = {a: Engine(profs[self.accel_of[a]].engine_config(cfg.engine)) for a in self.addresses}
         self.served_by: dict[str, int] = {}
+        self.tokens_all = 0  # output tokens of every request finished in the run
 
     def _snapshot(self, address: str, now: float):
         snap = super()._snapshot(address, now)
@@ -80,6 +85,7 @@ class HeteroCluster(Cluster):
 
     def _finish(self, address: str, finished, now: float) -> None:
         for r in finished:
+            self.tokens_all += r.max_tokens
             if r.ctx[2]:
                 acc = self.accel_of[address]
                 self.served_by[acc] = self.served_by.get(acc, 0) + 1
@@ -111,6 +117,9 @@ def run_hetero_point(job: tuple[HeteroConfig, float]) -> HeteroResult:
     dollars = sum(profs[a].cost_per_hour for a in hc.pool) * span_h
     if res.output_tokens:
         out.cost_per_mtok = dollars / res.output_tokens * 1e6
+    if cluster.tokens_all:
+        busy = sum(profs[cluster.accel_of[a]].cost_per_hour * e.busy_time for a, e in cluster.engines.items())
+        out.busy_cost_per_mtok = busy / 3600.0 / cluster.tokens_all * 1e6
     preds = [o for pk in cluster.pickers for o in getattr(pk.profile.state, "observers", [])]
     if preds:
         out.mape_ttft = sum(p.mape("ttft") for p in preds) / len(preds)

@@ -12,6 +12,16 @@ snapshot's ``accelerator``; "" for unlabelled pods), and a pooled pair trained o
 sample that answers for an accelerator with fewer than ``min_samples`` samples of its own.
 Until the pooled model has ``min_samples`` either, :meth:`predict` returns ``None`` and
 callers fall back to load-based ordering.
+
+Trust: a prediction is *trusted* only inside the batch sizes the pod's accelerator has been
+seen to serve (its own model, ``trust_growth`` x the largest batch among its training
+samples, plus ``trust_slack`` requests). Outcomes arrive at completion, seconds after the
+decision; a model fitted at one load extrapolates a linear law into a regime it never saw,
+and a selector that sends every request to the cheapest pod "predicted" to meet the SLO
+would pile the whole pool onto it before the first contradicting sample came back (the
+DES showed exactly this: an A100 class predicted at 120 ms TTFT while serving 800 ms).
+The frontier moves out as samples from larger batches arrive, so the herd grows by at most
+``trust_growth`` per feedback delay.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ class _Pending:
 class Prediction:
     ttft_ms: list[float]
     tpot_ms: list[float]
+    trusted: list[bool] = field(default_factory=list)  # inside the accelerator's seen batch sizes
 
 
 @dataclass
@@ -82,12 +93,20 @@ class LatencyPredictor:
         max_pending: int = 100_000,
         pending_ttl_s: float = 600.0,
         max_accelerators: int = 64,
+        relative: bool = True,
+        trust_growth: float = 1.25,
+        trust_slack: int = 2,
     ) -> None:
         self.min_samples = min_samples
         self.forgetting = forgetting
         self.max_pending = max_pending
         self.pending_ttl_s = pending_ttl_s
         self.max_accelerators = max_accelerators
+        self.relative = relative
+        self.trust_growth = trust_growth
+        self.trust_slack = trust_slack * 0.1  # in the batch feature's unit (tens of requests)
+        # largest batch feature (x_ttft[2]) among each accelerator's training samples
+        self.frontier: dict[str, float] = {}
         self.models: dict[str, tuple[OnlineRegression, OnlineRegression]] = {}
         self.pooled = self._pair()
         self._pending: dict[tuple[str, str], _Pending] = {}
@@ -103,9 +122,12 @@ class LatencyPredictor:
 
     def _pair(self) -> tuple[OnlineRegression, OnlineRegression]:
         lam = self.forgetting
+        # Relative fitting divides each row by its target (~10-1,000 ms), so the prior has to
+        # be that much weaker to stay as uninformative as it is for a plain fit.
+        pv = 1e6 if self.relative else 1e4
         return (
-            OnlineRegression(D_TTFT, lam, nonneg=TTFT_NONNEG),
-            OnlineRegression(D_TPOT, lam, nonneg=TPOT_NONNEG),
+            OnlineRegression(D_TTFT, lam, prior_var=pv, nonneg=TTFT_NONNEG),
+            OnlineRegression(D_TPOT, lam, prior_var=pv, nonneg=TPOT_NONNEG),
         )
 
     def bind_state(self, state) -> LatencyPredictor:
@@ -137,26 +159,32 @@ class LatencyPredictor:
         """
         if not self.ready:
             return None
-        weights: dict[str, tuple[list[float], list[float]]] = {}
+        weights: dict[str, tuple[list[float], list[float], float]] = {}
         ttft: list[float] = []
         tpot: list[float] = []
-        add_a, add_b = ttft.append, tpot.append
+        trusted: list[bool] = []
+        add_a, add_b, add_t = ttft.append, tpot.append, trusted.append
         for i, st in enumerate(group):
             accel = st.snap.accelerator
             w = weights.get(accel)
             if w is None:
                 m = self._model(accel) or self.pooled
-                w = weights[accel] = (m[0].w, m[1].w)
-            a, b = w
+                own = self.models.get(accel)
+                limit = -1.0  # no model of its own yet: nothing about this hardware is known
+                if own is not None and own[0].n >= self.min_samples:
+                    limit = self.frontier.get(accel, 0.0) * self.trust_growth + self.trust_slack
+                w = weights[accel] = (m[0].w, m[1].w, limit)
+            a, b, limit = w
             load = st.load
             n_run = (st.running + load.n) * 0.1
+            add_t(n_run <= limit)
             ahead = (st.queue_demand * st.cap + load.tokens + uncached[i]) * 1e-3
             t = a[0] + a[1] * ahead + a[2] * n_run
             add_a(t if t > MIN_TTFT_MS else MIN_TTFT_MS)
             ctx = (st.kv * st.cap + load.tokens) * 1e-4
             d = b[0] + b[1] * (n_run + st.waiting * 0.1) + b[2] * ctx
             add_b(d if d > MIN_TPOT_MS else MIN_TPOT_MS)
-        return Prediction(ttft, tpot)
+        return Prediction(ttft, tpot, trusted)
 
     # -- learning (pool-state observer) ------------------------------------------------------
 
@@ -231,13 +259,18 @@ class LatencyPredictor:
             else:
                 m = self.models[p.accel] = self._pair()
         self.samples += 1
-        m[0].update(p.x_ttft, ttft_ms)
+        if m is not self.pooled and p.x_ttft[2] > self.frontier.get(p.accel, -1.0):
+            self.frontier[p.accel] = p.x_ttft[2]
+        rel = self.relative
+        sa = 1.0 / ttft_ms if rel else 1.0
+        m[0].update(p.x_ttft, ttft_ms, sa)
         if m is not self.pooled:
-            self.pooled[0].update(p.x_ttft, ttft_ms)
+            self.pooled[0].update(p.x_ttft, ttft_ms, sa)
         if tpot_ms > 0:
-            m[1].update(p.x_tpot, tpot_ms)
+            sb = 1.0 / tpot_ms if rel else 1.0
+            m[1].update(p.x_tpot, tpot_ms, sb)
             if m is not self.pooled:
-                self.pooled[1].update(p.x_tpot, tpot_ms)
+                self.pooled[1].update(p.x_tpot, tpot_ms, sb)
 
     def _outcome(self, objective: str, met: bool) -> None:
         key = (objective, "met" if met else "missed")

@@ -43,10 +43,21 @@ class OnlineRegression:
         w = self.w
         return sum(w[i] * x[i] for i in range(self.d))
 
-    def update(self, x: list[float], y: float) -> None:
-        """One sample; non-finite inputs are ignored (a bad completion must not poison the model)."""
+    def update(self, x: list[float], y: float, scale: float = 1.0) -> None:
+        """One sample; non-finite inputs are ignored (a bad completion must not poison the model).
+
+        ``scale`` multiplies the sample's row and target (weighted least squares with weight
+        ``scale²``): ``scale = 1 / y`` fits relative errors, so a 5-ms miss on a 25-ms TTFT
+        weighs what a 100-ms miss on a 500-ms one does (the error the model reports is a
+        percentage; plain least squares lets the few long queues set every coefficient).
+        """
         if not math.isfinite(y) or not all(math.isfinite(v) for v in x):
             return
+        if scale != 1.0:
+            if not math.isfinite(scale) or scale <= 0.0:
+                return
+            x = [v * scale for v in x]
+            y = y * scale
         d, p, lam = self.d, self.p, self.lam
         px = [sum(p[i][j] * x[j] for j in range(d)) for i in range(d)]
         denom = lam + sum(x[i] * px[i] for i in range(d))

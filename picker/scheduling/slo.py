@@ -6,14 +6,23 @@ SLO comes from its headers (``RequestInfo.slo_ttft_ms`` / ``slo_tpot_ms``: ``x-s
 ``x-slo-tpot-ms`` or llm-d's ``x-llm-d-slo-*``), else from the plugin's per-objective
 defaults, else from its global defaults. Then:
 
-* some pods are predicted to meet it (with ``margin`` to spare): the **cheapest** of them
-  (``cost_per_hour`` from the snapshot; unknown prices count as ``unknown_cost``), the one
-  with the most headroom among equal prices; fallbacks follow in the same order;
+* some pods are predicted to meet it (with ``margin`` to spare, inside the batch sizes
+  their accelerator's model has seen: ``Prediction.trusted``, and under the pool's queue
+  and KV saturation thresholds): with ``prefer: cost`` (the
+  default) the **cheapest** of them (``cost_per_hour`` from the snapshot; unknown prices
+  count as ``unknown_cost``), the one with the most headroom among equal prices; with
+  ``prefer: headroom`` the one with the most headroom whatever it costs (fastest, for a
+  pool whose price is fixed anyway); fallbacks follow in the same order;
+* only pods outside their trusted batch sizes are: the least loaded of them (waiting +
+  in-flight, then KV), which moves the frontier out as their outcomes come back;
 * none is: a request whose criticality is in ``shed`` is rejected with 429 (reason
-  header ``rejected-saturated``, body naming the SLO); any other goes to the pod with
-  the most headroom and is counted as a predicted violation;
+  header ``rejected-saturated``, body naming the SLO); any other is counted as a predicted
+  violation and served: the objectives that no trusted pod can meet are dropped, and the
+  trusted pod with the most headroom on what is left serves it (so a hopeless TPOT does
+  not send every request to the pod that misses it least); with nothing left, the least
+  predicted TTFT, trusted pods first;
 * no SLO at all: the pod with the lowest predicted end-to-end latency
-  (TTFT + TPOT x expected output tokens);
+  (TTFT + TPOT x expected output tokens), trusted pods first;
 * before the predictor has learnt (``min_samples`` completions): least waiting +
   in-flight requests, then least KV use, and nothing is rejected.
 
@@ -22,6 +31,7 @@ Headroom of a pod = min over the request's objectives of ``(slo - predicted) / s
 
 from __future__ import annotations
 
+import heapq
 import math
 from typing import Any
 
@@ -33,7 +43,9 @@ from .params import ConfigError, Params
 from .plugin import Plugin, register
 from .state import EndpointState
 
-__all__ = ["SloLatencySelector"]
+__all__ = ["PREFER", "SloLatencySelector"]
+
+PREFER = ("cost", "headroom")
 
 
 @register("slo-latency")
@@ -49,7 +61,11 @@ class SloLatencySelector(Plugin):
         unknown_cost: float = 0.0,
         default_output_tokens: int = 200,
         predictor: LatencyPredictor | None = None,
+        prefer: str = "cost",
     ) -> None:
+        if prefer not in PREFER:
+            raise ValueError(f"prefer must be one of {', '.join(PREFER)}")
+        self.prefer = prefer
         self.default_ttft_ms = default_ttft_ms
         self.default_tpot_ms = default_tpot_ms
         self.objectives = dict(objectives or {})
@@ -96,21 +112,29 @@ class SloLatencySelector(Plugin):
         if s_ttft <= 0 and s_tpot <= 0:
             out = req.expected_output_tokens if req.expected_output_tokens > 0 else self.default_output_tokens
             e2e = [a + b * out for a, b in zip(ttft, tpot, strict=True)]
-            idx = sorted(range(n), key=e2e.__getitem__)
+            tr = pred.trusted
+            idx = sorted(range(n), key=lambda i: (not tr[i], e2e[i]))
             return [group[i] for i in idx[:m]]
         head = _headroom(ttft, tpot, s_ttft, s_tpot)
         margin = self.margin
-        meet = [i for i in range(n) if head[i] >= margin]
+        trusted = pred.trusted
+        # A pod past the pool's saturation thresholds (queue or KV, with what is in flight)
+        # is at its admission limit: its TTFT is set by departures, which a linear model of
+        # the work ahead does not see, and under sustained load it grows without bound (the
+        # DES: the H100s, fed until their queues formed, went from 70 ms to 800 ms TTFT in
+        # ten seconds). No prediction vouches for such a pod.
+        open_ = _unsaturated(group, ctx.thresholds)
+        if not all(open_):
+            trusted = [t and o for t, o in zip(trusted, open_, strict=True)]
+        meet = [i for i in range(n) if head[i] >= margin and trusted[i]]
         if meet:
-            uc = self.unknown_cost
-            cost = [group[i].snap.cost_per_hour or uc for i in range(n)]
-            meet.sort(key=lambda i: (cost[i], -head[i]))
-            chosen = meet[:m]
-            if len(chosen) < m:
-                taken = set(chosen)
-                rest = sorted((i for i in range(n) if i not in taken), key=lambda i: -head[i])
-                chosen += rest[: m - len(chosen)]
-            return [group[i] for i in chosen]
+            return [group[i] for i in self._prefer(group, meet, head, m)]
+        maybe = [i for i in range(n) if head[i] >= margin and open_[i]]
+        if maybe:  # predicted to meet it only beyond what their models have seen: least loaded
+            ctx.rng.shuffle(maybe)
+            maybe.sort(key=lambda i: (group[i].waiting + group[i].load.n, group[i].kv))
+            rest = sorted((i for i in range(n) if head[i] < margin), key=lambda i: -head[i])
+            return [group[i] for i in (maybe + rest)[:m]]
         if req.criticality in self.shed:
             self.predictor.rejected += 1
             ctx.rejection = (
@@ -119,8 +143,65 @@ class SloLatencySelector(Plugin):
             )
             return []
         self.predictor.predicted_violations += 1
-        idx = sorted(range(n), key=lambda i: -head[i])
-        return [group[i] for i in idx[:m]]
+        return [group[i] for i in self._overload(group, ttft, tpot, trusted, s_ttft, s_tpot, m)]
+
+    def _prefer(self, group: list[EndpointState], meet: list[int], head: list[float], m: int) -> list[int]:
+        """Order the pods meeting the SLO (cheapest or most headroom first), then the rest by headroom."""
+        if self.prefer == "cost":
+            uc = self.unknown_cost
+
+            def key(i: int) -> tuple[float, float]:
+                return (group[i].snap.cost_per_hour or uc, -head[i])
+        else:
+
+            def key(i: int) -> float:
+                return -head[i]
+
+        # the first m only (a primary and its fallbacks): no full sort (the decision budget)
+        chosen = heapq.nsmallest(m, meet, key=key) if m < len(meet) else sorted(meet, key=key)
+        if len(chosen) < m:
+            taken = set(chosen)
+            rest = (i for i in range(len(group)) if i not in taken)
+            chosen += heapq.nsmallest(m - len(chosen), rest, key=lambda i: -head[i])
+        return chosen
+
+    def _overload(
+        self,
+        group: list[EndpointState],
+        ttft: list[float],
+        tpot: list[float],
+        trusted: list[bool],
+        s_ttft: float,
+        s_tpot: float,
+        m: int,
+    ) -> list[int]:
+        """No pod meets the whole SLO: meet what can still be met, and spread the rest.
+
+        An objective that no trusted pod is predicted to meet is dropped (it is lost
+        wherever the request goes, and ranking by it would send every request to the one
+        class of pod that misses it least: the DES showed the H100s taking all of an
+        overload, queueing to a 1-s TTFT, while the TPOT was missed everywhere anyway);
+        of the trusted pods meeting what is left, the one with the most headroom (price
+        no longer decides: the request is a violation already, and the cheapest pods are
+        the ones already at their limit). If nothing is left: the least predicted TTFT,
+        trusted pods first, so the overload spreads over the pool instead of piling onto
+        the fastest class.
+        """
+        n = len(group)
+        keep = 1.0 - self.margin
+        if s_ttft > 0 and not any(trusted[i] and ttft[i] <= s_ttft * keep for i in range(n)):
+            s_ttft = 0.0
+        if s_tpot > 0 and not any(trusted[i] and tpot[i] <= s_tpot * keep for i in range(n)):
+            s_tpot = 0.0
+        if s_ttft > 0 or s_tpot > 0:
+            head = _headroom(ttft, tpot, s_ttft, s_tpot)
+            meet = [i for i in range(n) if head[i] >= self.margin and trusted[i]]
+            if meet:  # a violation whatever it costs: the most headroom on what is left
+                return heapq.nsmallest(m, meet, key=lambda i: -head[i])
+            idx = sorted(range(n), key=lambda i: (not trusted[i], -head[i]))
+            return idx[:m]
+        idx = sorted(range(n), key=lambda i: (not trusted[i], ttft[i]))
+        return idx[:m]
 
     # -- config ---------------------------------------------------------------------------------
 
@@ -131,6 +212,9 @@ class SloLatencySelector(Plugin):
             raise ConfigError(p.field("shed"), f"must be a list of {', '.join(CRITICALITIES)}")
         if "Critical" in shed_raw:
             raise ConfigError(p.field("shed"), "Critical requests are never shed")
+        prefer = p.raw("prefer", "cost")
+        if prefer not in PREFER:
+            raise ConfigError(p.field("prefer"), f"must be one of {', '.join(PREFER)}")
         objectives: dict[str, tuple[float, float]] = {}
         raw = p.raw("objectives", {}) or {}
         if not isinstance(raw, dict):
@@ -149,12 +233,22 @@ class SloLatencySelector(Plugin):
             shed=frozenset(shed_raw),
             unknown_cost=p.number("unknown_cost", 0.0, lo=0.0),
             default_output_tokens=p.integer("default_output_tokens", 200, lo=1),
+            prefer=prefer,
             predictor=LatencyPredictor(
                 min_samples=p.integer("min_samples", 30, lo=1),
                 forgetting=p.number("forgetting", 0.998, lo=0.9, hi=1.0),
             ),
         )
         return out
+
+
+def _unsaturated(group: list[EndpointState], th) -> list[bool]:
+    """Per endpoint: under the pool's queue and KV thresholds, in-flight work included."""
+    q, kv = th.queue, th.kv
+    return [
+        not st.sat_static and st.waiting + st.load.n <= q and st.kv + st.load.tokens * st.inv_cap <= kv
+        for st in group
+    ]
 
 
 def _headroom(ttft: list[float], tpot: list[float], s_ttft: float, s_tpot: float) -> list[float]:

@@ -24,6 +24,15 @@ def test_rls_recovers_a_linear_law():
     assert m.w == pytest.approx([4.0, 10.0, 2.5], rel=1e-3)
     m.update([1.0, float("nan"), 0.0], 1.0)  # ignored
     assert m.n == 200
+    # fitted on relative errors (each row scaled by 1 / target): the same law
+    r = OnlineRegression(3, prior_var=1e6)
+    for _ in range(200):
+        x = [1.0, rng.uniform(0, 2), rng.uniform(0, 5)]
+        y = 4.0 + 10.0 * x[1] + 2.5 * x[2]
+        r.update(x, y, 1.0 / y)
+    assert r.w == pytest.approx([4.0, 10.0, 2.5], rel=1e-3)
+    r.update([1.0, 1.0, 1.0], 5.0, 0.0)  # a non-positive scale teaches nothing
+    assert r.n == 200
 
 
 def snap(addr: str, accel: str, waiting=0, running=0, kv=0.0, ts=0.0) -> EndpointSnapshot:
@@ -141,6 +150,35 @@ def test_cheapest_pod_meeting_the_slo_else_the_fastest():
     assert decide(p2, no_slo).endpoints[0] == "a:1"  # no SLO: lowest predicted latency
 
 
+def test_prefer_headroom_takes_the_fastest_pod_meeting_the_slo():
+    p = build_profile("predicted-latency-fast", rng=random.Random(1))
+    train(p)
+    easy = RequestInfo("x1", "m", "m", prompt_tokens=200, slo_ttft_ms=1000, slo_tpot_ms=100)
+    assert decide(p, easy).endpoints[0] == "a:1"  # both meet it; the cheaper one is not preferred
+
+
+def test_no_trust_beyond_the_batch_sizes_seen():
+    """A model trained on batches of 0-30 does not vouch for a pod running 100 (the herd guard)."""
+    p = build_profile("predicted-latency", rng=random.Random(1))
+    train(p)
+    pred = predictor_of(p)
+    assert pred.frontier["slow"] == pytest.approx(3.0, abs=0.11)  # tens of requests
+    state = p.state
+    state.on_snapshot(snap("a:1", "fast", 0, 20, ts=20.0), 20.0)
+    state.on_snapshot(snap("b:1", "slow", 0, 100, ts=20.0), 20.0)
+    group = [state.endpoint_state("a:1"), state.endpoint_state("b:1")]
+    out = pred.predict(group, [200, 200])
+    assert out.trusted == [True, False]
+    # the slow pod is cheaper and its extrapolated TTFT / TPOT (~1.3 s / ~0.1 s) fit this SLO
+    loose = RequestInfo("x", "m", "m", prompt_tokens=200, slo_ttft_ms=5000, slo_tpot_ms=1000)
+    assert p.decide(loose, 20.0).endpoints[0] == "a:1"
+    # an accelerator with no model of its own is not trusted either (the pooled one answers)
+    state.on_snapshot(snap("c:1", "fast", 0, 0, ts=20.0), 20.0)
+    fresh = LatencyPredictor(min_samples=1)
+    fresh.pooled = pred.pooled
+    assert fresh.predict([state.endpoint_state("c:1")], [10]).trusted == [False]
+
+
 def _no_defaults():
     return {
         "version": 2,
@@ -158,7 +196,31 @@ def test_nobody_meets_it_sheddable_rejected_others_served_and_counted():
     assert d.status == 429 and d.endpoints == []
     assert "TTFT 20 ms, TPOT 5 ms" in d.reason and pred.rejected == 1
     d = decide(p, RequestInfo("c", "m", "m", criticality="Standard", **hopeless))
-    assert d.ok and d.endpoints[0] == "a:1" and pred.predicted_violations == 1  # most headroom
+    assert d.ok and d.endpoints[0] == "a:1" and pred.predicted_violations == 1  # least TTFT
+    # TPOT 5 ms is lost everywhere. With the fast pod busy (running 30: TTFT 145 ms, TPOT
+    # 17 ms) and the slow one idle (75 ms, 24 ms), ranking by both objectives would pick the
+    # fast pod (the least TPOT miss); the hopeless objective is dropped instead, and the
+    # most headroom on TTFT wins: the idle pod
+    state = p.state
+    state.on_snapshot(snap("a:1", "fast", 0, 30, ts=20.0), 20.0)
+    state.on_snapshot(snap("b:1", "slow", 0, 0, ts=20.0), 20.0)
+    half = RequestInfo("h", "m", "m", prompt_tokens=200, slo_ttft_ms=400, slo_tpot_ms=5)
+    assert p.decide(half, 20.0).endpoints[0] == "b:1" and pred.predicted_violations == 2
+
+
+def test_a_saturated_pod_is_not_vouched_for():
+    """Past the pool's queue threshold a pod's TTFT is set by departures: no prediction trusts it."""
+    p = build_profile("predicted-latency", rng=random.Random(1))
+    train(p)
+    state = p.state
+    # the model (trained without queues) predicts both within this SLO; the cheap pod is
+    # queued beyond the threshold (5), so the other one serves, though it costs more
+    loose = RequestInfo("x", "m", "m", prompt_tokens=200, slo_ttft_ms=5000, slo_tpot_ms=1000)
+    state.on_snapshot(snap("a:1", "fast", waiting=0, running=10, ts=20.0), 20.0)
+    state.on_snapshot(snap("b:1", "slow", waiting=9, running=10, ts=20.0), 20.0)
+    assert p.decide(loose, 20.0).endpoints[0] == "a:1"
+    state.on_snapshot(snap("b:1", "slow", waiting=0, running=10, ts=20.1), 20.1)
+    assert p.decide(loose, 20.1).endpoints[0] == "b:1"  # queue gone: the cheaper one again
 
 
 def test_defaults_per_objective_and_headers_win():
@@ -183,6 +245,7 @@ def test_before_warm_up_nothing_is_rejected_and_the_least_loaded_wins():
     [
         ({"shed": ["Critical"]}, "shed"),
         ({"margin": 2}, "margin"),
+        ({"prefer": "speed"}, "prefer"),
         ({"objectives": {"x": {"ttft_ms": -1}}}, "objectives.x"),
         ({"objectives": [1]}, "objectives"),
         ({"nope": 1}, "nope"),
