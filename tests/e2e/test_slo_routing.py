@@ -86,6 +86,8 @@ async def test_slo_headers_steer_to_the_faster_or_the_cheaper_pod(stack: Stack) 
     served = await served_by(loose)
     assert served == ["l40s"] * 5, served  # the cheaper one
 
+    # counted from here: under CPU load a tight request above may itself be predicted late
+    (before,) = await picker_gauges(stack, "infergate_slo_predicted_violations_total")
     hopeless = {"x-slo-ttft-ms": "1", "x-slo-tpot-ms": "0.1"}
     shed = await post(url, completion(model="batch"), headers=hopeless)
     assert shed.status == 429 and shed.headers.get(DROPPED_REASON) == "rejected-saturated", str(shed)
@@ -95,5 +97,5 @@ async def test_slo_headers_steer_to_the_faster_or_the_cheaper_pod(stack: Stack) 
 
     bad = await post(url, completion(), headers={"x-slo-ttft-ms": "soon"})
     assert bad.status == 400 and "x-slo-ttft-ms" in bad.json()["error"]["message"]
-    violations = await picker_gauges(stack, "infergate_slo_predicted_violations_total")
-    assert violations == [2.0]  # one served, one rejected
+    (after,) = await picker_gauges(stack, "infergate_slo_predicted_violations_total")
+    assert after - before == 2.0  # one served, one rejected; the bad header is no prediction
