@@ -12,12 +12,25 @@ events) are scored on the approximate path, the ``prefix-cache`` score from what
 picker sent where; ``PreciseIndex.routed`` counts which path scored each decision
 (``infergate_picker_prefix_path_total{path}``: ``precise`` every candidate, ``mixed`` some,
 ``approximate`` none).
+
+Tokenization stays off the event loop: the ext_proc stream calls :meth:`warm` (through
+:mod:`.prewarm`) before the synchronous scheduler runs, which computes a long prompt's
+hashes in this scorer's worker thread and keeps them for :meth:`score` (``ready``,
+bounded). Prompts shorter than ``offload_chars`` are tokenized inline (measured: below
+that, the thread hop costs the loop more than the tokenization; see the README).
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 from shared.kvhash import DEFAULT_SEED, BlockHasher
 
+from . import prewarm
 from .context import Context
 from .kvindex import get_index
 from .kvtokcache import TokenPrefixCache
@@ -29,6 +42,8 @@ from .scorers import Group, Scorer
 __all__ = ["PRECISE_SCORES", "PrecisePrefixScorer"]
 
 PRECISE_SCORES = "precise-prefix"
+OFFLOAD_CHARS = 256  # measured break-even ~100 chars: see offload_chars in picker/scheduling/README.md
+READY_MAX = 64  # prompts tokenized ahead and not scored yet (a rejected request's expire)
 
 
 @register("precise-prefix")
@@ -47,6 +62,7 @@ class PrecisePrefixScorer(Scorer):
         add_special_tokens: bool = True,
         token_cache_chunks: int = 8192,
         token_cache_chunk_chars: int = 512,
+        offload_chars: int = OFFLOAD_CHARS,
     ) -> None:
         self.tokenizer = load_tokenizer(tokenizer, add_special_tokens)
         self.hasher = BlockHasher(block_size, hash_seed, hash_algo, max_blocks)
@@ -68,6 +84,14 @@ class PrecisePrefixScorer(Scorer):
         # Simulation only (bench/des/kvprecise.py): score the request's prefix_hashes, which
         # there are the engines' own block hashes, instead of tokenizing prompt_text.
         self.request_hashes = False
+        # Off-loop tokenization (prewarm.py): one worker thread; the lock keeps the token
+        # cache single-writer (the loop never waits on it: it tokenizes uncached instead).
+        self.offload_chars = offload_chars
+        self.ready: OrderedDict[str, list[int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self.offloaded = 0
+        prewarm.register(self)
 
     @classmethod
     def from_params(cls, p: Params) -> PrecisePrefixScorer:
@@ -82,16 +106,46 @@ class PrecisePrefixScorer(Scorer):
             add_special_tokens=p.boolean("add_special_tokens", True),
             token_cache_chunks=p.integer("token_cache_chunks", 8192, lo=0),
             token_cache_chunk_chars=p.integer("token_cache_chunk_chars", 512, lo=64),
+            offload_chars=p.integer("offload_chars", OFFLOAD_CHARS, lo=0),
         )
         p.done()
         return out
 
-    def hashes(self, text: str) -> list[int]:
-        if not text:
-            return []
+    async def warm(self, text: str, messages: list[Any] | None = None) -> None:
+        """Compute a long prompt's hashes in the worker thread, for :meth:`score` to take."""
+        if self.request_hashes or len(text) < self.offload_chars or text in self.ready:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="precise-prefix")
+        loop = asyncio.get_running_loop()
+        hashes = await loop.run_in_executor(self._pool, self._locked_hashes, text)
+        self.offloaded += 1
+        self.ready[text] = hashes
+        while len(self.ready) > READY_MAX:
+            self.ready.popitem(last=False)
+
+    def _locked_hashes(self, text: str) -> list[int]:
+        with self._lock:
+            return self._compute(text)
+
+    def _compute(self, text: str) -> list[int]:
         if self.token_cache is not None:
             return self.token_cache.hashes(text)
         return self.hasher.hashes(self.tokenizer.encode(text))
+
+    def hashes(self, text: str) -> list[int]:
+        """The prompt's block hashes: ready from :meth:`warm`, else computed here."""
+        if not text:
+            return []
+        got = self.ready.pop(text, None)
+        if got is not None:
+            return got
+        if not self._lock.acquire(blocking=False):  # the worker holds the cache: don't wait
+            return self.hasher.hashes(self.tokenizer.encode(text))
+        try:
+            return self._compute(text)
+        finally:
+            self._lock.release()
 
     def score(self, ctx: Context, group: Group) -> list[float] | None:
         req = ctx.request
