@@ -62,7 +62,7 @@ def kv_tables(profile: Profile, index: PreciseIndex) -> dict[str, tuple[Callable
     out: dict[str, tuple[Callable, int, Callable]] = {
         "kv_index_blocks": (index.size, index.max_blocks, lambda: index.dropped)
     }
-    caches = [s.token_cache for s in precise_scorers(profile) if s.token_cache is not None]
+    caches = [c for s in precise_scorers(profile) for c in s.caches()]
     for i, c in enumerate(caches):
         name = "tokenize_cache_chunks" + (f"_{i}" if i else "")
         out[name] = (c.__len__, c.max_chunks, lambda c=c: c.evicted)
@@ -140,9 +140,7 @@ class KVIndexCollector:
 
     def __init__(self, index: PreciseIndex, profile: Profile | None = None) -> None:
         self.index = index
-        self.caches = [
-            s.token_cache for s in (precise_scorers(profile) if profile else []) if s.token_cache is not None
-        ]
+        self.caches = [c for s in (precise_scorers(profile) if profile else []) for c in s.caches()]
 
     def describe(self) -> list:
         return []

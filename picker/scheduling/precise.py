@@ -23,6 +23,7 @@ that, the thread hop costs the loop more than the tokenization; see the README).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from shared.kvhash import DEFAULT_SEED, BlockHasher
 
 from . import prewarm
 from .context import Context
+from .kvchat import ChatTemplateError, find_chat
 from .kvindex import get_index
 from .kvtokcache import TokenPrefixCache
 from .kvtokenizer import load_tokenizer
@@ -40,6 +42,8 @@ from .plugin import register
 from .scorers import Group, Scorer
 
 __all__ = ["PRECISE_SCORES", "PrecisePrefixScorer"]
+
+log = logging.getLogger(__name__)
 
 PRECISE_SCORES = "precise-prefix"
 OFFLOAD_CHARS = 256  # measured break-even ~100 chars: see offload_chars in picker/scheduling/README.md
@@ -63,20 +67,20 @@ class PrecisePrefixScorer(Scorer):
         token_cache_chunks: int = 8192,
         token_cache_chunk_chars: int = 512,
         offload_chars: int = OFFLOAD_CHARS,
+        chat_template: str = "",
     ) -> None:
         self.tokenizer = load_tokenizer(tokenizer, add_special_tokens)
         self.hasher = BlockHasher(block_size, hash_seed, hash_algo, max_blocks)
+        # A chat is rendered as the model server renders it (kvchat.py) and tokenized without
+        # special tokens (the template writes them); without a template it is hashed flattened.
+        self.chat = find_chat(tokenizer, chat_template)
+        self.chat_tokenizer = self.tokenizer if tokenizer == "sim" else load_tokenizer(tokenizer, False)
+        self.chat_failed = 0  # messages the template refused: scored flattened (the pod rejects them)
         # Repeated prefixes are tokenized and hashed once (kvtokcache.py); 0 chunks: off.
-        self.token_cache = (
-            TokenPrefixCache(
-                self.tokenizer,
-                self.hasher,
-                chunk_chars=token_cache_chunk_chars,
-                max_chunks=token_cache_chunks,
-                window_chars=token_cache_chunk_chars // 4,
-                margin_chars=token_cache_chunk_chars // 16,
-            )
-            if token_cache_chunks > 0
+        self.token_cache = self._cache(self.tokenizer, token_cache_chunks, token_cache_chunk_chars)
+        self.chat_cache = (
+            self._cache(self.chat_tokenizer, token_cache_chunks, token_cache_chunk_chars)
+            if self.chat is not None
             else None
         )
         self.cpu_weight = cpu_weight
@@ -87,7 +91,7 @@ class PrecisePrefixScorer(Scorer):
         # Off-loop tokenization (prewarm.py): one worker thread; the lock keeps the token
         # cache single-writer (the loop never waits on it: it tokenizes uncached instead).
         self.offload_chars = offload_chars
-        self.ready: OrderedDict[str, list[int]] = OrderedDict()
+        self.ready: OrderedDict[tuple[bool, str], list[int]] = OrderedDict()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self.offloaded = 0
@@ -107,43 +111,79 @@ class PrecisePrefixScorer(Scorer):
             token_cache_chunks=p.integer("token_cache_chunks", 8192, lo=0),
             token_cache_chunk_chars=p.integer("token_cache_chunk_chars", 512, lo=64),
             offload_chars=p.integer("offload_chars", OFFLOAD_CHARS, lo=0),
+            chat_template=str(p.raw("chat_template", "")),
         )
         p.done()
         return out
 
+    def caches(self) -> list[TokenPrefixCache]:
+        """The tokenization caches (completions; rendered chats when there is a template)."""
+        return [c for c in (self.token_cache, self.chat_cache) if c is not None]
+
+    def _cache(self, tok, chunks: int, chunk_chars: int) -> TokenPrefixCache | None:
+        if chunks <= 0:
+            return None
+        return TokenPrefixCache(
+            tok,
+            self.hasher,
+            chunk_chars=chunk_chars,
+            max_chunks=chunks,
+            window_chars=chunk_chars // 4,
+            margin_chars=chunk_chars // 16,
+        )
+
     async def warm(self, text: str, messages: list[Any] | None = None) -> None:
         """Compute a long prompt's hashes in the worker thread, for :meth:`score` to take."""
-        if self.request_hashes or len(text) < self.offload_chars or text in self.ready:
+        key = (messages is not None, text)
+        if self.request_hashes or len(text) < self.offload_chars or key in self.ready:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="precise-prefix")
         loop = asyncio.get_running_loop()
-        hashes = await loop.run_in_executor(self._pool, self._locked_hashes, text)
+        hashes = await loop.run_in_executor(self._pool, self._locked_hashes, text, messages)
         self.offloaded += 1
-        self.ready[text] = hashes
+        self.ready[key] = hashes
         while len(self.ready) > READY_MAX:
             self.ready.popitem(last=False)
 
-    def _locked_hashes(self, text: str) -> list[int]:
+    def _locked_hashes(self, text: str, messages: list[Any] | None) -> list[int]:
         with self._lock:
-            return self._compute(text)
+            return self._compute(text, messages, cached=True)
 
-    def _compute(self, text: str) -> list[int]:
-        if self.token_cache is not None:
-            return self.token_cache.hashes(text)
-        return self.hasher.hashes(self.tokenizer.encode(text))
+    def render(self, text: str, messages: list[Any] | None) -> tuple[str, bool]:
+        """The text the model server tokenizes, and whether it is a rendered chat."""
+        if messages is None or self.chat is None:
+            return text, False
+        try:
+            return self.chat.render(messages), True
+        except ChatTemplateError as exc:
+            self.chat_failed += 1
+            log.debug("chat template refused the messages (%s): hashing the flattened chat", exc)
+            return text, False
 
-    def hashes(self, text: str) -> list[int]:
-        """The prompt's block hashes: ready from :meth:`warm`, else computed here."""
+    def _compute(self, text: str, messages: list[Any] | None, cached: bool) -> list[int]:
+        text, chat = self.render(text, messages)
         if not text:
             return []
-        got = self.ready.pop(text, None)
+        tok, cache = (self.chat_tokenizer, self.chat_cache) if chat else (self.tokenizer, self.token_cache)
+        if cached and cache is not None:
+            return cache.hashes(text)
+        return self.hasher.hashes(tok.encode(text))
+
+    def hashes(self, text: str, messages: list[Any] | None = None) -> list[int]:
+        """The prompt's block hashes: ready from :meth:`warm`, else computed here.
+
+        ``text`` is the completion prompt, or for a chat (``messages`` given) the picker's
+        flattening, used when there is no chat template."""
+        if not text and not messages:
+            return []
+        got = self.ready.pop((messages is not None, text), None)
         if got is not None:
             return got
-        if not self._lock.acquire(blocking=False):  # the worker holds the cache: don't wait
-            return self.hasher.hashes(self.tokenizer.encode(text))
+        if not self._lock.acquire(blocking=False):  # the worker holds the caches: don't wait
+            return self._compute(text, messages, cached=False)
         try:
-            return self._compute(text)
+            return self._compute(text, messages, cached=True)
         finally:
             self._lock.release()
 
@@ -155,7 +195,7 @@ class PrecisePrefixScorer(Scorer):
         out = [0.0] * len(group)
         precise = any(live)
         if precise:
-            hashes = req.prefix_hashes if self.request_hashes else self.hashes(req.prompt_text)
+            hashes = req.prefix_hashes if self.request_hashes else self.hashes(req.prompt_text, req.messages)
             idx.remember(req.request_id, hashes)
             if hashes:
                 matched = idx.match(hashes, now, self.cpu_weight)
