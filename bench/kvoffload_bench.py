@@ -76,8 +76,7 @@ async def threshold(path: str) -> tuple[float, dict[int, float]]:
     return hop, inline
 
 
-async def main(path: str) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+async def main(path: str, commit: str) -> None:
     print(f"commit {commit.strip()}, {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
     for offload in (False, True, False, True, False, True):
         ms = await stall(path, offload)
@@ -92,4 +91,5 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", default="", help="a model's tokenizer.json (default: a local BPE)")
     args = ap.parse_args()
-    asyncio.run(main(args.tokenizer or _local_bpe()))
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    asyncio.run(main(args.tokenizer or _local_bpe(), head))
