@@ -20,6 +20,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from picker.scheduling import prewarm
 from picker.scheduling.kvindex import PreciseIndex
 from picker.scheduling.precise import PrecisePrefixScorer
 from picker.scheduling.profile import Profile
@@ -48,10 +49,12 @@ def precise_scorers(profile: Profile) -> list[PrecisePrefixScorer]:
 
 
 def attach_precise(profile: Profile, index: PreciseIndex) -> bool:
-    """Give the profile's precise scorers ``index``; False when the profile has none."""
+    """Give the profile's precise scorers ``index`` and let them tokenize before scheduling,
+    off the event loop (picker/scheduling/prewarm.py); False when the profile has none."""
     found = precise_scorers(profile)
     for s in found:
         s.index = index
+        prewarm.register(s)
     if found:
         profile.state.assign_hooks.append(index.on_assigned)
     return bool(found)

@@ -31,7 +31,6 @@ from typing import Any
 
 from shared.kvhash import DEFAULT_SEED, BlockHasher
 
-from . import prewarm
 from .context import Context
 from .kvchat import ChatTemplateError, find_chat
 from .kvindex import get_index
@@ -94,8 +93,7 @@ class PrecisePrefixScorer(Scorer):
         self.ready: OrderedDict[tuple[bool, str], list[int]] = OrderedDict()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self.offloaded = 0
-        prewarm.register(self)
+        self.offloaded = 0  # registered with prewarm by the picker (kvfeed.attach_precise)
 
     @classmethod
     def from_params(cls, p: Params) -> PrecisePrefixScorer:

@@ -4,7 +4,8 @@ Scheduling is synchronous (director → profile → scorers), so a scorer that t
 32k-token prompt inline stalls the picker's event loop for the whole tokenization. The
 earliest asynchronous point is the ext_proc stream, when the request body is complete
 and before the director routes it: there :func:`prewarm` hands the prompt to every live
-scorer that registered here (:func:`register`); each one computes its answer in its own
+scorer of the picker's active profile (registered by ``picker.kvfeed.attach_precise``:
+:func:`register`; a scorer only built to validate the config is not); each one computes its answer in its own
 worker thread (Hugging Face's ``encode_batch`` releases the GIL) and keeps it until its
 ``score`` asks for it (``PrecisePrefixScorer.warm``).
 
@@ -31,7 +32,7 @@ _WARMERS: weakref.WeakSet = weakref.WeakSet()
 
 
 def register(warmer: Warmer) -> None:
-    """Called by a scorer at construction; dropped when the scorer is garbage-collected."""
+    """Warm ``warmer`` for every request from now on; dropped when it is garbage-collected."""
     _WARMERS.add(warmer)
 
 

@@ -16,6 +16,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from picker.director import RequestHeaders
 from picker.extproc import Exchange
+from picker.scheduling import prewarm
 from picker.scheduling.kvtokenizer import SimTokenizer
 from picker.scheduling.precise import PrecisePrefixScorer
 from shared.tokens import text_for_tokens
@@ -83,6 +84,7 @@ def test_a_short_prompt_stays_inline():
 def test_the_ext_proc_stream_warms_before_the_director_routes():
     tok = GateTokenizer()
     s = _scorer(tok)
+    prewarm.register(s)  # as the picker does for its active profile (kvfeed.attach_precise)
     text = text_for_tokens(2000, seed=2)
     body = json.dumps({"model": "m", "prompt": text}).encode()
     ex = Exchange(SimpleNamespace(max_body_bytes=1 << 24))
