@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from picker.scheduling import prewarm
 from picker.scheduling.kvindex import PreciseIndex
-from picker.scheduling.precise import PrecisePrefixScorer
+from picker.scheduling.precise import PrecisePrefixScorer, precise_prompt_metrics
 from picker.scheduling.profile import Profile
 from shared import kvevents as kv
 from shared.bus import Bus, Subscription
@@ -143,7 +143,8 @@ class KVIndexCollector:
 
     def __init__(self, index: PreciseIndex, profile: Profile | None = None) -> None:
         self.index = index
-        self.caches = [c for s in (precise_scorers(profile) if profile else []) for c in s.caches()]
+        self.scorers = precise_scorers(profile) if profile else []
+        self.caches = [c for s in self.scorers for c in s.caches()]
 
     def describe(self) -> list:
         return []
@@ -173,3 +174,5 @@ class KVIndexCollector:
             for label, attr in (("hit", "hits"), ("miss", "misses"), ("mismatch", "mismatches")):
                 t.add_metric([label], sum(getattr(c, attr) for c in self.caches))
             yield t
+        if self.scorers:
+            yield from precise_prompt_metrics(self.scorers)

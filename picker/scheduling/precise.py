@@ -26,6 +26,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,7 +41,7 @@ from .params import Params
 from .plugin import register
 from .scorers import Group, Scorer
 
-__all__ = ["PRECISE_SCORES", "PrecisePrefixScorer"]
+__all__ = ["PRECISE_SCORES", "PrecisePrefixScorer", "precise_prompt_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ class PrecisePrefixScorer(Scorer):
         # special tokens (the template writes them); without a template it is hashed flattened.
         self.chat = find_chat(tokenizer, chat_template)
         self.chat_tokenizer = self.tokenizer if tokenizer == "sim" else load_tokenizer(tokenizer, False)
-        self.chat_failed = 0  # messages the template refused: scored flattened (the pod rejects them)
+        # chats rendered with the template / refused by it (scored flattened; the pod refuses
+        # them too) / flattened for want of a template (infergate_picker_precise_chat_total)
+        self.chat_rendered = self.chat_failed = self.chat_flattened = 0
         # Repeated prefixes are tokenized and hashed once (kvtokcache.py); 0 chunks: off.
         self.token_cache = self._cache(self.tokenizer, token_cache_chunks, token_cache_chunk_chars)
         self.chat_cache = (
@@ -150,10 +153,15 @@ class PrecisePrefixScorer(Scorer):
 
     def render(self, text: str, messages: list[Any] | None) -> tuple[str, bool]:
         """The text the model server tokenizes, and whether it is a rendered chat."""
-        if messages is None or self.chat is None:
+        if messages is None:
+            return text, False
+        if self.chat is None:
+            self.chat_flattened += 1
             return text, False
         try:
-            return self.chat.render(messages), True
+            rendered = self.chat.render(messages)
+            self.chat_rendered += 1
+            return rendered, True
         except ChatTemplateError as exc:
             self.chat_failed += 1
             log.debug("chat template refused the messages (%s): hashing the flattened chat", exc)
@@ -210,3 +218,25 @@ class PrecisePrefixScorer(Scorer):
         idx.routed["approximate" if not precise else "precise" if all(live) else "mixed"] += 1
         ctx.put(PRECISE_SCORES, group, out)
         return out if any(out) else None
+
+
+def precise_prompt_metrics(scorers: list[PrecisePrefixScorer]) -> Iterator[Any]:
+    """Prometheus families: prompts tokenized off the event loop, chats by how they were rendered."""
+    from prometheus_client.core import CounterMetricFamily
+
+    o = CounterMetricFamily(
+        "infergate_picker_precise_offloaded",
+        "Prompts the precise-prefix scorer tokenized in its worker thread, before scheduling",
+    )
+    o.add_metric([], sum(s.offloaded for s in scorers))
+    yield o
+    c = CounterMetricFamily(
+        "infergate_picker_precise_chat",
+        "Chat prompts hashed by the precise-prefix scorer: rendered with the model's chat template, "
+        "refused by it, or flattened (no template)",
+        labels=["render"],
+    )
+    kinds = (("template", "chat_rendered"), ("refused", "chat_failed"), ("flattened", "chat_flattened"))
+    for label, attr in kinds:
+        c.add_metric([label], sum(getattr(s, attr) for s in scorers))
+    yield c

@@ -18,7 +18,7 @@ import tempfile
 import pytest
 from tokenizers import Tokenizer
 
-from picker.scheduling.precise import PrecisePrefixScorer
+from picker.scheduling.precise import PrecisePrefixScorer, precise_prompt_metrics
 from shared.kvhash import BlockHasher
 from tests.picker.test_kvtokcache import _train
 
@@ -120,6 +120,7 @@ def test_without_a_template_the_chat_is_hashed_flattened(trained):
     s = PrecisePrefixScorer(tokenizer=path, block_size=4)
     assert s.chat is None and s.render(FLAT, CHAT) == (FLAT, False)
     assert s.hashes(FLAT, CHAT) == BlockHasher(4).hashes(Tokenizer.from_file(path).encode(FLAT).ids)
+    assert _chat_counts(s) == {"template": 0, "refused": 0, "flattened": 2}
 
 
 def test_the_simulator_chat_is_rendered_as_the_simulator_renders_it():
@@ -130,3 +131,9 @@ def test_the_simulator_chat_is_rendered_as_the_simulator_renders_it():
     text = chat_prompt({"messages": CHAT})
     assert s.render(FLAT, CHAT) == (text, True)
     assert s.hashes(FLAT, CHAT) == BlockHasher(4).hashes(encode(text)) != s.hashes(FLAT)
+    assert _chat_counts(s) == {"template": 2, "refused": 0, "flattened": 0}  # a completion is no chat
+
+
+def _chat_counts(s: PrecisePrefixScorer) -> dict[str, float]:
+    fams = {f.name: f for f in precise_prompt_metrics([s])}
+    return {x.labels["render"]: x.value for x in fams["infergate_picker_precise_chat"].samples}
