@@ -1,6 +1,7 @@
 """The ``precise-prefix`` scorer: prefix-cache affinity from what the pods say they hold.
 
-For each request it tokenizes the prompt (:mod:`.kvtokenizer`), hashes the full blocks
+For each request it tokenizes the prompt (:mod:`.kvtokenizer`; a chat rendered first with
+the model's chat template as the model server renders it, :mod:`.kvchat`), hashes the full blocks
 with vLLM's chain (:class:`shared.kvhash.BlockHasher`, the pods' block size, hash seed
 and algorithm) and looks them up in the precise index (:mod:`.kvindex`, fed from the
 collectors' KV events). Score = matched leading blocks / request blocks (a CPU-tier block
