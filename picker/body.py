@@ -62,6 +62,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     max_tokens: int  # 0 when not given
+    messages: list[Any] | None = None  # a chat's messages (precise-prefix renders its template)
 
     def with_model(self, model: str) -> bytes:
         """The body with ``model`` replaced; the original bytes when nothing changes."""
@@ -186,7 +187,7 @@ def parse_request(body: bytes, path: str) -> ParsedRequest:
     if not isinstance(model, str) or not model:
         raise BodyError(400, "'model' must be a non-empty string", "model")
     kind = path_kind(path)
-    prompt_text, prompt_tokens = "", 0
+    prompt_text, prompt_tokens, messages = "", 0, None
     if kind == "chat":
         raw = fields.get("messages")
         messages = _decode(raw, "messages") if raw is not None else None
@@ -227,4 +228,5 @@ def parse_request(body: bytes, path: str) -> ParsedRequest:
         stream=stream,
         include_usage=include_usage,
         max_tokens=max_tokens,
+        messages=messages,
     )

@@ -427,6 +427,7 @@ class Director:
             candidates=cands,
             fairness_id=hdr.fairness_id or "",
             prompt_text=text,
+            messages=req.messages,
         )
 
     def _assign(self, info: RequestInfo, address: str, destination: str, now: float) -> Inflight:

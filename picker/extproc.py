@@ -41,6 +41,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
+from .body import BodyError, parse_request
 from .director import Answered, Director, Inflight, Queued, Rejected, RequestHeaders, Routed, new_request_id
 from .ids import bounded_request_id
 from .protocol import (
@@ -61,6 +62,7 @@ from .protocol import (
     SUBSET_NAMESPACE,
 )
 from .response import ResponseRewriter
+from .scheduling import prewarm
 
 __all__ = ["MAX_CHUNK", "Exchange", "ExtProcServicer"]
 
@@ -441,6 +443,22 @@ class Exchange:
             out.append(_streamed(body[start : start + MAX_CHUNK], body_ends and start + MAX_CHUNK >= n))
         return out
 
+    async def prewarm(self, req: ep.ProcessingRequest) -> None:
+        """The body is complete: tokenize a long prompt off the loop before the (synchronous)
+        director routes it (:mod:`picker.scheduling.prewarm`)."""
+        if not prewarm.active() or self.done_request or self.hdr is None:
+            return
+        if req.WhichOneof("request") != "request_body" or not req.request_body.end_of_stream:
+            return
+        body = b"".join([*self.body_chunks, req.request_body.body])
+        if len(body) > self.director.max_body_bytes:
+            return
+        try:
+            parsed = parse_request(body, self.hdr.path)
+        except BodyError:
+            return  # handle() answers it
+        await prewarm.prewarm(parsed.prompt_text, parsed.messages)
+
     async def resume(self, out: list[ep.ProcessingResponse]) -> list[ep.ProcessingResponse]:
         """A request queued by flow control: await its dispatch, answer it, then ``out``."""
         q = self.pending
@@ -574,6 +592,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
         try:
             async for req in request_iterator:
                 try:
+                    await ex.prewarm(req)
                     out = ex.handle(req)
                     if ex.pending is not None:
                         out = await ex.resume(out)

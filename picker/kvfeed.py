@@ -20,8 +20,9 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from picker.scheduling import prewarm
 from picker.scheduling.kvindex import PreciseIndex
-from picker.scheduling.precise import PrecisePrefixScorer
+from picker.scheduling.precise import PrecisePrefixScorer, precise_prompt_metrics
 from picker.scheduling.profile import Profile
 from shared import kvevents as kv
 from shared.bus import Bus, Subscription
@@ -48,10 +49,12 @@ def precise_scorers(profile: Profile) -> list[PrecisePrefixScorer]:
 
 
 def attach_precise(profile: Profile, index: PreciseIndex) -> bool:
-    """Give the profile's precise scorers ``index``; False when the profile has none."""
+    """Give the profile's precise scorers ``index`` and let them tokenize before scheduling,
+    off the event loop (picker/scheduling/prewarm.py); False when the profile has none."""
     found = precise_scorers(profile)
     for s in found:
         s.index = index
+        prewarm.register(s)
     if found:
         profile.state.assign_hooks.append(index.on_assigned)
     return bool(found)
@@ -62,7 +65,7 @@ def kv_tables(profile: Profile, index: PreciseIndex) -> dict[str, tuple[Callable
     out: dict[str, tuple[Callable, int, Callable]] = {
         "kv_index_blocks": (index.size, index.max_blocks, lambda: index.dropped)
     }
-    caches = [s.token_cache for s in precise_scorers(profile) if s.token_cache is not None]
+    caches = [c for s in precise_scorers(profile) for c in s.caches()]
     for i, c in enumerate(caches):
         name = "tokenize_cache_chunks" + (f"_{i}" if i else "")
         out[name] = (c.__len__, c.max_chunks, lambda c=c: c.evicted)
@@ -140,9 +143,8 @@ class KVIndexCollector:
 
     def __init__(self, index: PreciseIndex, profile: Profile | None = None) -> None:
         self.index = index
-        self.caches = [
-            s.token_cache for s in (precise_scorers(profile) if profile else []) if s.token_cache is not None
-        ]
+        self.scorers = precise_scorers(profile) if profile else []
+        self.caches = [c for s in self.scorers for c in s.caches()]
 
     def describe(self) -> list:
         return []
@@ -172,3 +174,5 @@ class KVIndexCollector:
             for label, attr in (("hit", "hits"), ("miss", "misses"), ("mismatch", "mismatches")):
                 t.add_metric([label], sum(getattr(c, attr) for c in self.caches))
             yield t
+        if self.scorers:
+            yield from precise_prompt_metrics(self.scorers)

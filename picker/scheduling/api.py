@@ -13,7 +13,7 @@ snapshot ``ts``), advanced by the caller.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from shared.schemas import EndpointSnapshot
 
@@ -43,6 +43,8 @@ class RequestInfo:
     priority: int = 0
     # The prompt as text, for plugins that tokenize it (precise-prefix); "" when unknown.
     prompt_text: str = ""
+    # A chat's messages as sent (precise-prefix renders the model's chat template); None otherwise.
+    messages: list[Any] | None = None
     # Latency objectives from x-slo-ttft-ms / x-slo-tpot-ms (llm-d: x-llm-d-slo-*), in ms;
     # 0 = none given (an SLO-aware plugin may apply its per-objective default). ``objective``
     # is the InferenceObjective's name (x-gateway-inference-objective), "" when none.

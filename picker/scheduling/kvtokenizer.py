@@ -5,6 +5,11 @@
 * a path to a model's ``tokenizer.json``: the Hugging Face ``tokenizers`` library, read
   from the local file only (never a download), with the model's special tokens added as
   vLLM adds them to a completion prompt (``add_special_tokens``, default true).
+
+The Hugging Face calls go through ``encode_batch`` with one text: unlike ``encode`` it
+releases the GIL while the Rust code runs (measured: a 32k-token prompt tokenized in a
+worker thread stalls the event loop ~30 ms with ``encode_batch``, ~300-750 ms with
+``encode``), at the same cost for one text.
 """
 
 from __future__ import annotations
@@ -50,11 +55,11 @@ class HFTokenizer:
         self.specials = self._specials() if add_special_tokens else ([], [])
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=self.add_special_tokens).ids
+        return self._tok.encode_batch([text], add_special_tokens=self.add_special_tokens)[0].ids
 
     def encode_offsets(self, text: str) -> tuple[list[int], list[int]]:
         """The ids without special tokens and each token's first character in ``text``."""
-        e = self._tok.encode(text, add_special_tokens=False)
+        e = self._tok.encode_batch([text], add_special_tokens=False)[0]
         return e.ids, [a for a, _b in e.offsets]
 
     def _specials(self) -> tuple[list[int], list[int]]:

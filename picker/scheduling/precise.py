@@ -1,6 +1,7 @@
 """The ``precise-prefix`` scorer: prefix-cache affinity from what the pods say they hold.
 
-For each request it tokenizes the prompt (:mod:`.kvtokenizer`), hashes the full blocks
+For each request it tokenizes the prompt (:mod:`.kvtokenizer`; a chat rendered first with
+the model's chat template as the model server renders it, :mod:`.kvchat`), hashes the full blocks
 with vLLM's chain (:class:`shared.kvhash.BlockHasher`, the pods' block size, hash seed
 and algorithm) and looks them up in the precise index (:mod:`.kvindex`, fed from the
 collectors' KV events). Score = matched leading blocks / request blocks (a CPU-tier block
@@ -12,13 +13,28 @@ events) are scored on the approximate path, the ``prefix-cache`` score from what
 picker sent where; ``PreciseIndex.routed`` counts which path scored each decision
 (``infergate_picker_prefix_path_total{path}``: ``precise`` every candidate, ``mixed`` some,
 ``approximate`` none).
+
+Tokenization stays off the event loop: the ext_proc stream calls :meth:`warm` (through
+:mod:`.prewarm`) before the synchronous scheduler runs, which computes a long prompt's
+hashes in this scorer's worker thread and keeps them for :meth:`score` (``ready``,
+bounded). Prompts shorter than ``offload_chars`` are tokenized inline (measured: below
+that, the thread hop costs the loop more than the tokenization; see the README).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 from shared.kvhash import DEFAULT_SEED, BlockHasher
 
 from .context import Context
+from .kvchat import ChatTemplateError, find_chat
 from .kvindex import get_index
 from .kvtokcache import TokenPrefixCache
 from .kvtokenizer import load_tokenizer
@@ -26,9 +42,13 @@ from .params import Params
 from .plugin import register
 from .scorers import Group, Scorer
 
-__all__ = ["PRECISE_SCORES", "PrecisePrefixScorer"]
+__all__ = ["PRECISE_SCORES", "PrecisePrefixScorer", "precise_prompt_metrics"]
+
+log = logging.getLogger(__name__)
 
 PRECISE_SCORES = "precise-prefix"
+OFFLOAD_CHARS = 256  # measured break-even ~100 chars: see offload_chars in picker/scheduling/README.md
+READY_MAX = 64  # prompts tokenized ahead and not scored yet (a rejected request's expire)
 
 
 @register("precise-prefix")
@@ -47,20 +67,23 @@ class PrecisePrefixScorer(Scorer):
         add_special_tokens: bool = True,
         token_cache_chunks: int = 8192,
         token_cache_chunk_chars: int = 512,
+        offload_chars: int = OFFLOAD_CHARS,
+        chat_template: str = "",
     ) -> None:
         self.tokenizer = load_tokenizer(tokenizer, add_special_tokens)
         self.hasher = BlockHasher(block_size, hash_seed, hash_algo, max_blocks)
+        # A chat is rendered as the model server renders it (kvchat.py) and tokenized without
+        # special tokens (the template writes them); without a template it is hashed flattened.
+        self.chat = find_chat(tokenizer, chat_template)
+        self.chat_tokenizer = self.tokenizer if tokenizer == "sim" else load_tokenizer(tokenizer, False)
+        # chats rendered with the template / refused by it (scored flattened; the pod refuses
+        # them too) / flattened for want of a template (infergate_picker_precise_chat_total)
+        self.chat_rendered = self.chat_failed = self.chat_flattened = 0
         # Repeated prefixes are tokenized and hashed once (kvtokcache.py); 0 chunks: off.
-        self.token_cache = (
-            TokenPrefixCache(
-                self.tokenizer,
-                self.hasher,
-                chunk_chars=token_cache_chunk_chars,
-                max_chunks=token_cache_chunks,
-                window_chars=token_cache_chunk_chars // 4,
-                margin_chars=token_cache_chunk_chars // 16,
-            )
-            if token_cache_chunks > 0
+        self.token_cache = self._cache(self.tokenizer, token_cache_chunks, token_cache_chunk_chars)
+        self.chat_cache = (
+            self._cache(self.chat_tokenizer, token_cache_chunks, token_cache_chunk_chars)
+            if self.chat is not None
             else None
         )
         self.cpu_weight = cpu_weight
@@ -68,6 +91,13 @@ class PrecisePrefixScorer(Scorer):
         # Simulation only (bench/des/kvprecise.py): score the request's prefix_hashes, which
         # there are the engines' own block hashes, instead of tokenizing prompt_text.
         self.request_hashes = False
+        # Off-loop tokenization (prewarm.py): one worker thread; the lock keeps the token
+        # cache single-writer (the loop never waits on it: it tokenizes uncached instead).
+        self.offload_chars = offload_chars
+        self.ready: OrderedDict[tuple[bool, str], list[int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self.offloaded = 0  # registered with prewarm by the picker (kvfeed.attach_precise)
 
     @classmethod
     def from_params(cls, p: Params) -> PrecisePrefixScorer:
@@ -82,16 +112,87 @@ class PrecisePrefixScorer(Scorer):
             add_special_tokens=p.boolean("add_special_tokens", True),
             token_cache_chunks=p.integer("token_cache_chunks", 8192, lo=0),
             token_cache_chunk_chars=p.integer("token_cache_chunk_chars", 512, lo=64),
+            offload_chars=p.integer("offload_chars", OFFLOAD_CHARS, lo=0),
+            chat_template=str(p.raw("chat_template", "")),
         )
         p.done()
         return out
 
-    def hashes(self, text: str) -> list[int]:
+    def caches(self) -> list[TokenPrefixCache]:
+        """The tokenization caches (completions; rendered chats when there is a template)."""
+        return [c for c in (self.token_cache, self.chat_cache) if c is not None]
+
+    def _cache(self, tok, chunks: int, chunk_chars: int) -> TokenPrefixCache | None:
+        if chunks <= 0:
+            return None
+        return TokenPrefixCache(
+            tok,
+            self.hasher,
+            chunk_chars=chunk_chars,
+            max_chunks=chunks,
+            window_chars=chunk_chars // 4,
+            margin_chars=chunk_chars // 16,
+        )
+
+    async def warm(self, text: str, messages: list[Any] | None = None) -> None:
+        """Compute a long prompt's hashes in the worker thread, for :meth:`score` to take."""
+        key = (messages is not None, text)
+        if self.request_hashes or len(text) < self.offload_chars or key in self.ready:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="precise-prefix")
+        loop = asyncio.get_running_loop()
+        hashes = await loop.run_in_executor(self._pool, self._locked_hashes, text, messages)
+        self.offloaded += 1
+        self.ready[key] = hashes
+        while len(self.ready) > READY_MAX:
+            self.ready.popitem(last=False)
+
+    def _locked_hashes(self, text: str, messages: list[Any] | None) -> list[int]:
+        with self._lock:
+            return self._compute(text, messages, cached=True)
+
+    def render(self, text: str, messages: list[Any] | None) -> tuple[str, bool]:
+        """The text the model server tokenizes, and whether it is a rendered chat."""
+        if messages is None:
+            return text, False
+        if self.chat is None:
+            self.chat_flattened += 1
+            return text, False
+        try:
+            rendered = self.chat.render(messages)
+            self.chat_rendered += 1
+            return rendered, True
+        except ChatTemplateError as exc:
+            self.chat_failed += 1
+            log.debug("chat template refused the messages (%s): hashing the flattened chat", exc)
+            return text, False
+
+    def _compute(self, text: str, messages: list[Any] | None, cached: bool) -> list[int]:
+        text, chat = self.render(text, messages)
         if not text:
             return []
-        if self.token_cache is not None:
-            return self.token_cache.hashes(text)
-        return self.hasher.hashes(self.tokenizer.encode(text))
+        tok, cache = (self.chat_tokenizer, self.chat_cache) if chat else (self.tokenizer, self.token_cache)
+        if cached and cache is not None:
+            return cache.hashes(text)
+        return self.hasher.hashes(tok.encode(text))
+
+    def hashes(self, text: str, messages: list[Any] | None = None) -> list[int]:
+        """The prompt's block hashes: ready from :meth:`warm`, else computed here.
+
+        ``text`` is the completion prompt, or for a chat (``messages`` given) the picker's
+        flattening, used when there is no chat template."""
+        if not text and not messages:
+            return []
+        got = self.ready.pop((messages is not None, text), None)
+        if got is not None:
+            return got
+        if not self._lock.acquire(blocking=False):  # the worker holds the caches: don't wait
+            return self._compute(text, messages, cached=False)
+        try:
+            return self._compute(text, messages, cached=True)
+        finally:
+            self._lock.release()
 
     def score(self, ctx: Context, group: Group) -> list[float] | None:
         req = ctx.request
@@ -101,7 +202,7 @@ class PrecisePrefixScorer(Scorer):
         out = [0.0] * len(group)
         precise = any(live)
         if precise:
-            hashes = req.prefix_hashes if self.request_hashes else self.hashes(req.prompt_text)
+            hashes = req.prefix_hashes if self.request_hashes else self.hashes(req.prompt_text, req.messages)
             idx.remember(req.request_id, hashes)
             if hashes:
                 matched = idx.match(hashes, now, self.cpu_weight)
@@ -118,3 +219,25 @@ class PrecisePrefixScorer(Scorer):
         idx.routed["approximate" if not precise else "precise" if all(live) else "mixed"] += 1
         ctx.put(PRECISE_SCORES, group, out)
         return out if any(out) else None
+
+
+def precise_prompt_metrics(scorers: list[PrecisePrefixScorer]) -> Iterator[Any]:
+    """Prometheus families: prompts tokenized off the event loop, chats by how they were rendered."""
+    from prometheus_client.core import CounterMetricFamily
+
+    o = CounterMetricFamily(
+        "infergate_picker_precise_offloaded",
+        "Prompts the precise-prefix scorer tokenized in its worker thread, before scheduling",
+    )
+    o.add_metric([], sum(s.offloaded for s in scorers))
+    yield o
+    c = CounterMetricFamily(
+        "infergate_picker_precise_chat",
+        "Chat prompts hashed by the precise-prefix scorer: rendered with the model's chat template, "
+        "refused by it, or flattened (no template)",
+        labels=["render"],
+    )
+    kinds = (("template", "chat_rendered"), ("refused", "chat_failed"), ("flattened", "chat_flattened"))
+    for label, attr in kinds:
+        c.add_metric([label], sum(getattr(s, attr) for s in scorers))
+    yield c
