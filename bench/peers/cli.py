@@ -60,7 +60,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="H100 seconds a run waits for open requests after sending stops; those still open are "
         "cut and reported (default 6)",
     )
+    p.add_argument(
+        "--max-drain-wall", type=float, default=30.0, help="and at most this many wall seconds (default 30)"
+    )
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=5.0,
+        help="wall seconds InferGate's route is metered at idle before each run (its fixed cost)",
+    )
     p.add_argument("--venv", type=Path, default=install.DEFAULT_VENV, help="the peers' virtual environment")
     p.add_argument("--install-only", action="store_true", help="install the peers and stop")
     p.add_argument("--work-dir", type=Path, default=Path(".infergate/peers"), help="logs of every run")
@@ -115,12 +124,24 @@ def scale_of(wl: Workload, args) -> float:
     return args.time_scale or wl.time_scale
 
 
+def drain_wall(args, scale: float) -> float:
+    """Wall seconds a run waits for open requests after its last send: the cap, whichever is first."""
+    return min(args.drain * scale, args.max_drain_wall)
+
+
 async def run_one(route: Route, wl: Workload, args, env, rep: int, run_dir: Path) -> dict:
     scale = scale_of(wl, args)
     setup = PodSetup(time_scale=scale, lora_adapters=wl.lora_adapters, sim_args=wl.sim_args)
     t_launch = time.monotonic()
     async with launch(route, setup, env, run_dir) as running:
         t_ready = time.monotonic()
+        idle: dict[str, float] = {}
+        if route.kind == "infergate" and args.idle > 0:  # the fixed cost: the route's cores at idle
+            idle_meter = CpuMeter(running.pids)
+            idle_meter.start()
+            t_idle = time.monotonic()
+            await asyncio.sleep(args.idle)
+            idle = {k: v / (time.monotonic() - t_idle) for k, v in idle_meter.stop().items()}
         before = await prefix_counters(running.pods)
         meter = CpuMeter(running.pids)
         pods = CpuMeter({f"pod-{i}": p for i, p in enumerate(running.pod_pids)})
@@ -138,8 +159,8 @@ async def run_one(route: Route, wl: Workload, args, env, rep: int, run_dir: Path
             args.duration,
             stream=True,
             max_requests=args.max_requests,
-            drain_timeout_s=args.drain * scale,
-            request_timeout_s=(args.duration + args.drain * scale) * 2,
+            drain_timeout_s=drain_wall(args, scale),
+            request_timeout_s=(args.duration + drain_wall(args, scale)) * 2,
             seed=args.seed + rep,
         )
         wall = time.monotonic() - t0
@@ -159,7 +180,7 @@ async def run_one(route: Route, wl: Workload, args, env, rep: int, run_dir: Path
     s.update(
         cpu_by_process=used,
         route_cpu_s=route_cpu,
-        cpu_per_1k=route_cpu / s["ok"] * 1000 if s["ok"] else float("nan"),
+        cpu_per_1k=route_cpu / s["sent"] * 1000 if s["sent"] else float("nan"),
         ours_share=(route_cpu + sum(pod_used.values()) + me) / (wall * ncpu),
         machine_share=(busy1 - busy0) / max(1, total1 - total0),
         load_start=load0,
@@ -172,6 +193,14 @@ async def run_one(route: Route, wl: Workload, args, env, rep: int, run_dir: Path
         stop_s=t_gone - t_stop,
         overhead_s=(t_gone - t_launch) - min(args.duration, result.wall_s),
     )
+    if idle:  # fixed = the idle rate over the run's wall time; marginal = the rest, per request
+        fixed = sum(idle.values()) * wall
+        s.update(
+            idle_cores=sum(idle.values()),
+            idle_by_process=idle,
+            fixed_per_1k=fixed / s["sent"] * 1000 if s["sent"] else float("nan"),
+            marginal_per_1k=(route_cpu - fixed) / s["sent"] * 1000 if s["sent"] else float("nan"),
+        )
     return s
 
 
@@ -180,7 +209,12 @@ def progress_line(s: dict) -> str:
         f"  ok {s['ok']}/{s['sent']}, {s['req_per_s']:.1f} req/s, TTFT p90 {s['ttft_p90_s'] * 1000:.0f} ms, "
         f"hit {s['prefix_hit_rate']:.0%}, route CPU {s['cpu_per_1k']:.1f} s/1k req, our CPU "
         f"{s['ours_share']:.0%} of {os.cpu_count()} cores, machine busy {s['machine_share']:.0%}; "
-        f"start {s['start_s']:.1f} s, drain {s['drain_s']:.1f} s, stop {s['stop_s']:.1f} s, cut {s['cut']}"
+        + (
+            f"idle {s['idle_cores']:.3f} cores, marginal {s['marginal_per_1k']:.1f} s/1k; "
+            if "idle_cores" in s
+            else ""
+        )
+        + f"start {s['start_s']:.1f} s, drain {s['drain_s']:.1f} s, stop {s['stop_s']:.1f} s, cut {s['cut']}"
     )
 
 
@@ -216,7 +250,8 @@ def provenance(env, args, source: str) -> dict[str, str]:
             if args.time_scale
             else "per workload: " + ", ".join(f"{k} {v:g}" for k, v in TIME_SCALE.items())
         ),
-        "drain cap": f"{args.drain:g} H100 s after the last send (requests still open are cut and counted)",
+        "drain cap": f"{args.drain:g} H100 s or {args.max_drain_wall:g} wall s after the last send, "
+        "whichever comes first (requests still open are cut and counted)",
         "sending per run": f"{args.duration:g} wall s; {args.repetitions} repetition(s), interleaved",
     }
     if env is not None:
@@ -286,8 +321,9 @@ async def amain(args) -> int:
         "sglang-router runs on SGLang-flavoured pods (it polls /get_load), every other route on vLLM pods.",
         "Routers run with their defaults (ports aside). InferGate = Envoy + 2 pickers (`default` profile) + "
         "one collector per node + nats-server, all counted in its CPU.",
-        "route CPU s/1k req = user+system CPU seconds of the route's processes during the run / completed "
-        "requests x 1000 (real CPU, not scaled). 'IG adv.' > 1 means InferGate is better.",
+        "route CPU s/1k req = user+system CPU seconds of the route's processes during the run / requests "
+        "sent x 1000 (real CPU, not scaled; sent, since the cut requests were routed and partly "
+        "streamed). 'IG adv.' > 1 means InferGate is better.",
         "'our CPU share' = the route, the pods and the load generator / (wall x cores); 'machine busy' "
         "includes everything else running on the machine.",
     ]
