@@ -93,7 +93,8 @@ async def test_peers_command_end_to_end_without_the_peers(tmp_path, capsys):
     out = tmp_path / "peers.md"
     args = cli.parse_args(
         ["--no-peers", "--workloads", "prefix-1x", "--repetitions", "1", "--duration", "2",
-         "--time-scale", "2", "--max-requests", "6", "--out", str(out), "--work-dir", str(tmp_path / "w")]
+         "--time-scale", "2", "--max-requests", "6", "--idle", "0.5", "--out", str(out),
+         "--work-dir", str(tmp_path / "w")]
     )  # fmt: skip
     assert await cli.amain(args) == 0
     text = out.read_text()
@@ -107,3 +108,4 @@ async def test_peers_command_end_to_end_without_the_peers(tmp_path, capsys):
     ig = next(line for line in text.splitlines() if line.startswith("| InferGate |"))
     assert ig.split("|")[8].strip().startswith("0")  # no errors
     assert "route CPU" in capsys.readouterr().out
+    assert "Fixed cost:" in text and "marginal:" in text  # InferGate's idle metering and the split
