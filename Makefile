@@ -38,7 +38,8 @@ bench: $(STAMP)
 	$(BIN)/infergate-bench sweep
 
 # InferGate next to sglang-router and vllm-router (installed into .venv-peers, never into .venv);
-# writes bench/results/peers.md. PEERS_ARGS=--quick for a short smoke run.
+# writes bench/results/peers.md. PEERS_ARGS=--quick for a short smoke run; the published run
+# (about an hour on 2 shared cores) is PEERS_ARGS="--repetitions 1 --duration 25 --drain 6".
 peers: $(STAMP)
 	$(BIN)/infergate-bench peers $(PEERS_ARGS)
 

@@ -50,24 +50,36 @@ def pod_process(name: str, port: int, setup: PodSetup, log_dir: Path) -> Service
         "--engine", setup.flavor,
         "--time-scale", str(setup.time_scale),
         "--ops-host", "127.0.0.1",
-        "--ops-port", str(free_port()),
         "--log-format", "json",
         *setup.sim_args,
     ]  # fmt: skip
     if setup.lora_adapters:
         args += ["--lora-adapters", ",".join(setup.lora_adapters)]
+    # The serving port is chosen here (a router is given it before the pod starts); the ops
+    # port is bound at 0 and reported, so it cannot race the router's outgoing connections.
     return ServiceProcess(
-        f"sim-{name}", python_module("sim", *args), log_dir, ready_url=f"http://127.0.0.1:{port}/health"
+        f"sim-{name}",
+        python_module("sim", *args),
+        log_dir,
+        ready_url=f"http://127.0.0.1:{port}/health",
+        port_flags={"ops": "--ops-port"},
     )
 
 
-async def start_pods(setup: PodSetup, log_dir: Path) -> list[Pod]:
-    import asyncio
-
+def plan_pods(setup: PodSetup, log_dir: Path) -> list[Pod]:
+    """The pods with their ports chosen, not started: a router can be told their URLs first."""
     pods = []
     for i in range(setup.count):
         port = free_port()
         pods.append(Pod(f"pod-{i}", port, pod_process(f"pod-{i}", port, setup, log_dir)))
+    return pods
+
+
+async def start_pods(setup: PodSetup, log_dir: Path, pods: list[Pod] | None = None) -> list[Pod]:
+    """Start ``pods`` (or a new plan) together and wait until every one answers ``/health``."""
+    import asyncio
+
+    pods = plan_pods(setup, log_dir) if pods is None else pods
     try:
         await asyncio.gather(*(p.process.start(60) for p in pods))
     except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+CUT = "cut at the drain cap"
 LABELS = {"req_per_s": "req/s", "ttft_p90_s": "TTFT p90", "ntpot_p90_s": "NTPOT p90"}
 METRICS = (  # key, header, unit, higher is better
     ("req_per_s", "req/s", "", True),
@@ -38,7 +39,10 @@ class Outcome:
         sent = sum(r.get("sent", 0) for r in self.runs)
         if not n:
             return "0"
-        kinds = ", ".join(f"{k}x{v}" for k, v in sorted(total.items(), key=lambda kv: -kv[1])[:3])
+        kinds = ", ".join(
+            f"{CUT if k == 'cancelled' else k}x{v}"
+            for k, v in sorted(total.items(), key=lambda kv: -kv[1])[:3]
+        )
         return f"{n}/{sent} ({kinds})"
 
 
@@ -90,8 +94,32 @@ def cpu_breakdown(outcomes: list[Outcome]) -> str:
     for r in o.runs:
         for k, v in r.get("cpu_by_process", {}).items():
             parts[k] = parts.get(k, 0.0) + v
-    ok = sum(r.get("ok", 0) for r in o.runs) or 1
-    return ", ".join(f"{k} {v / ok * 1000:.1f}" for k, v in sorted(parts.items()))
+    ok = sum(r.get("sent", 0) for r in o.runs) or 1  # per request sent, as cpu_per_1k
+    text = ", ".join(f"{k} {v / ok * 1000:.1f}" for k, v in sorted(parts.items()))
+    if not math.isnan(o.mean("idle_cores")):
+        idle: dict[str, float] = {}
+        for r in o.runs:
+            for k, v in r.get("idle_by_process", {}).items():
+                idle[k] = idle.get(k, 0.0) + v / len(o.runs)
+        text += (
+            f". Fixed cost: {o.mean('idle_cores'):.3f} cores at idle ("
+            + ", ".join(f"{k} {v:.3f}" for k, v in sorted(idle.items()))
+            + f"), i.e. {o.mean('fixed_per_1k'):.1f} s per 1,000 requests over this run's wall time; "
+            f"marginal: {o.mean('marginal_per_1k'):.1f} s per 1,000 requests"
+        )
+    return text
+
+
+def cpu_goal(ref: Outcome, peers: list[Outcome]) -> str:
+    """InferGate's CPU per 1,000 requests against the lightest peer's (goal: within 3x)."""
+    lightest = min(peers, key=lambda o: o.mean("cpu_per_1k"))
+    a, b = ref.mean("cpu_per_1k"), lightest.mean("cpu_per_1k")
+    if math.isnan(a) or math.isnan(b) or b <= 0:
+        return ""
+    text = f"; CPU/1k req {a / b:.1f}x the lightest peer's ({lightest.route}, {b:.1f} s)"
+    if not math.isnan(ref.mean("marginal_per_1k")):
+        text += f", marginal alone {ref.mean('marginal_per_1k') / b:.1f}x"
+    return text
 
 
 def goals(by_workload: dict[str, list[Outcome]]) -> list[str]:
@@ -116,6 +144,7 @@ def goals(by_workload: dict[str, list[Outcome]]) -> list[str]:
             f"- **{wl}**: "
             + ("matches or beats every peer policy" if not worse else "behind on " + "; ".join(worse))
             + f"; p90 TTFT vs the best peer ({best_ttft.route}): {adv:.2f}x"
+            + cpu_goal(ref, peers)
         )
     return lines
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
 from bench.peers.install import PeerEnv
-from bench.peers.pods import Pod, PodSetup, start_pods, stop_pods
+from bench.peers.pods import Pod, PodSetup, plan_pods, start_pods, stop_pods
 from bench.procs import ServiceProcess
 from bench.stack import BASE_MODEL, POOL, PodPlan, Stack, StackConfig
 from picker.envoy.bootstrap import build_bootstrap
@@ -141,13 +141,16 @@ def peer_argv(route: Route, env: PeerEnv, port: int, metrics_port: int, pods: li
 
 
 @contextlib.asynccontextmanager
-async def peer(route: Route, env: PeerEnv, pods: list[Pod], log_dir: Path) -> AsyncIterator[Running]:
+async def peer(
+    route: Route, env: PeerEnv, pods: list[Pod], log_dir: Path, starting: Awaitable[object]
+) -> AsyncIterator[Running]:
+    """The router, started while its pods start (``starting``): both are up on entry."""
     port = free_port()
     argv = peer_argv(route, env, port, free_port(), pods)
     name = route.name.replace(" ", "-")
     proc = ServiceProcess(name, argv, log_dir, ready_url=f"http://127.0.0.1:{port}/health")
-    await proc.start(90)
     try:
+        await asyncio.gather(proc.start(90), starting)
         yield Running(f"http://127.0.0.1:{port}", {name: proc.proc.pid}, logs=[proc.log_path])
     finally:
         await proc.stop()
@@ -157,21 +160,28 @@ async def peer(route: Route, env: PeerEnv, pods: list[Pod], log_dir: Path) -> As
 async def launch(
     route: Route, setup: PodSetup, env: PeerEnv | None, work_dir: Path
 ) -> AsyncIterator[Running]:
-    """Fresh pods and the route in front of them; everything stops on exit."""
+    """Fresh pods and the route in front of them; everything stops on exit.
+
+    A peer router starts at the same time as its pods (it is given their chosen ports, and
+    both routers wait for their workers); Envoy round-robin starts once they are up.
+    """
     await asyncio.to_thread(work_dir.mkdir, parents=True, exist_ok=True)
     if route.kind == "infergate":
         async with infergate(setup, work_dir) as running:
             await wait_serving(running.url)
             yield running
         return
-    pods = await start_pods(PodSetup(**{**setup.__dict__, "flavor": route.flavor}), work_dir / "logs")
+    if route.is_peer and env is None:
+        raise RuntimeError(f"{route.name}: the peers are not installed")
+    log_dir = work_dir / "logs"
+    pods = plan_pods(PodSetup(**{**setup.__dict__, "flavor": route.flavor}), log_dir)
     try:
         if route.kind == "envoy-rr":
+            await start_pods(setup, log_dir, pods)
             cm = envoy_rr(pods)
         else:
-            if env is None:
-                raise RuntimeError(f"{route.name}: the peers are not installed")
-            cm = peer(route, env, pods, work_dir / "logs")
+            assert env is not None
+            cm = peer(route, env, pods, log_dir, start_pods(setup, log_dir, pods))
         async with cm as running:
             running.pods = [p.address for p in pods]
             running.pod_pids = [p.process.proc.pid for p in pods]

@@ -11,9 +11,21 @@ at identical times for a given seed.
 * **shared prefix** at the demo's rate and 1.5x it: the demo's own items and pod flags.
 * **multi-turn chat**: conversations whose every turn re-sends the whole conversation so
   far (the simulator's answers are deterministic, so the next prompt is known in advance);
-  turns are scheduled one think time after the previous turn's expected end.
+  turns are scheduled one think time after the previous turn's expected end. The think
+  time is short (exponential, mean 0.5 H100 s: a user or an agent answering at once)
+  because a run sends only a few H100 seconds of arrivals: with the earlier 5 s, a 20 s
+  run at time scale 10 sent no second turn at all, and re-sent conversations are what
+  this workload is for. A turn still waits for the previous answer's expected end.
 * **LoRA mix**: ShareGPT prompts, each naming one of 8 adapters with Zipf popularity;
   every pod has all 8 loaded (4 fit in a batch).
+
+Each workload has its own default time scale (wall seconds per H100 second,
+:data:`TIME_SCALE`): as low as keeps our processes well below the 2 cores, so that a
+run's few wall seconds hold as many H100 seconds (and its drain as few wall seconds) as
+possible. The figure that loads the cores is output tokens per wall second (one ext_proc
+message, one SSE event in the load generator, one pod step per chunk): ShareGPT at 10
+puts about 1,600-2,300 tokens/s through the route, shared prefix and chat at 4 about
+300-500.
 """
 
 from __future__ import annotations
@@ -35,6 +47,8 @@ CAPACITY_PER_POD = {"sharegpt": 21.0, "sharegpt-like": 26.0}
 ADAPTERS = tuple(f"lora-{i}" for i in range(8))
 CHAT_QPS = 40.0  # multi-turn base rate (H100 requests/s); chosen, not calibrated
 PREFIX_QPS, PREFIX_SIM_ARGS = 16.0, ("--kv-capacity-tokens", "30000")  # the demo's, if it says nothing
+THINK_S = 0.5  # multi-turn think time, H100 s (mean of an exponential): see the module docstring
+TIME_SCALE = {"sharegpt": 10.0, "prefix": 4.0, "chat": 4.0, "lora": 10.0}  # by key prefix
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,11 @@ class Workload:
     sim_args: tuple[str, ...] = ()
     lora_adapters: tuple[str, ...] = ()
     trace: bool = False  # items carry their own (wall) arrival times
+
+    @property
+    def time_scale(self) -> float:
+        """This workload's default wall seconds per H100 second (:data:`TIME_SCALE`)."""
+        return TIME_SCALE[self.key.split("-")[0]]
 
 
 def sharegpt_source(path: str | None) -> str:
@@ -78,7 +97,7 @@ def multi_turn(
     duration_wall: float,
     *,
     turns: tuple[int, int] = (3, 6),
-    think_s: float = 5.0,
+    think_s: float = THINK_S,
 ) -> list[LoadItem]:
     """Conversations as a trace: each turn's prompt is the conversation so far plus a new message.
 

@@ -11,6 +11,7 @@ import itertools
 import math
 import os
 
+from bench.loadgen import RequestRecord
 from bench.peers import cli
 from bench.peers.install import PeerEnv
 from bench.peers.measure import CpuMeter, cpu_seconds, process_tree
@@ -33,6 +34,10 @@ def test_multi_turn_resends_the_whole_conversation_with_the_pods_answers():
         for prev, nxt in itertools.pairwise(turns):
             assert nxt.prompt.startswith(prev.prompt + filler_text(0, prev.max_tokens) + "\n[user] ")
             assert nxt.arrival > prev.arrival
+    # The default think time re-sends conversations within a run's few H100 seconds (6 here).
+    short = multi_turn(seed=1, time_scale=4.0, qps=60.0, duration_wall=24.0)
+    firsts = {it.prompt.split("\n", 1)[0] for it in short}
+    assert len(short) > len(firsts)
 
 
 def test_routes_and_peer_command_lines():
@@ -76,13 +81,20 @@ def test_ratios_and_goals_say_who_is_better():
     assert "behind on vllm-router cache_aware req/s" in line and "2.00x" in line
     rows = table([ig, peer, failed])
     assert any("failed: TimeoutError" in r for r in rows)
+    # Requests cut at the drain cap still count in TTFT (a lower bound if no token came).
+    served = RequestRecord(0, 0.0, sent_at=0.0, status=200, ttft_s=0.05, latency_s=1.0)
+    cut_late = RequestRecord(1, 1.0, sent_at=1.0, error="cancelled", ttft_s=0.07)
+    cut_early = RequestRecord(2, 2.0, sent_at=2.0, error="cancelled")
+    unsent = RequestRecord(3, 3.0)
+    assert cli.censored_ttfts([served, cut_late, cut_early, unsent], wall_s=10.0) == [0.05, 0.07, 8.0]
 
 
 async def test_peers_command_end_to_end_without_the_peers(tmp_path, capsys):
     out = tmp_path / "peers.md"
     args = cli.parse_args(
         ["--no-peers", "--workloads", "prefix-1x", "--repetitions", "1", "--duration", "2",
-         "--time-scale", "2", "--max-requests", "6", "--out", str(out), "--work-dir", str(tmp_path / "w")]
+         "--time-scale", "2", "--max-requests", "6", "--idle", "0.5", "--out", str(out),
+         "--work-dir", str(tmp_path / "w")]
     )  # fmt: skip
     assert await cli.amain(args) == 0
     text = out.read_text()
@@ -96,3 +108,4 @@ async def test_peers_command_end_to_end_without_the_peers(tmp_path, capsys):
     ig = next(line for line in text.splitlines() if line.startswith("| InferGate |"))
     assert ig.split("|")[8].strip().startswith("0")  # no errors
     assert "route CPU" in capsys.readouterr().out
+    assert "Fixed cost:" in text and "marginal:" in text  # InferGate's idle metering and the split
