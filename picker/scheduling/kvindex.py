@@ -113,6 +113,7 @@ class PreciseIndex:
             pod = self.pods[d.address] = PodKV()
         elif pod.live and d.live and pod.epoch == d.epoch and pod.seq == d.seq and not pod.lost:
             pod.last_digest = now  # every delta it sums up was applied: only liveness is news
+            self._expire_spec(d.address, pod, now)
             return
         pod.epoch, pod.seq, pod.live, pod.last_digest = d.epoch, d.seq, d.live, now
         pod.block_size = d.block_size or pod.block_size
@@ -132,6 +133,7 @@ class PreciseIndex:
         for h in [h for h in pod.spec if h in pod.gpu]:  # confirmed by the digest
             del pod.spec[h]
             self._unset(d.address, h, SPEC)
+        self._expire_spec(d.address, pod, now)
 
     def apply_delta(self, d: KVDelta, now: float) -> None:
         pod = self.pods.get(d.address)
@@ -195,7 +197,16 @@ class PreciseIndex:
                 pod.spec.move_to_end(h)
             elif self._set(address, h, SPEC):
                 pod.spec[h] = exp
-        while pod.spec:  # expire the oldest
+        self._expire_spec(address, pod, now)
+
+    def _expire_spec(self, address: str, pod: PodKV, now: float) -> None:
+        """Drop the pod's expired speculative entries, oldest first.
+
+        Run on every speculation and every digest (each live pod sends one a second), so a
+        guess no event confirmed (a cancelled request, a prompt the pod evicted at once)
+        leaves the index even when nothing more is routed to that pod.
+        """
+        while pod.spec:
             h, e = next(iter(pod.spec.items()))
             if e > now:
                 break

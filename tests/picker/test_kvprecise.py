@@ -50,6 +50,19 @@ def test_liveness_and_speculation():
     assert not idx.is_live(A, NOW + 4)
 
 
+def test_unconfirmed_speculation_leaves_the_index_on_the_next_digest():
+    """A guess no event confirms (a cancelled request) must not stay once nothing more is routed."""
+    idx = PreciseIndex(speculative_ttl_s=2.0)
+    idx.apply_digest(KVDigest(A, "e", 0, 0.0, [1]), NOW)
+    idx.remember("r1", [1, 2, 3])
+    idx.on_assigned("r1", A, NOW)
+    assert idx.size() == 3
+    idx.apply_digest(KVDigest(A, "e", 0, 0.0, [1]), NOW + 1)  # unchanged pod, guess still fresh
+    assert idx.size() == 3
+    idx.apply_digest(KVDigest(A, "e", 0, 0.0, [1]), NOW + 2.5)  # unchanged pod, guess expired
+    assert idx.size() == 1 and idx.match([1, 2, 3], NOW + 2.5) == {A: 1.0}
+
+
 def _scorer(index: str) -> PrecisePrefixScorer:
     return PrecisePrefixScorer(tokenizer="sim", index=index)
 
