@@ -42,24 +42,16 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from .body import BodyError, parse_request
-from .director import Answered, Director, Inflight, Queued, Rejected, RequestHeaders, Routed, new_request_id
-from .ids import bounded_request_id
+from .director import Answered, Director, Inflight, Queued, Rejected, RequestHeaders, Routed
+from .extproc_read import header_value, read_request_headers, read_served, read_subset
 from .protocol import (
-    CONFORMANCE_SELECTION,
     CONFORMANCE_SERVED,
     CONFORMANCE_SERVED_MISSING,
     DESTINATION,
     DESTINATION_SERVED,
-    DESTINATION_SUBSET,
     DROPPED_REASON,
-    FAIRNESS_ID,
     LB_NAMESPACE,
-    MODEL_REWRITE,
-    OBJECTIVE,
     REQUEST_ID,
-    SLO_TPOT,
-    SLO_TTFT,
-    SUBSET_NAMESPACE,
 )
 from .response import ResponseRewriter
 from .scheduling import prewarm
@@ -69,16 +61,6 @@ __all__ = ["MAX_CHUNK", "Exchange", "ExtProcServicer"]
 log = logging.getLogger(__name__)
 
 MAX_CHUNK = 62_000
-# Control headers of both families -> the RequestHeaders field they fill, and whether the
-# name is llm-d's (read first when a request carries both).
-_CONTROL = {
-    **{name: ("rewrite", i == 0) for i, name in enumerate(MODEL_REWRITE)},
-    **{name: ("objective", i == 0) for i, name in enumerate(OBJECTIVE)},
-    **{name: ("fairness_id", i == 0) for i, name in enumerate(FAIRNESS_ID)},
-    **{name: ("slo_ttft", i == 0) for i, name in enumerate(SLO_TTFT)},
-    **{name: ("slo_tpot", i == 0) for i, name in enumerate(SLO_TPOT)},
-}
-
 _Mode = processing_mode_pb2.ProcessingMode
 NONE, STREAMED, BUFFERED, BUFFERED_PARTIAL, FULL_DUPLEX = (
     _Mode.NONE,
@@ -101,76 +83,6 @@ def _hv(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=OVERWRITE
     )
-
-
-def _value(h: base_pb2.HeaderValue) -> str:
-    return h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-
-
-def read_request_headers(msg: ep.HttpHeaders) -> RequestHeaders:
-    hdr = RequestHeaders()
-    llmd: set[str] = set()  # fields already set from an x-llm-d-* header
-    hdr.count = len(msg.headers.headers)
-    for h in msg.headers.headers:
-        k = h.key.lower()
-        if not k:
-            continue
-        if k[0] == ":":
-            if k == ":path":
-                hdr.path = _value(h)
-            elif k == ":method":
-                hdr.method = _value(h)
-        elif k.startswith("x-"):
-            if k == REQUEST_ID:
-                hdr.request_id = bounded_request_id(_value(h).strip())
-            elif k in _CONTROL:
-                name, canonical = _CONTROL[k]
-                value = _value(h).strip() or None
-                if value is not None and (canonical or name not in llmd):
-                    setattr(hdr, name, value)
-                    if canonical:
-                        llmd.add(name)
-            elif k.startswith(DESTINATION) and k != DESTINATION:
-                hdr.strip.append(k)
-        elif k == CONFORMANCE_SELECTION:
-            hdr.selection = _value(h)
-        elif k == "content-length":
-            try:
-                hdr.content_length = int(_value(h))
-            except ValueError:
-                hdr.content_length = None
-    if not hdr.request_id:
-        hdr.request_id = new_request_id()
-        hdr.request_id_generated = True
-    return hdr
-
-
-def read_subset(req: ep.ProcessingRequest) -> list[str] | None:
-    """The subset hint: ``None`` when absent, else the listed ``ip:port`` (maybe empty)."""
-    fm = req.metadata_context.filter_metadata
-    if SUBSET_NAMESPACE not in fm:
-        return None
-    fields = fm[SUBSET_NAMESPACE].fields
-    if DESTINATION_SUBSET not in fields:
-        return None
-    v = fields[DESTINATION_SUBSET]
-    kind = v.WhichOneof("kind")
-    if kind == "list_value":
-        return [x.string_value for x in v.list_value.values if x.string_value]
-    if kind == "string_value":
-        return [s for s in v.string_value.split(",") if s.strip()]
-    return []
-
-
-def read_served(req: ep.ProcessingRequest) -> str | None:
-    """The endpoint the gateway says served the request (``envoy.lb`` response metadata)."""
-    fm = req.metadata_context.filter_metadata
-    if LB_NAMESPACE not in fm:
-        return None
-    v = fm[LB_NAMESPACE].fields.get(DESTINATION_SERVED)
-    if v is None or v.WhichOneof("kind") != "string_value":
-        return None
-    return v.string_value
 
 
 def immediate(answer: Rejected | Answered, request_id: str) -> ep.ProcessingResponse:
@@ -480,13 +392,13 @@ class Exchange:
             k = h.key.lower()
             if k == ":status":
                 try:
-                    status = int(_value(h))
+                    status = int(header_value(h))
                 except ValueError:
                     status = 0
             elif k == "content-type":
-                sse = "text/event-stream" in _value(h).lower()
+                sse = "text/event-stream" in header_value(h).lower()
             elif k == DESTINATION_SERVED:
-                served_header = _value(h)
+                served_header = header_value(h)
         self.resp_status = status
         inflight = self.inflight
         routed = self.routed
