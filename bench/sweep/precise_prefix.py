@@ -43,6 +43,7 @@ from .experiments import base_config
 from .formatting import fmt_t
 from .provenance import make_meta, scheduler_version
 from .results import save_results
+from .seed_report import plot_suite
 
 POLICIES = ["random", "load-only", "gie-v1", "default", "precise-prefix", "oracle"]
 LLMD = WorkloadSpec(
@@ -186,41 +187,20 @@ def _grid(res) -> tuple[dict, dict]:
 
 def plots(res, out: Path) -> list[Path]:
     """One figure per suite: p90 and p50 TTFT, output tokens/min, engines' hit rate against QPS."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by, _runs = _grid(res)
+    panels = (
+        ("ttft_p90", "p90 TTFT (s)", True),
+        ("ttft_p50", "p50 TTFT (s)", True),
+        ("tok_per_min", "output tokens/min", False),
+        ("prefix_hit_rate", "engines' prefix-cache hit rate", False),
+    )
     written = []
     for name, su in SUITES.items():
-        title = su.title
-        qs = sorted({q for s, q, _p in by if s == name})
-        if len(qs) < 2:
+        grid = {(q, pol): r for (s, q, pol), r in by.items() if s == name}
+        if len({q for q, _ in grid}) < 2:
             continue
-        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-        panels = (
-            ("ttft_p90", "p90 TTFT (s)", True),
-            ("ttft_p50", "p50 TTFT (s)", True),
-            ("tok_per_min", "output tokens/min", False),
-            ("prefix_hit_rate", "engines' prefix-cache hit rate", False),
-        )
-        for ax, (key, label, log) in zip(axes.flat, panels, strict=True):
-            for pol in su.policies:
-                xs = [q for q in qs if (name, q, pol) in by]
-                ys = [getattr(by[(name, q, pol)], key) for q in xs]
-                ax.plot(xs, ys, marker="o", ms=3, label=pol, ls="--" if pol == "oracle" else "-")
-            ax.set_xlabel("QPS")
-            ax.set_ylabel(label)
-            if log:
-                ax.set_yscale("log")
-            ax.grid(True, alpha=0.3)
-        axes.flat[0].legend(fontsize=8)
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
         p = out / f"precise-prefix-{name}.png"
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
+        plot_suite(su.title, grid, su.policies, p, panels)
         written.append(p)
     return written
 

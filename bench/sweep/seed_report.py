@@ -66,21 +66,28 @@ def suite_tables(suite: Suite, grid: dict[tuple[float, str], PointResult], polic
     return "\n".join(lines)
 
 
+SEED_PANELS = (
+    ("window_tok_per_min", "steady-state output tokens/min", False),
+    ("ntpot_p90", "p90 NTPOT (s/token)", True),
+    ("e2e_p90", "p90 e2e latency (s)", True),
+    ("ttft_p90", "p90 TTFT (s)", True),
+)
+
+
 def plot_suite(
-    suite: Suite, grid: dict[tuple[float, str], PointResult], policies: Sequence[str], path: Path
+    title: str,
+    grid: dict[tuple[float, str], PointResult],
+    policies: Sequence[str],
+    path: Path,
+    panels: Sequence[tuple[str, str, bool]] = SEED_PANELS,
 ) -> None:
+    """Four panels (PointResult field, axis label, log scale) against QPS, one line per policy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     qs = sorted({q for q, _ in grid})
-    panels = [
-        ("window_tok_per_min", "steady-state output tokens/min", False),
-        ("ntpot_p90", "p90 NTPOT (s/token)", True),
-        ("e2e_p90", "p90 e2e latency (s)", True),
-        ("ttft_p90", "p90 TTFT (s)", True),
-    ]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for ax, (key, label, log) in zip(axes.flat, panels, strict=True):
         for p in policies:
@@ -95,7 +102,7 @@ def plot_suite(
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(suite.title, fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -228,7 +235,7 @@ def write_seed(results, suites: Sequence[Suite], policies: Sequence[str], out: P
     ]
     for s in suites:
         png = f"seed-{s.name}.png"
-        plot_suite(s, grids[s.name], policies, out / png)
+        plot_suite(s.title, grids[s.name], policies, out / png)
         lines += [f"## {s.title}", "", f"![{s.name}]({png})", "", suite_tables(s, grids[s.name], policies)]
     path = out / "seed.md"
     path.write_text("\n".join(lines) + "\n")
