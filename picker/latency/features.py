@@ -10,7 +10,8 @@ running batch. TPOT ≈ a decode step: its fixed part plus terms in the
 batch size and the context resident in the batch. Both are linear in these once the
 accelerator is fixed, hence one model per accelerator (``rls.py``). Units keep the
 features near 1 (thousands of tokens, tens of requests) so the regression is well
-conditioned.
+conditioned. :meth:`~.predictor.LatencyPredictor.predict` evaluates the same features
+inline, with these units folded into the weights (the test checks the two agree).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ TPOT_NONNEG = (1, 2)
 def ttft_features(st: EndpointState, uncached_prompt: int) -> list[float]:
     """[1, prefill work ahead incl. the request's own uncached prompt (k tokens), batch (10s)]."""
     load = st.load
-    ahead_ktok = (st.queue_demand * st.cap + load.tokens + uncached_prompt) * 1e-3
+    ahead_ktok = (st.queued_tokens + load.tokens + uncached_prompt) * 1e-3
     return [1.0, ahead_ktok, (st.running + load.n) * 0.1]
 
 
@@ -39,5 +40,5 @@ def tpot_features(st: EndpointState) -> list[float]:
     """[1, batch size (10s of requests), context resident in the batch (10k tokens)]."""
     load = st.load
     batch = (st.running + st.waiting + load.n) * 0.1
-    ctx = (st.kv * st.cap + load.tokens) * 1e-4
+    ctx = (st.kv_tokens + load.tokens) * 1e-4
     return [1.0, batch, ctx]

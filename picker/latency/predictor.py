@@ -159,32 +159,38 @@ class LatencyPredictor:
         """
         if not self.ready:
             return None
-        weights: dict[str, tuple[list[float], list[float], float]] = {}
+        # Per accelerator: the weights with the features' units folded in, and the trusted
+        # batch in requests. One loop over the group, no feature lists (the decision budget).
+        weights: dict[str, tuple[float, ...]] = {}
         ttft: list[float] = []
         tpot: list[float] = []
         trusted: list[bool] = []
         add_a, add_b, add_t = ttft.append, tpot.append, trusted.append
-        for i, st in enumerate(group):
-            accel = st.snap.accelerator
-            w = weights.get(accel)
+        for st, u in zip(group, uncached, strict=True):
+            w = weights.get(st.accelerator)
             if w is None:
-                m = self._model(accel) or self.pooled
-                own = self.models.get(accel)
-                limit = -1.0  # no model of its own yet: nothing about this hardware is known
-                if own is not None and own[0].n >= self.min_samples:
-                    limit = self.frontier.get(accel, 0.0) * self.trust_growth + self.trust_slack
-                w = weights[accel] = (m[0].w, m[1].w, limit)
-            a, b, limit = w
+                w = weights[st.accelerator] = self._folded(st.accelerator)
+            a0, a1, a2, b0, b1, b2, limit = w
             load = st.load
-            n_run = (st.running + load.n) * 0.1
-            add_t(n_run <= limit)
-            ahead = (st.queue_demand * st.cap + load.tokens + uncached[i]) * 1e-3
-            t = a[0] + a[1] * ahead + a[2] * n_run
+            ln = load.n
+            lt = load.tokens
+            r = st.running + ln
+            add_t(r <= limit)
+            t = a0 + a1 * (st.queued_tokens + lt + u) + a2 * r
             add_a(t if t > MIN_TTFT_MS else MIN_TTFT_MS)
-            ctx = (st.kv * st.cap + load.tokens) * 1e-4
-            d = b[0] + b[1] * (n_run + st.waiting * 0.1) + b[2] * ctx
+            d = b0 + b1 * (r + st.waiting) + b2 * (st.kv_tokens + lt)
             add_b(d if d > MIN_TPOT_MS else MIN_TPOT_MS)
         return Prediction(ttft, tpot, trusted)
+
+    def _folded(self, accel: str) -> tuple[float, ...]:
+        """``accel``'s weights per raw unit (tokens, requests) and its trusted batch in requests."""
+        m = self._model(accel) or self.pooled
+        own = self.models.get(accel)
+        limit = -1.0  # no model of its own yet: nothing about this hardware is known
+        if own is not None and own[0].n >= self.min_samples:
+            limit = (self.frontier.get(accel, 0.0) * self.trust_growth + self.trust_slack) * 10.0
+        a, b = m[0].w, m[1].w
+        return (a[0], a[1] * 1e-3, a[2] * 0.1, b[0], b[1] * 0.1, b[2] * 1e-4, limit)
 
     # -- learning (pool-state observer) ------------------------------------------------------
 
@@ -203,7 +209,7 @@ class LatencyPredictor:
         uncached = max(0, request.prompt_tokens - cached)
         xa = ttft_features(st, uncached)
         xb = tpot_features(st)
-        accel = st.snap.accelerator
+        accel = st.accelerator
         m = self._model(accel)
         pa = max(MIN_TTFT_MS, m[0].predict(xa)) if m else 0.0
         pb = max(MIN_TPOT_MS, m[1].predict(xb)) if m else 0.0

@@ -185,7 +185,12 @@ class ProfileScheduler:
         Scoring every endpoint of a pool of thousands costs more than the decision is
         worth; the best of a few hundred random ones is nearly as good for balancing
         (the power of d choices), provided the endpoints that hold the request's prefix
-        or run its adapter are always in (they are what affinity scorers look for).
+        or run its adapter are in (they are what affinity scorers look for). Of the prefix
+        holders, only the ``k // 8`` (at least 8) with the longest matches are added, and
+        as many pods running the adapter (the next ones after the window): a popular
+        system prompt or adapter is held by a good part of a large pool, and adding all of
+        them would double the group the scorers walk for nothing, since the affinity
+        scorers prefer the longest holders and the window samples the others anyway.
         """
         k = self.max_candidates
         n = len(group)
@@ -193,24 +198,33 @@ class ProfileScheduler:
         sub = group[start : start + k]
         if len(sub) < k:
             sub += group[: k - len(sub)]
-        members = set(sub)
-        pool = set(group)
         extra: list[EndpointState] = []
         matches = ctx.prefix_matches()
+        target = ctx.request.target_model
+        adapter = target not in state.base_models
+        if not matches and not adapter:
+            return sub
+        members = set(sub)
+        cap = max(8, k // 8)
         if matches:
-            for addr in matches:
+            pool = set(group)
+            for addr in matches:  # longest match first (PrefixIndex.match's order)
                 st = state.endpoint_state(addr)
-                if st is not None and st in pool and st not in members:
+                if st is not None and st not in members and st in pool:
                     members.add(st)
                     extra.append(st)
-                    if len(extra) >= k:
+                    if len(extra) >= cap:
                         break
-        target = ctx.request.target_model
-        if target not in state.base_models:  # an adapter: keep the pods that run it
-            for st in group:
+        if adapter:  # pods running it, walking on past the window (random, like the window)
+            found = 0
+            for j in range(start + k, start + n):
+                st = group[j % n]
                 if target in st.lora_running and st not in members:
                     members.add(st)
                     extra.append(st)
+                    found += 1
+                    if found >= cap:
+                        break
         return sub + extra
 
     def _safe_choice(self, request: RequestInfo, state: PoolState) -> Decision:

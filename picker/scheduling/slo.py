@@ -115,25 +115,13 @@ class SloLatencySelector(Plugin):
             tr = pred.trusted
             idx = sorted(range(n), key=lambda i: (not tr[i], e2e[i]))
             return [group[i] for i in idx[:m]]
-        head = _headroom(ttft, tpot, s_ttft, s_tpot)
-        margin = self.margin
-        trusted = pred.trusted
-        # A pod past the pool's saturation thresholds (queue or KV, with what is in flight)
-        # is at its admission limit: its TTFT is set by departures, which a linear model of
-        # the work ahead does not see, and under sustained load it grows without bound (the
-        # DES: the H100s, fed until their queues formed, went from 70 ms to 800 ms TTFT in
-        # ten seconds). No prediction vouches for such a pod.
-        open_ = _unsaturated(group, ctx.thresholds)
-        if not all(open_):
-            trusted = [t and o for t, o in zip(trusted, open_, strict=True)]
-        meet = [i for i in range(n) if head[i] >= margin and trusted[i]]
+        head, open_, meet, maybe = _classify(group, pred, s_ttft, s_tpot, self.margin, ctx.thresholds)
         if meet:
             return [group[i] for i in self._prefer(group, meet, head, m)]
-        maybe = [i for i in range(n) if head[i] >= margin and open_[i]]
         if maybe:  # predicted to meet it only beyond what their models have seen: least loaded
             ctx.rng.shuffle(maybe)
             maybe.sort(key=lambda i: (group[i].waiting + group[i].load.n, group[i].kv))
-            rest = sorted((i for i in range(n) if head[i] < margin), key=lambda i: -head[i])
+            rest = sorted((i for i in range(n) if head[i] < self.margin), key=lambda i: -head[i])
             return [group[i] for i in (maybe + rest)[:m]]
         if req.criticality in self.shed:
             self.predictor.rejected += 1
@@ -143,6 +131,8 @@ class SloLatencySelector(Plugin):
             )
             return []
         self.predictor.predicted_violations += 1
+        # no prediction vouches for a saturated pod (see _classify)
+        trusted = [t and o for t, o in zip(pred.trusted, open_, strict=True)]
         return [group[i] for i in self._overload(group, ttft, tpot, trusted, s_ttft, s_tpot, m)]
 
     def _prefer(self, group: list[EndpointState], meet: list[int], head: list[float], m: int) -> list[int]:
@@ -242,13 +232,35 @@ class SloLatencySelector(Plugin):
         return out
 
 
-def _unsaturated(group: list[EndpointState], th) -> list[bool]:
-    """Per endpoint: under the pool's queue and KV thresholds, in-flight work included."""
+def _classify(
+    group: list[EndpointState], pred, s_ttft: float, s_tpot: float, margin: float, th
+) -> tuple[list[float], list[bool], list[int], list[int]]:
+    """One pass over the group: headroom, unsaturated, and who is predicted to meet the SLO.
+
+    Returns ``(head, open, meet, maybe)``: each pod's headroom (``_headroom``); whether it
+    is under the pool's queue and KV thresholds with its in-flight work; the pods with
+    ``margin`` headroom that are trusted and open (``meet``), and those with the headroom
+    that are open but outside their trusted batch sizes (``maybe``).
+
+    A pod past the pool's saturation thresholds is at its admission limit: its TTFT is set
+    by departures, which a linear model of the work ahead does not see, and under
+    sustained load it grows without bound (the DES: the H100s, fed until their queues
+    formed, went from 70 ms to 800 ms TTFT in ten seconds). No prediction vouches for such
+    a pod. One fused loop because this runs for every candidate of every decision.
+    """
+    head = _headroom(pred.ttft_ms, pred.tpot_ms, s_ttft, s_tpot)
     q, kv = th.queue, th.kv
-    return [
-        not st.sat_static and st.waiting + st.load.n <= q and st.kv + st.load.tokens * st.inv_cap <= kv
-        for st in group
-    ]
+    open_: list[bool] = []
+    meet: list[int] = []
+    maybe: list[int] = []
+    add = open_.append
+    for i, (st, h, tr) in enumerate(zip(group, head, pred.trusted, strict=True)):
+        load = st.load
+        o = not st.sat_static and st.waiting + load.n <= q and st.kv + load.tokens * st.inv_cap <= kv
+        add(o)
+        if h >= margin and o:
+            (meet if tr else maybe).append(i)
+    return head, open_, meet, maybe
 
 
 def _headroom(ttft: list[float], tpot: list[float], s_ttft: float, s_tpot: float) -> list[float]:

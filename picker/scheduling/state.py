@@ -49,6 +49,7 @@ class EndpointState:
     """One endpoint's snapshot, sanitized and digested for the scorers."""
 
     __slots__ = (
+        "accelerator",
         "address",
         "block_size",
         "cap",
@@ -56,6 +57,7 @@ class EndpointState:
         "inv_cap",
         "ip",
         "kv",
+        "kv_tokens",
         "load",
         "lora_running",
         "lora_slots_free",
@@ -64,6 +66,7 @@ class EndpointState:
         "model",
         "ok",
         "queue_demand",
+        "queued_tokens",
         "running",
         "sat_static",
         "served",
@@ -111,6 +114,12 @@ class EndpointState:
         # The pod's queue as a share of its KV capacity, each waiting request priced at the
         # average request size (see scorers.ExpectedWorkScorer).
         self.queue_demand = self.waiting * avg_tokens * self.inv_cap
+        # The same two quantities in tokens, and the accelerator's name, for the latency
+        # model (picker.latency), whose per-endpoint loop has about a microsecond.
+        self.queued_tokens = self.waiting * avg_tokens
+        self.kv_tokens = self.kv * self.cap
+        acc = snap.accelerator
+        self.accelerator = acc if isinstance(acc, str) else ""
 
     def saturated(self, th: Thresholds, now: float) -> bool:
         """The saturation test: queue or KV over threshold, or metrics stale/missing."""

@@ -111,6 +111,27 @@ def test_learns_per_accelerator_from_local_and_peer_completions():
     )
 
 
+def test_the_inline_prediction_is_the_model_on_the_learnt_features():
+    """predict() folds the features' units into the weights; it must equal the model on ttft/tpot_features."""
+    from picker.latency.features import tpot_features, ttft_features
+
+    p = build_profile("predicted-latency", rng=random.Random(1))
+    state = train(p)
+    pred = predictor_of(p)
+    state.on_snapshot(snap("a:1", "fast", 3, 7, kv=0.4, ts=10.0), 10.0)
+    state.on_snapshot(snap("b:1", "slow", 1, 12, kv=0.2, ts=10.0), 10.0)
+    state.on_assigned(RequestInfo("x", "m", "m", prompt_tokens=300), "a:1", 10.0)  # in flight counts too
+    for k, (ma, mb) in enumerate(pred.models.values()):  # every term non-zero, so each one is checked
+        ma.w = [5.0 + k, 0.7, 3.0 + k]
+        mb.w = [8.0, 0.9 + k, 0.6]
+    group = [state.endpoint_state("a:1"), state.endpoint_state("b:1")]
+    out = pred.predict(group, [700, 50])
+    for i, st in enumerate(group):
+        ma, mb = pred.models[st.accelerator]
+        assert out.ttft_ms[i] == pytest.approx(ma.predict(ttft_features(st, [700, 50][i])), rel=1e-9)
+        assert out.tpot_ms[i] == pytest.approx(mb.predict(tpot_features(st)), rel=1e-9)
+
+
 def test_failed_and_untimed_completions_teach_nothing_and_pending_is_bounded():
     pred = LatencyPredictor(max_pending=10, pending_ttl_s=5.0)
     p = build_profile("gie-v1")

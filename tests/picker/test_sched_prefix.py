@@ -21,6 +21,43 @@ def test_longest_leading_match_per_endpoint():
     assert idx.matched("a", [1, 2, 3, 5]) == 3
 
 
+def _match_by_walk(idx: PrefixIndex, hashes: list[int]) -> dict[str, int]:
+    """The oracle: each endpoint's leading run of held blocks, walked block by block."""
+    out = {}
+    for addr in idx._lru:
+        n = idx.matched(addr, hashes)
+        if n:
+            out[addr] = n
+    return out
+
+
+def test_match_equals_a_per_endpoint_walk_under_adds_and_evictions():
+    """The fast match relies on nested holder sets; random chains, capacities and removals keep them so."""
+    import random
+
+    rng = random.Random(5)
+    idx = PrefixIndex(default_capacity_blocks=24)
+    roots = [[rng.getrandbits(62) for _ in range(12)] for _ in range(6)]
+
+    def chain() -> list[int]:  # a shared root, cut anywhere, then a private tail (chained, like vLLM's)
+        root = rng.choice(roots)[: rng.randint(1, 12)]
+        return root + [rng.getrandbits(62) for _ in range(rng.randint(0, 4))]
+
+    addrs = [f"p{i}" for i in range(12)]
+    for step in range(3000):
+        a = rng.choice(addrs)
+        if step % 97 == 0:
+            idx.remove(a)
+        elif step % 89 == 0:
+            idx.set_capacity(a, rng.randint(4, 30))
+        else:
+            idx.add(a, chain())
+        q = chain()
+        got = idx.match(q)
+        assert got == _match_by_walk(idx, q)
+        assert list(got.values()) == sorted(got.values(), reverse=True)  # longest first
+
+
 def test_lru_evicts_deepest_blocks_first_and_respects_capacity():
     idx = PrefixIndex(default_capacity_blocks=4)
     idx.add("a", [1, 2, 3])
