@@ -248,18 +248,30 @@ def _classify(
     formed, went from 70 ms to 800 ms TTFT in ten seconds). No prediction vouches for such
     a pod. One fused loop because this runs for every candidate of every decision.
     """
-    head = _headroom(pred.ttft_ms, pred.tpot_ms, s_ttft, s_tpot)
+    # headroom inline (as _headroom computes it): an objective that is not set never binds
+    inf = math.inf
+    it = 1.0 / s_ttft if s_ttft > 0 else 0.0
+    ip = 1.0 / s_tpot if s_tpot > 0 else 0.0
     q, kv = th.queue, th.kv
+    head: list[float] = []
     open_: list[bool] = []
     meet: list[int] = []
     maybe: list[int] = []
-    add = open_.append
-    for i, (st, h, tr) in enumerate(zip(group, head, pred.trusted, strict=True)):
+    add_h, add_o = head.append, open_.append
+    i = 0
+    for st, a, b, tr in zip(group, pred.ttft_ms, pred.tpot_ms, pred.trusted, strict=True):
+        h = (s_ttft - a) * it if it else inf
+        if ip:
+            h2 = (s_tpot - b) * ip
+            if h2 < h:
+                h = h2
+        add_h(h)
         load = st.load
         o = not st.sat_static and st.waiting + load.n <= q and st.kv + load.tokens * st.inv_cap <= kv
-        add(o)
-        if h >= margin and o:
+        add_o(o)
+        if o and h >= margin:
             (meet if tr else maybe).append(i)
+        i += 1
     return head, open_, meet, maybe
 
 
