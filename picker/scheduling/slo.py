@@ -115,7 +115,7 @@ class SloLatencySelector(Plugin):
             tr = pred.trusted
             idx = sorted(range(n), key=lambda i: (not tr[i], e2e[i]))
             return [group[i] for i in idx[:m]]
-        head, open_, meet, maybe = _classify(group, pred, s_ttft, s_tpot, self.margin, ctx.thresholds)
+        head, open_, meet, maybe = _classify(group, pred, s_ttft, s_tpot, self.margin)
         if meet:
             return [group[i] for i in self._prefer(group, meet, head, m)]
         if maybe:  # predicted to meet it only beyond what their models have seen: least loaded
@@ -233,12 +233,13 @@ class SloLatencySelector(Plugin):
 
 
 def _classify(
-    group: list[EndpointState], pred, s_ttft: float, s_tpot: float, margin: float, th
+    group: list[EndpointState], pred, s_ttft: float, s_tpot: float, margin: float
 ) -> tuple[list[float], list[bool], list[int], list[int]]:
     """One pass over the group: headroom, unsaturated, and who is predicted to meet the SLO.
 
     Returns ``(head, open, meet, maybe)``: each pod's headroom (``_headroom``); whether it
-    is under the pool's queue and KV thresholds with its in-flight work; the pods with
+    is under the pool's queue and KV thresholds with its in-flight work (its
+    ``queue_room`` and ``kv_room``); the pods with
     ``margin`` headroom that are trusted and open (``meet``), and those with the headroom
     that are open but outside their trusted batch sizes (``maybe``).
 
@@ -252,14 +253,12 @@ def _classify(
     inf = math.inf
     it = 1.0 / s_ttft if s_ttft > 0 else 0.0
     ip = 1.0 / s_tpot if s_tpot > 0 else 0.0
-    q, kv = th.queue, th.kv
     head: list[float] = []
     open_: list[bool] = []
     meet: list[int] = []
     maybe: list[int] = []
     add_h, add_o = head.append, open_.append
-    i = 0
-    for st, a, b, tr in zip(group, pred.ttft_ms, pred.tpot_ms, pred.trusted, strict=True):
+    for i, (st, a, b, tr) in enumerate(zip(group, pred.ttft_ms, pred.tpot_ms, pred.trusted, strict=True)):
         h = (s_ttft - a) * it if it else inf
         if ip:
             h2 = (s_tpot - b) * ip
@@ -267,11 +266,10 @@ def _classify(
                 h = h2
         add_h(h)
         load = st.load
-        o = not st.sat_static and st.waiting + load.n <= q and st.kv + load.tokens * st.inv_cap <= kv
+        o = load.n <= st.queue_room and load.tokens <= st.kv_room
         add_o(o)
         if o and h >= margin:
             (meet if tr else maybe).append(i)
-        i += 1
     return head, open_, meet, maybe
 
 

@@ -57,6 +57,7 @@ class EndpointState:
         "inv_cap",
         "ip",
         "kv",
+        "kv_room",
         "kv_tokens",
         "load",
         "lora_running",
@@ -66,6 +67,7 @@ class EndpointState:
         "model",
         "ok",
         "queue_demand",
+        "queue_room",
         "queued_tokens",
         "running",
         "sat_static",
@@ -111,6 +113,11 @@ class EndpointState:
         failing = _num(snap.consecutive_failures, 0, 1e9, 0) > 0 or bool(snap.scrape_error)
         self.fresh_until = float("-inf") if failing else ts + th.staleness
         self.sat_static = self.waiting > th.queue or self.kv > th.kv
+        # What in-flight work may add before the pod is saturated (requests, KV tokens);
+        # negative when it already is: unsaturated <=> load.n <= queue_room and
+        # load.tokens <= kv_room, two comparisons in the hot loops.
+        self.queue_room = -1 if self.sat_static else th.queue - self.waiting
+        self.kv_room = -1.0 if self.sat_static else (th.kv - self.kv) * self.cap
         # The pod's queue as a share of its KV capacity, each waiting request priced at the
         # average request size (see scorers.ExpectedWorkScorer).
         self.queue_demand = self.waiting * avg_tokens * self.inv_cap
