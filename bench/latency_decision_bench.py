@@ -1,6 +1,6 @@
 """Decision cost of the ``predicted-latency`` profile (SLO routing on learnt TTFT/TPOT) at 1,000 endpoints.
 
-Run: ``.venv/bin/python -m bench.latency_decision_bench [--sizes 10,100,1000] [--decisions 2000]``
+Run: ``.venv/bin/python -m bench.latency_decision_bench [--sizes 10,100,1000] [--decisions N] [--repeat R]``
 
 Same pool as ``bench.picker_decision_bench`` (snapshots re-published every 50 ms of
 virtual time, stale endpoints, shared prefixes, LoRA adapters), with a third each of
@@ -109,15 +109,31 @@ def run(profile: str, n: int, decisions: int, seed: int = 7) -> dict[str, float]
     }
 
 
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    k = len(xs)
+    return xs[k // 2] if k % 2 else (xs[k // 2 - 1] + xs[k // 2]) / 2
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--decisions", type=int, default=2000)
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--profiles", default="default,predicted-latency,predicted-latency-fast,gie-v1")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="R",
+        help="run every profile R times, in turn, and print the median of each figure over the runs "
+        "(a shared machine's interference moves single runs by 1.5x)",
+    )
     args = ap.parse_args(argv)
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    rep = max(1, args.repeat)
+    note = f" (median of {rep} runs)" if rep > 1 else ""
     print(
-        "| endpoints | profile | CPU p50 / p99 (µs) | wall p50 / p99 (µs) | CPU p99 / default's "
+        f"| endpoints | profile | CPU p50 / p99 (µs){note} | wall p50 / p99 (µs) | CPU p99 / default's "
         "| learning per request (µs, CPU) |"
     )
     print("|---|---|---|---|---|---|")
@@ -125,12 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     if "default" in profiles:  # measured first, so every row can carry its ratio
         profiles = ["default"] + [p for p in profiles if p != "default"]
     for n in [int(x) for x in args.sizes.split(",")]:
+        runs: dict[str, list[dict[str, float]]] = {p: [] for p in profiles}
+        for _ in range(rep):  # in turn, so every profile sees the same interference
+            for prof in profiles:
+                runs[prof].append(run(prof, n, args.decisions))
         base = None
         for prof in profiles:
-            r = run(prof, n, args.decisions)
+            rs = runs[prof]
+            r = {k: _median([x[k] for x in rs]) for k in ("cpu_p50", "cpu_p99", "p50", "p99", "learn_mean")}
             if prof == "default":
                 base = r["cpu_p99"]
-            warm = "" if r["ready"] in (True, None) else " (predictor NOT warm)"
+            warm = "" if all(x["ready"] in (True, None) for x in rs) else " (predictor NOT warm)"
             cpu = f"{r['cpu_p50']:.0f} / {r['cpu_p99']:.0f}"
             wall = f"{r['p50']:.0f} / {r['p99']:.0f}"
             ratio = f"{r['cpu_p99'] / base:.2f}x" if base else "—"
