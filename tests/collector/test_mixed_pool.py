@@ -1,8 +1,8 @@
 """A mixed pool, vLLM and SGLang pods, through the real stack: collector -> NATS -> picker.
 
 Simulated pods of both kinds (sim/, ``flavor="sglang"`` renders SGLang's metrics page),
-a real collector scraping them, a real nats-server, and the picker with its default
-scheduler answering ext_proc streams. The picker must see each pod's load whatever its
+a real collector scraping them, a real nats-server, and the picker with the default
+profile's scorers answering ext_proc streams. The picker must see each pod's load whatever its
 page dialect, and send requests to the idle pod, be it a vLLM or an SGLang one.
 """
 
@@ -33,6 +33,22 @@ SPECS = [
 ]
 
 
+# The default profile's scorers, with a staleness bound far above any scrape delay: the
+# test is about reading both dialects, and on a loaded machine a scrape can come more than
+# the default 200 ms late, when a stale idle pod would rank after every fresh busy one.
+SCHEDULER = """
+version: 2
+plugins:
+  - {name: work, type: expected-work}
+  - {name: lora, type: lora-affinity}
+  - {name: prefix, type: prefix-affinity}
+schedulingProfiles:
+  - name: dialects
+    plugins: [{pluginRef: work, weight: 4}, {pluginRef: lora, weight: 6}, {pluginRef: prefix, weight: 8}]
+    saturation: {include_inflight: true, staleness_ms: 10000}
+"""
+
+
 def load(pod, n: int = 40) -> list[str]:
     """Queue ``n`` long requests on ``pod``; returns their ids."""
     ids = [f"{pod.name}-load-{i}-{pod.engine.num_requests}" for i in range(n)]
@@ -53,7 +69,9 @@ async def route(channel: grpc.aio.Channel) -> str:
     return dest.split(",")[0]
 
 
-async def test_mixed_vllm_and_sglang_pool_is_scheduled_by_load(nats_server):
+async def test_mixed_vllm_and_sglang_pool_is_scheduled_by_load(nats_server, tmp_path):
+    sched = tmp_path / "scheduler.yaml"
+    sched.write_text(SCHEDULER)
     async with SimCluster(SPECS) as cluster:
         pods = {p.name: p for p in cluster.pods}
         targets = [Target("default", "pool", p.name, "127.0.0.1", p.port) for p in cluster.pods]
@@ -66,8 +84,10 @@ async def test_mixed_vllm_and_sglang_pool_is_scheduled_by_load(nats_server):
         picker = Picker(
             loopback_config(
                 nats=NatsOptions(servers=[nats_server.url], name="picker"),
+                scheduler_config=str(sched),
+                profile="dialects",
             )
-        )  # the default scheduler
+        )
         await collector.start()
         try:
             await collector.wait_ready()
