@@ -35,6 +35,61 @@ def test_rls_recovers_a_linear_law():
     assert r.n == 200
 
 
+def _textbook_update(w, p, x, y, lam, nonneg):
+    """The oracle: RLS with forgetting in its textbook form (k = P x / (lam + x' P x), ...)."""
+    d = len(w)
+    px = [sum(p[i][j] * x[j] for j in range(d)) for i in range(d)]
+    denom = lam + sum(x[i] * px[i] for i in range(d))
+    if denom <= 1e-12:  # a degenerate sample (P no longer positive along x) is skipped
+        return w, p
+    k = [v / denom for v in px]
+    err = y - sum(w[i] * x[i] for i in range(d))
+    w = [w[i] + k[i] * err for i in range(d)]
+    for i in nonneg:
+        if w[i] < 0.0 and p[i][i] > 0.0:
+            c = w[i] / p[i][i]
+            w = [w[j] - p[j][i] * c for j in range(d)]
+            w[i] = 0.0
+    inv = 1.0 / lam  # as the product divides: the lull amplifies any rounding difference
+    p = [[(p[i][j] - k[i] * px[j]) * inv for j in range(d)] for i in range(d)]
+
+    def sym(i: int, j: int) -> float:  # the mean of the two triangles, upper one first
+        lo, hi = min(i, j), max(i, j)
+        return p[i][j] if i == j else (p[lo][hi] + p[hi][lo]) * 0.5
+
+    p = [[sym(i, j) for j in range(d)] for i in range(d)]
+    tr = sum(p[i][i] for i in range(d))
+    if tr > 1e8:
+        p = [[v * (1e8 / tr) for v in row] for row in p]
+    return w, p
+
+
+def test_rls_update_is_the_textbook_recursion_and_survives_a_lull():
+    """The hand-written loops against the textbook formulas, projections and trace cap included.
+
+    Strong forgetting and a long run of identical rows: the unsymmetrized update went
+    indefinite here after 751 samples and skipped every later one (the model froze).
+    """
+    rng = random.Random(4)
+    m = OnlineRegression(3, 0.95, prior_var=1e6, nonneg=(1, 2))
+    w, p = list(m.w), [list(r) for r in m.p]
+    for step in range(3000):
+        x = [1.0, rng.uniform(0, 3), rng.uniform(0, 2)]
+        # a law whose slope flips sign mid-way drives the projections; lulls (x constant) grow P
+        y = 20.0 + (8.0 if step < 1500 else -3.0) * x[1] + rng.gauss(0, 2)
+        if 2000 < step < 2600:
+            x = [1.0, 0.5, 0.5]
+        sc = 1.0 / abs(y)
+        m.update(x, y, sc)
+        w, p = _textbook_update(w, p, [v * sc for v in x], y * sc, 0.95, (1, 2))
+        assert m.w == pytest.approx(w, rel=1e-9, abs=1e-12)
+    assert m.p == [pytest.approx(r, rel=1e-9, abs=1e-9) for r in p]
+    assert m.n == 3000 and m.resets == 0  # every sample learnt, P definite throughout
+    # after the flip the slope (-3) is outside the constraint: w1 = 0 and the intercept
+    # absorbs the mean of y (11..20, weighted towards the small values by the relative fit)
+    assert m.w[1] == 0.0 and 11.0 < m.w[0] < 20.0 and 0.0 <= m.w[2] < 1.0
+
+
 def snap(addr: str, accel: str, waiting=0, running=0, kv=0.0, ts=0.0) -> EndpointSnapshot:
     return EndpointSnapshot(
         namespace="ns",
