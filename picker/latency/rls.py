@@ -4,9 +4,10 @@ Why this and not a gradient-boosted model (upstream's XGBoost sidecar): a pod's 
 close to linear in the work ahead of a request once the hardware is fixed (the step time
 is linear in tokens and context, design.md §5), so one small linear model *per
 accelerator* captures most of it; RLS converges in tens of samples without a learning
-rate to tune, costs O(d²) per sample in pure Python (d = 3..5: ~10-20 µs), and forgetting
+rate to tune, costs O(d²) per sample in pure Python (d = 3: ~8 µs), and forgetting
 (``lam`` < 1) lets it follow a pod whose behaviour drifts. No numpy: at d <= 5 plain
-lists are faster than array calls.
+lists are faster than array calls. The covariance is re-symmetrized after every update
+(the plain recursion drifts to an indefinite P over a long run and freezes the model).
 """
 
 from __future__ import annotations
