@@ -98,7 +98,8 @@ def test_the_ext_proc_stream_warms_before_the_director_routes():
     last = ep.ProcessingRequest(request_body=ep.HttpBody(body=body[half:], end_of_stream=True))
     order: list[str] = []
     held = asyncio.run(_both(ex.prewarm(last), _progress(tok, order)))
-    assert tok.saw_progress == [True] and (False, text) in s.ready and len(held) == 1
+    # (other tests' scorers may still be registered: they warm it too)
+    assert tok.saw_progress == [True] and any(h is s.ready.get((False, text)) for h in held)
     assert s.hashes(text) == PrecisePrefixScorer(tokenizer="sim").hashes(text) and tok.calls == 1
 
 
