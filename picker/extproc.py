@@ -355,21 +355,21 @@ class Exchange:
             out.append(_streamed(body[start : start + MAX_CHUNK], body_ends and start + MAX_CHUNK >= n))
         return out
 
-    async def prewarm(self, req: ep.ProcessingRequest) -> None:
+    async def prewarm(self, req: ep.ProcessingRequest) -> list[object]:
         """The body is complete: tokenize a long prompt off the loop before the (synchronous)
-        director routes it (:mod:`picker.scheduling.prewarm`)."""
+        director routes it (:mod:`picker.scheduling.prewarm`). Hold the answer until routed."""
         if not prewarm.active() or self.done_request or self.hdr is None:
-            return
+            return []
         if req.WhichOneof("request") != "request_body" or not req.request_body.end_of_stream:
-            return
+            return []
         body = b"".join([*self.body_chunks, req.request_body.body])
         if len(body) > self.director.max_body_bytes:
-            return
+            return []
         try:
             parsed = parse_request(body, self.hdr.path)
         except BodyError:
-            return  # handle() answers it
-        await prewarm.prewarm(parsed.prompt_text, parsed.messages)
+            return []  # handle() answers it
+        return await prewarm.prewarm(parsed.prompt_text, parsed.messages)
 
     async def resume(self, out: list[ep.ProcessingResponse]) -> list[ep.ProcessingResponse]:
         """A request queued by flow control: await its dispatch, answer it, then ``out``."""
@@ -504,10 +504,11 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):
         try:
             async for req in request_iterator:
                 try:
-                    await ex.prewarm(req)
+                    warmed = await ex.prewarm(req)  # the scorers' answers live while it is held
                     out = ex.handle(req)
                     if ex.pending is not None:
                         out = await ex.resume(out)
+                    del warmed  # routed (or answered): let them go
                 except Exception:
                     log.exception(
                         "ext_proc message handling failed",

@@ -12,7 +12,10 @@ writes BOS itself). To land on the pods' blocks the picker must do the same:
   ``tokenizer_config.json``'s ``chat_template``; a list of named templates gives its
   ``default``), or an explicit file (the scorer's ``chat_template``, vLLM's
   ``--chat-template``). Message content given as parts becomes its text parts joined with
-  ``"\\n"`` (vLLM's ``string`` content format); ``tools`` are not passed.
+  ``"\\n"`` (vLLM's ``string`` content format); ``tools`` are not passed. A template may
+  mark assistant turns with ``{% generation %}…{% endgeneration %}`` (transformers' tag
+  for ``return_assistant_tokens_mask``, which its environment always accepts): the body
+  renders unchanged, in a scope of its own, as transformers renders it.
 * :class:`SimChat`: the simulator's stand-in (:func:`sim.openai.chat_prompt`), so picker
   and simulated pods agree.
 
@@ -27,6 +30,7 @@ import json
 import logging
 import os
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 __all__ = ["Chat", "ChatTemplateError", "SimChat", "TemplateChat", "find_chat"]
@@ -84,6 +88,34 @@ def _message(i: int, m: Any) -> dict[str, Any]:
     return out
 
 
+@lru_cache(maxsize=1)
+def _generation_tag() -> type:
+    """The ``{% generation %}`` block as a Jinja2 extension (jinja2 imported on first use).
+
+    transformers' environment always carries its ``AssistantTracker``, which compiles the
+    block to a call block (``{% call %}``: the body is rendered by a ``caller`` with its own
+    scope) whose method records where the body's text lands in the output when assistant
+    masks are asked for, and returns that text unchanged. Only the rendered text matters
+    here, so the method just returns the body; the call block keeps the scoping identical
+    (a ``{% set %}`` inside the block does not leak out).
+    """
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class GenerationTag(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno  # the ``generation`` name
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller) -> str:
+            return caller()
+
+    return GenerationTag
+
+
 class TemplateChat:
     """A Hugging Face chat template, rendered as ``apply_chat_template(..., tokenize=False)``."""
 
@@ -103,7 +135,9 @@ class TemplateChat:
         def strftime_now(fmt: str) -> str:
             return datetime.now().strftime(fmt)
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _generation_tag()]
+        )
         env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = strftime_now

@@ -16,9 +16,11 @@ picker sent where; ``PreciseIndex.routed`` counts which path scored each decisio
 
 Tokenization stays off the event loop: the ext_proc stream calls :meth:`warm` (through
 :mod:`.prewarm`) before the synchronous scheduler runs, which computes a long prompt's
-hashes in this scorer's worker thread and keeps them for :meth:`score` (``ready``,
-bounded). Prompts shorter than ``offload_chars`` are tokenized inline (measured: below
-that, the thread hop costs the loop more than the tokenization; see the README).
+hashes in this scorer's worker thread; the request holds the answer until it is routed
+and :meth:`score` finds it in ``ready`` (weak references: no eviction, nothing kept past
+the requests; :mod:`.prewarm` says why). Prompts shorter than ``offload_chars`` are
+tokenized inline (measured: below that, the thread hop costs the loop more than the
+tokenization; see the README).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import OrderedDict
+import weakref
+from array import array
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,7 +51,23 @@ log = logging.getLogger(__name__)
 
 PRECISE_SCORES = "precise-prefix"
 OFFLOAD_CHARS = 256  # measured break-even ~100 chars: see offload_chars in picker/scheduling/README.md
-READY_MAX = 64  # prompts tokenized ahead and not scored yet (a rejected request's expire)
+
+
+class Warmed:
+    """A prompt's hashes computed in the worker thread (packed, 8 bytes each), kept by the
+    requests that hold this object: the scorer refers to it weakly."""
+
+    __slots__ = ("__weakref__", "future")
+
+    def __init__(self, future: asyncio.Future) -> None:
+        self.future = future
+
+    def hashes(self) -> list[int] | None:
+        """The answer, or None while it is computed or when computing it failed."""
+        f = self.future
+        if not f.done() or f.cancelled() or f.exception() is not None:
+            return None
+        return f.result().tolist()
 
 
 @register("precise-prefix")
@@ -94,7 +113,7 @@ class PrecisePrefixScorer(Scorer):
         # Off-loop tokenization (prewarm.py): one worker thread; the lock keeps the token
         # cache single-writer (the loop never waits on it: it tokenizes uncached instead).
         self.offload_chars = offload_chars
-        self.ready: OrderedDict[tuple[bool, str], list[int]] = OrderedDict()
+        self.ready: weakref.WeakValueDictionary[tuple[bool, str], Warmed] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self.offloaded = 0  # registered with prewarm by the picker (kvfeed.attach_precise)
@@ -134,23 +153,29 @@ class PrecisePrefixScorer(Scorer):
             margin_chars=chunk_chars // 16,
         )
 
-    async def warm(self, text: str, messages: list[Any] | None = None) -> None:
-        """Compute a long prompt's hashes in the worker thread, for :meth:`score` to take."""
-        key = (messages is not None, text)
-        if self.request_hashes or len(text) < self.offload_chars or key in self.ready:
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="precise-prefix")
-        loop = asyncio.get_running_loop()
-        hashes = await loop.run_in_executor(self._pool, self._locked_hashes, text, messages)
-        self.offloaded += 1
-        self.ready[key] = hashes
-        while len(self.ready) > READY_MAX:
-            self.ready.popitem(last=False)
+    async def warm(self, text: str, messages: list[Any] | None = None) -> Warmed | None:
+        """Compute a long prompt's hashes in the worker thread, for :meth:`score` to find.
 
-    def _locked_hashes(self, text: str, messages: list[Any] | None) -> list[int]:
+        Returns the answer, which the caller holds until the request is scored (None: the
+        prompt is scored inline). Requests with the same prompt share one computation."""
+        if self.request_hashes or len(text) < self.offload_chars:
+            return None
+        key = (messages is not None, text)
+        w = self.ready.get(key)
+        if w is None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="precise-prefix")
+            loop = asyncio.get_running_loop()
+            w = Warmed(loop.run_in_executor(self._pool, self._locked_hashes, text, messages))
+            self.ready[key] = w
+            self.offloaded += 1
+        # shielded: one waiter cancelled (its client left) does not cancel the others' answer
+        await asyncio.shield(w.future)
+        return w
+
+    def _locked_hashes(self, text: str, messages: list[Any] | None) -> array:
         with self._lock:
-            return self._compute(text, messages, cached=True)
+            return array("Q", self._compute(text, messages, cached=True))
 
     def render(self, text: str, messages: list[Any] | None) -> tuple[str, bool]:
         """The text the model server tokenizes, and whether it is a rendered chat."""
@@ -184,8 +209,8 @@ class PrecisePrefixScorer(Scorer):
         flattening, used when there is no chat template."""
         if not text and not messages:
             return []
-        got = self.ready.pop((messages is not None, text), None)
-        if got is not None:
+        w = self.ready.get((messages is not None, text))
+        if w is not None and (got := w.hashes()) is not None:
             return got
         if not self._lock.acquire(blocking=False):  # the worker holds the caches: don't wait
             return self._compute(text, messages, cached=False)

@@ -7,6 +7,7 @@ about how fast our code is.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -14,13 +15,14 @@ import pytest
 import pytest_asyncio
 
 from bench import faults
-from bench.stack import PodPlan, Stack, StackConfig
+from bench.stack import BASE_MODEL, PodPlan, Stack, StackConfig
 from shared.tokens import text_for_tokens
 from tests.e2e.stack_helpers import completion, eventually, picker_gauges, pod_by_address, post
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 BLOCKS = "infergate_picker_kv_index_blocks"
+CHAT = "/v1/chat/completions"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -55,6 +57,50 @@ async def paths(stack: Stack, index: int) -> dict[str, float]:
 def _labelled(page: str, path: str) -> float:
     key = f'infergate_picker_prefix_path_total{{path="{path}"}}'
     return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if line.startswith(key))
+
+
+def _chat(system: str, question: str) -> dict:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return {"model": BASE_MODEL, "messages": messages, "max_tokens": 4}
+
+
+async def test_a_chat_lands_on_the_pod_that_holds_its_system_prompt(stack: Stack) -> None:
+    """Six chats, each with its own long system prompt, go first straight to a pod (pods
+    0, 1, 2, 0, 1, 2), past Envoy and the pickers: only the pods' KV events can tell the
+    pickers who holds which prompt. A second chat on each system prompt, through Envoy,
+    must land on that pod every time: a pick blind to the pods' blocks matches all six
+    with probability 3^-6 at random, and never with one fixed preference. It runs first,
+    on a fresh stack, so the index grows by these blocks alone."""
+    pods = [stack.pods[i % len(stack.pods)] for i in range(6)]
+    systems = [text_for_tokens(600, seed=300 + i) for i in range(6)]
+    before = await picker_gauges(stack, BLOCKS)
+    offloaded = await picker_gauges(stack, "infergate_picker_precise_offloaded_total")
+    firsts = await asyncio.gather(
+        *(
+            post(f"http://{pod.address}", _chat(system, "First question?"), path=CHAT)
+            for pod, system in zip(pods, systems, strict=True)
+        )
+    )
+    assert all(r.status == 200 for r in firsts), [str(r) for r in firsts]
+    need = len(systems) * (600 // 16)  # the system prompts' full blocks, at least
+
+    async def indexed() -> bool:
+        now = await picker_gauges(stack, BLOCKS)
+        return all(n - b >= need for n, b in zip(now, before, strict=True))
+
+    await eventually(indexed, 20.0, "every picker indexed the six system prompts")
+    precise = sum([(await paths(stack, i))["precise"] for i in range(len(stack.pickers))])
+    served = []
+    for i, system in enumerate(systems):
+        r = await post(stack.gateway_url, _chat(system, f"Second question, number {i}?"), path=CHAT)
+        assert r.status == 200, r
+        served.append(pod_by_address(stack, r.served))
+    assert served == [p.plan.name for p in pods]
+    after = sum([(await paths(stack, i))["precise"] for i in range(len(stack.pickers))])
+    assert after - precise >= len(systems), (precise, after)  # scored on the precise path
+    # the rendered chats (2,400+ characters) were tokenized off the event loop
+    now = await picker_gauges(stack, "infergate_picker_precise_offloaded_total")
+    assert sum(now) - sum(offloaded) >= len(systems), (offloaded, now)
 
 
 async def test_a_shared_prefix_follows_the_pod_that_holds_it(stack: Stack) -> None:

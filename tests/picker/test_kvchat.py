@@ -50,6 +50,23 @@ CHATML = """{% for message in messages %}
 {% endif %}
 """
 
+# ChatML whose assistant turns are wrapped in transformers' {% generation %} tag (templates
+# written for return_assistant_tokens_mask): rendered, the tag leaves its body unchanged.
+CHATML_GENERATION = """{% for message in messages %}
+<|im_start|>{{ message['role'] }}
+    {% if message['role'] == 'assistant' %}
+        {% generation %}
+{{ message['content'] }}<|im_end|>
+        {% endgeneration %}
+    {% else %}
+{{ message['content'] }}<|im_end|>
+    {% endif %}
+{% endfor %}
+{% if add_generation_prompt %}
+<|im_start|>assistant
+{% endif %}
+"""
+
 CHAT = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Hi"},
@@ -110,6 +127,14 @@ def test_llama2_template_from_tokenizer_config(trained):
 def test_chatml_template_file_beside_the_tokenizer_wins(trained):
     pytest.importorskip("jinja2")
     path = _model_dir(trained, {"chat_template": LLAMA2, "bos_token": "<s>"}, CHATML)
+    s = PrecisePrefixScorer(tokenizer=path, block_size=4)
+    assert s.render(FLAT, CHAT) == (CHATML_TEXT, True)
+    assert s.hashes(FLAT, CHAT) == _expected(path, CHATML_TEXT)
+
+
+def test_a_generation_tag_renders_its_body_unchanged(trained):
+    pytest.importorskip("jinja2")
+    path = _model_dir(trained, {"bos_token": "<s>"}, CHATML_GENERATION)
     s = PrecisePrefixScorer(tokenizer=path, block_size=4)
     assert s.render(FLAT, CHAT) == (CHATML_TEXT, True)
     assert s.hashes(FLAT, CHAT) == _expected(path, CHATML_TEXT)
