@@ -175,13 +175,14 @@ class Scraper:
             self._apply_rate(self.rate.idle, "failed scrape" if pm is None else "")
 
     def _leave_idle(self, why: str) -> None:
-        """Back to the fast rate outside a scrape: a loop starts and ends on it."""
+        """Back to the fast rate outside a scrape: a loop starts and ends on it (not counted
+        as a change of rate: the endpoint left, or its loop is starting over)."""
         was_idle = self.rate.idle
         self.rate.reset()
         if was_idle:
-            self._apply_rate(False, why)
+            self._apply_rate(False, why, count=False)
 
-    def _apply_rate(self, idle: bool, why: str) -> None:
+    def _apply_rate(self, idle: bool, why: str, *, count: bool = True) -> None:
         cfg = self.config
         m = self._rate_metrics
         if idle:
@@ -190,11 +191,13 @@ class Scraper:
                 cfg.heartbeat_interval, cfg.idle_scrape_interval, cfg.scrape_jitter
             )
             m.idle_endpoints.inc()
-            m.to_idle.inc()
+            if count:
+                m.to_idle.inc()
         else:
             self.state.heartbeat_interval = cfg.heartbeat_interval
             m.idle_endpoints.dec()
-            m.to_fast.inc()
+            if count:
+                m.to_fast.inc()
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "scrape rate changed",

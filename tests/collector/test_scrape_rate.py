@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 
 import aiohttp
@@ -16,6 +18,7 @@ from collector.scraper import Scraper
 from collector.snapshots import EndpointState
 from collector.targets import Target
 from tests.support.fakepod import FakePods
+from tests.support.waiting import wait_until
 
 FAST, IDLE = 0.05, 0.1
 
@@ -125,7 +128,8 @@ def test_validation_accepts_off_and_sane_values(idle):
 
 
 async def test_the_scraper_applies_the_rate_to_its_heartbeat_and_metrics():
-    cfg = CollectorConfig(node_name="n", models_interval=0)
+    # short intervals: the loop below runs for real until the pod is on the idle rate
+    cfg = CollectorConfig(node_name="n", models_interval=0, scrape_interval=0.01, idle_scrape_interval=0.02)
     metrics = CollectorMetrics()
     offers: list[str | None] = []
     async with FakePods(1) as pods, aiohttp.ClientSession() as session:
@@ -148,7 +152,7 @@ async def test_the_scraper_applies_the_rate_to_its_heartbeat_and_metrics():
         for _ in range(IDLE_AFTER):
             await scraper.scrape_once(timeout)
         assert scraper.rate.idle
-        assert state.heartbeat_interval == idle_heartbeat(0.1, 0.1, 0.1)
+        assert state.heartbeat_interval == idle_heartbeat(0.1, 0.02, 0.1)
         assert sample("infergate_collector_idle_rate_endpoints") == 1
         assert sample("infergate_collector_scrape_rate_changes_total", to="idle") == 1
 
@@ -157,4 +161,17 @@ async def test_the_scraper_applies_the_rate_to_its_heartbeat_and_metrics():
         assert not scraper.rate.idle and state.heartbeat_interval == cfg.heartbeat_interval
         assert offers[-1] == "change" and state.snapshot.waiting == 3
         assert sample("infergate_collector_idle_rate_endpoints") == 0
+        assert sample("infergate_collector_scrape_rate_changes_total", to="fast") == 1
+
+        # the loop: idle again after quiet pages; a removed endpoint's cancelled loop leaves
+        # the gauge and the heartbeat as they were
+        pods[0].state.engines[0].waiting = 0
+        task = asyncio.create_task(scraper.run())
+        await wait_until(lambda: scraper.rate.idle, what="the idle rate")
+        assert sample("infergate_collector_idle_rate_endpoints") == 1
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert sample("infergate_collector_idle_rate_endpoints") == 0
+        assert state.heartbeat_interval == cfg.heartbeat_interval
         assert sample("infergate_collector_scrape_rate_changes_total", to="fast") == 1
