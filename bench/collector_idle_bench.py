@@ -244,7 +244,7 @@ def run(pods: int, seconds: float, warmup: float, also: list[float]) -> dict:
 def report(res: dict, argv: list[str]) -> str:
     lines = [
         f"command: `python -m bench.collector_idle_bench {' '.join(argv)}`".rstrip(),
-        f"commit: {git_commit()}",
+        f"commit: {res['commit']}",
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), "
         f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
@@ -280,7 +280,9 @@ def main() -> None:
     p.add_argument("--json", help="also write the raw results here")
     args = p.parse_args()
     also = [float(v) for v in args.also.split(",") if v.strip()]
+    commit = git_commit()  # what the collectors run: taken before they start
     res = run(args.pods, args.seconds, args.warmup, also)
+    res["commit"] = commit
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     print(report(res, sys.argv[1:]))
