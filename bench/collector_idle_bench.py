@@ -10,7 +10,10 @@ line) scrape the same pods at the same time, so they share the machine's content
 * **after**: the defaults (``--idle-scrape-interval 0.1``);
 * with ``--also 0.125,...``: one more collector per extra idle interval, in the same run.
 
-They publish under different namespaces, so their subjects never mix. After ``--warmup``
+They publish under different namespaces, so their subjects never mix; each has one picker
+(``python -m picker``, its pool in that namespace) applying its snapshots, since a
+picker's idle cost is mostly applying snapshots and the idle rate changes how many are
+published (``--no-pickers`` leaves them out). After ``--warmup``
 seconds (connections open, pods settled on the idle rate) each collector's process CPU
 time (user + system, from ``/proc/<pid>/stat``: what it used, whatever else runs on the
 machine) is read over ``--seconds``, with its scrapes and publishes from its own
@@ -151,6 +154,19 @@ def start_end_cpu(start: dict, end: dict, name: str) -> float:
     return end[name][0] - start[name][0]
 
 
+def gauge(port: int, name: str) -> float:
+    """One unlabelled-or-single-series gauge from a service's /metrics (NaN if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == name:
+                return smp.value
+    return float("nan")
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -160,7 +176,17 @@ def git_commit() -> str:
         return "?"
 
 
-def run(pods: int, seconds: float, warmup: float, also: list[float]) -> dict:
+def pool_yaml(namespace: str) -> str:
+    """The InferencePool a variant's picker serves (its collector publishes in ``namespace``)."""
+    return (
+        "apiVersion: inference.networking.k8s.io/v1\nkind: InferencePool\n"
+        f"metadata: {{name: pool, namespace: {namespace}}}\n"
+        "spec: {selector: {matchLabels: {app: pool}}, targetPorts: [{number: 8000}],\n"
+        "  endpointPickerRef: {name: infergate-picker, port: {number: 9002}}}\n"
+    )
+
+
+def run(pods: int, seconds: float, warmup: float, also: list[float], pickers: bool = True) -> dict:
     from shared.natsd import NatsServer
 
     tmp = Path(tempfile.mkdtemp(prefix="collector-idle-"))
@@ -196,18 +222,36 @@ def run(pods: int, seconds: float, warmup: float, also: list[float]) -> dict:
                 argv += ["--target", f"{name}/pool/sim-{i}=127.0.0.1:{ports[f'pod-{i}']}"]
             p = spawn(name, argv)
             collectors[name] = (p, 0)
+        picker_procs: dict[str, subprocess.Popen] = {}
+        for name in variants if pickers else ():
+            (tmp / f"{name}.pool.yaml").write_text(pool_yaml(name))
+            picker_procs[name] = spawn(
+                f"picker-{name}",
+                [sys.executable, "-m", "picker", "--pool-name", "pool", "--pool-namespace", name,
+                 "--config-files", str(tmp / f"{name}.pool.yaml"), "--nats-url", nats.url,
+                 "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--grpc-health-port", "0",
+                 "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--replica-name", f"picker-{name}",
+                 "--port-file", str(tmp / f"picker-{name}.ports.json"), "--log-level", "WARNING"],
+            )  # fmt: skip
         for name, (p, _) in list(collectors.items()):
             ops = wait_port_file(tmp / f"{name}.ports.json", p)["ops"]
             wait_ready(ops)
             collectors[name] = (p, ops)
+        picker_ports: dict[str, int] = {}
+        for name, p in picker_procs.items():
+            picker_ports[name] = wait_port_file(tmp / f"picker-{name}.ports.json", p)["metrics"]
+            wait_ready(picker_ports[name])
         time.sleep(warmup)
         start = {n: (cpu_seconds(p.pid), counters(ops)) for n, (p, ops) in collectors.items()}
+        pstart = {n: cpu_seconds(p.pid) for n, p in picker_procs.items()}
         t0 = time.monotonic()
         watcher.recording = True
         time.sleep(seconds)
         watcher.recording = False
         wall = time.monotonic() - t0
         end = {n: (cpu_seconds(p.pid), counters(ops)) for n, (p, ops) in collectors.items()}
+        pend = {n: cpu_seconds(p.pid) for n, p in picker_procs.items()}
+        seen = {n: gauge(port, "infergate_picker_view_endpoints") for n, port in picker_ports.items()}
         res: dict = {"pods": pods, "seconds": wall}
         for n in collectors:
             (c0, m0), (c1, m1) = start[n], end[n]
@@ -223,6 +267,8 @@ def run(pods: int, seconds: float, warmup: float, also: list[float]) -> dict:
                 "age_max": max(watcher.ages.get(n, [float("nan")])),
                 "age_over_200ms": sum(a > 0.2 for a in watcher.ages.get(n, [])),
                 "age_samples": len(watcher.ages.get(n, [])),
+                "picker_cpu_s": pend[n] - pstart[n] if n in pend else None,
+                "picker_endpoints": seen.get(n),
             }
         res["variants"] = list(collectors)
         res["ratio"] = res["after"]["ratio"]
@@ -268,6 +314,24 @@ def report(res: dict, argv: list[str]) -> str:
             f"| {r['age_over_200ms']} of {r['age_samples']} |"
         )
     lines += ["", f"ratio after/before (CPU s): **{res['ratio']:.2f}**"]
+    if res["before"]["picker_cpu_s"] is not None:
+        lines += [
+            "",
+            "One picker per collector, applying its snapshots (idle: no requests):",
+            "",
+            "| variant | endpoints in its view | picker CPU s | picker cores | collector + picker cores "
+            "| vs before |",
+            "|---|---|---|---|---|---|",
+        ]
+        both0 = res["before"]["cpu_s"] + res["before"]["picker_cpu_s"]
+        for n in res["variants"]:
+            r = res[n]
+            both = r["cpu_s"] + r["picker_cpu_s"]
+            lines.append(
+                f"| {n} | {r['picker_endpoints']:.0f} | {r['picker_cpu_s']:.2f} "
+                f"| {r['picker_cpu_s'] / res['seconds']:.3f} "
+                f"| {both / res['seconds']:.3f} | {both / both0:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -277,11 +341,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--also", default="", help="comma-separated extra idle intervals to measure too")
+    p.add_argument("--no-pickers", action="store_true", help="no picker per collector")
     p.add_argument("--json", help="also write the raw results here")
     args = p.parse_args()
     also = [float(v) for v in args.also.split(",") if v.strip()]
     commit = git_commit()  # what the collectors run: taken before they start
-    res = run(args.pods, args.seconds, args.warmup, also)
+    res = run(args.pods, args.seconds, args.warmup, also, pickers=not args.no_pickers)
     res["commit"] = commit
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
