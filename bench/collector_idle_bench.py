@@ -22,6 +22,11 @@ would see: for every endpoint, how old its newest snapshot (``ts``, the scrape t
 when the next one arrives, i.e. the worst age between two updates; the pickers count a
 snapshot older than 0.2 s as stale. Prints a Markdown table and the ratio after/before of
 CPU seconds.
+
+The price of the idle rate is the delay before a pod's first request shows in its
+snapshot: after the CPU window, ``--rounds`` times, one request is sent to every pod at once
+(all pods back on the idle rate first) and the subscriber records when each collector's
+first snapshot showing it (running or waiting > 0) arrives.
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ class AgeWatcher:
         self.recording = False
         self.ages: dict[str, list[float]] = {}  # namespace (= collector variant) -> ages (s)
         self._last_ts: dict[str, float] = {}
+        self.busy_since: dict[tuple[str, str], float] = {}  # (namespace, pod) -> first busy receipt
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,6 +138,8 @@ class AgeWatcher:
             m = decoder.decode(msg.data)
             if not isinstance(m, schemas.EndpointSnapshot):
                 return
+            if m.running + m.waiting > 0:
+                self.busy_since.setdefault((m.namespace, m.pod), now)
             prev = self._last_ts.get(msg.subject)
             if self.recording and prev is not None:
                 self.ages.setdefault(m.namespace, []).append(now - prev)
@@ -143,6 +151,19 @@ class AgeWatcher:
         self._ready.set()
         await self._stop.wait()
         await nc.close()
+
+
+def send_request(port: int, sent: dict[int, float]) -> None:
+    """One completion request (blocking: run it in a thread); its send time in ``sent``."""
+    body = json.dumps(
+        {"model": "meta-llama/Llama-2-7b-hf", "prompt": "Say something. " * 20, "max_tokens": 64}
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"}
+    )
+    sent[port] = time.time()
+    with contextlib.suppress(OSError), urllib.request.urlopen(req, timeout=60) as r:
+        r.read()
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -186,7 +207,9 @@ def pool_yaml(namespace: str) -> str:
     )
 
 
-def run(pods: int, seconds: float, warmup: float, also: list[float], pickers: bool = True) -> dict:
+def run(
+    pods: int, seconds: float, warmup: float, also: list[float], pickers: bool = True, rounds: int = 3
+) -> dict:
     from shared.natsd import NatsServer
 
     tmp = Path(tempfile.mkdtemp(prefix="collector-idle-"))
@@ -271,6 +294,37 @@ def run(pods: int, seconds: float, warmup: float, also: list[float], pickers: bo
                 "picker_endpoints": seen.get(n),
             }
         res["variants"] = list(collectors)
+        # the first request to an idle pod: how long until each collector's snapshot shows it
+        delays: dict[str, list[float]] = {n: [] for n in collectors}
+        for _ in range(rounds):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and any(
+                counters(ops)["idle"] < pods for n, (_p, ops) in collectors.items() if n != "before"
+            ):
+                time.sleep(0.2)
+            watcher.busy_since.clear()
+            sent: dict[int, float] = {}
+            threads = [
+                threading.Thread(target=send_request, args=(ports[f"pod-{i}"], sent), daemon=True)
+                for i in range(pods)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            for n in collectors:
+                for i in range(pods):
+                    seen = watcher.busy_since.get((n, f"sim-{i}"))
+                    if seen is not None and ports[f"pod-{i}"] in sent:
+                        delays[n].append(seen - sent[ports[f"pod-{i}"]])
+        for n in collectors:
+            d = delays[n]
+            res[n]["first_request"] = {
+                "n": len(d),
+                "missed": rounds * pods - len(d),
+                "p50": _pct(d, 0.5),
+                "max": max(d) if d else float("nan"),
+            }
         res["ratio"] = res["after"]["ratio"]
         return res
     finally:
@@ -314,6 +368,17 @@ def report(res: dict, argv: list[str]) -> str:
             f"| {r['age_over_200ms']} of {r['age_samples']} |"
         )
     lines += ["", f"ratio after/before (CPU s): **{res['ratio']:.2f}**"]
+    lines += [
+        "",
+        "The first request to an idle pod: from its send to the first snapshot showing it "
+        "(running or waiting > 0) at a subscriber; the same requests for every collector:",
+        "",
+        "| collector | requests | p50 (ms) | max (ms) | not seen (finished between two scrapes) |",
+        "|---|---|---|---|---|",
+    ]
+    for n in res["variants"]:
+        f = res[n]["first_request"]
+        lines.append(f"| {n} | {f['n']} | {f['p50'] * 1e3:.0f} | {f['max'] * 1e3:.0f} | {f['missed']} |")
     if res["before"]["picker_cpu_s"] is not None:
         lines += [
             "",
@@ -342,11 +407,12 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--also", default="", help="comma-separated extra idle intervals to measure too")
     p.add_argument("--no-pickers", action="store_true", help="no picker per collector")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of one request per pod (first delay)")
     p.add_argument("--json", help="also write the raw results here")
     args = p.parse_args()
     also = [float(v) for v in args.also.split(",") if v.strip()]
     commit = git_commit()  # what the collectors run: taken before they start
-    res = run(args.pods, args.seconds, args.warmup, also, pickers=not args.no_pickers)
+    res = run(args.pods, args.seconds, args.warmup, also, pickers=not args.no_pickers, rounds=args.rounds)
     res["commit"] = commit
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
