@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # Consecutive quiet, identical pages before an endpoint moves to the idle rate (0.25 s at 20 Hz).
 IDLE_AFTER = 5
+# The idle interval when none is set (unless the scrape interval is already that long).
+DEFAULT_IDLE_INTERVAL = 0.1
 # The idle interval must stay below this (validation): far beyond it an idle pod's metrics
 # would be older than any sensible reader staleness. The pickers' default is 0.2 s.
 MAX_IDLE_INTERVAL = 1.0
@@ -57,6 +59,15 @@ def activity_key(pm: PageMetrics) -> tuple:
         pm.model,
         pm.engine,
     )
+
+
+def effective_idle_interval(scrape_interval: float, idle_scrape_interval: float | None) -> float:
+    """The idle interval in force (0 = off). Unset, it is ``DEFAULT_IDLE_INTERVAL``, or off
+    when the fast rate is already that slow: a setup with ``--scrape-interval 0.2`` keeps
+    working unchanged instead of failing validation over a default it never asked for."""
+    if idle_scrape_interval is None:
+        return DEFAULT_IDLE_INTERVAL if scrape_interval < DEFAULT_IDLE_INTERVAL else 0.0
+    return idle_scrape_interval
 
 
 def idle_enabled(scrape_interval: float, idle_scrape_interval: float) -> bool:

@@ -81,7 +81,7 @@ class Scraper:
         self.task: asyncio.Task | None = None  # set by the service that runs it
         self._models_due = 0.0
         self._err_children: dict = {}
-        self.rate = ScrapeRate(config.scrape_interval, config.idle_scrape_interval)
+        self.rate = ScrapeRate(config.scrape_interval, config.idle_interval())
         self._rate_metrics = RateMetrics.of(metrics.registry)
 
     async def run(self) -> None:
@@ -188,7 +188,7 @@ class Scraper:
         if idle:
             # every idle scrape must be republished: see scrape_rate.idle_heartbeat
             self.state.heartbeat_interval = idle_heartbeat(
-                cfg.heartbeat_interval, cfg.idle_scrape_interval, cfg.scrape_jitter
+                cfg.heartbeat_interval, self.rate.idle_interval, cfg.scrape_jitter
             )
             m.idle_endpoints.inc()
             if count:

@@ -35,7 +35,9 @@ def _args(argv, env=None, monkeypatch=None):
 def test_defaults(monkeypatch):
     cfg = _args([], monkeypatch=monkeypatch)
     assert cfg.scrape_interval == 0.05 and cfg.unhealthy_after == 3 and cfg.heartbeat_interval == 0.1
-    assert cfg.idle_scrape_interval == 0.1
+    assert cfg.idle_scrape_interval is None and cfg.idle_interval() == 0.1  # the default, in force
+    # a setup scraping every 0.1 s or slower keeps working: the default turns itself off
+    assert _args(["--scrape-interval", "0.2"], monkeypatch=monkeypatch).idle_interval() == 0.0
     assert cfg.discovery_mode() == "kubernetes" and cfg.pool_api_version == "v1" and cfg.namespaces == []
     assert cfg.nats.servers == ["nats://127.0.0.1:4222"] and cfg.ops_port == 9091
 

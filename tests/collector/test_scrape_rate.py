@@ -127,6 +127,13 @@ def test_validation_accepts_off_and_sane_values(idle):
     CollectorConfig(node_name="n", scrape_interval=0.05, idle_scrape_interval=idle).validate()
 
 
+@pytest.mark.parametrize(("scrape", "in_force"), [(0.05, 0.1), (0.02, 0.1), (0.1, 0.0), (0.2, 0.0)])
+def test_the_default_is_0_1_s_unless_the_scrape_interval_is_that_slow(scrape, in_force):
+    cfg = CollectorConfig(node_name="n", scrape_interval=scrape)
+    cfg.validate()  # never an error over a default nobody set
+    assert cfg.idle_interval() == in_force
+
+
 async def test_the_scraper_applies_the_rate_to_its_heartbeat_and_metrics():
     # short intervals: the loop below runs for real until the pod is on the idle rate
     cfg = CollectorConfig(node_name="n", models_interval=0, scrape_interval=0.01, idle_scrape_interval=0.02)
