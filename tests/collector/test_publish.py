@@ -85,7 +85,7 @@ async def test_heartbeat_when_nothing_changes(make_collector, subscriber):
     async with FakePods(1) as pods:
         await make_collector(targets=targets_of(pods), heartbeat_interval=0.25)
         await wait_until(lambda: subscriber.last("pod-0"))
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(1.1)
         snaps = subscriber.snapshots("pod-0")
         assert 4 <= len(snaps) <= 9, len(snaps)
         assert [s.seq for s in snaps] == list(range(snaps[0].seq, snaps[0].seq + len(snaps)))
