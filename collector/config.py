@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from collector.scrape_rate import effective_idle_interval, validate_idle_interval
 from collector.targets import Target
 from shared.config import setting
 from shared.natsconn import NatsOptions, StreamSettings
@@ -101,6 +102,17 @@ class CollectorConfig:
     scrape_interval: float = setting(0.05, group=SCRAPING, type=positive, help="seconds between scrapes")
     scrape_timeout: float = setting(0.5, group=SCRAPING, type=positive, help="per-scrape timeout, seconds")
     scrape_jitter: float = setting(0.1, group=SCRAPING, help="random +/- fraction of the interval per scrape")
+    # collector/scrape_rate.py: well under the pickers' 0.2 s staleness, since an idle
+    # endpoint's metrics are as old as its last scrape. None = the default, 0.1 s, which turns
+    # itself off when the scrape interval is already that long (no error for a slow setup).
+    idle_scrape_interval: float | None = setting(
+        None,
+        group=SCRAPING,
+        help="seconds between scrapes of an endpoint that showed no running or waiting request "
+        "and no change for a few scrapes (any activity returns it to --scrape-interval); "
+        "0 or the scrape interval turns it off; below 1 s; default 0.1 s (off when "
+        "--scrape-interval is 0.1 s or more)",
+    )
     unhealthy_after: int = setting(
         3,
         group=SCRAPING,
@@ -184,10 +196,18 @@ class CollectorConfig:
             return self.discovery
         return "static" if (self.targets_file or self.targets) else "kubernetes"
 
+    def idle_interval(self) -> float:
+        """The idle scrape interval in force (0 = off): the setting, or its default."""
+        return effective_idle_interval(self.scrape_interval, self.idle_scrape_interval)
+
     def validate(self) -> None:
         problems = []
         if self.scrape_interval <= 0:
             problems.append("scrape interval must be > 0")
+        if self.idle_scrape_interval is not None:
+            idle_problem = validate_idle_interval(self.scrape_interval, self.idle_scrape_interval)
+            if idle_problem:
+                problems.append(idle_problem)
         if self.scrape_timeout <= 0:
             problems.append("scrape timeout must be > 0")
         if not 0 <= self.scrape_jitter < 1:

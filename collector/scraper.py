@@ -5,6 +5,10 @@ endpoints do not scrape in lockstep) the :class:`Scraper` GETs the metrics page 
 shared keep-alive session, bounded by ``scrape_timeout``; a slow or dead pod only delays
 its own task, and a task that falls behind skips the missed ticks instead of bursting.
 Every ``models_interval`` it also reads ``/v1/models`` (the loaded LoRA adapters).
+An endpoint that showed no activity for a few scrapes is scraped every
+``idle_scrape_interval`` instead, until a page shows activity or a scrape fails
+(:mod:`collector.scrape_rate`); meanwhile every idle scrape is republished, so its
+snapshot stays as fresh as the pickers need.
 
 The outcome goes to the endpoint's :class:`~collector.snapshots.EndpointState`
 synchronously, right after the response: the scraper knows HTTP and the parser, the
@@ -23,7 +27,8 @@ import msgspec
 
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
-from collector.parse import parse
+from collector.parse import PageMetrics, parse
+from collector.scrape_rate import RateMetrics, ScrapeRate, idle_heartbeat
 from collector.snapshots import EndpointState
 from collector.targets import Target
 
@@ -76,26 +81,33 @@ class Scraper:
         self.task: asyncio.Task | None = None  # set by the service that runs it
         self._models_due = 0.0
         self._err_children: dict = {}
+        self.rate = ScrapeRate(config.scrape_interval, config.idle_interval())
+        self._rate_metrics = RateMetrics.of(metrics.registry)
 
     async def run(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        interval, jitter = cfg.scrape_interval, cfg.scrape_jitter
+        jitter = cfg.scrape_jitter
         timeout = aiohttp.ClientTimeout(total=cfg.scrape_timeout)
-        await asyncio.sleep(random.uniform(0, interval))  # spread the endpoints' phases
+        self._leave_idle("loop restarted")
+        await asyncio.sleep(random.uniform(0, cfg.scrape_interval))  # spread the endpoints' phases
         next_t = loop.time()
-        while True:
-            try:
-                await self.scrape_once(timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug here must not end this endpoint's scraping
-                log.exception("scrape loop error", extra={"endpoint": self.target.describe()})
-            next_t += interval * (1.0 + random.uniform(-jitter, jitter)) if jitter else interval
-            now = loop.time()
-            if next_t < now:
-                next_t = now  # fell behind (slow pod): do not burst to catch up
-            await asyncio.sleep(next_t - now)
+        try:
+            while True:
+                try:
+                    await self.scrape_once(timeout)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug here must not end this endpoint's scraping
+                    log.exception("scrape loop error", extra={"endpoint": self.target.describe()})
+                interval = self.rate.interval
+                next_t += interval * (1.0 + random.uniform(-jitter, jitter)) if jitter else interval
+                now = loop.time()
+                if next_t < now:
+                    next_t = now  # fell behind (slow pod): do not burst to catch up
+                await asyncio.sleep(next_t - now)
+        finally:  # cancelled (endpoint removed, shutdown) or crashed: leave the idle gauge right
+            self._leave_idle("loop ended")
 
     async def read_models(self, timeout: aiohttp.ClientTimeout) -> None:
         """Refresh ``served_models`` from /v1/models (the base model and its adapters).
@@ -149,11 +161,53 @@ class Scraper:
                 kind, msg = "parse", pm.error
             else:
                 self.metrics.scrapes_ok.observe(time.perf_counter() - t0)
+                self._observe_rate(pm)  # before the offer: it sets the heartbeat this one uses
                 self.state.success(pm, self.served_models, ts)
                 return
         self.metrics.scrapes_failed.observe(time.perf_counter() - t0)
         self._count_error(kind)
+        self._observe_rate(None)
         self.state.failure(kind, msg, ts)
+
+    def _observe_rate(self, pm: PageMetrics | None) -> None:
+        """Feed the scrape's outcome to the rate decision; apply a change of rate."""
+        if self.rate.observe(pm):
+            self._apply_rate(self.rate.idle, "failed scrape" if pm is None else "")
+
+    def _leave_idle(self, why: str) -> None:
+        """Back to the fast rate outside a scrape: a loop starts and ends on it (not counted
+        as a change of rate: the endpoint left, or its loop is starting over)."""
+        was_idle = self.rate.idle
+        self.rate.reset()
+        if was_idle:
+            self._apply_rate(False, why, count=False)
+
+    def _apply_rate(self, idle: bool, why: str, *, count: bool = True) -> None:
+        cfg = self.config
+        m = self._rate_metrics
+        if idle:
+            # every idle scrape must be republished: see scrape_rate.idle_heartbeat
+            self.state.heartbeat_interval = idle_heartbeat(
+                cfg.heartbeat_interval, self.rate.idle_interval, cfg.scrape_jitter
+            )
+            m.idle_endpoints.inc()
+            if count:
+                m.to_idle.inc()
+        else:
+            self.state.heartbeat_interval = cfg.heartbeat_interval
+            m.idle_endpoints.dec()
+            if count:
+                m.to_fast.inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "scrape rate changed",
+                extra={
+                    "endpoint": self.target.describe(),
+                    "rate": "idle" if idle else "fast",
+                    "interval_s": self.rate.interval,
+                    "cause": why or ("no activity" if idle else "activity"),
+                },
+            )
 
     def _count_error(self, kind: str) -> None:
         child = self._err_children.get(kind)

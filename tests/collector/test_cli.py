@@ -35,6 +35,9 @@ def _args(argv, env=None, monkeypatch=None):
 def test_defaults(monkeypatch):
     cfg = _args([], monkeypatch=monkeypatch)
     assert cfg.scrape_interval == 0.05 and cfg.unhealthy_after == 3 and cfg.heartbeat_interval == 0.1
+    assert cfg.idle_scrape_interval is None and cfg.idle_interval() == 0.1  # the default, in force
+    # a setup scraping every 0.1 s or slower keeps working: the default turns itself off
+    assert _args(["--scrape-interval", "0.2"], monkeypatch=monkeypatch).idle_interval() == 0.0
     assert cfg.discovery_mode() == "kubernetes" and cfg.pool_api_version == "v1" and cfg.namespaces == []
     assert cfg.nats.servers == ["nats://127.0.0.1:4222"] and cfg.ops_port == 9091
 
@@ -56,7 +59,8 @@ def test_flags_and_env(monkeypatch):
             "--nats-url", "nats://a:4222,nats://b:4222",
             "--subject-prefix", "ig",
         ],
-        {"INFERGATE_SCRAPE_INTERVAL": "0.1", "INFERGATE_UNHEALTHY_AFTER": "5", "POD_NAME": "collector-x"},
+        {"INFERGATE_SCRAPE_INTERVAL": "0.1", "INFERGATE_UNHEALTHY_AFTER": "5", "POD_NAME": "collector-x",
+         "INFERGATE_IDLE_SCRAPE_INTERVAL": "0.15"},
         monkeypatch,
     )  # fmt: skip
     assert cfg.targets == [
@@ -65,7 +69,7 @@ def test_flags_and_env(monkeypatch):
     ]
     assert cfg.discovery_mode() == "static"
     assert cfg.namespaces == ["ml", "prod"] and cfg.pool_api_version == "v1alpha2"
-    assert cfg.scrape_interval == 0.1 and cfg.unhealthy_after == 5
+    assert cfg.scrape_interval == 0.1 and cfg.unhealthy_after == 5 and cfg.idle_scrape_interval == 0.15
     assert cfg.nats.servers == ["nats://a:4222", "nats://b:4222"] and cfg.nats.subject_prefix == "ig"
     assert cfg.collector_name == "collector-x"
     env_targets = _args([], {"INFERGATE_TARGET": "p/a=127.0.0.1:1,p/b=127.0.0.1:2"}, monkeypatch).targets
@@ -78,6 +82,8 @@ def test_bad_flags_exit_with_a_message(capsys):
     for argv, needle in [
         (["--target", "nonsense"], "expected [namespace/]pool/pod=ip:port"),
         (["--scrape-interval", "0"], "--scrape-interval"),
+        (["--idle-scrape-interval", "0.02"], "at least the scrape interval"),
+        (["--idle-scrape-interval", "2"], "must be below 1 s"),
         (["--discovery", "kubernetes", "--node-name", ""], "node-name"),
         (["--pool-api-version", "v2"], "invalid choice"),
     ]:

@@ -85,7 +85,7 @@ async def test_heartbeat_when_nothing_changes(make_collector, subscriber):
     async with FakePods(1) as pods:
         await make_collector(targets=targets_of(pods), heartbeat_interval=0.25)
         await wait_until(lambda: subscriber.last("pod-0"))
-        await asyncio.sleep(1.3)
+        await asyncio.sleep(1.1)
         snaps = subscriber.snapshots("pod-0")
         assert 4 <= len(snaps) <= 9, len(snaps)
         assert [s.seq for s in snaps] == list(range(snaps[0].seq, snaps[0].seq + len(snaps)))
@@ -94,7 +94,8 @@ async def test_heartbeat_when_nothing_changes(make_collector, subscriber):
 
 async def test_killed_pod_becomes_unhealthy_then_tombstoned(make_collector, subscriber):
     async with model_servers(3) as pods:
-        c = await make_collector(targets=targets_of(pods), unhealthy_after=3)
+        # idle pods: the fast rate pinned, since the others' scrape count is checked below
+        c = await make_collector(targets=targets_of(pods), unhealthy_after=3, idle_scrape_interval=0)
         await wait_until(lambda: all(subscriber.last(p.name) for p in pods), what="first snapshots")
         victim = pods[1]
         await victim.stop()
@@ -142,7 +143,7 @@ async def test_pod_recovers_after_restart(make_collector, subscriber):
 async def test_slow_pod_never_delays_the_others(make_collector, subscriber):
     async with FakePods(3) as pods:
         pods[0].delay_s = 2.0  # beyond the 0.3 s scrape timeout: every scrape times out
-        c = await make_collector(targets=targets_of(pods), scrape_interval=0.05)
+        c = await make_collector(targets=targets_of(pods), scrape_interval=0.05, idle_scrape_interval=0)
         await asyncio.sleep(0.3)
         before = {p.name: p.scrapes for p in pods}
         await asyncio.sleep(1.0)
