@@ -58,15 +58,55 @@ def run(profile: str, n: int, decisions: int, seed: int = 7) -> dict[str, float]
         state.on_snapshot(snapshot(rng, i, now, i in stale), now)
     index = {f"10.{i // 250}.{i % 250}.1:8000": i for i in range(n)}
     prefixes = [[rng.getrandbits(62) for _ in range(rng.randint(4, 24))] for _ in range(64)]
-    live: deque = deque()
     warmup = max(300, min(500, decisions // 4))
+    gc.collect()
+    gcs = _GcClock()
+    gc.callbacks.append(gcs)
+    try:
+        return _loop(prof, state, rng, n, decisions, warmup, stale, index, prefixes, gcs)
+    finally:
+        gc.callbacks.remove(gcs)
+
+
+class _GcClock:
+    """Garbage collections while timing: how many and how long, inside decisions and in all.
+
+    A collection runs wherever an allocation crosses the threshold; a decision that
+    allocates less than the snapshot stream around it takes more of them (the pause is
+    the whole process's, wherever it lands), so the table reports both.
+    """
+
+    def __init__(self) -> None:
+        self.timing = False
+        self.inside = False
+        self.n_inside = 0
+        self.ns_inside = 0
+        self.ns_all = 0
+        self._t0 = 0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if not self.timing:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter_ns()
+            return
+        dt = time.perf_counter_ns() - self._t0
+        self.ns_all += dt
+        if self.inside:
+            self.n_inside += 1
+            self.ns_inside += dt
+
+
+def _loop(prof, state, rng, n, decisions, warmup, stale, index, prefixes, gcs: _GcClock) -> dict[str, float]:
+    now = 1_000.0
+    live: deque = deque()
     cpu: list[int] = []
     lat: list[int] = []
     learn: list[int] = []
     next_scrape = 0
     per_tick = max(1, round(n * TICK / SCRAPE))
-    gc.collect()
     for k in range(decisions + warmup):
+        gcs.timing = k >= warmup
         now += TICK
         for _ in range(per_tick):
             i = next_scrape % n
@@ -75,11 +115,13 @@ def run(profile: str, n: int, decisions: int, seed: int = 7) -> dict[str, float]
         req = make_request(rng, k, prefixes)
         if rng.random() < 0.75:
             req.slo_ttft_ms, req.slo_tpot_ms = 500.0, 50.0
+        gcs.inside = True
         c0 = time.thread_time_ns()
         t0 = time.perf_counter_ns()
         d = prof.decide(req, now)
         t1 = time.perf_counter_ns()
         c1 = time.thread_time_ns()
+        gcs.inside = False
         l0 = time.thread_time_ns()
         if d.endpoints:
             state.on_assigned(req, d.endpoints[0], now, replica="me")
@@ -106,6 +148,10 @@ def run(profile: str, n: int, decisions: int, seed: int = 7) -> dict[str, float]
         "p99": lat[int(len(lat) * 0.99)] / 1e3,
         "learn_mean": sum(learn) / len(learn) / 1e3,
         "ready": bool(pred.ready) if pred is not None else None,
+        # per 1,000 timed decisions: collections inside them, and GC ms inside and in all
+        "gc_n_in": gcs.n_inside * 1e3 / len(cpu),
+        "gc_ms_in": gcs.ns_inside / 1e3 / len(cpu),
+        "gc_ms_all": gcs.ns_all / 1e3 / len(cpu),
     }
 
 
@@ -134,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     note = f" (median of {rep} runs)" if rep > 1 else ""
     print(
         f"| endpoints | profile | CPU p50 / p99 (µs){note} | wall p50 / p99 (µs) | CPU p99 / default's "
-        "| learning per request (µs, CPU) |"
+        "| learning per request (µs, CPU) | GC per 1,000 decisions: collections inside / ms inside / ms all |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     profiles = args.profiles.split(",")
     if "default" in profiles:  # measured first, so every row can carry its ratio
         profiles = ["default"] + [p for p in profiles if p != "default"]
@@ -148,14 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         base = None
         for prof in profiles:
             rs = runs[prof]
-            r = {k: _median([x[k] for x in rs]) for k in ("cpu_p50", "cpu_p99", "p50", "p99", "learn_mean")}
+            keys = ("cpu_p50", "cpu_p99", "p50", "p99", "learn_mean", "gc_n_in", "gc_ms_in", "gc_ms_all")
+            r = {k: _median([x[k] for x in rs]) for k in keys}
             if prof == "default":
                 base = r["cpu_p99"]
             warm = "" if all(x["ready"] in (True, None) for x in rs) else " (predictor NOT warm)"
             cpu = f"{r['cpu_p50']:.0f} / {r['cpu_p99']:.0f}"
             wall = f"{r['p50']:.0f} / {r['p99']:.0f}"
             ratio = f"{r['cpu_p99'] / base:.2f}x" if base else "—"
-            print(f"| {n} | {prof}{warm} | {cpu} | {wall} | {ratio} | {r['learn_mean']:.1f} |", flush=True)
+            g = f"{r['gc_n_in']:.0f} / {r['gc_ms_in']:.0f} / {r['gc_ms_all']:.0f}"
+            print(
+                f"| {n} | {prof}{warm} | {cpu} | {wall} | {ratio} | {r['learn_mean']:.1f} | {g} |", flush=True
+            )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 

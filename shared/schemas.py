@@ -18,13 +18,19 @@ import msgspec
 SCHEMA_VERSION = 1
 
 
-class _Message(msgspec.Struct, kw_only=True, tag_field="kind", omit_defaults=True):
-    """Base for all bus messages: versioned, tagged, unknown fields ignored."""
+class _Message(msgspec.Struct, kw_only=True, tag_field="kind", omit_defaults=True, gc=False):
+    """Base for all bus messages: versioned, tagged, unknown fields ignored.
+
+    ``gc=False``: a message holds strings, numbers and lists of them, never itself, so
+    it cannot be part of a reference cycle; untracked, the thousands of snapshots a
+    picker holds and replaces every second are not walked by every garbage collection
+    (at 1,000 endpoints young-generation collections of ~9,000 objects took 2-3 ms).
+    """
 
     v: int = SCHEMA_VERSION
 
 
-class LoraState(msgspec.Struct, kw_only=True, omit_defaults=True):
+class LoraState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """The LoRA adapters a model server reports in ``vllm:lora_requests_info``."""
 
     running: list[str] = []

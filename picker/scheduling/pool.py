@@ -34,6 +34,7 @@ is guarded: a failure is logged (first, then every 1,000th) and never reaches th
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,18 @@ class Candidates:
         return bool(self.fresh or self.stale)
 
 
+class _Gathered:
+    """``PoolState``'s kept split of its ready endpoints (see ``PoolState._gather_all``)."""
+
+    __slots__ = ("at", "fresh", "stale", "valid_until")
+
+    def __init__(self, at: float, valid_until: float, fresh: list[EndpointState], stale: list[EndpointState]):
+        self.at = at
+        self.valid_until = valid_until
+        self.fresh = fresh
+        self.stale = stale
+
+
 class PoolState:
     """Endpoints, in-flight load, prefix index and peer rank of one pool, as one replica knows them."""
 
@@ -116,6 +129,9 @@ class PoolState:
         # its outcome, local and peers' alike (picker.latency.LatencyPredictor).
         self.observers: list[Any] = []
         self._memo: tuple[Any, int, Candidates] | None = None
+        # Every ready endpoint split into fresh and stale, kept across decisions until it
+        # can have changed (see _gather); None: gather again.
+        self._gathered: _Gathered | None = None
 
     def __len__(self) -> int:
         return len(self._states)
@@ -144,6 +160,7 @@ class PoolState:
         try:
             self.endpoints.pop(address, None)
             st = self._states.pop(address, None)
+            self._gathered = None
             self._changed()
             if st is not None:
                 self._count_model(st.model, -1)
@@ -256,26 +273,46 @@ class PoolState:
 
     def _gather(self, request: RequestInfo, now: float) -> tuple[list[EndpointState], list[EndpointState]]:
         cset = request.candidates
+        if cset is None:  # the common case: every ready endpoint, from the kept split
+            g = self._gathered
+            if g is None or not g.at <= now <= g.valid_until:
+                g = self._gathered = self._gather_all(now)
+            return list(g.fresh), list(g.stale)  # copies: callers may filter or reorder
+        fresh: list[EndpointState] = []
+        stale: list[EndpointState] = []
+        for st in self._states.values():
+            if st.ok and (st.address in cset or st.ip in cset):
+                if now <= st.fresh_until:
+                    fresh.append(st)
+                else:
+                    stale.append(st)
+        return fresh, stale
+
+    def _gather_all(self, now: float) -> _Gathered:
+        """Every ready endpoint, fresh or stale at ``now``, in table order.
+
+        The split stays right while time stays under the earliest ``fresh_until`` of the
+        fresh ones (``valid_until``), no endpoint comes or goes or changes readiness, and
+        no stale one gets a snapshot that could make it fresh; ``_digest`` and
+        ``on_endpoint_removed`` drop it otherwise. At 1,000 endpoints this walk was the
+        largest single cost of a decision and most of its tail (cache misses on objects
+        replaced by the snapshot stream); kept, it runs a few times a second.
+        """
         fresh: list[EndpointState] = []
         stale: list[EndpointState] = []
         add_fresh = fresh.append
         add_stale = stale.append
-        # Two copies of the loop so the common case (no restriction) tests one flag less.
-        if cset is None:
-            for st in self._states.values():
-                if st.ok:
-                    if now <= st.fresh_until:
-                        add_fresh(st)
-                    else:
-                        add_stale(st)
-        else:
-            for st in self._states.values():
-                if st.ok and (st.address in cset or st.ip in cset):
-                    if now <= st.fresh_until:
-                        add_fresh(st)
-                    else:
-                        add_stale(st)
-        return fresh, stale
+        until = math.inf
+        for st in self._states.values():
+            if st.ok:
+                f = st.fresh_until
+                if now <= f:
+                    add_fresh(st)
+                    if f < until:
+                        until = f
+                else:
+                    add_stale(st)
+        return _Gathered(now, until, fresh, stale)
 
     # -- the table --------------------------------------------------------------------------
 
@@ -284,17 +321,27 @@ class PoolState:
         self._version += 1
 
     def _digest(self, address: str, snap: EndpointSnapshot, received_at: float) -> EndpointState:
-        old = self._states.get(address)
-        st = EndpointState(
-            address, snap, received_at, self.inflight.load(address), self.thresholds, self.inflight.avg_tokens
-        )
-        self._states[address] = st
+        st = self._states.get(address)
+        th, avg = self.thresholds, self.inflight.avg_tokens
+        if st is None:
+            st = EndpointState(address, snap, received_at, self.inflight.load(address), th, avg)
+            self._states[address] = st
+            self._gathered = None
+            self._count_model(st.model, +1)
+        else:
+            was_ok, was_model, was_until = st.ok, st.model, st.fresh_until
+            st.refresh(snap, received_at, th, avg)
+            g = self._gathered
+            if g is not None:
+                if st.ok != was_ok or (st.ok and was_until < g.at <= st.fresh_until):
+                    self._gathered = None  # readiness changed, or a stale one may be fresh now
+                elif st.ok and st.fresh_until < g.valid_until:
+                    g.valid_until = st.fresh_until  # a fresh one turns stale sooner
+            if was_model != st.model:
+                self._count_model(was_model, -1)
+                self._count_model(st.model, +1)
         self.endpoints[address] = EndpointView(address, snap, received_at)
         self._changed()
-        if old is None or old.model != st.model:
-            if old is not None:
-                self._count_model(old.model, -1)
-            self._count_model(st.model, +1)
         ts = snap.ts if isinstance(snap.ts, int | float) and snap.ts > 0 else received_at
         self.inflight.snapshot(address, ts)
         self.prefix.set_capacity(address, st.cap // st.block_size)

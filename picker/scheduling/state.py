@@ -4,7 +4,10 @@ A decision over 1,000 endpoints has about a microsecond per endpoint, so everyth
 that depends only on the snapshot (sanitized numbers, LoRA sets, the static part of the
 saturation test, when the metrics turn stale) is computed here, in ``on_snapshot``, and
 the hot loops read plain attributes. The in-flight :class:`~.inflight.Load` is shared by
-reference, so assignments show up without touching this object.
+reference, so assignments show up without touching this object. A newer snapshot of the
+same endpoint is digested into the same object (:meth:`EndpointState.refresh`): lists
+of states kept across snapshots stay current, and the snapshot stream allocates no
+state object (one fewer young object per snapshot for the garbage collector).
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ class Thresholds:
         self.kv = kv
         self.staleness = staleness
         self.include_inflight = include_inflight
+
+
+_NO_NAMES: frozenset[str] = frozenset()
+
+
+def _names(names: list[str]) -> frozenset[str]:
+    return frozenset(names) if names else _NO_NAMES
 
 
 def _num(x: object, lo: float, hi: float, bad: float) -> float:
@@ -88,9 +98,19 @@ class EndpointState:
     ) -> None:
         self.address = address
         self.ip = address.rsplit(":", 1)[0] if ":" in address else address
+        self.load = load
+        self.refresh(snap, received_at, th, avg_tokens)
+
+    def refresh(self, snap: EndpointSnapshot, received_at: float, th: Thresholds, avg_tokens: float) -> None:
+        """Digest a newer snapshot of the same endpoint, in place.
+
+        In place, not a new object: the pool state keeps its gathered candidate lists
+        across snapshots (``PoolState._gather``), so a decision does not walk every
+        endpoint; the lists hold these objects and see the new values.
+        """
+        prev = getattr(self, "snap", None)  # the snapshot this one replaces (None: the first)
         self.snap = snap
         self.snap_ts = snap.ts
-        self.load = load
         self.ok = bool(snap.ready) and bool(snap.healthy)
         self.model = snap.model if isinstance(snap.model, str) else ""
         self.waiting = int(_num(snap.waiting, 0, 1e9, 0))
@@ -102,12 +122,17 @@ class EndpointState:
         self.cap = cap if cap >= bs else DEFAULT_CAPACITY_TOKENS
         self.inv_cap = 1.0 / self.cap
         lora = snap.lora
-        self.lora_running = frozenset(lora.running)
-        self.lora_waiting = frozenset(lora.waiting)
+        # Most snapshots repeat the last one's lists: keeping the sets built from them saves
+        # allocations per snapshot, i.e. young objects every garbage collection must walk.
+        same = prev is not None and prev.lora == lora
+        if not same:
+            self.lora_running = _names(lora.running)
+            self.lora_waiting = _names(lora.waiting)
         self.max_lora = int(_num(lora.max_lora, 0, 1e6, 0))
         self.lora_slots_free = len(self.lora_running) < self.max_lora
         served = snap.served_models
-        self.served = frozenset(served) if served else None  # None: unknown, assume it serves
+        if prev is None or served != prev.served_models:
+            self.served = frozenset(served) if served else None  # None: unknown, assume it serves
         # Metrics are as old as the scrape; if the scrape time is unknown, as the receipt.
         ts = _num(snap.ts, -1e18, 1e18, 0.0) or _num(received_at, -1e18, 1e18, 0.0)
         failing = _num(snap.consecutive_failures, 0, 1e9, 0) > 0 or bool(snap.scrape_error)

@@ -260,3 +260,40 @@ def test_default_profile_windows_only_large_pools():
     vs = views(*({"waiting": 1} for _ in range(300)))
     d = s.schedule(req(), vs, NOW)
     assert d.ok and len(set(d.endpoints)) == 3
+
+
+def test_the_kept_candidate_split_equals_a_fresh_walk_through_snapshots_and_time():
+    """PoolState keeps its fresh/stale split across decisions; it must always equal a walk."""
+    import random
+
+    from sched_helpers import BASE, snap
+
+    from picker.scheduling.api import RequestInfo
+    from picker.scheduling.pool import PoolState
+
+    rng = random.Random(11)
+    state = PoolState()
+    r = RequestInfo("r", BASE, BASE)
+    now = 100.0
+
+    def walk() -> tuple[list, list]:
+        fresh = [s for s in state._states.values() if s.ok and now <= s.fresh_until]
+        stale = [s for s in state._states.values() if s.ok and now > s.fresh_until]
+        return fresh, stale
+
+    for step in range(4000):
+        now += rng.choice([0.0, 0.001, 0.01, 0.05])
+        i = rng.randrange(12)
+        kind = rng.random()
+        if kind < 0.05:
+            state.on_endpoint_removed(f"10.0.0.{i}:8000", now)
+        elif kind < 0.7:  # a scrape: fresh, late, failing, not ready or unhealthy
+            late = rng.choice([0.0, 0.0, 0.0, 0.15, 0.3, 1.0])
+            bad = [{"consecutive_failures": 1}, {"ready": False}, {"healthy": False}]
+            extra = rng.choice([{}, {}, {}, *bad])
+            state.on_snapshot(snap(i, ts=now - late, **extra), now)
+        state.advance(now)
+        fresh, stale = state._gather(r, now)
+        assert (fresh, stale) == walk(), step
+        fresh.reverse()  # callers get copies: reordering theirs must not touch the kept split
+        assert state._gather(r, now) == walk()
