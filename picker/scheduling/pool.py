@@ -330,7 +330,15 @@ class PoolState:
             self._count_model(st.model, +1)
         else:
             was_ok, was_model, was_until = st.ok, st.model, st.fresh_until
-            st.refresh(snap, received_at, th, avg)
+            try:
+                st.refresh(snap, received_at, th, avg)
+            except Exception:
+                # A snapshot that cannot be digested must not leave a half-updated state:
+                # the last good one again (not yet replaced in ``endpoints``), then the error.
+                last = self.endpoints.get(address)
+                if last is not None:
+                    st.refresh(last.snapshot, last.received_at, th, avg)
+                raise
             g = self._gathered
             if g is not None:
                 if st.ok != was_ok or (st.ok and was_until < g.at <= st.fresh_until):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 import pytest
 from sched_helpers import NOW, req, sched, view, views
 
@@ -204,6 +205,19 @@ def test_hooks_never_raise_on_garbage():
     s.on_completed("unknown", NOW)
     s.on_endpoint_removed("nowhere:1", NOW)
     s.on_snapshot(None, NOW)  # type: ignore[arg-type]
+
+
+def test_a_snapshot_that_cannot_be_digested_leaves_the_last_good_state():
+    """States are refreshed in place: a bad snapshot must not leave one half updated."""
+    s = sched("default")
+    good = view(0, waiting=3, kv_usage=0.5, lora={"running": ["a"], "max_lora": 2}).snapshot
+    s.on_snapshot(good, NOW)
+    st = s.state.endpoint_state(good.address)
+    before = {k: getattr(st, k) for k in type(st).__slots__}
+    bad = msgspec.structs.replace(good, waiting=9, kv_usage=0.9, lora=None)  # no .running: refresh raises
+    s.on_snapshot(bad, NOW + 0.05)  # logged, never raised
+    assert s.state.endpoint_state(good.address) is st
+    assert {k: getattr(st, k) for k in type(st).__slots__} == before
 
 
 def test_removed_endpoint_forgets_state_and_load():
