@@ -360,9 +360,13 @@ class Exchange:
         director routes it (:mod:`picker.scheduling.prewarm`). Hold the answer until routed."""
         if not prewarm.active() or self.done_request or self.hdr is None:
             return []
-        if req.WhichOneof("request") != "request_body" or not req.request_body.end_of_stream:
+        which = req.WhichOneof("request")
+        if which == "request_body" and req.request_body.end_of_stream:
+            body = b"".join([*self.body_chunks, req.request_body.body])
+        elif which == "request_trailers" and self.req_mode == FULL_DUPLEX:
+            body = b"".join(self.body_chunks)  # in duplex mode the trailers end the body
+        else:
             return []
-        body = b"".join([*self.body_chunks, req.request_body.body])
         if len(body) > self.director.max_body_bytes:
             return []
         try:

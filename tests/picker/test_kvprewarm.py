@@ -12,6 +12,7 @@ import json
 import threading
 from types import SimpleNamespace
 
+import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
@@ -175,7 +176,9 @@ class QueueingDirector:
         return Rejected(503, b"{}", "test: answered after scoring")
 
 
-def test_the_ext_proc_stream_holds_the_answer_through_a_flow_control_wait():
+@pytest.mark.parametrize("ending", ["body", "trailers"])
+def test_the_ext_proc_stream_holds_the_answer_through_a_flow_control_wait(ending):
+    """Whether the body ends with end_of_stream or (duplex mode) with request trailers."""
     tok = GateTokenizer()
     tok.gate.set()
     s = _scorer(tok)
@@ -188,13 +191,18 @@ def test_the_ext_proc_stream_holds_the_answer_through_a_flow_control_wait():
         headers = base_pb2.HeaderMap(headers=[path])
         yield ep.ProcessingRequest(request_headers=ep.HttpHeaders(headers=headers, end_of_stream=False))
         body = json.dumps({"model": "m", "prompt": text}).encode()
-        yield ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=True))
+        if ending == "body":
+            yield ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=True))
+        else:
+            yield ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=False))
+            yield ep.ProcessingRequest(request_trailers=ep.HttpTrailers())
 
     async def main():
         return [r async for r in ExtProcServicer(director).Process(messages(), None)]
 
     out = asyncio.run(main())
-    assert out[-1].immediate_response.status.code == 503
+    answers = [r for r in out if r.WhichOneof("response") == "immediate_response"]
+    assert [a.immediate_response.status.code for a in answers] == [503]
     assert director.calls_at_scoring == 0  # found the answer warmed before the wait
     assert director.hashes == PrecisePrefixScorer(tokenizer="sim").hashes(text)
     assert not s.ready  # the stream ended: nothing kept
