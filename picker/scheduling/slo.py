@@ -239,9 +239,9 @@ def _classify(
 
     Returns ``(head, open, meet, maybe)``: each pod's headroom (``_headroom``); whether it
     is under the pool's queue and KV thresholds with its in-flight work (its
-    ``queue_room`` and ``kv_room``); the pods with
-    ``margin`` headroom that are trusted and open (``meet``), and those with the headroom
-    that are open but outside their trusted batch sizes (``maybe``).
+    ``queue_room`` and ``kv_room``); the pods with ``margin`` headroom that are trusted
+    and open (``meet``), and those with the headroom that are open but outside their
+    trusted batch sizes (``maybe``).
 
     A pod past the pool's saturation thresholds is at its admission limit: its TTFT is set
     by departures, which a linear model of the work ahead does not see, and under
