@@ -46,6 +46,18 @@ def test_round_trip(message):
     assert dec.decode(schemas.encode(message)) == message
 
 
+def test_decoded_messages_are_not_tracked_by_the_garbage_collector():
+    """Pickers hold and replace thousands of snapshots a second: untracked, no collection walks them."""
+    import gc
+
+    dec = schemas.SafeDecoder(schemas.AnyMessage)
+    snap = dec.decode(schemas.encode(snapshot()))
+    done = Completion(request_id="r", replica="p0", address="a:1")
+    batch = schemas.event_decoder().decode(schemas.encode(EventBatch(replica="p0", events=[done])))
+    assert not gc.is_tracked(snap) and not gc.is_tracked(snap.lora)
+    assert not gc.is_tracked(batch) and not gc.is_tracked(batch.events[0])
+
+
 def test_batch_round_trip():
     batch = EventBatch(
         replica="p0",
