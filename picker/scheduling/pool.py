@@ -348,7 +348,12 @@ class PoolState:
             if was_model != st.model:
                 self._count_model(was_model, -1)
                 self._count_model(st.model, +1)
-        self.endpoints[address] = EndpointView(address, snap, received_at)
+        view = self.endpoints.get(address)
+        if view is None:
+            self.endpoints[address] = EndpointView(address, snap, received_at)
+        else:  # in place too: one young object fewer per snapshot
+            view.snapshot = snap
+            view.received_at = received_at
         self._changed()
         ts = snap.ts if isinstance(snap.ts, int | float) and snap.ts > 0 else received_at
         self.inflight.snapshot(address, ts)
