@@ -256,12 +256,10 @@ def _unsaturated(fresh: list[EndpointState], th: Thresholds) -> list[EndpointSta
     """The fresh endpoints that pass the saturation test (``saturated()`` inlined: hot path)."""
     if not th.include_inflight:
         return [s for s in fresh if not s.sat_static]
-    q, kv = th.queue, th.kv
     return [
         s
         for s in fresh
-        if not s.sat_static
-        and (not s.load.n or (s.waiting + s.load.n <= q and s.kv + s.load.tokens * s.inv_cap <= kv))
+        if not s.sat_static and (not s.load.n or (s.load.n <= s.queue_room and s.load.tokens <= s.kv_room))
     ]
 
 

@@ -143,12 +143,12 @@ class EndpointState:
         # load.tokens <= kv_room, two comparisons in the hot loops.
         self.queue_room = -1 if self.sat_static else th.queue - self.waiting
         self.kv_room = -1.0 if self.sat_static else (th.kv - self.kv) * self.cap
-        # The pod's queue as a share of its KV capacity, each waiting request priced at the
-        # average request size (see scorers.ExpectedWorkScorer).
-        self.queue_demand = self.waiting * avg_tokens * self.inv_cap
-        # The same two quantities in tokens, and the accelerator's name, for the latency
-        # model (picker.latency), whose per-endpoint loop has about a microsecond.
+        # The pod's queue in tokens, each waiting request priced at the average request size,
+        # and as a share of its KV capacity (see scorers.ExpectedWorkScorer); the KV use in
+        # tokens and the accelerator's name, for the latency model (picker.latency), whose
+        # per-endpoint loop has about a microsecond.
         self.queued_tokens = self.waiting * avg_tokens
+        self.queue_demand = self.queued_tokens * self.inv_cap
         self.kv_tokens = self.kv * self.cap
         acc = snap.accelerator
         self.accelerator = acc if isinstance(acc, str) else ""
@@ -159,6 +159,6 @@ class EndpointState:
             return True
         if th.include_inflight:
             load = self.load
-            if load.n and (self.waiting + load.n > th.queue or self.kv + load.tokens * self.inv_cap > th.kv):
+            if load.n and (load.n > self.queue_room or load.tokens > self.kv_room):
                 return True
         return False
